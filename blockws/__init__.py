@@ -1,0 +1,63 @@
+"""blockws: a threaded, blocking WebSocket (RFC 6455) library on the socket module.
+
+A :class:`WebSocket` behaves like a BSD socket that carries messages::
+
+    import blockws
+
+    with blockws.connect("ws://127.0.0.1:8765/") as ws:
+        ws.sendall("hello")
+        print(ws.recv())      # a str or bytes message, or None once the peer closed
+"""
+
+from __future__ import annotations
+
+from .client import connect, parse_uri
+from .connection import WebSocket
+from .exceptions import (
+    BadPortError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    PayloadTooBig,
+    ProtocolError,
+    ProxyError,
+    TooManyRedirects,
+    WebSocketError,
+)
+from .frames import CloseCode, Opcode
+from .http import Headers, Request, Response
+from .protocol import State
+from .server import Server, WebSocketHandler, accept, serve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "connect",
+    "parse_uri",
+    "serve",
+    "accept",
+    "Server",
+    "WebSocketHandler",
+    "WebSocket",
+    "State",
+    "CloseCode",
+    "Opcode",
+    "Headers",
+    "Request",
+    "Response",
+    "WebSocketError",
+    "InvalidURI",
+    "BadPortError",
+    "InvalidHandshake",
+    "InvalidStatus",
+    "TooManyRedirects",
+    "ProxyError",
+    "ProtocolError",
+    "PayloadTooBig",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionClosedError",
+]

@@ -1,0 +1,798 @@
+"""The socket-like :class:`WebSocket`: a :class:`~blockws.protocol.Protocol` over a socket.
+
+Locks: ``_send_cond`` (a condition over the send lock) serializes every write
+to the socket, so frames never interleave and the unsent tail of a frame
+(``_wbuf``) is always written before anything else. ``_recv_lock`` admits
+one reader at a time; whoever holds it feeds the protocol. Pongs found by
+any reader wake the threads waiting in :meth:`WebSocket.ping`.
+
+The kernel socket stays in blocking mode for plain TCP, so the common
+blocking ``send``/``recv`` is a single system call; deadlines are kept with
+``poll`` plus ``MSG_DONTWAIT``, never by changing the socket's mode under
+another thread's feet. TLS sockets can't take flags, so they are put in
+non-blocking mode once and every wait goes through ``poll``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Union
+
+from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, ProtocolError
+from .frames import CloseCode, Opcode
+from .protocol import Close, Data, Protocol, Side, State
+from .utils import Deadline
+
+if TYPE_CHECKING:
+    from .http import Request, Response
+
+__all__ = ["WebSocket", "DEFAULT_WRITE_LIMIT", "DEFAULT_CLOSE_TIMEOUT"]
+
+DEFAULT_WRITE_LIMIT = 64 * 1024
+DEFAULT_CLOSE_TIMEOUT = 10.0
+_READ_SIZE = 256 * 1024
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+Message = Union[str, bytes]
+BytesLike = Union[bytes, bytearray, memoryview]
+
+
+def _poll_ms(deadline: Deadline) -> int:
+    remaining = deadline.remaining()
+    return -1 if remaining is None else int(remaining * 1000 + 0.999)
+
+
+class WebSocket:
+    """A WebSocket connection that behaves like a BSD socket carrying messages.
+
+    Made by :func:`blockws.connect`, :func:`blockws.accept` or a server; not
+    meant to be constructed directly.
+
+    Messages are ``str`` (text) or ``bytes`` (binary). :meth:`recv` returns
+    ``None`` once the peer has closed; :meth:`send` says how much it accepted.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: Protocol,
+        *,
+        request: Request | None = None,
+        response: Response | None = None,
+        subprotocol: str | None = None,
+        extensions: list[str] | None = None,
+        leftover: bytes = b"",
+        timeout: float | None = None,
+        close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+        write_limit: int = DEFAULT_WRITE_LIMIT,
+    ) -> None:
+        self._sock = sock
+        self._proto = protocol
+        self.request = request
+        self.response = response
+        self.subprotocol = subprotocol
+        self.extensions = extensions or []
+        self.close_timeout = close_timeout
+        self.write_limit = write_limit
+        #: Set by the client to the URL finally connected to, by auth to the user name.
+        self.url: str | None = None
+        self.username: str | None = None
+        #: The last measured ping round trip, in seconds.
+        self.latency: float | None = None
+        self._timeout = timeout
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        if self._tls:
+            sock.setblocking(False)
+        else:
+            sock.settimeout(None)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass  # not TCP (a Unix socket given as sock=)
+        self._fd = sock.fileno()
+        self._rpoll = select.poll()
+        self._rpoll.register(self._fd, select.POLLIN)
+        self._wpoll = select.poll()
+        self._wpoll.register(self._fd, select.POLLOUT)
+        try:
+            self.local_address: Any = sock.getsockname()
+            self.remote_address: Any = sock.getpeername()
+        except OSError:
+            self.local_address = self.remote_address = None
+        self._send_cond = threading.Condition(threading.Lock())
+        self._recv_lock = threading.Lock()
+        self._wbuf = bytearray()
+        self._msg_owner: int | None = None
+        self._msg_text = False
+        self._parts: list[Any] = []
+        self._pings: dict[bytes, list[Any]] = {}
+        self._ping_lock = threading.Lock()
+        self._close_rcvd_event = threading.Event()
+        self._tcp_closed = False
+        self._lost_code: int | None = None
+        self._lost_reason = ""
+        self._eof_reported = False
+        self.last_received = time.monotonic()
+        if leftover:
+            protocol.receive_data(leftover)
+            if protocol.has_output:
+                with self._send_cond:
+                    self._flush(Deadline(0))
+
+    # -- properties ----------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """``State.OPEN``, ``CLOSING`` (a Close was sent or received) or ``CLOSED``."""
+        if self._tcp_closed or self._lost_code is not None:
+            return State.CLOSED
+        proto = self._proto
+        if proto.close_sent is not None and proto.close_rcvd is not None:
+            return State.CLOSED
+        if proto.close_sent is not None or proto.close_rcvd is not None:
+            return State.CLOSING
+        return State.OPEN
+
+    @property
+    def close_code(self) -> int | None:
+        """Why the connection ended: the peer's close code; the code we failed
+        the connection with (1002, 1007, 1009, 1011); 1006 when it was lost
+        without a Close; None while it is open."""
+        rcvd = self._proto.close_rcvd
+        if rcvd is not None:
+            return rcvd.code
+        if self._lost_code is not None:
+            return self._lost_code
+        return None
+
+    @property
+    def close_reason(self) -> str | None:
+        rcvd = self._proto.close_rcvd
+        if rcvd is not None:
+            return rcvd.reason
+        return self._lost_reason if self._lost_code is not None else None
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes accepted by :meth:`send` and held in user space, not yet given to the kernel."""
+        return len(self._wbuf)
+
+    @property
+    def side(self) -> Side:
+        return self._proto.side
+
+    @property
+    def max_size(self) -> int | None:
+        return self._proto.max_size
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self.side.value} {self.state.name} {self.remote_address!r}>"
+
+    # -- timeouts --------------------------------------------------------------
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Like :meth:`socket.socket.settimeout`: None blocks, 0 is non-blocking."""
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be None or >= 0")
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self._timeout = None if flag else 0.0
+
+    def fileno(self) -> int:
+        """The socket's descriptor, for ``select()`` (check :meth:`pending` first)."""
+        return self._fd
+
+    def pending(self) -> int:
+        """Bytes already read from the kernel but not yet returned by :meth:`recv`.
+
+        ``select()`` can't see them: when this is non-zero, :meth:`recv` has
+        something to work on without reading the socket.
+        """
+        proto = self._proto
+        total = len(proto._buf) + sum(len(p) for p in self._parts)
+        for event in proto.events:
+            total += len(event.payload) if type(event) is Data else 1  # type: ignore[union-attr]
+        if proto.failure is not None:
+            total += 1
+        if self._tls:
+            total += self._sock.pending()  # type: ignore[attr-defined]
+        return total
+
+    def _timeout_error(self, what: str) -> OSError:
+        if self._timeout == 0:
+            return BlockingIOError(f"{what} would block")
+        return TimeoutError(f"{what} timed out")
+
+    # -- low-level I/O ------------------------------------------------------
+
+    def _recv_some(self, deadline: Deadline) -> bytes:
+        """Read what the kernel has (b"" at EOF); TimeoutError when the deadline passes."""
+        sock = self._sock
+        if self._tls:
+            while True:
+                if not sock.pending() and not self._rpoll.poll(_poll_ms(deadline)):  # type: ignore[attr-defined]
+                    raise TimeoutError
+                try:
+                    return sock.recv(_READ_SIZE)
+                except ssl.SSLWantReadError:
+                    if deadline.expired():
+                        raise TimeoutError from None
+                except ssl.SSLWantWriteError:
+                    self._wpoll.poll(_poll_ms(deadline))
+        if deadline.when is None:
+            return sock.recv(_READ_SIZE)
+        while True:
+            if not self._rpoll.poll(_poll_ms(deadline)):
+                raise TimeoutError
+            try:
+                return sock.recv(_READ_SIZE, _MSG_DONTWAIT)
+            except BlockingIOError:
+                if deadline.expired():
+                    raise TimeoutError from None
+
+    def _send_some(self, data: BytesLike, deadline: Deadline) -> int:
+        """Write a prefix of ``data`` without waiting past the deadline (maybe 0 bytes)."""
+        sock = self._sock
+        while True:
+            try:
+                if self._tls:
+                    return sock.send(data)
+                return sock.send(data, _MSG_DONTWAIT)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass
+            if deadline.expired() or not self._wpoll.poll(_poll_ms(deadline)):
+                return 0
+
+    def _send_all(self, data: BytesLike, deadline: Deadline) -> None:
+        """Write all of ``data``; TimeoutError if the deadline passes first."""
+        if deadline.when is None and not self._tls:
+            self._sock.sendall(data)
+            return
+        view = memoryview(data)
+        while view:
+            n = self._send_some(view, deadline)
+            if not n and deadline.expired():
+                raise TimeoutError
+            view = view[n:]
+
+    # -- sending ----------------------------------------------------------------
+
+    def _closed_error(self) -> ConnectionClosed:
+        proto = self._proto
+        code = self.close_code
+        if code is None:
+            code = proto.close_sent.code if proto.close_sent is not None else CloseCode.ABNORMAL_CLOSURE
+        reason = self.close_reason or ""
+        sent = proto.close_sent
+        clean = self._lost_code is None and (
+            code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD)
+            and (sent is None or sent.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD))
+        )
+        cls = ConnectionClosedOK if clean else ConnectionClosedError
+        return cls(code, reason)
+
+    def _check_open_for_sending(self) -> None:
+        proto = self._proto
+        # After the peer's Close we may still send, as after a FIN in TCP.
+        if proto.close_sent is not None or self._lost_code is not None or self._tcp_closed:
+            raise self._closed_error()
+
+    def _lose(self, exc: BaseException | None, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = "") -> ConnectionClosedError:
+        """The connection is gone without a closing handshake: shut it down."""
+        if self._lost_code is None and self._proto.close_rcvd is None:
+            self._lost_code = code
+            self._lost_reason = reason or (str(exc) if exc else "connection lost")
+        self._shutdown_socket()
+        err = ConnectionClosedError(self.close_code or code, self.close_reason or "")
+        if exc is not None:
+            err.__cause__ = exc
+        return err
+
+    def _queue(self, *frames: BytesLike) -> None:
+        """Append whole frames to the user-space buffer, after the protocol's own."""
+        wbuf = self._wbuf
+        if self._proto.has_output:
+            wbuf += b"".join(self._proto.data_to_send())
+        for frame in frames:
+            wbuf += frame
+
+    def _flush(self, deadline: Deadline) -> bool:
+        """Write user-space bytes and the protocol's own frames; hold the send lock.
+
+        Returns True when everything was written; raises ConnectionClosedError
+        if the socket fails.
+        """
+        self._queue()
+        wbuf = self._wbuf
+        try:
+            while wbuf:
+                n = self._send_some(wbuf, deadline)
+                if not n:
+                    return False
+                del wbuf[:n]
+        except OSError as exc:
+            raise self._lose(exc) from exc
+        return True
+
+    def _acquire_send(self, deadline: Deadline, text: bool | None) -> None:
+        """Take the send lock, waiting while another thread owns an open message."""
+        cond = self._send_cond
+        if not cond.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+            raise self._timeout_error("send")
+        me = threading.get_ident()
+        while self._msg_owner is not None and self._msg_owner != me and text is not None:
+            if not cond.wait(deadline.remaining()):
+                cond.release()
+                raise self._timeout_error("send")
+
+    def _end_message(self) -> None:
+        self._msg_owner = None
+        self._send_cond.notify_all()
+
+    def send(self, data: str | BytesLike, fin: bool = True) -> int:
+        """Send a prefix of ``data`` as frames of the current message; return its length.
+
+        ``str`` is sent as text (the count is in characters), bytes-like as
+        binary. In blocking mode all of ``data`` is accepted. With a timeout
+        or in non-blocking mode, what fits now is accepted (the kernel's
+        buffer plus at most ``write_limit`` bytes held here); if nothing
+        fits, ``TimeoutError`` / ``BlockingIOError`` is raised, exactly like
+        :meth:`socket.socket.send`. The message ends when all of ``data`` is
+        accepted and ``fin`` is true; otherwise the next call continues it.
+
+        Accepted data is never dropped: it reaches the peer, in order, before
+        any later frame and before the Close, unless the connection is lost.
+
+        Raises:
+            ConnectionClosed: the connection is closed or closing.
+            TypeError: ``data`` continues a message of the other type.
+        """
+        return self._send(data, fin, False)
+
+    def sendall(self, data: str | BytesLike) -> None:
+        """Send ``data`` as the end of the current message (a whole message if none is open).
+
+        The timeout covers the whole call; if it expires, part of ``data``
+        may have been accepted and the message stays open (as with
+        :meth:`socket.socket.sendall`, the caller can't tell how much).
+        """
+        self._send(data, True, True)
+
+    def _send(self, data: str | BytesLike, fin: bool, everything: bool) -> int:
+        text = isinstance(data, str)
+        if text:
+            payload: BytesLike = data.encode("utf-8")  # type: ignore[union-attr]
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            payload = data
+        else:
+            raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
+        timeout = self._timeout
+        deadline = Deadline(timeout)
+        self._acquire_send(deadline, text)
+        try:
+            self._check_open_for_sending()
+            if self._msg_owner is not None and self._msg_text != text:
+                kind = "text" if self._msg_text else "binary"
+                raise TypeError(f"a {kind} message is open: finish it with the same type")
+            if timeout is None:
+                self._send_whole(payload, text, fin, deadline)
+                return len(data)
+            if not everything:
+                return self._send_partial(data, payload, text, fin, deadline)
+            view = memoryview(payload)
+            while True:
+                n = self._send_partial(view, view, False, fin, deadline, text)
+                if n == len(view):
+                    return len(data)
+                view = view[n:]
+        finally:
+            self._send_cond.release()
+
+    def _send_whole(self, payload: BytesLike, text: bool, fin: bool, deadline: Deadline) -> None:
+        header, body = self._proto.encode_data(payload, text, fin)
+        self._note_message(text, fin)
+        try:
+            if self._wbuf or self._proto.has_output:
+                self._queue(header, body)
+                if not self._flush(deadline):
+                    raise self._timeout_error("send")  # pragma: no cover - blocking flush
+                return
+            if len(body) < 16384 or self._tls:
+                self._send_all(header + body, deadline)
+            else:
+                n = self._sock.sendmsg([header, body])
+                if n < len(header) + len(body):
+                    self._send_all(memoryview(header + body)[n:] if n < len(header) else memoryview(body)[n - len(header) :], deadline)
+        except OSError as exc:
+            raise self._lose(exc) from exc
+
+    def _note_message(self, text: bool, fin: bool) -> None:
+        if fin:
+            if self._msg_owner is not None:
+                self._end_message()
+        elif self._msg_owner is None:
+            self._msg_owner = threading.get_ident()
+            self._msg_text = text
+
+    def _send_partial(
+        self, data: str | BytesLike, payload: BytesLike, count_chars: bool, fin: bool, deadline: Deadline, text: bool | None = None
+    ) -> int:
+        """Accept what fits now (after waiting until the deadline for some room).
+
+        Returns the bytes accepted, or the characters when ``count_chars``.
+        """
+        if text is None:
+            text = count_chars
+        limit = self.write_limit
+        # Wait until there is room in user space, as socket.send waits for
+        # room in the kernel.
+        while True:
+            self._flush(Deadline(0))
+            if len(self._wbuf) < limit:
+                break
+            if deadline.expired() or not self._wpoll.poll(_poll_ms(deadline)):
+                raise self._timeout_error("send")
+        view = memoryview(payload)
+        total = len(view)
+        done = 0
+        while True:
+            room = limit - len(self._wbuf)
+            if room <= 0:
+                break
+            cut = min(done + room, total)
+            if text and cut < total:
+                while cut > done and (view[cut] & 0xC0) == 0x80:
+                    cut -= 1  # never split a character between frames
+                if cut == done:
+                    break
+            last = cut == total
+            header, body = self._proto.encode_data(view[done:cut], text, fin and last)
+            self._note_message(text, fin and last)
+            self._queue(header, body)
+            done = cut
+            self._flush(Deadline(0))
+            if last:
+                break
+        if not count_chars or done == total:
+            return len(data) if done == total else done
+        return len(bytes(view[:done]).decode("utf-8"))
+
+    def _send_control(self, frame: bytes, deadline: Deadline) -> None:
+        self._acquire_send(deadline, None)
+        try:
+            self._check_open_for_sending()
+            self._queue(frame)
+            if not self._flush(deadline):
+                raise self._timeout_error("ping")
+        finally:
+            self._send_cond.release()
+
+    def ping(self, data: bytes = b"") -> float:
+        """Send a Ping and wait for its Pong; return the round trip in seconds.
+
+        An empty ``data`` is replaced by a random payload so that concurrent
+        pings are told apart. Honours the timeout.
+        """
+        payload = bytes(data) or os.urandom(4)
+        deadline = Deadline(self._timeout)
+        wake = threading.Event()
+        with self._ping_lock:
+            if payload in self._pings:
+                raise ValueError("a ping with this payload is already waiting")
+            start = time.monotonic()
+            record: list[Any] = [wake, start, None]
+            self._pings[payload] = record
+        try:
+            self._send_control(self._proto.encode_control(Opcode.PING, payload), deadline)
+            while record[2] is None:
+                if self._recv_lock.acquire(blocking=False):
+                    try:
+                        if record[2] is None:
+                            self._read(deadline)
+                    finally:
+                        self._release_reader()
+                else:
+                    wake.clear()
+                    if record[2] is None and not wake.wait(deadline.remaining()):
+                        raise self._timeout_error("ping")
+                if self._proto.close_rcvd is not None and record[2] is None:
+                    raise self._closed_error()
+        except TimeoutError:
+            raise self._timeout_error("ping") from None
+        finally:
+            with self._ping_lock:
+                self._pings.pop(payload, None)
+        return float(record[2])
+
+    def pong(self, data: bytes = b"") -> None:
+        """Send an unsolicited Pong (a unidirectional heartbeat)."""
+        self._send_control(self._proto.encode_control(Opcode.PONG, bytes(data)), Deadline(self._timeout))
+
+    def _release_reader(self) -> None:
+        self._recv_lock.release()
+        # Threads waiting in ping() may have to read for themselves now.
+        with self._ping_lock:
+            for record in self._pings.values():
+                record[0].set()
+
+    # -- receiving -------------------------------------------------------------
+
+    def _read(self, deadline: Deadline) -> None:
+        """Read once and feed the protocol; hold the recv lock."""
+        if self._proto.eof:
+            return
+        try:
+            data = self._recv_some(deadline)
+        except TimeoutError:
+            raise self._timeout_error("recv") from None
+        except OSError as exc:
+            raise self._lose(exc) from exc
+        proto = self._proto
+        self.last_received = time.monotonic()
+        if data:
+            proto.receive_data(data)
+        else:
+            proto.receive_eof()
+        if proto.pongs:
+            self._pongs_received()
+        if proto.has_output and self._send_cond.acquire(blocking=False):
+            # Answer pings now; if a sender holds the lock it will flush them.
+            try:
+                self._flush(Deadline(0))
+            finally:
+                self._send_cond.release()
+
+    def _pongs_received(self) -> None:
+        now = time.monotonic()
+        pongs = self._proto.pongs
+        with self._ping_lock:
+            while pongs:
+                payload = pongs.popleft()
+                record = self._pings.get(payload)
+                if record is not None and record[2] is None:
+                    record[2] = now - record[1]
+                    self.latency = record[2]
+                    record[0].set()
+
+    def _next_event(self, deadline: Deadline) -> Data | None:
+        """The next data piece, reading as needed; None once the peer closed."""
+        proto = self._proto
+        while True:
+            try:
+                event = proto.next_event()
+            except ProtocolError as exc:
+                raise self._fail(exc) from exc
+            if event is None:
+                if proto.close_rcvd is not None:
+                    return None  # the end of the peer's stream, every time
+                if proto.eof or self._tcp_closed or self._lost_code is not None:
+                    raise self._lose(None)
+                self._read(deadline)
+                continue
+            if type(event) is Data:
+                return event
+            assert type(event) is Close
+            self._close_rcvd_event.set()
+            return None
+
+
+    def _fail(self, exc: ProtocolError) -> ConnectionClosedError:
+        """The peer broke the protocol: send our Close (queued by the protocol) and end."""
+        self._lost_code = exc.close_code
+        self._lost_reason = str(exc)
+        self._finish(Deadline(self.close_timeout), reader=True)
+        return ConnectionClosedError(exc.close_code, str(exc))
+
+    def _acquire_recv(self, deadline: Deadline) -> None:
+        if not self._recv_lock.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+            raise self._timeout_error("recv")
+
+    def recv(self) -> Message | None:
+        """Receive the next message: ``str`` (text) or ``bytes`` (binary).
+
+        Returns None once the peer has closed the connection (its Close was
+        received): the clean end of the stream, like ``b""`` from
+        :meth:`socket.socket.recv`; :attr:`close_code` and :attr:`close_reason`
+        say why. Timeouts raise ``TimeoutError`` (``BlockingIOError`` in
+        non-blocking mode) and lose nothing: a message that arrived in part
+        is kept for the next call.
+
+        Raises:
+            ConnectionClosedError: the connection was lost without a Close,
+                or failed because the peer broke the protocol.
+        """
+        deadline = Deadline(self._timeout)
+        self._acquire_recv(deadline)
+        try:
+            parts = self._parts
+            while True:
+                event = self._next_event(deadline)
+                if event is None:
+                    return None
+                if event.fin:
+                    if not parts:
+                        return event.payload
+                    parts.append(event.payload)
+                    message = ("" if event.text else b"").join(parts)
+                    parts.clear()
+                    return message
+                parts.append(event.payload)
+        finally:
+            self._release_reader()
+
+    def recv_fragments(self) -> Iterator[Message]:
+        """Iterate over the pieces of the next message as they arrive.
+
+        For messages too large to hold: text pieces are ``str`` (never
+        splitting a character), binary pieces ``bytes``. The iterator is
+        empty if the peer has closed.
+        """
+        while True:
+            deadline = Deadline(self._timeout)
+            self._acquire_recv(deadline)
+            try:
+                if self._parts:
+                    piece: Any = ("" if isinstance(self._parts[0], str) else b"").join(self._parts)
+                    self._parts.clear()
+                    yield piece
+                event = self._next_event(deadline)
+            finally:
+                self._release_reader()
+            if event is None:
+                return
+            yield event.payload
+            if event.fin:
+                return
+
+    # -- closing ----------------------------------------------------------------
+
+    def _shutdown_socket(self) -> None:
+        """Stop the socket both ways: wakes any thread blocked on it."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _close_socket(self) -> None:
+        if self._tcp_closed:
+            return
+        self._tcp_closed = True
+        self._shutdown_socket()
+        self._sock.close()
+        self._close_rcvd_event.set()
+
+    def _finish(self, deadline: Deadline, reader: bool = False) -> None:
+        """Our Close is queued: write it, wait for the peer's, close TCP.
+
+        The server closes TCP as soon as the closing handshake is done; the
+        client waits for the server to do so (RFC 6455 section 7.1.1).
+        ``reader`` says the caller already holds the recv lock.
+        """
+        try:
+            if self._send_cond.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+                try:
+                    self._flush(deadline)
+                finally:
+                    self._send_cond.release()
+        except ConnectionClosed:
+            pass
+        proto = self._proto
+        if reader or self._recv_lock.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+            try:
+                client = proto.side is Side.CLIENT
+                while not proto.eof and not self._tcp_closed:
+                    if not client and (proto.close_rcvd is not None or self._lost_code is not None):
+                        break  # handshake done, or we failed the connection
+                    if proto.close_rcvd is None and proto.failure is None:
+                        # Drop messages still in flight: the caller chose to close.
+                        proto.events.clear()
+                    try:
+                        self._read(deadline)
+                    except (TimeoutError, BlockingIOError, ConnectionClosed):
+                        break
+                    if proto.close_rcvd is not None:
+                        self._close_rcvd_event.set()
+            finally:
+                if not reader:
+                    self._recv_lock.release()
+        else:
+            # Another thread is receiving: it will see the peer's Close.
+            self._close_rcvd_event.wait(deadline.remaining())
+        self._close_socket()
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close the connection with the closing handshake; idempotent.
+
+        Data already accepted by :meth:`send` is written first, then our
+        Close; we wait up to ``close_timeout`` for the peer's Close (and, on
+        the client, for the server to close TCP), then close the socket.
+        Messages still arriving are discarded: use ``shutdown(SHUT_WR)`` to
+        keep reading them. When this answers the peer's Close and ``code`` is
+        left at its default, the peer's code is echoed (RFC 6455 section 5.5.1).
+        """
+        if self._tcp_closed:
+            return
+        rcvd = self._proto.close_rcvd
+        if rcvd is not None and code == CloseCode.NORMAL_CLOSURE and not reason:
+            code = None if rcvd.code == CloseCode.NO_STATUS_RCVD else rcvd.code  # type: ignore[assignment]
+        deadline = Deadline(self.close_timeout)
+        self._queue_close(code, reason, deadline)
+        self._finish(deadline)
+
+    def _queue_close(self, code: int | None, reason: str, deadline: Deadline) -> None:
+        if self._proto.close_sent is not None or self._lost_code is not None:
+            return
+        if not self._send_cond.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+            # A sender is stuck on a peer that does not read: give up on it.
+            self._shutdown_socket()
+            return
+        try:
+            self._proto.send_close(code, reason)
+        finally:
+            self._send_cond.release()
+
+    def shutdown(self, how: int) -> None:
+        """Half-close like :meth:`socket.socket.shutdown`.
+
+        ``SHUT_WR``: send our Close now (after the data already accepted);
+        further :meth:`send` raises ``ConnectionClosedOK`` while :meth:`recv`
+        keeps returning the peer's messages until its Close, then None.
+        ``SHUT_RDWR``: send Close and close the socket without waiting.
+        """
+        if how == socket.SHUT_WR:
+            deadline = Deadline(self.close_timeout)
+            self._queue_close(CloseCode.NORMAL_CLOSURE, "", deadline)
+            if self._send_cond.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+                try:
+                    self._flush(deadline)
+                finally:
+                    self._send_cond.release()
+        elif how == socket.SHUT_RDWR:
+            if not self._tcp_closed:
+                self._queue_close(CloseCode.NORMAL_CLOSURE, "", Deadline(0))
+                if self._send_cond.acquire(blocking=False):
+                    try:
+                        self._flush(Deadline(0))
+                    except ConnectionClosed:
+                        pass
+                    finally:
+                        self._send_cond.release()
+                self._close_socket()
+        else:
+            raise ValueError("shutdown() takes socket.SHUT_WR or socket.SHUT_RDWR")
+
+    def abort(self, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = "") -> None:
+        """Drop the connection at once, without a closing handshake.
+
+        Threads blocked in :meth:`recv` or :meth:`send` wake with
+        ``ConnectionClosedError``; :attr:`close_code` becomes ``code``.
+        """
+        self._lose(None, code, reason)
+        self._close_rcvd_event.set()
+
+    def __enter__(self) -> WebSocket:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Message]:
+        """Iterate over received messages until the peer closes."""
+        while True:
+            message = self.recv()
+            if message is None:
+                return
+            yield message

@@ -1,0 +1,143 @@
+"""Exceptions raised by blockws.
+
+The tree::
+
+    WebSocketError
+    ├── InvalidURI (also ValueError)
+    ├── BadPortError (also ValueError)
+    ├── InvalidHandshake
+    │   ├── InvalidStatus        the peer answered with an HTTP status other than 101
+    │   ├── TooManyRedirects
+    │   └── ProxyError           the proxy refused or broke the tunnel
+    ├── ProtocolError            the peer broke RFC 6455 (carries the close code)
+    │   └── PayloadTooBig        a message exceeded max_size (close code 1009)
+    └── ConnectionClosed (also ConnectionError)
+        ├── ConnectionClosedOK      closed by a clean closing handshake
+        └── ConnectionClosedError   lost, or failed with an error close code
+
+Timeouts and non-blocking operations raise the builtin ``TimeoutError`` and
+``BlockingIOError``, exactly as :mod:`socket` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .http import Headers, Response
+
+__all__ = [
+    "WebSocketError",
+    "InvalidURI",
+    "BadPortError",
+    "InvalidHandshake",
+    "InvalidStatus",
+    "TooManyRedirects",
+    "ProxyError",
+    "ProtocolError",
+    "PayloadTooBig",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionClosedError",
+]
+
+
+class WebSocketError(Exception):
+    """Base class of every exception blockws defines."""
+
+
+class InvalidURI(WebSocketError, ValueError):
+    """The URL is not a valid ``ws://`` or ``wss://`` URL."""
+
+
+class BadPortError(WebSocketError, ValueError):
+    """The port is on the Fetch standard's list of ports banned for HTTP.
+
+    Pass ``allow_bad_ports=True`` to :func:`blockws.connect` to use it anyway.
+    """
+
+
+class InvalidHandshake(WebSocketError):
+    """The opening handshake failed (bad request, bad response, refused)."""
+
+
+class InvalidStatus(InvalidHandshake):
+    """The server answered the upgrade request with a status other than 101.
+
+    Attributes:
+        response: the whole :class:`~blockws.http.Response`.
+        status: its status code, e.g. 401.
+        headers: its headers.
+        body: its body (bounded), as bytes.
+    """
+
+    def __init__(self, response: Response, message: str | None = None) -> None:
+        self.response = response
+        super().__init__(
+            message or f"server rejected WebSocket connection: HTTP {response.status} {response.reason}"
+        )
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    @property
+    def headers(self) -> Headers:
+        return self.response.headers
+
+    @property
+    def body(self) -> bytes:
+        return self.response.body
+
+
+class TooManyRedirects(InvalidHandshake):
+    """More redirects than ``max_redirects``, or a redirect loop."""
+
+
+class ProxyError(InvalidHandshake):
+    """The proxy refused the tunnel or answered something invalid."""
+
+
+class ProtocolError(WebSocketError):
+    """The peer (or the caller) broke the WebSocket protocol.
+
+    Attributes:
+        close_code: the close code the connection is failed with
+            (1002 protocol error, 1007 invalid data, 1009 too big, ...).
+    """
+
+    def __init__(self, message: str, close_code: int = 1002) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class PayloadTooBig(ProtocolError):
+    """A message or frame exceeded a size limit (close code 1009)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 1009)
+
+
+class ConnectionClosed(WebSocketError, ConnectionError):
+    """The connection is closed; no more data can be sent or received.
+
+    Attributes:
+        code: the close code (received, or sent when we failed the
+            connection; 1006 when it was lost without a Close).
+        reason: the close reason.
+    """
+
+    def __init__(self, code: int, reason: str, message: str | None = None) -> None:
+        self.code = code
+        self.reason = reason
+        if message is None:
+            message = f"connection closed: {code}" + (f" {reason}" if reason else "")
+        super().__init__(message)
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection was closed by a clean closing handshake (1000/1001)."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection was lost, or closed with an error code."""

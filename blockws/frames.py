@@ -1,0 +1,240 @@
+"""The frame codec of RFC 6455 section 5: opcodes, close codes, headers, masking.
+
+Pure functions over bytes; no state, no I/O. The incremental parser that
+feeds on a byte stream lives in :mod:`blockws.protocol`, which calls
+:func:`parse_header` here.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+from .exceptions import ProtocolError
+
+__all__ = [
+    "Opcode",
+    "CloseCode",
+    "DATA_OPCODES",
+    "CONTROL_OPCODES",
+    "FrameHeader",
+    "encode_header",
+    "parse_header",
+    "apply_mask",
+    "encode_close",
+    "parse_close",
+    "check_close_code",
+]
+
+
+class Opcode(enum.IntEnum):
+    """Frame opcodes (RFC 6455 section 5.2)."""
+
+    CONT = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+DATA_OPCODES = frozenset({Opcode.CONT, Opcode.TEXT, Opcode.BINARY})
+CONTROL_OPCODES = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
+_KNOWN_OPCODES = frozenset(int(op) for op in Opcode)
+
+
+class CloseCode(enum.IntEnum):
+    """Close status codes (RFC 6455 section 7.4 and the IANA registry)."""
+
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS_RCVD = 1005  # never on the wire: "the Close had no code"
+    ABNORMAL_CLOSURE = 1006  # never on the wire: "lost without a Close"
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+    TLS_HANDSHAKE = 1015  # never on the wire
+
+
+# Codes a Close frame may carry: the registered ones that are not reserved
+# for local use, plus the ranges for libraries (3000-3999) and applications.
+_WIRE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
+
+MAX_CONTROL_PAYLOAD = 125
+
+_pack_small = struct.Struct("!BB").pack
+_pack_medium = struct.Struct("!BBH").pack
+_pack_large = struct.Struct("!BBQ").pack
+_unpack_medium = struct.Struct("!H").unpack_from
+_unpack_large = struct.Struct("!Q").unpack_from
+
+
+class FrameHeader:
+    """A parsed frame header; ``size`` is how many bytes the header took."""
+
+    __slots__ = ("fin", "rsv", "opcode", "length", "mask", "size")
+
+    def __init__(self, fin: bool, rsv: int, opcode: int, length: int, mask: bytes | None, size: int) -> None:
+        self.fin = fin
+        self.rsv = rsv
+        self.opcode = opcode
+        self.length = length
+        self.mask = mask
+        self.size = size
+
+    def __repr__(self) -> str:
+        return (
+            f"FrameHeader(fin={self.fin}, rsv={self.rsv:#x}, opcode={self.opcode}, "
+            f"length={self.length}, mask={self.mask!r})"
+        )
+
+
+def encode_header(opcode: int, length: int, fin: bool = True, rsv: int = 0, mask: bytes | None = None) -> bytes:
+    """Return the header of a frame carrying ``length`` payload bytes.
+
+    Args:
+        opcode: the frame's opcode.
+        length: the payload length.
+        fin: whether this is the last frame of its message.
+        rsv: RSV1-3 as the bits 0x40, 0x20, 0x10 of the first byte.
+        mask: the 4-byte masking key (client to server frames), or None.
+    """
+    b0 = (0x80 if fin else 0) | rsv | opcode
+    mbit = 0x80 if mask is not None else 0
+    if length < 126:
+        head = _pack_small(b0, mbit | length)
+    elif length < 0x10000:
+        head = _pack_medium(b0, mbit | 126, length)
+    else:
+        head = _pack_large(b0, mbit | 127, length)
+    return head + mask if mask is not None else head
+
+
+def parse_header(data: bytes | bytearray, pos: int) -> FrameHeader | None:
+    """Parse the frame header starting at ``data[pos]``.
+
+    Returns None when ``data`` does not yet hold the whole header.
+
+    Raises:
+        ProtocolError: the header is invalid (unknown opcode, fragmented or
+            oversized control frame, 64-bit length with the top bit set).
+    """
+    avail = len(data) - pos
+    if avail < 2:
+        return None
+    b0 = data[pos]
+    b1 = data[pos + 1]
+    opcode = b0 & 0x0F
+    length = b1 & 0x7F
+    size = 2
+    if length == 126:
+        if avail < 4:
+            return None
+        (length,) = _unpack_medium(data, pos + 2)
+        size = 4
+    elif length == 127:
+        if avail < 10:
+            return None
+        (length,) = _unpack_large(data, pos + 2)
+        if length >> 63:
+            raise ProtocolError("frame length has its most significant bit set")
+        size = 10
+    mask = None
+    if b1 & 0x80:
+        if avail < size + 4:
+            return None
+        mask = bytes(data[pos + size : pos + size + 4])
+        size += 4
+    fin = bool(b0 & 0x80)
+    if opcode not in _KNOWN_OPCODES:
+        raise ProtocolError(f"unknown opcode {opcode:#x}")
+    if opcode >= 8:
+        if not fin:
+            raise ProtocolError(f"fragmented control frame (opcode {opcode:#x})")
+        if length > MAX_CONTROL_PAYLOAD:
+            raise ProtocolError(f"control frame of {length} bytes exceeds {MAX_CONTROL_PAYLOAD} bytes")
+    return FrameHeader(fin, b0 & 0x70, opcode, length, mask, size)
+
+
+def _mask_python(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    # XOR as one big integer: a handful of C-level passes over the data
+    # instead of a Python-level loop per byte.
+    n = len(data)
+    if n == 0:
+        return b""
+    repeated = key * ((n >> 2) + 1)
+    return (
+        int.from_bytes(data, "little") ^ int.from_bytes(repeated[:n], "little")
+    ).to_bytes(n, "little")
+
+
+_mask = _mask_python
+try:  # pragma: no cover - depends on whether the accelerator was built
+    import os as _os
+
+    if not _os.environ.get("BLOCKWS_NO_EXTENSIONS"):
+        from ._speedups import mask as _mask  # type: ignore[no-redef]
+except ImportError:  # pragma: no cover
+    pass
+
+ACCELERATED = _mask is not _mask_python
+
+
+def apply_mask(data: bytes | bytearray | memoryview, key: bytes, offset: int = 0) -> bytes:
+    """Mask or unmask ``data`` with the 4-byte ``key``.
+
+    ``offset`` is the position of ``data`` inside the frame's payload, so a
+    payload can be unmasked piece by piece as it arrives.
+    """
+    shift = offset & 3
+    if shift:
+        key = key[shift:] + key[:shift]
+    return _mask(data, key)
+
+
+def encode_close(code: int | None, reason: str = "") -> bytes:
+    """Return the payload of a Close frame (empty when ``code`` is None)."""
+    if code is None:
+        if reason:
+            raise ValueError("a close reason needs a close code")
+        return b""
+    check_close_code(code)
+    payload = struct.pack("!H", code) + reason.encode("utf-8")
+    if len(payload) > MAX_CONTROL_PAYLOAD:
+        raise ValueError(f"close reason is {len(payload) - 2} bytes long; the limit is 123 bytes of UTF-8")
+    return payload
+
+
+def check_close_code(code: int) -> None:
+    """Raise ProtocolError unless ``code`` may appear in a Close frame."""
+    if code not in _WIRE_CODES and not 3000 <= code <= 4999:
+        raise ProtocolError(f"invalid close code {code}")
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    """Parse a Close payload into ``(code, reason)``.
+
+    An empty payload gives ``(1005, "")``: the peer sent no code.
+
+    Raises:
+        ProtocolError: a one-byte payload or an invalid code (1002), or a
+            reason that is not UTF-8 (1007).
+    """
+    if not payload:
+        return CloseCode.NO_STATUS_RCVD, ""
+    if len(payload) == 1:
+        raise ProtocolError("close frame with a one-byte payload")
+    (code,) = _unpack_medium(payload, 0)
+    check_close_code(code)
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("close reason is not valid UTF-8", 1007) from exc
+    return code, reason

@@ -1,0 +1,214 @@
+"""The opening handshake of RFC 6455 section 4, without I/O.
+
+The client builds its request with :func:`client_request` and checks the
+answer with :func:`check_response`; the server checks a request with
+:func:`check_request` and answers with :func:`accept_response` or any
+:class:`~blockws.http.Response`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+
+from .exceptions import InvalidHandshake, InvalidStatus
+from .http import Headers, HeadersLike, Request, Response, parse_list
+
+__all__ = [
+    "GUID",
+    "make_key",
+    "accept_key",
+    "client_request",
+    "check_response",
+    "check_request",
+    "accept_response",
+    "parse_extensions",
+    "ExtensionOffer",
+    "HandshakeFailure",
+]
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+ExtensionOffer = tuple[str, list[tuple[str, "str | None"]]]
+
+
+class HandshakeFailure(InvalidHandshake):
+    """A request the server refuses; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400, headers: HeadersLike | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = Headers(headers)
+
+    def response(self) -> Response:
+        return Response(self.status, headers=self.headers, body=f"{self}\n".encode())
+
+
+def make_key() -> str:
+    """A fresh random Sec-WebSocket-Key."""
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def accept_key(key: str) -> str:
+    """The Sec-WebSocket-Accept value that answers ``key``."""
+    return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+
+
+def _has_token(headers: Headers, name: str, token: str) -> bool:
+    return token in (item.lower() for item in parse_list(headers.get_all(name)))
+
+
+def client_request(
+    host: str,
+    target: str,
+    key: str,
+    *,
+    origin: str | None = None,
+    subprotocols: Sequence[str] | None = None,
+    extensions: str | None = None,
+    headers: HeadersLike | None = None,
+) -> Request:
+    """Build the upgrade request; user ``headers`` may override the defaults."""
+    h = Headers({"Host": host, "Upgrade": "websocket", "Connection": "Upgrade"})
+    h["Sec-WebSocket-Key"] = key
+    h["Sec-WebSocket-Version"] = "13"
+    if origin is not None:
+        h["Origin"] = origin
+    if subprotocols:
+        h["Sec-WebSocket-Protocol"] = ", ".join(subprotocols)
+    if extensions:
+        h["Sec-WebSocket-Extensions"] = extensions
+    for name, value in Headers(headers).items():
+        h[name] = value
+    return Request("GET", target, h)
+
+
+def check_response(response: Response, key: str, subprotocols: Sequence[str] | None) -> str | None:
+    """Check the server's answer to an upgrade request; return the subprotocol.
+
+    Raises:
+        InvalidStatus: the status is not 101.
+        InvalidHandshake: a required header is missing or wrong.
+    """
+    if response.status != 101:
+        raise InvalidStatus(response)
+    headers = response.headers
+    if not _has_token(headers, "Upgrade", "websocket"):
+        raise InvalidHandshake(f"missing 'Upgrade: websocket' in response (got {headers.get('Upgrade')!r})")
+    if not _has_token(headers, "Connection", "upgrade"):
+        raise InvalidHandshake(f"missing 'Connection: Upgrade' in response (got {headers.get('Connection')!r})")
+    accept = headers.get("Sec-WebSocket-Accept")
+    if accept != accept_key(key):
+        raise InvalidHandshake(f"wrong Sec-WebSocket-Accept {accept!r}")
+    chosen = parse_list(headers.get_all("Sec-WebSocket-Protocol"))
+    if not chosen:
+        return None
+    if len(chosen) > 1 or not subprotocols or chosen[0] not in subprotocols:
+        raise InvalidHandshake(f"server chose subprotocol {', '.join(chosen)!r}, which was not offered")
+    return chosen[0]
+
+
+def check_request(request: Request) -> str:
+    """Check an upgrade request; return its Sec-WebSocket-Key.
+
+    Raises:
+        HandshakeFailure: with the status to answer (400, 405, 426).
+    """
+    if request.method != "GET":
+        raise HandshakeFailure(f"method {request.method} is not GET", 405, {"Allow": "GET"})
+    headers = request.headers
+    if not _has_token(headers, "Upgrade", "websocket"):
+        raise HandshakeFailure(
+            "missing 'Upgrade: websocket' header: this is a WebSocket server",
+            426,
+            {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"},
+        )
+    if not _has_token(headers, "Connection", "upgrade"):
+        raise HandshakeFailure("missing 'Connection: Upgrade' header")
+    version = headers.get("Sec-WebSocket-Version")
+    if version != "13":
+        raise HandshakeFailure(
+            f"unsupported Sec-WebSocket-Version {version!r}", 426, {"Sec-WebSocket-Version": "13"}
+        )
+    keys = headers.get_all("Sec-WebSocket-Key")
+    if len(keys) != 1:
+        raise HandshakeFailure("missing or repeated Sec-WebSocket-Key header")
+    key = keys[0]
+    try:
+        raw = base64.b64decode(key.encode(), validate=True)
+    except binascii.Error:
+        raw = b""
+    if len(raw) != 16:
+        raise HandshakeFailure(f"invalid Sec-WebSocket-Key {key[:40]!r}")
+    return key
+
+
+def select_subprotocol(request: Request, supported: Sequence[str] | None) -> str | None:
+    """The first subprotocol the client offered that the server supports."""
+    if not supported:
+        return None
+    for offered in parse_list(request.headers.get_all("Sec-WebSocket-Protocol")):
+        if offered in supported:
+            return offered
+    return None
+
+
+def accept_response(
+    key: str,
+    subprotocol: str | None = None,
+    extensions: str | None = None,
+    headers: HeadersLike | None = None,
+) -> Response:
+    """The 101 response accepting an upgrade request."""
+    h = Headers({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept_key(key)})
+    if subprotocol:
+        h["Sec-WebSocket-Protocol"] = subprotocol
+    if extensions:
+        h["Sec-WebSocket-Extensions"] = extensions
+    h.update(Headers(headers))
+    return Response(101, headers=h)
+
+
+_PARAM = re.compile(r'\s*([^\s=;,"]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^\s;,"]*)\s*)?')
+
+
+def parse_extensions(values: Sequence[str]) -> list[ExtensionOffer]:
+    """Parse Sec-WebSocket-Extensions values (RFC 6455 section 9.1).
+
+    ``"permessage-deflate; client_max_window_bits, x-foo; a=\\"1\\""`` gives
+    ``[("permessage-deflate", [("client_max_window_bits", None)]), ("x-foo", [("a", "1")])]``.
+
+    Raises:
+        InvalidHandshake: the header does not follow the grammar.
+    """
+    result: list[ExtensionOffer] = []
+    for value in values:
+        pos = 0
+        while pos < len(value):
+            m = _PARAM.match(value, pos)
+            if not m or m.group(2) is not None or not m.group(1):
+                if value[pos:].strip(" \t,") == "":
+                    break
+                raise InvalidHandshake(f"invalid Sec-WebSocket-Extensions header {value[:80]!r}")
+            name = m.group(1)
+            params: list[tuple[str, str | None]] = []
+            pos = m.end()
+            while pos < len(value) and value[pos] == ";":
+                m = _PARAM.match(value, pos + 1)
+                if not m or not m.group(1):
+                    raise InvalidHandshake(f"invalid Sec-WebSocket-Extensions header {value[:80]!r}")
+                raw = m.group(2)
+                if raw is not None and raw.startswith('"'):
+                    raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+                params.append((m.group(1), raw))
+                pos = m.end()
+            result.append((name, params))
+            if pos < len(value):
+                if value[pos] != ",":
+                    raise InvalidHandshake(f"invalid Sec-WebSocket-Extensions header {value[:80]!r}")
+                pos += 1
+    return result

@@ -1,0 +1,300 @@
+"""A small HTTP/1.1 message layer for the opening handshake, proxies and auth.
+
+Parsing is lenient where people and old peers differ (bare LF line endings,
+header name case, optional whitespace, an HTTP/1.0 status line) and strict
+where it matters for safety (every size is bounded, control characters in
+names and values are refused). No I/O: :func:`find_head_end` tells the I/O
+layer when it has read a whole head.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Union
+
+from .exceptions import InvalidHandshake
+
+__all__ = [
+    "Headers",
+    "HeadersLike",
+    "Request",
+    "Response",
+    "find_head_end",
+    "parse_request",
+    "parse_response",
+    "parse_list",
+    "MAX_LINE",
+    "MAX_HEADERS",
+    "MAX_BODY",
+    "check_header_value",
+]
+
+MAX_LINE = 8192
+MAX_HEADERS = 128
+# A head may hold MAX_HEADERS lines of MAX_LINE bytes, but nobody needs that:
+# bound the whole head so a slow client can't make us hold a megabyte.
+MAX_HEAD = 64 * 1024
+MAX_BODY = 64 * 1024
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class Headers:
+    """Case-insensitive HTTP headers that keep order and repeated names."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: HeadersLike | None = None) -> None:
+        self._items: list[tuple[str, str]] = []
+        if items is not None:
+            self.update(items)
+
+    def update(self, items: HeadersLike) -> None:
+        pairs = items.items() if isinstance(items, (Mapping, Headers)) else items
+        for name, value in pairs:
+            self.add(name, value)
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((name, value))
+
+    def __setitem__(self, name: str, value: str) -> None:
+        del self[name]
+        self.add(name, value)
+
+    def __delitem__(self, name: str) -> None:
+        lname = name.lower()
+        self._items = [(n, v) for n, v in self._items if n.lower() != lname]
+
+    def __getitem__(self, name: str) -> str:
+        values = self.get_all(name)
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self.get_all(name)
+        return ", ".join(values) if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for n, v in self._items if n.lower() == lname]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self.get_all(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+    def serialize(self) -> bytes:
+        return "".join(f"{n}: {v}\r\n" for n, v in self._items).encode("latin-1")
+
+
+HeadersLike = Union[Headers, Mapping[str, str], Iterable[tuple[str, str]]]
+
+
+def check_header_value(name: str, value: str) -> None:
+    """Refuse header names and values that could inject lines (CR, LF, ...)."""
+    if not _TOKEN.fullmatch(name.encode("latin-1", "replace")):
+        raise ValueError(f"invalid header name {name!r}")
+    if _BAD_VALUE.search(value):
+        raise ValueError(f"invalid character in header {name}: {value!r}")
+
+
+class Request:
+    """An HTTP request (the client's upgrade request, or a CONNECT)."""
+
+    def __init__(self, method: str, target: str, headers: HeadersLike | None = None) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+
+    @property
+    def path(self) -> str:
+        return self.target
+
+    def serialize(self) -> bytes:
+        for name, value in self.headers.items():
+            check_header_value(name, value)
+        if _BAD_VALUE.search(self.target) or " " in self.target:
+            raise ValueError(f"invalid request target {self.target!r}")
+        return f"{self.method} {self.target} HTTP/1.1\r\n".encode("latin-1") + self.headers.serialize() + b"\r\n"
+
+    def __repr__(self) -> str:
+        return f"Request({self.method!r}, {self.target!r})"
+
+
+_REASONS = {
+    101: "Switching Protocols",
+    200: "OK",
+    301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class Response:
+    """An HTTP response: the server's answer, a rejection, a redirect, a challenge.
+
+    A server's ``process_request`` hook returns one to refuse the upgrade::
+
+        return Response(403, body=b"go away\\n")
+        return Response.redirect("wss://example.com/new")
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: HeadersLike | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.status = status
+        self.reason = _REASONS.get(status, "") if reason is None else reason
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.body = body
+
+    @classmethod
+    def redirect(cls, location: str, status: int = 302) -> Response:
+        """A redirect to ``location`` (301, 302, 303, 307 or 308)."""
+        if status not in (301, 302, 303, 307, 308):
+            raise ValueError(f"{status} is not a redirect status")
+        return cls(status, headers={"Location": location})
+
+    def serialize(self) -> bytes:
+        headers = Headers(self.headers)
+        if self.status != 101 and "Content-Length" not in headers:
+            headers["Content-Length"] = str(len(self.body))
+        for name, value in headers.items():
+            check_header_value(name, value)
+        status_line = f"HTTP/1.1 {self.status} {self.reason}\r\n".encode("latin-1")
+        return status_line + headers.serialize() + b"\r\n" + self.body
+
+    def __repr__(self) -> str:
+        return f"Response({self.status}, {self.reason!r})"
+
+
+def find_head_end(buf: bytes | bytearray, start: int = 0) -> int | None:
+    """Return the offset just past the blank line ending the head, or None.
+
+    ``start`` is where the previous, unsuccessful search may resume.
+
+    Raises:
+        InvalidHandshake: the head is already longer than allowed, or a line
+            in it is.
+    """
+    pos = max(start - 3, 0)
+    while True:
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            break
+        # A blank line is "\n" or "\r\n" right after the previous "\n".
+        nxt = nl + 1
+        if buf[nxt : nxt + 1] == b"\n":
+            return nxt + 1
+        if buf[nxt : nxt + 2] == b"\r\n":
+            return nxt + 2
+        pos = nxt
+    if len(buf) > MAX_HEAD:
+        raise InvalidHandshake(f"HTTP head exceeds {MAX_HEAD} bytes")
+    last_line = len(buf) - (buf.rfind(b"\n") + 1)
+    if last_line > MAX_LINE:
+        raise InvalidHandshake(f"HTTP line exceeds {MAX_LINE} bytes")
+    return None
+
+
+def _split_head(head: bytes) -> tuple[str, Headers]:
+    # Accept CRLF and bare LF; anything else with CR is refused below.
+    lines = head.split(b"\n")
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    while lines and not lines[-1]:
+        lines.pop()
+    # Tolerate blank lines before the start line (RFC 9112 section 2.2).
+    while lines and not lines[0]:
+        lines.pop(0)
+    if not lines:
+        raise InvalidHandshake("empty HTTP message")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise InvalidHandshake(f"more than {MAX_HEADERS} HTTP headers")
+    headers = Headers()
+    for line in lines[1:]:
+        if len(line) > MAX_LINE:
+            raise InvalidHandshake(f"HTTP line exceeds {MAX_LINE} bytes")
+        if line[:1] in (b" ", b"\t"):
+            raise InvalidHandshake("obsolete line folding in HTTP headers")
+        name, sep, value = line.partition(b":")
+        name = name.rstrip(b" \t")  # tolerate "Name :" typed by hand
+        if not sep or not _TOKEN.fullmatch(name):
+            raise InvalidHandshake(f"invalid HTTP header line {_show(line)}")
+        text = value.strip(b" \t").decode("latin-1")
+        if _BAD_VALUE.search(text):
+            raise InvalidHandshake(f"invalid character in HTTP header {_show(name)}")
+        headers.add(name.decode("ascii"), text)
+    if len(lines[0]) > MAX_LINE:
+        raise InvalidHandshake(f"HTTP line exceeds {MAX_LINE} bytes")
+    return lines[0].decode("latin-1"), headers
+
+
+def _show(data: bytes) -> str:
+    return repr(data[:60].decode("latin-1"))
+
+
+def parse_request(head: bytes) -> Request:
+    """Parse a request head (as delimited by :func:`find_head_end`).
+
+    Raises:
+        InvalidHandshake: the request line or a header is malformed.
+    """
+    start, headers = _split_head(head)
+    parts = start.split()
+    if len(parts) != 3 or not parts[2].upper().startswith("HTTP/"):
+        raise InvalidHandshake(f"invalid HTTP request line {start[:60]!r}")
+    method, target, version = parts
+    if version.upper() not in ("HTTP/1.1", "HTTP/1.0") and not version.upper().startswith("HTTP/1."):
+        raise InvalidHandshake(f"unsupported HTTP version {version[:20]!r}")
+    return Request(method.upper(), target, headers)
+
+
+def parse_response(head: bytes) -> Response:
+    """Parse a response head; the body, if any, is read by the caller.
+
+    Raises:
+        InvalidHandshake: the status line or a header is malformed.
+    """
+    start, headers = _split_head(head)
+    version, _, rest = start.partition(" ")
+    status_text, _, reason = rest.strip().partition(" ")
+    if not version.upper().startswith("HTTP/1.") or not (len(status_text) == 3 and status_text.isdigit()):
+        raise InvalidHandshake(f"invalid HTTP status line {start[:60]!r}")
+    return Response(int(status_text), reason.strip(), headers)
+
+
+def parse_list(values: Iterable[str]) -> list[str]:
+    """Split comma-separated header values into their non-empty items."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]

@@ -1,0 +1,364 @@
+"""The sans-I/O WebSocket state machine: bytes in, events out; calls in, bytes out.
+
+Theory of operation
+-------------------
+:class:`Protocol` never touches a socket. The I/O layer feeds it what it
+read (:meth:`Protocol.receive_data`, :meth:`Protocol.receive_eof`), takes
+events (message pieces and the peer's Close) with :meth:`Protocol.next_event`
+and pong payloads from :attr:`Protocol.pongs`, frames outgoing data with
+:meth:`Protocol.encode_data` and friends, and writes whatever
+:meth:`Protocol.data_to_send` returns.
+
+Received data frames are streamed: a frame's payload is unmasked, validated
+(UTF-8 for text, fail fast) and handed out as :class:`Data` pieces as soon as
+it arrives, so a large message is never copied around in a growing buffer.
+Only frame headers and control frames (at most 139 bytes) are buffered.
+
+The peer's Close ends the peer's half of the stream, like a FIN in TCP: it is
+reported when the application takes it (after every message before it), and
+our own Close is sent only when the application closes or shuts down its
+half — until then it may still send, as it may after ``recv()`` returned
+``b""`` on a socket. After a protocol error the Close that fails the
+connection is queued when the application reaches the error, so messages
+that came before it are still delivered. Pings are answered at once, so a
+peer's ping gets its pong even while messages wait to be read.
+
+States (the only place they change is this module)::
+
+    OPEN --send_close()--> CLOSING --Close taken--> CLOSED
+    OPEN --Close taken---> CLOSING --send_close()--> CLOSED
+    OPEN --protocol error reached (our Close queued)--> CLOSING
+    any --receive_eof()--> CLOSED
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import os
+from collections import deque
+from typing import Union
+
+from .exceptions import PayloadTooBig, ProtocolError
+from .frames import (
+    CloseCode,
+    Opcode,
+    apply_mask,
+    encode_close,
+    encode_header,
+    parse_close,
+    parse_header,
+)
+
+__all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE"]
+
+DEFAULT_MAX_SIZE = 2**20
+
+
+class Side(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.IntEnum):
+    """Connection state, as in the WebSocket API (``readyState``)."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class Data:
+    """A piece of a received message; ``fin`` marks its last piece.
+
+    ``payload`` is ``str`` for text messages (already validated and decoded)
+    and ``bytes`` for binary ones.
+    """
+
+    __slots__ = ("payload", "text", "fin")
+
+    def __init__(self, payload: str | bytes, text: bool, fin: bool) -> None:
+        self.payload = payload
+        self.text = text
+        self.fin = fin
+
+    def __repr__(self) -> str:
+        return f"Data({self.payload[:40]!r}, text={self.text}, fin={self.fin})"
+
+
+class Close:
+    """The peer's Close frame: ``code`` is 1005 when it carried none."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Close({self.code}, {self.reason!r})"
+
+
+Event = Union[Data, Close]
+
+_new_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+class _MaskKeys:
+    """Masking keys from the OS's CSPRNG, fetched 4 KiB at a time."""
+
+    __slots__ = ("_pool", "_pos")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def next(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._pool):
+            self._pool = os.urandom(4096)
+            pos = 0
+        self._pos = pos + 4
+        return self._pool[pos : pos + 4]
+
+
+class Protocol:
+    """One WebSocket connection's protocol state, without I/O.
+
+    Args:
+        side: whether we are the client (we mask) or the server.
+        max_size: the largest message accepted, in bytes (None: no limit).
+            A larger one fails the connection with 1009.
+    """
+
+    def __init__(self, side: Side, *, max_size: int | None = DEFAULT_MAX_SIZE) -> None:
+        self.side = side
+        self.max_size = max_size
+        self.state = State.OPEN
+        self.events: deque[Event] = deque()
+        # Pongs don't wait in line behind messages: whoever pings looks here.
+        self.pongs: deque[bytes] = deque()
+        self.pings_received = 0
+        self.close_sent: Close | None = None
+        self.close_rcvd: Close | None = None
+        self.failure: ProtocolError | None = None
+        self.eof = False
+        self._out: list[bytes] = []
+        self._mask_keys = _MaskKeys() if side is Side.CLIENT else None
+        # Receiving: the leftover of the last read (a partial header or a
+        # partial control frame), and the data frame being streamed.
+        self._buf = b""
+        self._remaining = 0
+        self._frame_fin = True
+        self._frame_mask: bytes | None = None
+        self._frame_offset = 0
+        self._in_message = False
+        self._msg_text = False
+        self._msg_size = 0
+        self._decoder = _new_utf8_decoder()
+        self._decoding = False
+        self._discard = False
+        # Sending: whether a message was started and not finished.
+        self.sending_message = False
+
+    # -- receiving ---------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the peer; parsed events go to :attr:`events`."""
+        if self._discard or not data:
+            return
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        try:
+            self._parse(data)
+        except ProtocolError as exc:
+            self._discard = True
+            self._buf = b""
+            self.failure = exc
+
+    def receive_eof(self) -> None:
+        """The peer closed its side of the TCP connection."""
+        self.eof = True
+        self._discard = True
+        self.state = State.CLOSED
+
+    def _parse(self, data: bytes) -> None:
+        events = self.events
+        pos = 0
+        end = len(data)
+        client = self.side is Side.CLIENT
+        while pos < end:
+            remaining = self._remaining
+            if remaining:
+                n = end - pos
+                if n > remaining:
+                    n = remaining
+                piece = data if n == end else data[pos : pos + n]
+                key = self._frame_mask
+                if key is not None:
+                    piece = apply_mask(piece, key, self._frame_offset)
+                    self._frame_offset += n
+                pos += n
+                self._remaining = remaining = remaining - n
+                if not remaining:
+                    self._deliver(piece, self._frame_fin)
+                elif piece:
+                    self._deliver(piece, False)
+                continue
+
+            header = parse_header(data, pos)
+            if header is None:
+                break
+            opcode = header.opcode
+            if header.rsv:
+                raise ProtocolError(f"reserved bits set ({header.rsv:#x}) but no extension was negotiated")
+            if (header.mask is None) is not client:
+                raise ProtocolError("client frame is not masked" if not client else "server frame is masked")
+            length = header.length
+            start = pos + header.size
+            if opcode >= 8:
+                if end - start < length:
+                    break
+                payload = data[start : start + length]
+                if header.mask is not None:
+                    payload = apply_mask(payload, header.mask)
+                pos = start + length
+                self._control(opcode, payload)
+                if self._discard:
+                    return
+                continue
+            if opcode == Opcode.CONT:
+                if not self._in_message:
+                    raise ProtocolError("continuation frame without a message to continue")
+            else:
+                if self._in_message:
+                    raise ProtocolError("new data frame inside a fragmented message")
+                self._in_message = True
+                self._msg_text = opcode == Opcode.TEXT
+                self._msg_size = 0
+            self._msg_size += length
+            if self.max_size is not None and self._msg_size > self.max_size:
+                if opcode == Opcode.CONT:
+                    raise PayloadTooBig(f"message of {self._msg_size} bytes exceeds max_size={self.max_size}")
+                raise PayloadTooBig(f"frame of {length} bytes exceeds max_size={self.max_size}")
+            pos = start
+            self._frame_fin = header.fin
+            self._frame_mask = header.mask
+            self._frame_offset = 0
+            self._remaining = length
+            if not length:
+                self._deliver(b"", header.fin)
+        if pos < end:
+            self._buf = data[pos:]
+
+    def _deliver(self, piece: bytes, fin: bool) -> None:
+        if fin:
+            self._in_message = False
+        if not self._msg_text:
+            self.events.append(Data(piece, False, fin))
+            return
+        try:
+            if fin and not self._decoding:
+                text = piece.decode("utf-8")
+            else:
+                self._decoding = True
+                text = self._decoder.decode(piece, fin)
+                if fin:
+                    self._decoding = False
+                    self._decoder.reset()
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from exc
+        if text or fin:
+            self.events.append(Data(text, True, fin))
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == Opcode.PING:
+            self.pings_received += 1
+            if self.close_sent is None:
+                self._queue_frame(Opcode.PONG, payload)
+        elif opcode == Opcode.PONG:
+            self.pongs.append(payload)
+        else:
+            code, reason = parse_close(payload)
+            self.close_rcvd = Close(code, reason)
+            self.events.append(self.close_rcvd)
+            # Nothing may follow a Close; whatever does is ignored.
+            self._discard = True
+
+    # -- the application's side of receiving ---------------------------------
+
+    def next_event(self) -> Event | None:
+        """Take the next event, or None when more data is needed.
+
+        Reaching a protocol error (after every event parsed before it) queues
+        the Close that fails the connection and raises it.
+
+        Raises:
+            ProtocolError: the peer broke the protocol (raised once).
+        """
+        events = self.events
+        if events:
+            event = events.popleft()
+            if type(event) is Close:
+                self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
+            return event
+        failure = self.failure
+        if failure is not None:
+            self.failure = None
+            if self.close_sent is None:
+                self.send_close(failure.close_code, str(failure)[:120])
+            raise failure
+        return None
+
+    # -- sending -------------------------------------------------------------
+
+    def encode_data(self, payload: bytes, text: bool, fin: bool) -> tuple[bytes, bytes]:
+        """Frame ``payload`` as the next frame of the outgoing message.
+
+        Returns ``(header, payload)``, the payload masked on the client side,
+        so that a large payload can be written without joining it to its
+        header. The first frame of a message is TEXT or BINARY, the rest
+        CONT; ``fin`` ends the message.
+        """
+        opcode = Opcode.CONT if self.sending_message else (Opcode.TEXT if text else Opcode.BINARY)
+        self.sending_message = not fin
+        keys = self._mask_keys
+        if keys is None:
+            return encode_header(opcode, len(payload), fin), payload
+        key = keys.next()
+        return encode_header(opcode, len(payload), fin, 0, key), apply_mask(payload, key)
+
+    def encode_control(self, opcode: Opcode, payload: bytes) -> bytes:
+        """Return a whole Ping or Pong frame."""
+        if len(payload) > 125:
+            raise ValueError(f"control frame payload of {len(payload)} bytes exceeds 125 bytes")
+        keys = self._mask_keys
+        if keys is None:
+            return encode_header(opcode, len(payload)) + payload
+        key = keys.next()
+        return encode_header(opcode, len(payload), True, 0, key) + apply_mask(payload, key)
+
+    def _queue_frame(self, opcode: Opcode, payload: bytes) -> None:
+        self._out.append(self.encode_control(opcode, payload))
+
+    def send_close(self, code: int | None = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Queue our Close frame (once); no data may be sent after it."""
+        if self.close_sent is not None:
+            return
+        payload = encode_close(code, reason)
+        self.close_sent = Close(CloseCode.NO_STATUS_RCVD if code is None else code, reason)
+        self._queue_frame(Opcode.CLOSE, payload)
+        self.state = State.CLOSED if self.close_rcvd is not None else State.CLOSING
+
+    def data_to_send(self) -> list[bytes]:
+        """Take the frames queued by the protocol itself (pongs, Close)."""
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)

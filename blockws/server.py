@@ -1,0 +1,346 @@
+"""The server side: :func:`accept` on any socket, :class:`WebSocketHandler` for
+:mod:`socketserver`, and :func:`serve` for a ready threaded server.
+
+:class:`Server` runs a thread per connection, like
+``socketserver.ThreadingTCPServer``, but its accept loop waits on a selector
+that a socketpair wakes for :meth:`Server.shutdown` (no polling interval),
+and it tracks and joins its handler threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import socketserver
+import ssl
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Optional
+
+from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
+from .exceptions import InvalidHandshake
+from .frames import CloseCode
+from .handshake import HandshakeFailure, accept_response, check_request, select_subprotocol
+from .http import Request, Response, parse_request
+from .protocol import DEFAULT_MAX_SIZE, Protocol, Side
+from .utils import Deadline, read_http_head
+
+__all__ = ["accept", "serve", "Server", "WebSocketHandler"]
+
+logger = logging.getLogger("blockws.server")
+
+DEFAULT_OPEN_TIMEOUT = 10.0
+
+ProcessRequest = Callable[[Request], Optional[Response]]
+
+
+def _reply(sock: socket.socket, response: Response, deadline: Deadline) -> None:
+    try:
+        sock.settimeout(deadline.remaining())
+        sock.sendall(response.serialize())
+    except OSError:
+        pass
+
+
+def accept(
+    sock: socket.socket,
+    *,
+    subprotocols: Sequence[str] | None = None,
+    origins: Sequence[str | None] | None = None,
+    process_request: ProcessRequest | None = None,
+    open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
+    close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+    timeout: float | None = None,
+    max_size: int | None = DEFAULT_MAX_SIZE,
+    write_limit: int = DEFAULT_WRITE_LIMIT,
+    compression: str | None = "deflate",
+    ssl_context: ssl.SSLContext | None = None,
+) -> WebSocket:
+    """Run the server side of the opening handshake on an accepted socket.
+
+    Args:
+        sock: a connected socket (for example from ``listener.accept()``).
+        subprotocols: subprotocols the server supports; the first one the
+            client offered is chosen.
+        origins: allowed Origin values (``None`` in the list allows requests
+            without one); others get 403.
+        process_request: called with the request before the upgrade; a
+            :class:`~blockws.http.Response` it returns is sent instead (to
+            reject, redirect or challenge).
+        open_timeout: bounds the handshake (a client that sends nothing is
+            dropped).
+        ssl_context: wrap ``sock`` in TLS first.
+        compression: ``"deflate"`` or None (negotiation not implemented yet).
+
+    Raises:
+        InvalidHandshake: the request was refused; the HTTP answer (4xx, or
+            the process_request response) was already sent.
+        TimeoutError: the handshake took longer than ``open_timeout``.
+    """
+    deadline = Deadline(open_timeout)
+    if ssl_context is not None:
+        sock.settimeout(deadline.remaining())
+        try:
+            sock = ssl_context.wrap_socket(sock, server_side=True)
+        except socket.timeout:
+            raise TimeoutError("timed out during the TLS handshake") from None
+    try:
+        head, leftover = read_http_head(sock, deadline, "opening handshake")
+        request = parse_request(head)
+    except InvalidHandshake as exc:
+        _reply(sock, Response(400, body=f"{exc}\n".encode()), deadline)
+        raise
+    if process_request is not None:
+        answer = process_request(request)
+        if answer is not None:
+            _reply(sock, answer, deadline)
+            raise InvalidHandshake(f"request refused by process_request: HTTP {answer.status}")
+    try:
+        if origins is not None and request.headers.get("Origin") not in origins:
+            raise HandshakeFailure(f"origin {request.headers.get('Origin')!r} is not allowed", 403)
+        key = check_request(request)
+    except HandshakeFailure as exc:
+        _reply(sock, exc.response(), deadline)
+        raise
+    response = accept_response(key, select_subprotocol(request, subprotocols))
+    sock.settimeout(deadline.remaining())
+    try:
+        sock.sendall(response.serialize())
+    except socket.timeout:
+        raise TimeoutError("timed out sending the handshake response") from None
+    return WebSocket(
+        sock,
+        Protocol(Side.SERVER, max_size=max_size),
+        request=request,
+        response=response,
+        subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
+        leftover=leftover,
+        timeout=timeout,
+        close_timeout=close_timeout,
+        write_limit=write_limit,
+    )
+
+
+class WebSocketHandler(socketserver.BaseRequestHandler):
+    """A :mod:`socketserver` request handler that speaks WebSocket.
+
+    Override :meth:`handle_websocket`; set :attr:`accept_options` for
+    :func:`accept`::
+
+        class Echo(blockws.WebSocketHandler):
+            def handle_websocket(self, ws):
+                for message in ws:
+                    ws.send(message)
+
+        socketserver.ThreadingTCPServer(("", 8765), Echo).serve_forever()
+    """
+
+    accept_options: dict[str, Any] = {}
+    request: socket.socket
+
+    def handle(self) -> None:
+        try:
+            ws = accept(self.request, **self.accept_options)
+        except (InvalidHandshake, TimeoutError, OSError) as exc:
+            logger.info("handshake with %s failed: %s", self.client_address, exc)
+            return
+        with ws:
+            self.handle_websocket(ws)
+
+    def handle_websocket(self, ws: WebSocket) -> None:
+        """Serve one connection; it is closed when this returns."""
+        raise NotImplementedError
+
+
+class Server:
+    """A threaded WebSocket server: one thread per connection.
+
+    Made by :func:`serve`. Use ``serve_forever()`` and ``shutdown()`` as with
+    :mod:`socketserver`, or a ``with`` block (which shuts it down on exit).
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[WebSocket], Any],
+        host: str | None,
+        port: int,
+        *,
+        max_connections: int | None = None,
+        backlog: int = 128,
+        **options: Any,
+    ) -> None:
+        self.handler = handler
+        self.max_connections = max_connections
+        self.options = options
+        self.socket = socket.create_server((host or "", port), backlog=backlog, reuse_port=False)
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._connections: set[WebSocket] = set()
+        self._active = 0
+        self._shutdown_requested = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+
+    @property
+    def port(self) -> int:
+        return int(self.socket.getsockname()[1])
+
+    @property
+    def connections(self) -> list[WebSocket]:
+        """The open connections."""
+        with self._lock:
+            return list(self._connections)
+
+    def serve_forever(self) -> None:
+        """Accept connections until :meth:`shutdown` is called."""
+        self._stopped.clear()
+        try:
+            self._selector.register(self.socket, selectors.EVENT_READ)
+            self._selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._shutdown_requested:
+                for key, _ in self._selector.select():
+                    if key.fileobj is self._wake_r:
+                        return
+                    try:
+                        conn, addr = self.socket.accept()
+                    except OSError:
+                        continue
+                    self._start(conn, addr)
+        finally:
+            for obj in (self.socket, self._wake_r):
+                try:
+                    self._selector.unregister(obj)
+                except (KeyError, ValueError):
+                    pass
+            self._stopped.set()
+
+    def _start(self, conn: socket.socket, addr: Any) -> None:
+        with self._lock:
+            over = self.max_connections is not None and self._active >= self.max_connections
+            if not over:
+                self._active += 1
+        thread = threading.Thread(target=self._serve_one, args=(conn, addr, over), name=f"blockws {addr}", daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _serve_one(self, conn: socket.socket, addr: Any, over: bool) -> None:
+        ws = None
+        try:
+            if over:
+                self._refuse(conn)
+                return
+            try:
+                ws = accept(conn, **self.options)
+            except (InvalidHandshake, TimeoutError, OSError) as exc:
+                logger.info("handshake with %s failed: %s", addr, exc)
+                return
+            with self._lock:
+                self._connections.add(ws)
+            if self._shutdown_requested:
+                return
+            try:
+                self.handler(ws)
+            except Exception:
+                logger.exception("connection handler failed")
+                if ws.state is not ws.state.CLOSED:
+                    ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if ws is not None:
+                try:
+                    ws.close(CloseCode.GOING_AWAY if self._shutdown_requested else CloseCode.NORMAL_CLOSURE)
+                except Exception:  # pragma: no cover - close never raises for a closed peer
+                    logger.exception("closing failed")
+                with self._lock:
+                    self._connections.discard(ws)
+            else:
+                conn.close()
+            with self._lock:
+                if not over:
+                    self._active -= 1
+                self._threads.discard(threading.current_thread())
+
+    def _refuse(self, conn: socket.socket) -> None:
+        deadline = Deadline(min(self.options.get("open_timeout") or 5.0, 5.0))
+        try:
+            read_http_head(conn, deadline, "opening handshake")
+        except (InvalidHandshake, TimeoutError, OSError):
+            pass
+        body = f"too many connections (max_connections={self.max_connections})\n".encode()
+        _reply(conn, Response(503, headers={"Retry-After": "1"}, body=body), deadline)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, close open connections with 1001, join the threads.
+
+        ``timeout`` bounds the wait for handlers to return (default: the
+        close timeout plus a second).
+        """
+        self._shutdown_requested = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        self._stopped.wait(5.0)
+        closers = [
+            threading.Thread(target=ws.close, args=(CloseCode.GOING_AWAY, "server shutting down"), daemon=True)
+            for ws in self.connections
+        ]
+        for t in closers:
+            t.start()
+        if timeout is None:
+            timeout = (self.options.get("close_timeout") or DEFAULT_CLOSE_TIMEOUT) + 1.0
+        deadline = Deadline(timeout)
+        for t in closers:
+            t.join(deadline.remaining())
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(deadline.remaining())
+        for ws in self.connections:
+            ws.abort(CloseCode.GOING_AWAY, "server shut down")
+        self.server_close()
+
+    def server_close(self) -> None:
+        """Close the listening socket (done by :meth:`shutdown`)."""
+        self.socket.close()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.shutdown()
+
+
+def serve(
+    handler: Callable[[WebSocket], Any],
+    host: str | None = None,
+    port: int = 0,
+    **options: Any,
+) -> Server:
+    """Make a threaded WebSocket server listening on ``host:port``.
+
+    ``handler(ws)`` runs in a thread of its own for each connection; the
+    connection is closed when it returns. Call ``serve_forever()``::
+
+        def echo(ws):
+            for message in ws:
+                ws.send(message)
+
+        with blockws.serve(echo, "localhost", 8765) as server:
+            server.serve_forever()
+
+    Options: ``max_connections`` (excess connections get 503) and
+    ``backlog``, plus those of :func:`accept` (``subprotocols``, ``origins``,
+    ``process_request``, ``open_timeout``, ``close_timeout``, ``max_size``,
+    ``ssl_context``, ...). ``port=0`` picks a free port: see :attr:`Server.port`.
+    """
+    return Server(handler, host, port, **options)

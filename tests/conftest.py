@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import blockws
+
+
+def _echo(ws: blockws.WebSocket) -> None:
+    for message in ws:
+        ws.sendall(message)
+
+
+class RunningServer:
+    """A blockws server serving in a background thread."""
+
+    def __init__(self, handler: Callable[[blockws.WebSocket], Any], **options: Any) -> None:
+        self.server = blockws.serve(handler, "127.0.0.1", 0, **options)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def run_server() -> Iterator[Callable[..., RunningServer]]:
+    """Start blockws servers: ``run_server(handler, **options)``; stopped after the test."""
+    servers: list[RunningServer] = []
+
+    def start(handler: Callable[[blockws.WebSocket], Any] = _echo, **options: Any) -> RunningServer:
+        server = RunningServer(handler, **options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def echo_server(run_server: Callable[..., RunningServer]) -> RunningServer:
+    return run_server(_echo)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Every thread a test starts must be gone shortly after it ends."""
+    before = set(threading.enumerate())
+    yield
+    deadline = 5.0
+    import time
+
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked:
+            return
+        time.sleep(0.02)
+    pytest.fail(f"threads leaked: {leaked}")

@@ -1,0 +1,408 @@
+"""The socket-like WebSocket over real 127.0.0.1 sockets."""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import blockws
+from blockws import CloseCode, State
+
+
+def small_buffer_client(url: str, port: int, **options: Any) -> blockws.WebSocket:
+    """A client whose kernel send buffer is tiny, so backpressure comes fast."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return blockws.connect(url, sock=sock, **options)
+
+
+def test_echo_text_and_binary(echo_server):
+    with blockws.connect(echo_server.url, timeout=5) as ws:
+        assert ws.state is State.OPEN
+        for message in ["", "hé€𝄞", b"", b"\x00\xff" * 1000, "x" * 70000, os.urandom(200000)]:
+            ws.sendall(message)
+            assert ws.recv() == message
+    assert ws.state is State.CLOSED
+    assert ws.close_code == 1000
+
+
+def test_send_returns_count_in_characters(echo_server):
+    with blockws.connect(echo_server.url, timeout=5) as ws:
+        assert ws.send("h€llo") == 5
+        assert ws.recv() == "h€llo"
+        assert ws.send(bytearray(b"abc")) == 3
+        assert ws.recv() == b"abc"
+        assert ws.send(memoryview(b"abcdef")[2:]) == 4
+        assert ws.recv() == b"cdef"
+
+
+def test_message_in_several_sends(echo_server):
+    with blockws.connect(echo_server.url, timeout=5) as ws:
+        assert ws.send("ab", fin=False) == 2
+        assert ws.send("cd", fin=False) == 2
+        ws.sendall("ef")
+        assert ws.recv() == "abcdef"
+        with pytest.raises(TypeError):
+            ws.send("x", fin=False)
+            ws.send(b"y")
+        ws.sendall("z")
+        assert ws.recv() == "xz"
+
+
+def test_recv_none_at_peer_close_and_close_codes(run_server):
+    def handler(ws: blockws.WebSocket) -> None:
+        assert ws.recv() == "bye please"
+        ws.close(4000, "as you wish")
+
+    server = run_server(handler)
+    with blockws.connect(server.url, timeout=5) as ws:
+        ws.sendall("bye please")
+        assert ws.recv() is None
+        assert ws.recv() is None  # like b"" from socket.recv, again and again
+        assert ws.close_code == 4000
+        assert ws.close_reason == "as you wish"
+        assert ws.state is State.CLOSING
+        # Like a socket after a FIN: our half is still open until we close.
+        assert ws.send("late, but allowed") == 17
+    assert ws.state is State.CLOSED
+    with pytest.raises(blockws.ConnectionClosedError) as info:
+        ws.send("too late")
+    assert info.value.code == 4000
+
+
+def test_client_close_code_reaches_server(run_server):
+    seen: dict[str, Any] = {}
+
+    def handler(ws: blockws.WebSocket) -> None:
+        seen["message"] = ws.recv()
+        seen["code"], seen["reason"] = ws.close_code, ws.close_reason
+
+    server = run_server(handler)
+    ws = blockws.connect(server.url, timeout=5)
+    ws.close(3001, "done here")
+    ws.close()  # idempotent
+    server.stop()
+    assert seen == {"message": None, "code": 3001, "reason": "done here"}
+    # Like websockets: only 1000/1001 both ways count as "OK".
+    with pytest.raises(blockws.ConnectionClosedError) as info:
+        ws.send("x")
+    assert info.value.code == 3001
+
+
+def test_half_close_keeps_receiving(run_server):
+    def handler(ws: blockws.WebSocket) -> None:
+        received = list(ws)  # until the client's Close
+        for message in received:
+            ws.sendall(message.upper())
+        ws.sendall("end")
+
+    server = run_server(handler)
+    ws = blockws.connect(server.url, timeout=5)
+    ws.sendall("one")
+    ws.sendall("two")
+    ws.shutdown(socket.SHUT_WR)
+    with pytest.raises(blockws.ConnectionClosedOK):
+        ws.send("three")
+    assert ws.state is State.CLOSING
+    assert [ws.recv(), ws.recv(), ws.recv(), ws.recv()] == ["ONE", "TWO", "end", None]
+    assert ws.close_code == 1000
+    ws.close()
+    assert ws.state is State.CLOSED
+
+
+def test_lost_connection_raises_and_reports_1006(run_server):
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.recv()
+        ws.abort()
+
+    server = run_server(handler)
+    with blockws.connect(server.url, timeout=5) as ws:
+        ws.sendall("go")
+        with pytest.raises(blockws.ConnectionClosedError):
+            ws.recv()
+        assert ws.close_code == 1006
+        assert ws.state is State.CLOSED
+
+
+def test_recv_timeout_keeps_partial_message(run_server):
+    go = threading.Event()
+
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.send("first half, ", fin=False)
+        go.wait(5)
+        ws.sendall("second half")
+        ws.recv()
+
+    server = run_server(handler)
+    with blockws.connect(server.url, timeout=0.2) as ws:
+        with pytest.raises(TimeoutError):
+            ws.recv()
+        ws.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            ws.recv()
+        assert ws.pending() > 0  # the first half is buffered here
+        go.set()
+        ws.settimeout(5)
+        assert ws.recv() == "first half, second half"
+
+
+def test_partial_send_under_backpressure_loses_nothing(run_server):
+    """send() with a timeout accepts what fits; every accepted byte arrives once, in order."""
+    reading = threading.Event()
+    received: list[Any] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        reading.wait(10)
+        received.extend(ws)
+
+    server = run_server(handler, max_size=None)
+    data = os.urandom(3_000_000)
+    ws = small_buffer_client(server.url, server.port, timeout=0.2)
+    view = memoryview(data)
+    counts = []
+    while view:
+        try:
+            n = ws.send(view)
+        except TimeoutError:
+            # Nothing accepted: the peer does not read. Let it read now.
+            assert counts, "the first send should accept something"
+            reading.set()
+            continue
+        assert 0 < n <= len(view)
+        counts.append(n)
+        view = view[n:]
+    assert len(counts) > 1, "backpressure should have split the message"
+    assert ws.buffered_amount <= ws.write_limit + 14
+    ws.close()
+    server.stop()
+    assert received == [data]
+
+
+def test_nonblocking_send_raises_blockingioerror_with_nothing_accepted(run_server):
+    reading = threading.Event()
+    received: list[Any] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        reading.wait(10)
+        received.extend(ws)
+
+    server = run_server(handler, max_size=None)
+    ws = small_buffer_client(server.url, server.port)
+    ws.setblocking(False)
+    chunk = b"y" * 50_000
+    accepted = bytearray()
+    with pytest.raises(BlockingIOError):
+        for _ in range(10_000):
+            n = ws.send(chunk)
+            accepted += chunk[:n]
+            if n < len(chunk):
+                # finish the open message in the next sends
+                rest = chunk[n:]
+                while rest:
+                    m = ws.send(rest)
+                    accepted += rest[:m]
+                    rest = rest[m:]
+    # Whatever was accepted is a whole number of 50,000-byte messages plus
+    # a prefix of an open one; finish it blocking, then let the peer read.
+    reading.set()
+    ws.setblocking(True)
+    open_part = len(accepted) % len(chunk)
+    if open_part:
+        ws.sendall(chunk[open_part:])
+        accepted += chunk[open_part:]
+    ws.close()
+    server.stop()
+    assert b"".join(received) == bytes(accepted)
+    assert all(len(m) == len(chunk) for m in received)
+
+
+def test_partial_text_send_counts_characters(run_server):
+    reading = threading.Event()
+    received: list[Any] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        reading.wait(10)
+        received.extend(ws)
+
+    server = run_server(handler, max_size=None)
+    text = "€𝄞a" * 300_000
+    ws = small_buffer_client(server.url, server.port, timeout=0.1)
+    sent = 0
+    while sent < len(text):
+        try:
+            n = ws.send(text[sent:])
+        except TimeoutError:
+            reading.set()
+            continue
+        sent += n
+    ws.close()
+    server.stop()
+    assert received == [text]
+
+
+def test_concurrent_senders_never_interleave(run_server):
+    received: list[Any] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        received.extend(ws)
+
+    server = run_server(handler, max_size=None)
+    ws = blockws.connect(server.url, timeout=10)
+
+    def sender(tag: int) -> None:
+        for i in range(200):
+            size = random.randrange(0, 20000)
+            ws.sendall(bytes([tag]) * size + i.to_bytes(2, "big"))
+
+    threads = [threading.Thread(target=sender, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ws.close()
+    server.stop()
+    assert len(received) == 800
+    per_tag: dict[int, list[int]] = {}
+    for m in received:
+        body, index = m[:-2], int.from_bytes(m[-2:], "big")
+        assert len(set(body)) <= 1
+        tag = body[0] if body else None
+        if tag is not None:
+            per_tag.setdefault(tag, []).append(index)
+    for indexes in per_tag.values():
+        assert indexes == sorted(indexes)
+
+
+def test_ping_returns_latency(echo_server):
+    with blockws.connect(echo_server.url, timeout=5) as ws:
+        latency = ws.ping()
+        assert 0 <= latency < 1
+        assert ws.latency == latency
+        ws.pong(b"unsolicited")
+        ws.sendall("still works")
+        assert ws.recv() == "still works"
+
+
+def test_ping_while_another_thread_receives(run_server):
+    def handler(ws: blockws.WebSocket) -> None:
+        time.sleep(0.3)
+        ws.sendall("late")
+        ws.recv()
+
+    server = run_server(handler)
+    with blockws.connect(server.url, timeout=5) as ws:
+        got: list[Any] = []
+        t = threading.Thread(target=lambda: got.append(ws.recv()))
+        t.start()
+        time.sleep(0.05)
+        assert ws.ping(b"p1") < 1
+        t.join()
+        assert got == ["late"]
+
+
+def test_select_loop_with_fileno_and_pending(echo_server):
+    conns = [blockws.connect(echo_server.url, timeout=5) for _ in range(3)]
+    for i, ws in enumerate(conns):
+        ws.sendall(f"a{i}")
+        ws.sendall(f"b{i}")
+    got: list[Any] = []
+    for ws in conns:
+        ws.setblocking(False)
+    while len(got) < 6:
+        ready = [ws for ws in conns if ws.pending()]
+        if not ready:
+            r, _, _ = select.select(conns, [], [], 5)
+            assert r
+            ready = r
+        for ws in ready:
+            try:
+                got.append(ws.recv())
+            except BlockingIOError:
+                pass
+    assert sorted(got) == sorted(f"{p}{i}" for p in "ab" for i in range(3))
+    for ws in conns:
+        ws.setblocking(True)
+        ws.close()
+
+
+def test_recv_fragments(run_server):
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.send("one ", fin=False)
+        ws.send("two ", fin=False)
+        ws.sendall("three")
+        ws.sendall(b"bin")
+        ws.recv()
+
+    server = run_server(handler)
+    with blockws.connect(server.url, timeout=5) as ws:
+        pieces = list(ws.recv_fragments())
+        assert "".join(pieces) == "one two three"
+        assert all(isinstance(p, str) for p in pieces)
+        assert list(ws.recv_fragments()) == [b"bin"]
+
+
+def test_max_size_fails_with_1009_and_names_the_limit(run_server):
+    errors: list[BaseException] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        try:
+            ws.recv()
+        except blockws.ConnectionClosedError as exc:
+            errors.append(exc)
+
+    server = run_server(handler, max_size=1000)
+    with blockws.connect(server.url, timeout=5) as ws:
+        ws.sendall(b"x" * 2000)
+        assert ws.recv() is None
+        assert ws.close_code == CloseCode.MESSAGE_TOO_BIG
+        assert "frame of 2000 bytes exceeds max_size=1000" in (ws.close_reason or "")
+    server.stop()
+    assert errors and errors[0].code == 1009
+
+
+def test_client_max_size(run_server):
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.sendall("y" * 5000)
+        ws.recv()
+
+    server = run_server(handler)
+    with blockws.connect(server.url, timeout=5, max_size=4096) as ws:
+        with pytest.raises(blockws.ConnectionClosedError) as info:
+            ws.recv()
+        assert info.value.code == 1009
+        assert "max_size=4096" in str(info.value)
+        assert ws.close_code == 1009
+
+
+def test_close_from_another_thread_wakes_receiver(echo_server):
+    ws = blockws.connect(echo_server.url)
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(ws.recv()))
+    t.start()
+    time.sleep(0.1)
+    ws.close()
+    t.join(5)
+    assert not t.is_alive()
+    assert got == [None]
+    assert ws.close_code == 1000
+
+
+def test_context_manager_and_iteration(run_server):
+    def handler(ws: blockws.WebSocket) -> None:
+        for i in range(3):
+            ws.sendall(str(i))
+
+    server = run_server(handler)
+    with blockws.connect(server.url, timeout=5) as ws:
+        assert list(ws) == ["0", "1", "2"]
+        assert ws.local_address[0] == "127.0.0.1"
+        assert ws.remote_address == ("127.0.0.1", server.port)
+        assert "WebSocket client" in repr(ws)
