@@ -34,7 +34,8 @@ def demo() -> int:
         print(f"client: connecting to {url}")
         with connect(url, timeout=5) as ws:
             print("client: connected")
-            for message in ["hello", "WebSockets carry messages", b"\x00\x01binary\xff"]:
+            messages: list[str | bytes] = ["hello", "WebSockets carry messages", b"\x00\x01binary\xff"]
+            for message in messages:
                 n = ws.send(message)
                 print(f"client: send({message!r}) accepted {n} of {len(message)}")
                 print(f"client: recv() -> {ws.recv()!r}")
@@ -46,6 +47,7 @@ def demo() -> int:
 def client(url: str) -> int:
     """Send each line of stdin as a text message; print what comes back."""
     with connect(url) as ws:
+
         def reader() -> None:
             for message in ws:
                 print(f"< {message!r}" if isinstance(message, bytes) else f"< {message}", flush=True)

@@ -165,7 +165,9 @@ def connect(
                 sock = context.wrap_socket(sock, server_hostname=server_hostname or uri.host)
             except socket.timeout:
                 raise TimeoutError("timed out during the TLS handshake") from None
-        return _handshake(sock, uri, deadline, timeout, close_timeout, subprotocols, headers, origin, max_size, write_limit)
+        return _handshake(
+            sock, uri, deadline, timeout, close_timeout, subprotocols, headers, origin, max_size, write_limit
+        )
     except BaseException:
         sock.close()
         raise

@@ -202,7 +202,7 @@ class WebSocket:
         proto = self._proto
         total = len(proto._buf) + sum(len(p) for p in self._parts)
         for event in proto.events:
-            total += len(event.payload) if type(event) is Data else 1  # type: ignore[union-attr]
+            total += len(event.payload) if type(event) is Data else 1
         if proto.failure is not None:
             total += 1
         if self._tls:
@@ -277,7 +277,9 @@ class WebSocket:
         sent = proto.close_sent
         clean = self._lost_code is None and (
             code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD)
-            and (sent is None or sent.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD))
+            and (
+                sent is None or sent.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD)
+            )
         )
         cls = ConnectionClosedOK if clean else ConnectionClosedError
         return cls(code, reason)
@@ -288,7 +290,9 @@ class WebSocket:
         if proto.close_sent is not None or self._lost_code is not None or self._tcp_closed:
             raise self._closed_error()
 
-    def _lose(self, exc: BaseException | None, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = "") -> ConnectionClosedError:
+    def _lose(
+        self, exc: BaseException | None, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = ""
+    ) -> ConnectionClosedError:
         """The connection is gone without a closing handshake: shut it down."""
         if self._lost_code is None and self._proto.close_rcvd is None:
             self._lost_code = code
@@ -328,7 +332,7 @@ class WebSocket:
     def _acquire_send(self, deadline: Deadline, text: bool | None) -> None:
         """Take the send lock, waiting while another thread owns an open message."""
         cond = self._send_cond
-        if not cond.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+        if not cond.acquire(timeout=deadline.lock_timeout()):
             raise self._timeout_error("send")
         me = threading.get_ident()
         while self._msg_owner is not None and self._msg_owner != me and text is not None:
@@ -413,7 +417,10 @@ class WebSocket:
             else:
                 n = self._sock.sendmsg([header, body])
                 if n < len(header) + len(body):
-                    self._send_all(memoryview(header + body)[n:] if n < len(header) else memoryview(body)[n - len(header) :], deadline)
+                    self._send_all(
+                        memoryview(header + body)[n:] if n < len(header) else memoryview(body)[n - len(header) :],
+                        deadline,
+                    )
         except OSError as exc:
             raise self._lose(exc) from exc
 
@@ -426,7 +433,13 @@ class WebSocket:
             self._msg_text = text
 
     def _send_partial(
-        self, data: str | BytesLike, payload: BytesLike, count_chars: bool, fin: bool, deadline: Deadline, text: bool | None = None
+        self,
+        data: str | BytesLike,
+        payload: BytesLike,
+        count_chars: bool,
+        fin: bool,
+        deadline: Deadline,
+        text: bool | None = None,
     ) -> int:
         """Accept what fits now (after waiting until the deadline for some room).
 
@@ -586,7 +599,6 @@ class WebSocket:
             self._close_rcvd_event.set()
             return None
 
-
     def _fail(self, exc: ProtocolError) -> ConnectionClosedError:
         """The peer broke the protocol: send our Close (queued by the protocol) and end."""
         self._lost_code = exc.close_code
@@ -595,7 +607,7 @@ class WebSocket:
         return ConnectionClosedError(exc.close_code, str(exc))
 
     def _acquire_recv(self, deadline: Deadline) -> None:
-        if not self._recv_lock.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+        if not self._recv_lock.acquire(timeout=deadline.lock_timeout()):
             raise self._timeout_error("recv")
 
     def recv(self) -> Message | None:
@@ -680,7 +692,7 @@ class WebSocket:
         ``reader`` says the caller already holds the recv lock.
         """
         try:
-            if self._send_cond.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+            if self._send_cond.acquire(timeout=deadline.lock_timeout()):
                 try:
                     self._flush(deadline)
                 finally:
@@ -688,7 +700,7 @@ class WebSocket:
         except ConnectionClosed:
             pass
         proto = self._proto
-        if reader or self._recv_lock.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+        if reader or self._recv_lock.acquire(timeout=deadline.lock_timeout()):
             try:
                 client = proto.side is Side.CLIENT
                 while not proto.eof and not self._tcp_closed:
@@ -733,7 +745,7 @@ class WebSocket:
     def _queue_close(self, code: int | None, reason: str, deadline: Deadline) -> None:
         if self._proto.close_sent is not None or self._lost_code is not None:
             return
-        if not self._send_cond.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+        if not self._send_cond.acquire(timeout=deadline.lock_timeout()):
             # A sender is stuck on a peer that does not read: give up on it.
             self._shutdown_socket()
             return
@@ -753,7 +765,7 @@ class WebSocket:
         if how == socket.SHUT_WR:
             deadline = Deadline(self.close_timeout)
             self._queue_close(CloseCode.NORMAL_CLOSURE, "", deadline)
-            if self._send_cond.acquire(timeout=-1 if deadline.when is None else deadline.remaining() or 0):  # type: ignore[arg-type]
+            if self._send_cond.acquire(timeout=deadline.lock_timeout()):
                 try:
                     self._flush(deadline)
                 finally:

@@ -73,9 +73,7 @@ class InvalidStatus(InvalidHandshake):
 
     def __init__(self, response: Response, message: str | None = None) -> None:
         self.response = response
-        super().__init__(
-            message or f"server rejected WebSocket connection: HTTP {response.status} {response.reason}"
-        )
+        super().__init__(message or f"server rejected WebSocket connection: HTTP {response.status} {response.reason}")
 
     @property
     def status(self) -> int:

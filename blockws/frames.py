@@ -170,9 +170,7 @@ def _mask_python(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     if n == 0:
         return b""
     repeated = key * ((n >> 2) + 1)
-    return (
-        int.from_bytes(data, "little") ^ int.from_bytes(repeated[:n], "little")
-    ).to_bytes(n, "little")
+    return (int.from_bytes(data, "little") ^ int.from_bytes(repeated[:n], "little")).to_bytes(n, "little")
 
 
 _mask = _mask_python
@@ -180,7 +178,7 @@ try:  # pragma: no cover - depends on whether the accelerator was built
     import os as _os
 
     if not _os.environ.get("BLOCKWS_NO_EXTENSIONS"):
-        from ._speedups import mask as _mask  # type: ignore[no-redef]
+        from ._speedups import mask as _mask  # type: ignore[no-redef,import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover
     pass
 

@@ -131,9 +131,7 @@ def check_request(request: Request) -> str:
         raise HandshakeFailure("missing 'Connection: Upgrade' header")
     version = headers.get("Sec-WebSocket-Version")
     if version != "13":
-        raise HandshakeFailure(
-            f"unsupported Sec-WebSocket-Version {version!r}", 426, {"Sec-WebSocket-Version": "13"}
-        )
+        raise HandshakeFailure(f"unsupported Sec-WebSocket-Version {version!r}", 426, {"Sec-WebSocket-Version": "13"})
     keys = headers.get_all("Sec-WebSocket-Key")
     if len(keys) != 1:
         raise HandshakeFailure("missing or repeated Sec-WebSocket-Key header")

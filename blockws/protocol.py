@@ -185,7 +185,6 @@ class Protocol:
         self.state = State.CLOSED
 
     def _parse(self, data: bytes) -> None:
-        events = self.events
         pos = 0
         end = len(data)
         client = self.side is Side.CLIENT
@@ -314,7 +313,7 @@ class Protocol:
 
     # -- sending -------------------------------------------------------------
 
-    def encode_data(self, payload: bytes, text: bool, fin: bool) -> tuple[bytes, bytes]:
+    def encode_data(self, payload: bytes | bytearray | memoryview, text: bool, fin: bool) -> tuple[bytes, bytes]:
         """Frame ``payload`` as the next frame of the outgoing message.
 
         Returns ``(header, payload)``, the payload masked on the client side,
@@ -326,7 +325,7 @@ class Protocol:
         self.sending_message = not fin
         keys = self._mask_keys
         if keys is None:
-            return encode_header(opcode, len(payload), fin), payload
+            return encode_header(opcode, len(payload), fin), payload  # type: ignore[return-value]
         key = keys.next()
         return encode_header(opcode, len(payload), fin, 0, key), apply_mask(payload, key)
 

@@ -29,6 +29,11 @@ class Deadline:
             return None
         return max(self.when - time.monotonic(), 0.0)
 
+    def lock_timeout(self) -> float:
+        """The remaining time as ``Lock.acquire(timeout=...)`` takes it (-1: forever)."""
+        remaining = self.remaining()
+        return -1 if remaining is None else remaining
+
     def expired(self) -> bool:
         return self.when is not None and time.monotonic() >= self.when
 
@@ -57,7 +62,7 @@ def read_http_head(sock: socket.socket, deadline: Deadline, what: str) -> tuple[
 def read_http_body(sock: socket.socket, deadline: Deadline, response: Response, leftover: bytes) -> bytes:
     """Read a (bounded) body announced by Content-Length; best effort."""
     try:
-        length = min(int(response.headers.get("Content-Length", "0")), MAX_BODY)
+        length = min(int(response.headers.get("Content-Length") or "0"), MAX_BODY)
     except ValueError:
         return b""
     body = leftover[:length]
