@@ -11,7 +11,7 @@ A :class:`WebSocket` behaves like a BSD socket that carries messages::
 
 from __future__ import annotations
 
-from .client import connect, parse_uri
+from .client import ConnectGate, connect, parse_uri
 from .connection import WebSocket
 from .exceptions import (
     BadPortError,
@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "connect",
+    "ConnectGate",
     "parse_uri",
     "serve",
     "accept",

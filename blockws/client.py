@@ -6,19 +6,22 @@ opening: DNS, TCP, TLS and the handshake.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
+import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
-from .exceptions import BadPortError, InvalidURI
+from .exceptions import BadPortError, InvalidHandshake, InvalidStatus, InvalidURI, TooManyRedirects
 from .handshake import check_response, client_request, make_key
-from .http import HeadersLike, parse_response
+from .http import Headers, HeadersLike, parse_response
 from .protocol import DEFAULT_MAX_SIZE, Protocol, Side
 from .utils import Deadline, read_http_body, read_http_head
 
-__all__ = ["connect", "WebSocketURI", "parse_uri", "BAD_PORTS"]
+__all__ = ["connect", "ConnectGate", "WebSocketURI", "parse_uri", "BAD_PORTS"]
 
 # The Fetch standard's "bad ports" (https://fetch.spec.whatwg.org/#port-blocking):
 # ports of other protocols that a browser must never speak HTTP to.
@@ -98,6 +101,71 @@ def parse_uri(url: str) -> WebSocketURI:
     return WebSocketURI(secure, parts.hostname, port or (443 if secure else 80), resource, user, password)
 
 
+class ConnectGate:
+    """Limits how connections to one remote host are opened (the seed's DoS guard).
+
+    At most one connection per remote IP address is in the CONNECTING state
+    (TCP, TLS and handshake) at a time: others wait for it, within their
+    ``open_timeout``. With ``max_per_host``, at most that many connections
+    to one host name are open at once (a further :func:`connect` waits for
+    one to close, within its ``open_timeout``).
+
+    A process-wide gate is used by default; ``connect(connect_gate=None)``
+    bypasses it, ``connect(connect_gate=ConnectGate(max_per_host=4))`` uses
+    another.
+    """
+
+    def __init__(self, max_per_host: int | None = None) -> None:
+        self.max_per_host = max_per_host
+        self._cond = threading.Condition()
+        self._connecting: set[str] = set()
+        self._open: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def connecting(self, address: str, deadline: Deadline) -> Iterator[None]:
+        """Hold the CONNECTING slot of ``address`` for the duration of the block."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: address not in self._connecting, deadline.remaining()):
+                raise TimeoutError(f"timed out waiting for another connection to {address} to finish opening")
+            self._connecting.add(address)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._connecting.discard(address)
+                self._cond.notify_all()
+
+    def acquire_host(self, host: str, deadline: Deadline) -> None:
+        """Count an open connection to ``host``, waiting while the cap is reached."""
+        with self._cond:
+            limit = self.max_per_host
+            if limit is not None and not self._cond.wait_for(
+                lambda: self._open.get(host, 0) < limit, deadline.remaining()
+            ):
+                raise TimeoutError(f"timed out waiting for a free connection to {host} (max_per_host={limit})")
+            self._open[host] = self._open.get(host, 0) + 1
+
+    def release_host(self, host: str) -> None:
+        with self._cond:
+            count = self._open.get(host, 0) - 1
+            if count > 0:
+                self._open[host] = count
+            else:
+                self._open.pop(host, None)
+            self._cond.notify_all()
+
+    def open_connections(self, host: str) -> int:
+        with self._cond:
+            return self._open.get(host, 0)
+
+
+DEFAULT_GATE = ConnectGate()
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Headers that carry credentials: never sent to another origin after a redirect.
+_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
+
+
 def connect(
     url: str,
     *,
@@ -107,11 +175,13 @@ def connect(
     subprotocols: Sequence[str] | None = None,
     headers: HeadersLike | None = None,
     origin: str | None = None,
+    max_redirects: int = 5,
     ssl_context: ssl.SSLContext | None = None,
     compression: str | None = "deflate",
     max_size: int | None = DEFAULT_MAX_SIZE,
     write_limit: int = DEFAULT_WRITE_LIMIT,
     allow_bad_ports: bool = False,
+    connect_gate: ConnectGate | None = DEFAULT_GATE,
     sock: socket.socket | None = None,
     server_hostname: str | None = None,
 ) -> WebSocket:
@@ -121,57 +191,153 @@ def connect(
         url: ``ws://host[:port]/path`` or ``wss://...``.
         timeout: the connection's timeout after the handshake (None: blocking;
             0: non-blocking), as :meth:`WebSocket.settimeout`.
-        open_timeout: bounds the whole opening (DNS, TCP, TLS, handshake).
+        open_timeout: bounds the whole opening (DNS, TCP, TLS, handshake,
+            redirects, waiting at the connect gate).
         close_timeout: how long :meth:`WebSocket.close` waits for the peer.
         subprotocols: subprotocols to offer, in order of preference.
         headers: extra request headers (they may override the defaults).
+            ``Authorization`` and ``Cookie`` are dropped when a redirect
+            leads to another origin.
         origin: the Origin header to send.
+        max_redirects: how many redirects (301, 302, 303, 307, 308) to
+            follow; more raise ``TooManyRedirects``, as does a loop. A
+            redirect from ``wss`` to ``ws`` is refused.
         ssl_context: for ``wss``; default: verified against the system CAs.
         compression: ``"deflate"`` to offer permessage-deflate, or None.
-            (Negotiation is not implemented yet: nothing is offered.)
         max_size: the largest message accepted (bytes), None for no limit.
         write_limit: bytes :meth:`WebSocket.send` may hold in user space.
         allow_bad_ports: allow the ports the Fetch standard bans for HTTP.
+        connect_gate: the :class:`ConnectGate` (default: one per process);
+            None: no gate.
         sock: an already connected socket (a Unix socket, a tunnel) to run
-            the handshake on instead of connecting to the URL's host.
+            the handshake on instead of connecting to the URL's host
+            (redirects are then not followed).
         server_hostname: the name TLS verifies, if not the URL's host.
 
     Raises:
         InvalidURI: ``url`` is not a WebSocket URL.
         BadPortError: the port is banned (see ``allow_bad_ports``).
         InvalidStatus: the server answered with another status than 101.
+        TooManyRedirects: more than ``max_redirects`` redirects, or a loop.
         InvalidHandshake: the server's answer is not a valid upgrade.
         TimeoutError: the opening took longer than ``open_timeout``.
         OSError: the connection failed (refused, unreachable, TLS error).
     """
-    uri = parse_uri(url)
     if compression not in (None, "deflate"):
         raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
-    if uri.port in BAD_PORTS and not allow_bad_ports and sock is None:
-        raise BadPortError(
-            f"port {uri.port} is on the Fetch standard's list of banned ports; pass allow_bad_ports=True to use it"
-        )
+    uri = parse_uri(url)
     deadline = Deadline(open_timeout)
+    request_headers = Headers(headers)
+    seen = {uri.url}
+    redirects = 0
+    while True:
+        if uri.port in BAD_PORTS and not allow_bad_ports and sock is None:
+            raise BadPortError(
+                f"port {uri.port} is on the Fetch standard's list of banned ports; pass allow_bad_ports=True to use it"
+            )
+        try:
+            ws = _open(uri, deadline, sock, connect_gate, ssl_context, server_hostname, request_headers,
+                       origin, subprotocols, max_size, write_limit, timeout, close_timeout)  # fmt: skip
+        except InvalidStatus as exc:
+            if exc.status not in _REDIRECTS or sock is not None:
+                raise
+            location = exc.headers.get("Location")
+            if not location:
+                raise
+            target = _redirect_target(uri, location)
+            if target.url in seen:
+                raise TooManyRedirects(f"redirect loop: {target.url} was already visited") from exc
+            redirects += 1
+            if redirects > max_redirects:
+                raise TooManyRedirects(f"more than {max_redirects} redirects (max_redirects={max_redirects})") from exc
+            if _origin(target) != _origin(uri):
+                for name in _CREDENTIAL_HEADERS:
+                    del request_headers[name]
+            seen.add(target.url)
+            uri = target
+            continue
+        if connect_gate is not None and sock is None:
+            gate, host = connect_gate, uri.host
+            ws.on_close(lambda: gate.release_host(host))
+        return ws
+
+
+def _origin(uri: WebSocketURI) -> tuple[bool, str, int]:
+    return uri.secure, uri.host.lower(), uri.port
+
+
+def _redirect_target(uri: WebSocketURI, location: str) -> WebSocketURI:
+    base = f"{'https' if uri.secure else 'http'}://{uri.host_header}{uri.resource}"
+    target = parse_uri(urllib.parse.urljoin(base, location.strip()))
+    if uri.secure and not target.secure:
+        raise InvalidHandshake(f"refusing to follow a redirect from wss:// to {target.url}")
+    return target
+
+
+def _open(
+    uri: WebSocketURI,
+    deadline: Deadline,
+    sock: socket.socket | None,
+    gate: ConnectGate | None,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    headers: Headers,
+    origin: str | None,
+    subprotocols: Sequence[str] | None,
+    max_size: int | None,
+    write_limit: int,
+    timeout: float | None,
+    close_timeout: float | None,
+) -> WebSocket:
+    """One attempt: TCP (through the gate), TLS, handshake."""
+    addresses: list[Any] = []
     if sock is None:
         try:
-            sock = socket.create_connection((uri.host, uri.port), timeout=deadline.remaining())
-        except socket.timeout:
-            raise TimeoutError(f"timed out connecting to {uri.host}:{uri.port}") from None
+            addresses = socket.getaddrinfo(uri.host, uri.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise OSError(exc.errno, f"can't resolve {uri.host}: {exc.strerror}") from exc
+    gated = gate is not None and sock is None
+    if gated and gate is not None:
+        gate.acquire_host(uri.host, deadline)
     try:
-        if uri.secure:
-            context = ssl_context or ssl.create_default_context()
-            sock.settimeout(deadline.remaining())
+        with gate.connecting(addresses[0][4][0], deadline) if gated and gate else contextlib.nullcontext():
+            if sock is None:
+                sock = _connect_tcp(addresses, uri, deadline)
             try:
-                sock = context.wrap_socket(sock, server_hostname=server_hostname or uri.host)
-            except socket.timeout:
-                raise TimeoutError("timed out during the TLS handshake") from None
-        return _handshake(
-            sock, uri, deadline, timeout, close_timeout, subprotocols, headers, origin, max_size, write_limit
-        )
+                if uri.secure:
+                    context = ssl_context or ssl.create_default_context()
+                    sock.settimeout(deadline.remaining())
+                    try:
+                        sock = context.wrap_socket(sock, server_hostname=server_hostname or uri.host)
+                    except socket.timeout:
+                        raise TimeoutError("timed out during the TLS handshake") from None
+                return _handshake(sock, uri, deadline, timeout, close_timeout, subprotocols, headers, origin,
+                                  max_size, write_limit)  # fmt: skip
+            except BaseException:
+                sock.close()
+                raise
     except BaseException:
-        sock.close()
+        if gated and gate is not None:
+            gate.release_host(uri.host)
         raise
 
+
+def _connect_tcp(addresses: list[Any], uri: WebSocketURI, deadline: Deadline) -> socket.socket:
+    error: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(deadline.remaining())
+            sock.connect(address)
+            return sock
+        except socket.timeout:
+            sock.close()
+            raise TimeoutError(f"timed out connecting to {uri.host}:{uri.port}") from None
+        except OSError as exc:
+            sock.close()
+            error = exc
+    assert error is not None
+    raise error
 
 def _handshake(
     sock: socket.socket,

@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
@@ -118,7 +118,7 @@ class WebSocket:
         self._tcp_closed = False
         self._lost_code: int | None = None
         self._lost_reason = ""
-        self._eof_reported = False
+        self._on_close: list[Callable[[], None]] = []
         self.last_received = time.monotonic()
         if leftover:
             protocol.receive_data(leftover)
@@ -683,6 +683,16 @@ class WebSocket:
         self._shutdown_socket()
         self._sock.close()
         self._close_rcvd_event.set()
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once, when the socket is closed (for limits and keepalive)."""
+        if self._tcp_closed:
+            callback()
+        else:
+            self._on_close.append(callback)
 
     def _finish(self, deadline: Deadline, reader: bool = False) -> None:
         """Our Close is queued: write it, wait for the peer's, close TCP.

@@ -79,6 +79,7 @@ def accept(
             the process_request response) was already sent.
         TimeoutError: the handshake took longer than ``open_timeout``.
     """
+    options = {"max_size": max_size, "timeout": timeout, "close_timeout": close_timeout, "write_limit": write_limit}
     deadline = Deadline(open_timeout)
     if ssl_context is not None:
         sock.settimeout(deadline.remaining())
@@ -86,6 +87,22 @@ def accept(
             sock = ssl_context.wrap_socket(sock, server_side=True)
         except socket.timeout:
             raise TimeoutError("timed out during the TLS handshake") from None
+        try:
+            return _accept(sock, deadline, subprotocols, origins, process_request, options)
+        except BaseException:
+            sock.close()  # the caller's socket was detached into this one
+            raise
+    return _accept(sock, deadline, subprotocols, origins, process_request, options)
+
+
+def _accept(
+    sock: socket.socket,
+    deadline: Deadline,
+    subprotocols: Sequence[str] | None,
+    origins: Sequence[str | None] | None,
+    process_request: ProcessRequest | None,
+    options: dict[str, Any],
+) -> WebSocket:
     try:
         head, leftover = read_http_head(sock, deadline, "opening handshake")
         request = parse_request(head)
@@ -112,14 +129,14 @@ def accept(
         raise TimeoutError("timed out sending the handshake response") from None
     return WebSocket(
         sock,
-        Protocol(Side.SERVER, max_size=max_size),
+        Protocol(Side.SERVER, max_size=options["max_size"]),
         request=request,
         response=response,
         subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
         leftover=leftover,
-        timeout=timeout,
-        close_timeout=close_timeout,
-        write_limit=write_limit,
+        timeout=options["timeout"],
+        close_timeout=options["close_timeout"],
+        write_limit=options["write_limit"],
     )
 
 
