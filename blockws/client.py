@@ -7,6 +7,7 @@ opening: DNS, TCP, TLS and the handshake.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import ssl
 import threading
@@ -257,8 +258,7 @@ def connect(
             uri = target
             continue
         if connect_gate is not None and sock is None:
-            gate, host = connect_gate, uri.host
-            ws.on_close(lambda: gate.release_host(host))
+            ws.on_close(functools.partial(connect_gate.release_host, uri.host))
         return ws
 
 
