@@ -29,6 +29,7 @@ from .exceptions import (
 )
 from .frames import CloseCode, Opcode
 from .http import Headers, Request, Response
+from .keepalive import KeepAlive
 from .protocol import State
 from .server import Server, WebSocketHandler, accept, serve
 
@@ -43,6 +44,7 @@ __all__ = [
     "Server",
     "WebSocketHandler",
     "WebSocket",
+    "KeepAlive",
     "State",
     "CloseCode",
     "Opcode",

@@ -19,6 +19,8 @@ from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
 from .exceptions import BadPortError, InvalidHandshake, InvalidStatus, InvalidURI, TooManyRedirects
 from .handshake import check_response, client_request, make_key
 from .http import Headers, HeadersLike, parse_response
+from .keepalive import KeepAlive
+from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_SIZE, Protocol, Side
 from .utils import Deadline, read_http_body, read_http_head
 
@@ -183,6 +185,7 @@ def connect(
     write_limit: int = DEFAULT_WRITE_LIMIT,
     allow_bad_ports: bool = False,
     connect_gate: ConnectGate | None = DEFAULT_GATE,
+    keepalive: KeepAlive | bool | None = None,
     sock: socket.socket | None = None,
     server_hostname: str | None = None,
 ) -> WebSocket:
@@ -210,6 +213,8 @@ def connect(
         allow_bad_ports: allow the ports the Fetch standard bans for HTTP.
         connect_gate: the :class:`ConnectGate` (default: one per process);
             None: no gate.
+        keepalive: a :class:`~blockws.KeepAlive` to register the connection
+            with (True: the shared one), or None.
         sock: an already connected socket (a Unix socket, a tunnel) to run
             the handshake on instead of connecting to the URL's host
             (redirects are then not followed).
@@ -259,6 +264,7 @@ def connect(
             continue
         if connect_gate is not None and sock is None:
             ws.on_close(functools.partial(connect_gate.release_host, uri.host))
+        attach_keepalive(ws, keepalive)
         return ws
 
 

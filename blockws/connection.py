@@ -119,6 +119,10 @@ class WebSocket:
         self._lost_code: int | None = None
         self._lost_reason = ""
         self._on_close: list[Callable[[], None]] = []
+        # Set by a KeepAlive: called when a reader releases the connection
+        # after the keepalive thread found it busy (keepalive_wanted).
+        self._keepalive_hook: Callable[[WebSocket], None] | None = None
+        self.keepalive_wanted = False
         self.last_received = time.monotonic()
         if leftover:
             protocol.receive_data(leftover)
@@ -528,16 +532,73 @@ class WebSocket:
                 self._pings.pop(payload, None)
         return float(record[2])
 
+    def send_keepalive_ping(self, payload: bytes) -> bool:
+        """Queue a Ping without waiting (for the keepalive thread).
+
+        Returns False if a sender holds the connection: the ping is skipped
+        rather than blocking the thread that serves every connection. The
+        pong only updates :attr:`latency` and the time of last reception.
+        """
+        if not self._send_cond.acquire(blocking=False):
+            return False
+        try:
+            if self._proto.close_sent is not None or self._lost_code is not None or self._tcp_closed:
+                return False
+            with self._ping_lock:
+                self._pings = {k: v for k, v in self._pings.items() if v[0] is not None}
+                self._pings[payload] = [None, time.monotonic(), None]
+            self._queue(self._proto.encode_control(Opcode.PING, payload))
+            self._flush(Deadline(0))
+            return True
+        except ConnectionClosed:
+            return False
+        finally:
+            self._send_cond.release()
+
+    def service(self, limit: int) -> bool:
+        """Read what has arrived without blocking, if no other thread is reading.
+
+        Used by the keepalive thread so that pings are answered and pongs
+        and Close frames noted while the application is busy. Messages stay
+        queued, in order, for the next :meth:`recv`; nothing is read once
+        ``limit`` bytes wait here, so a peer can't make us buffer without
+        bound. Returns False when the connection is busy or over the limit:
+        :attr:`keepalive_wanted` is then set and the keepalive hook is called
+        when the reader is done.
+        """
+        if self.pending() >= limit or not self._recv_lock.acquire(blocking=False):
+            self.keepalive_wanted = True
+            # The reader may have left between the check and the flag: then
+            # nobody would call the hook, so try once more.
+            if self.pending() >= limit or not self._recv_lock.acquire(blocking=False):
+                return False
+            self.keepalive_wanted = False
+        try:
+            self._read(Deadline(0))
+        except (TimeoutError, BlockingIOError, ConnectionClosed):
+            pass
+        finally:
+            self._release_reader()
+        return True
+
     def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited Pong (a unidirectional heartbeat)."""
         self._send_control(self._proto.encode_control(Opcode.PONG, bytes(data)), Deadline(self._timeout))
 
     def _release_reader(self) -> None:
         self._recv_lock.release()
-        # Threads waiting in ping() may have to read for themselves now.
-        with self._ping_lock:
-            for record in self._pings.values():
-                record[0].set()
+        if self._pings:
+            # Threads waiting in ping() may have to read for themselves now.
+            with self._ping_lock:
+                for record in self._pings.values():
+                    if record[0] is not None:
+                        record[0].set()
+        if self.keepalive_wanted:
+            # The keepalive thread stepped aside while we were reading.
+            self.keepalive_wanted = False
+            hook = self._keepalive_hook
+            if hook is not None:
+                hook(self)
 
     # -- receiving -------------------------------------------------------------
 
@@ -576,7 +637,10 @@ class WebSocket:
                 if record is not None and record[2] is None:
                     record[2] = now - record[1]
                     self.latency = record[2]
-                    record[0].set()
+                    if record[0] is None:  # a keepalive ping: nobody waits for it
+                        del self._pings[payload]
+                    else:
+                        record[0].set()
 
     def _next_event(self, deadline: Deadline) -> Data | None:
         """The next data piece, reading as needed; None once the peer closed."""

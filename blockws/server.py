@@ -24,6 +24,8 @@ from .exceptions import InvalidHandshake
 from .frames import CloseCode
 from .handshake import HandshakeFailure, accept_response, check_request, select_subprotocol
 from .http import Request, Response, parse_request
+from .keepalive import KeepAlive
+from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_SIZE, Protocol, Side
 from .utils import Deadline, read_http_head
 
@@ -57,6 +59,7 @@ def accept(
     write_limit: int = DEFAULT_WRITE_LIMIT,
     compression: str | None = "deflate",
     ssl_context: ssl.SSLContext | None = None,
+    keepalive: KeepAlive | bool | None = None,
 ) -> WebSocket:
     """Run the server side of the opening handshake on an accepted socket.
 
@@ -72,6 +75,8 @@ def accept(
         open_timeout: bounds the handshake (a client that sends nothing is
             dropped).
         ssl_context: wrap ``sock`` in TLS first.
+        keepalive: a :class:`~blockws.KeepAlive` to register the connection
+            with (True: the shared one).
         compression: ``"deflate"`` or None (negotiation not implemented yet).
 
     Raises:
@@ -80,7 +85,20 @@ def accept(
         TimeoutError: the handshake took longer than ``open_timeout``.
     """
     options = {"max_size": max_size, "timeout": timeout, "close_timeout": close_timeout, "write_limit": write_limit}
-    deadline = Deadline(open_timeout)
+    ws = _accept_tls(sock, Deadline(open_timeout), ssl_context, subprotocols, origins, process_request, options)
+    attach_keepalive(ws, keepalive)
+    return ws
+
+
+def _accept_tls(
+    sock: socket.socket,
+    deadline: Deadline,
+    ssl_context: ssl.SSLContext | None,
+    subprotocols: Sequence[str] | None,
+    origins: Sequence[str | None] | None,
+    process_request: ProcessRequest | None,
+    options: dict[str, Any],
+) -> WebSocket:
     if ssl_context is not None:
         sock.settimeout(deadline.remaining())
         try:

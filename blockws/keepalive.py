@@ -1,0 +1,272 @@
+"""KeepAlive: one thread and one selector keep many connections alive.
+
+Theory of operation
+-------------------
+Proxies and NATs drop idle connections, and a dead peer (cable pulled, NAT
+state lost) leaves a blocked ``recv()`` hanging forever. A :class:`KeepAlive`
+runs one daemon thread with one :mod:`selectors` selector for every
+connection registered with it (not a thread per connection):
+
+* When a connection has received nothing for ``interval`` seconds, the
+  thread sends a Ping (queued after any partly written frame, never inside
+  one; skipped if a sender is blocked on the connection).
+* When it then receives nothing at all for ``timeout`` more seconds, the
+  connection fails: close code 1011 ("keepalive ping timeout"), the socket
+  is shut down, and threads blocked in ``recv()``/``send()`` wake at once
+  with ``ConnectionClosedError``.
+* While the application is not inside ``recv()``, the thread reads what
+  arrives (``WebSocket.service``): pings get their pongs, pongs and Close
+  frames are noted, messages wait in order for the next ``recv()``. While
+  the application is inside ``recv()``, its thread does that work; the
+  socket leaves the selector and comes back when the reader is done (the
+  connection calls :meth:`KeepAlive._wake`), so the thread never spins.
+
+Other threads never touch the selector: they queue requests and write a
+byte to a socketpair that the selector also watches.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from .connection import WebSocket
+from .frames import CloseCode
+
+__all__ = ["KeepAlive", "attach"]
+
+# Bytes a connection may hold for the application before the keepalive
+# thread stops reading it (backpressure reaches the peer again).
+_READ_LIMIT = 1 << 20
+
+
+class KeepAlive:
+    """Keeps registered connections alive with pings; fails dead ones.
+
+    Args:
+        interval: seconds without receiving anything before a Ping is sent.
+        timeout: seconds after that without receiving anything before the
+            connection fails with 1011.
+        tcp_keepalive: also enable TCP keepalive (``SO_KEEPALIVE``) on each
+            socket: True for idle/interval/count derived from ``interval``
+            and ``timeout``, or an explicit ``(idle, interval, count)``.
+
+    Pass it as ``keepalive=`` to :func:`blockws.connect`, :func:`blockws.accept`
+    or :func:`blockws.serve` (``keepalive=True`` uses :meth:`shared`).
+    """
+
+    _shared: KeepAlive | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(
+        self, interval: float = 20.0, timeout: float = 20.0, *, tcp_keepalive: bool | tuple[int, int, int] = False
+    ) -> None:
+        if interval <= 0 or timeout <= 0:
+            raise ValueError("interval and timeout must be positive")
+        self.interval = interval
+        self.timeout = timeout
+        self.tcp_keepalive = tcp_keepalive
+        self._lock = threading.Lock()
+        self._requests: deque[tuple[str, WebSocket]] = deque()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._count = 0
+
+    @classmethod
+    def shared(cls) -> KeepAlive:
+        """The process-wide instance used for ``keepalive=True``."""
+        with cls._shared_lock:
+            if cls._shared is None or cls._shared._closed:
+                cls._shared = cls()
+            return cls._shared
+
+    def __repr__(self) -> str:
+        return f"KeepAlive(interval={self.interval}, timeout={self.timeout}, connections={self._count})"
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The serving thread, while one runs."""
+        return self._thread
+
+    def register(self, ws: WebSocket) -> None:
+        """Keep ``ws`` alive until it is closed (or :meth:`unregister`)."""
+        if self.tcp_keepalive:
+            self._set_tcp_keepalive(ws)
+        ws._keepalive_hook = self._wake
+        ws.on_close(lambda: self.unregister(ws))
+        self._request("add", ws)
+
+    def unregister(self, ws: WebSocket) -> None:
+        ws._keepalive_hook = None
+        self._request("remove", ws)
+
+    def close(self) -> None:
+        """Stop the thread; registered connections are no longer kept alive."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            self._notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+
+    def _request(self, what: str, ws: WebSocket) -> None:
+        with self._lock:
+            if self._closed:
+                if what == "add":
+                    raise RuntimeError("this KeepAlive is closed")
+                return
+            self._requests.append((what, ws))
+            if what == "add":
+                self._count += 1
+            if self._thread is None:
+                if what != "add":
+                    return
+                self._wake_r, self._wake_w = socket.socketpair()
+                self._wake_r.setblocking(False)
+                self._thread = threading.Thread(target=self._run, name="blockws keepalive", daemon=True)
+                self._thread.start()
+            else:
+                self._notify()
+
+    def _wake(self, ws: WebSocket) -> None:
+        self._request("arm", ws)
+
+    def _notify(self) -> None:
+        if self._wake_w is not None:
+            try:
+                self._wake_w.send(b"\0")
+            except OSError:  # pragma: no cover - the buffer is full: a wake-up is pending anyway
+                pass
+
+    def _set_tcp_keepalive(self, ws: WebSocket) -> None:
+        if isinstance(self.tcp_keepalive, tuple):
+            idle, intvl, count = self.tcp_keepalive
+        else:
+            idle, intvl, count = max(int(self.interval), 1), max(int(self.timeout / 3), 1), 3
+        sock = ws._sock
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", intvl), ("TCP_KEEPCNT", count)):
+                if hasattr(socket, name):  # not every platform has them all
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+        except OSError:
+            pass
+
+    # -- the thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        assert self._wake_r is not None
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        conns: dict[WebSocket, list[Any]] = {}  # ws -> [ping sent at (or None), in selector]
+        try:
+            while True:
+                if not self._apply_requests(selector, conns):
+                    return
+                now = time.monotonic()
+                wait = self._check_timers(selector, conns, now)
+                for key, _ in selector.select(wait):
+                    ws = key.data
+                    if ws is None:
+                        try:
+                            while self._wake_r.recv(4096):
+                                pass
+                        except BlockingIOError:
+                            pass
+                        continue
+                    if ws in conns and not ws.service(_READ_LIMIT):
+                        self._unwatch(selector, ws, conns[ws])
+        finally:
+            selector.close()
+
+    def _apply_requests(self, selector: selectors.BaseSelector, conns: dict[WebSocket, list[Any]]) -> bool:
+        """Take queued requests; False when the thread should end."""
+        with self._lock:
+            requests = list(self._requests)
+            self._requests.clear()
+            for what, ws in requests:
+                if what == "add":
+                    conns[ws] = [None, False]
+                    self._watch(selector, ws, conns[ws])
+                elif what == "remove":
+                    state = conns.pop(ws, None)
+                    if state is not None:
+                        self._count -= 1
+                        self._unwatch(selector, ws, state)
+                elif ws in conns:
+                    self._watch(selector, ws, conns[ws])
+            if self._closed or not conns:
+                # Nothing to serve: the next register() starts a new thread.
+                for ws, state in conns.items():
+                    self._unwatch(selector, ws, state)
+                    ws._keepalive_hook = None
+                self._thread = None
+                for sock in (self._wake_r, self._wake_w):
+                    if sock is not None:
+                        sock.close()
+                self._wake_r = self._wake_w = None
+                self._requests.clear()
+                self._count = 0
+                return False
+        return True
+
+    @staticmethod
+    def _watch(selector: selectors.BaseSelector, ws: WebSocket, state: list[Any]) -> None:
+        if not state[1]:
+            try:
+                selector.register(ws.fileno(), selectors.EVENT_READ, ws)
+                state[1] = True
+            except (ValueError, OSError, KeyError):
+                pass  # closed meanwhile: its on_close removes it
+
+    @staticmethod
+    def _unwatch(selector: selectors.BaseSelector, ws: WebSocket, state: list[Any]) -> None:
+        if state[1]:
+            state[1] = False
+            try:
+                selector.unregister(ws.fileno())
+            except (ValueError, OSError, KeyError):
+                pass
+
+    def _check_timers(self, selector: selectors.BaseSelector, conns: dict[WebSocket, list[Any]], now: float) -> float:
+        """Send due pings, fail silent connections; return seconds to the next timer."""
+        wait = self.interval
+        for ws, state in list(conns.items()):
+            idle = now - ws.last_received
+            if idle >= self.interval + self.timeout:
+                self._fail(ws)
+                self._unwatch(selector, ws, state)
+                del conns[ws]
+                with self._lock:
+                    self._count -= 1
+                continue
+            if idle >= self.interval:
+                sent = state[0]
+                if sent is None or sent < ws.last_received:
+                    if ws.send_keepalive_ping(os.urandom(4)):
+                        state[0] = now
+                wait = min(wait, self.interval + self.timeout - idle)
+            else:
+                state[0] = None
+                wait = min(wait, self.interval - idle)
+        return max(wait, 0.0)
+
+    def _fail(self, ws: WebSocket) -> None:
+        ws.abort(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+
+
+def attach(ws: WebSocket, keepalive: KeepAlive | bool | None) -> None:
+    """Register ``ws`` with the ``keepalive=`` option's KeepAlive (True: the shared one)."""
+    if keepalive is True:
+        keepalive = KeepAlive.shared()
+    if isinstance(keepalive, KeepAlive):
+        keepalive.register(ws)
+    elif keepalive not in (None, False):
+        raise TypeError(f"keepalive must be a KeepAlive, True or None, not {keepalive!r}")
