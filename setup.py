@@ -25,6 +25,8 @@ class OptionalBuildExt(build_ext):
             print(f"blockws: not building {ext.name} ({exc})")
 
 
-extensions = [] if os.environ.get("BLOCKWS_NO_EXTENSIONS") else [Extension("blockws._speedups", ["blockws/_speedups.c"])]
+extensions = [Extension("blockws._speedups", ["blockws/_speedups.c"])]
+if os.environ.get("BLOCKWS_NO_EXTENSIONS"):
+    extensions = []
 
 setup(ext_modules=extensions, cmdclass={"build_ext": OptionalBuildExt})
