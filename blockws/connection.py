@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, ProtocolError
-from .frames import CloseCode, Opcode
+from .frames import CloseCode, FrameHeader, Opcode
 from .protocol import Close, Data, Protocol, Side, State
 from .utils import Deadline
 
@@ -167,6 +167,17 @@ class WebSocket:
     def buffered_amount(self) -> int:
         """Bytes accepted by :meth:`send` and held in user space, not yet given to the kernel."""
         return len(self._wbuf)
+
+    @property
+    def trace(self) -> Callable[[str, FrameHeader, bytes], None] | None:
+        """A callable given every frame sent (``">"``) and received (``"<"``):
+        its :class:`~blockws.frames.FrameHeader` and the first bytes of its
+        unmasked payload. For teaching and debugging; None to stop."""
+        return self._proto.trace
+
+    @trace.setter
+    def trace(self, callback: Callable[[str, FrameHeader, bytes], None] | None) -> None:
+        self._proto.trace = callback
 
     @property
     def side(self) -> Side:

@@ -256,7 +256,9 @@ class KeepAlive:
             else:
                 state[0] = None
                 wait = min(wait, self.interval - idle)
-        return max(wait, 0.0)
+        # Batch timers that fall close together: waking once per connection
+        # would cost O(connections) per wake-up, O(n^2) per interval.
+        return max(wait, self.interval / 20)
 
     def _fail(self, ws: WebSocket) -> None:
         ws.abort(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")

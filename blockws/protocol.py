@@ -37,11 +37,13 @@ import codecs
 import enum
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import Union
 
 from .exceptions import PayloadTooBig, ProtocolError
 from .frames import (
     CloseCode,
+    FrameHeader,
     Opcode,
     apply_mask,
     encode_close,
@@ -53,6 +55,7 @@ from .frames import (
 __all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE"]
 
 DEFAULT_MAX_SIZE = 2**20
+TRACE_PREVIEW = 64
 
 
 class Side(enum.Enum):
@@ -161,6 +164,10 @@ class Protocol:
         self._discard = False
         # Sending: whether a message was started and not finished.
         self.sending_message = False
+        #: Called for every frame sent (">") and received ("<") with its
+        #: header and the first bytes of its (unmasked) payload: for teaching
+        #: and debugging (``python -m blockws --trace``).
+        self.trace: Callable[[str, FrameHeader, bytes], None] | None = None
 
     # -- receiving ---------------------------------------------------------
 
@@ -210,6 +217,8 @@ class Protocol:
             header = parse_header(data, pos)
             if header is None:
                 break
+            if self.trace is not None:
+                self._trace_received(header, data, pos + header.size)
             opcode = header.opcode
             if header.rsv:
                 raise ProtocolError(f"reserved bits set ({header.rsv:#x}) but no extension was negotiated")
@@ -251,6 +260,18 @@ class Protocol:
                 self._deliver(b"", header.fin)
         if pos < end:
             self._buf = data[pos:]
+
+    def _trace_received(self, header: FrameHeader, data: bytes, start: int) -> None:
+        assert self.trace is not None
+        preview = data[start : start + min(header.length, TRACE_PREVIEW)]
+        if header.mask is not None:
+            preview = apply_mask(preview, header.mask)
+        self.trace("<", header, preview)
+
+    def _trace_sent(self, opcode: int, fin: bool, payload: bytes | bytearray | memoryview, key: bytes | None) -> None:
+        assert self.trace is not None
+        size = 2 + (0 if len(payload) < 126 else 2 if len(payload) < 65536 else 8) + (4 if key else 0)
+        self.trace(">", FrameHeader(fin, 0, opcode, len(payload), key, size), bytes(payload[:TRACE_PREVIEW]))
 
     def _deliver(self, piece: bytes, fin: bool) -> None:
         if fin:
@@ -325,8 +346,12 @@ class Protocol:
         self.sending_message = not fin
         keys = self._mask_keys
         if keys is None:
+            if self.trace is not None:
+                self._trace_sent(opcode, fin, payload, None)
             return encode_header(opcode, len(payload), fin), payload  # type: ignore[return-value]
         key = keys.next()
+        if self.trace is not None:
+            self._trace_sent(opcode, fin, payload, key)
         return encode_header(opcode, len(payload), fin, 0, key), apply_mask(payload, key)
 
     def encode_control(self, opcode: Opcode, payload: bytes) -> bytes:
@@ -334,9 +359,11 @@ class Protocol:
         if len(payload) > 125:
             raise ValueError(f"control frame payload of {len(payload)} bytes exceeds 125 bytes")
         keys = self._mask_keys
-        if keys is None:
+        key = None if keys is None else keys.next()
+        if self.trace is not None:
+            self._trace_sent(opcode, True, payload, key)
+        if key is None:
             return encode_header(opcode, len(payload)) + payload
-        key = keys.next()
         return encode_header(opcode, len(payload), True, 0, key) + apply_mask(payload, key)
 
     def _queue_frame(self, opcode: Opcode, payload: bytes) -> None:
