@@ -97,10 +97,11 @@ def _child_client(lib: str, url: str, count: int, interval: float) -> None:
 
 
 def _plain_clients(url: str, count: int) -> None:
-    """Idle clients without keepalive of their own (to load a server)."""
+    """Idle clients that answer the server's pings but send none of their own."""
     import blockws
 
-    conns = [blockws.connect(url, compression=None, connect_gate=None) for _ in range(count)]
+    answer_only = blockws.KeepAlive(interval=1e6, timeout=1e6)
+    conns = [blockws.connect(url, compression=None, connect_gate=None, keepalive=answer_only) for _ in range(count)]
     print("ready", flush=True)
     sys.stdin.readline()
     for ws in conns:

@@ -37,7 +37,7 @@ __all__ = ["WebSocket", "DEFAULT_WRITE_LIMIT", "DEFAULT_CLOSE_TIMEOUT"]
 
 DEFAULT_WRITE_LIMIT = 64 * 1024
 DEFAULT_CLOSE_TIMEOUT = 10.0
-_READ_SIZE = 256 * 1024
+_READ_SIZE = 64 * 1024
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 Message = Union[str, bytes]

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any, Optional
 
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
-from .exceptions import InvalidHandshake
+from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
 from .handshake import HandshakeFailure, accept_response, check_request, select_subprotocol
 from .http import Request, Response, parse_request
@@ -280,6 +280,9 @@ class Server:
                 return
             try:
                 self.handler(ws)
+            except ConnectionClosed as exc:
+                # The peer went away or broke the protocol: routine, not a bug.
+                logger.info("connection from %s ended: %s", addr, exc)
             except Exception:
                 logger.exception("connection handler failed")
                 if ws.state is not ws.state.CLOSED:
