@@ -32,7 +32,8 @@ class Relay:
         return f"ws://127.0.0.1:{self.port}/"
 
     def blackhole(self) -> None:
-        """Stop forwarding in both directions; connections stay open."""
+        """Stop reading and forwarding; connections stay open (a dead peer:
+        what was sent stays in the buffers, and senders block once they fill)."""
         self.forwarding = False
 
     def close(self) -> None:
@@ -64,6 +65,9 @@ class Relay:
 
         try:
             while not self._stop:
+                if not self.forwarding:
+                    time.sleep(0.02)
+                    continue
                 for key, _ in sel.select(0.05):
                     if key.data == "wake":
                         continue
@@ -78,14 +82,6 @@ class Relay:
                         continue
                     sock = key.fileobj
                     assert isinstance(sock, socket.socket)
-                    if not self.forwarding:
-                        # Read and discard: the bytes vanish like on a dead link.
-                        try:
-                            if not sock.recv(65536):
-                                drop(sock)
-                        except OSError:
-                            drop(sock)
-                        continue
                     try:
                         data = sock.recv(65536)
                     except OSError:
