@@ -1,0 +1,196 @@
+"""Faults over real sockets: resets, short reads and writes, silent peers — nothing lost, nobody hangs."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import blockws
+from blockws.handshake import accept_key
+
+from .relay import Relay
+
+
+def test_one_byte_pieces_both_ways(echo_server):
+    relay = Relay(echo_server.port, chunk=1)
+    try:
+        with blockws.connect(relay.url, timeout=10) as ws:
+            for size in (0, 1, 125, 126, 127, 65535, 65536, 70000):
+                message = os.urandom(size)
+                ws.sendall(message)
+                assert ws.recv() == message
+            ws.sendall("é€𝄞" * 100)
+            assert ws.recv() == "é€𝄞" * 100
+    finally:
+        relay.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], int]]:
+    """A scripted server: ``raw_server(script)`` runs ``script(conn)`` for one connection."""
+    listeners: list[socket.socket] = []
+    threads: list[threading.Thread] = []
+
+    def start(script: Callable[[socket.socket], None]) -> int:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+
+        def run() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                script(conn)
+
+        t = threading.Thread(target=run)
+        t.start()
+        threads.append(t)
+        return int(listener.getsockname()[1])
+
+    yield start
+    for t in threads:
+        t.join(10)
+    for listener in listeners:
+        listener.close()
+
+
+def handshake(conn: socket.socket) -> bytes:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(4096)
+        if not chunk:
+            raise ConnectionError("client left")
+        head += chunk
+    key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"sec-websocket-key"))
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
+    )
+
+
+def reset(conn: socket.socket) -> None:
+    """Close with a RST instead of a FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def test_reset_mid_frame(raw_server):
+    def script(conn: socket.socket) -> None:
+        conn.sendall(handshake(conn) + b"\x82\x7e\x10\x00" + b"x" * 100)  # 4096-byte frame, 100 sent
+        time.sleep(0.2)
+        reset(conn)
+
+    port = raw_server(script)
+    ws = blockws.connect(f"ws://127.0.0.1:{port}/", timeout=5)
+    start = time.monotonic()
+    with pytest.raises(blockws.ConnectionClosedError):
+        ws.recv()
+    assert time.monotonic() - start < 2
+    assert ws.close_code == 1006
+    ws.close()
+
+
+def test_reset_mid_handshake(raw_server):
+    def script(conn: socket.socket) -> None:
+        response = handshake(conn)
+        conn.sendall(response[:20])
+        time.sleep(0.1)
+        reset(conn)
+
+    port = raw_server(script)
+    with pytest.raises((blockws.InvalidHandshake, ConnectionError)):
+        blockws.connect(f"ws://127.0.0.1:{port}/", open_timeout=5)
+
+
+def test_peer_vanishes_during_close(raw_server):
+    def script(conn: socket.socket) -> None:
+        conn.sendall(handshake(conn))
+        conn.recv(100)  # our Close
+        reset(conn)
+
+    port = raw_server(script)
+    ws = blockws.connect(f"ws://127.0.0.1:{port}/", close_timeout=5)
+    start = time.monotonic()
+    ws.close()
+    assert time.monotonic() - start < 2
+    assert ws.state is blockws.State.CLOSED
+
+
+def test_server_survives_garbage_and_broken_frames(run_server):
+    server = run_server()
+    # Unmasked client frame, then an unknown opcode: each connection fails alone.
+    for frame in (b"\x81\x05hello", b"\x83\x80abcd", b"\xff" * 50):
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            s.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(4096)
+            s.sendall(frame)
+            rest = data.split(b"\r\n\r\n", 1)[1]
+            while len(rest) < 4:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                rest += chunk
+            assert rest[:1] == b"\x88"  # a Close frame
+            code = struct.unpack("!H", rest[2:4])[0]
+            assert code == 1002
+    with blockws.connect(server.url, timeout=5) as ws:
+        ws.sendall("still serving")
+        assert ws.recv() == "still serving"
+
+
+def test_randomized_partial_sends_lose_nothing(run_server):
+    """Random sizes, random partial-send splits, random backpressure pauses: every accepted byte arrives once."""
+    rng = random.Random(1234)
+    received: list[Any] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        while True:
+            if rng.random() < 0.01:
+                time.sleep(0.01)  # a slow reader now and then
+            message = ws.recv()
+            if message is None:
+                return
+            received.append(message)
+
+    server = run_server(handler, max_size=None)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    ws = blockws.connect(server.url, sock=sock, timeout=0.05)
+    sent: list[bytes] = []
+    for i in range(2000):
+        size = rng.choice([0, 1, 10, 200, 5000, 70000]) + rng.randrange(100)
+        message = rng.randbytes(size)
+        view = memoryview(message)
+        while True:
+            piece = view[: rng.randrange(len(view) + 1)] if len(view) > 1 and rng.random() < 0.3 else view
+            fin = len(piece) == len(view)
+            try:
+                n = ws.send(piece, fin=fin)
+            except TimeoutError:
+                continue
+            view = view[n:]
+            if not view and (fin and n == len(piece)):
+                break
+            if not view:
+                # Everything given, but with fin=False: end the message.
+                ws.sendall(b"")
+                break
+        sent.append(message)
+    ws.settimeout(10)
+    ws.close()
+    server.stop()
+    assert len(received) == len(sent)
+    assert received == sent
