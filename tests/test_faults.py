@@ -67,7 +67,8 @@ def handshake(conn: socket.socket) -> bytes:
         if not chunk:
             raise ConnectionError("client left")
         head += chunk
-    key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"sec-websocket-key"))
+    lines = head.split(b"\r\n")
+    key = next(line.split(b":", 1)[1].strip() for line in lines if line.lower().startswith(b"sec-websocket-key"))
     return (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
@@ -170,7 +171,7 @@ def test_randomized_partial_sends_lose_nothing(run_server):
     sock.connect(("127.0.0.1", server.port))
     ws = blockws.connect(server.url, sock=sock, timeout=0.05)
     sent: list[bytes] = []
-    for i in range(2000):
+    for _ in range(2000):
         size = rng.choice([0, 1, 10, 200, 5000, 70000]) + rng.randrange(100)
         message = rng.randbytes(size)
         view = memoryview(message)
