@@ -351,7 +351,12 @@ class WebSocket:
             raise self._timeout_error("send")
         me = threading.get_ident()
         while self._msg_owner is not None and self._msg_owner != me and text is not None:
-            if not cond.wait(deadline.remaining()):
+            if self._lost_code is not None or self._tcp_closed:
+                return  # the caller's state check raises ConnectionClosed
+            # Bounded waits: the owner may die with the connection and never notify.
+            remaining = deadline.remaining()
+            cond.wait(1.0 if remaining is None else min(remaining, 1.0))
+            if deadline.expired():
                 cond.release()
                 raise self._timeout_error("send")
 

@@ -406,3 +406,20 @@ def test_context_manager_and_iteration(run_server):
         assert ws.local_address[0] == "127.0.0.1"
         assert ws.remote_address == ("127.0.0.1", server.port)
         assert "WebSocket client" in repr(ws)
+
+
+def test_open_message_is_owned_by_its_thread(echo_server):
+    with blockws.connect(echo_server.url, timeout=5) as ws:
+        ws.send("part one, ", fin=False)
+        done = threading.Event()
+
+        def other() -> None:
+            ws.sendall("other message")  # waits until the open message ends
+            done.set()
+
+        t = threading.Thread(target=other)
+        t.start()
+        assert not done.wait(0.2)
+        ws.sendall("part two")
+        t.join(5)
+        assert [ws.recv(), ws.recv()] == ["part one, part two", "other message"]
