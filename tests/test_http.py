@@ -1,0 +1,143 @@
+"""The lenient, bounded HTTP layer."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blockws.exceptions import InvalidHandshake
+from blockws.http import (
+    MAX_HEAD,
+    MAX_HEADERS,
+    MAX_LINE,
+    Headers,
+    Request,
+    Response,
+    find_head_end,
+    parse_list,
+    parse_request,
+    parse_response,
+)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /chat HTTP/1.1\nHost: x\nUpgrade: websocket\n\n",  # typed into nc
+        b"GET /chat HTTP/1.1\r\nHost: x\nUpgrade: websocket\r\n\n",  # mixed
+        b"\r\nGET /chat HTTP/1.1\nhost:x\nUPGRADE :   websocket  \n\n",  # blank line first, case, spaces
+    ],
+)
+def test_lenient_request_parsing(head):
+    assert find_head_end(head) == len(head)
+    request = parse_request(head)
+    assert (request.method, request.path) == ("GET", "/chat")
+    assert request.headers["upgrade"] == "websocket"
+    assert request.headers["Host"] == "x"
+
+
+def test_find_head_end_incrementally():
+    head = b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest"
+    buf = b""
+    searched = 0
+    for i, byte in enumerate(head):
+        buf += bytes([byte])
+        end = find_head_end(buf, searched)
+        searched = len(buf)
+        if end is not None:
+            break
+    assert buf[:end] == head[:-4] and i == len(head) - 5
+
+
+def test_limits_have_clear_errors():
+    with pytest.raises(InvalidHandshake, match=f"HTTP line exceeds {MAX_LINE} bytes"):
+        find_head_end(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_LINE)
+    with pytest.raises(InvalidHandshake, match=f"HTTP line exceeds {MAX_LINE} bytes"):
+        parse_request(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_LINE + b"\r\n\r\n")
+    with pytest.raises(InvalidHandshake, match=f"more than {MAX_HEADERS} HTTP headers"):
+        parse_request(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * (MAX_HEADERS + 1) + b"\r\n")
+    with pytest.raises(InvalidHandshake, match=f"HTTP head exceeds {MAX_HEAD} bytes"):
+        find_head_end(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * (MAX_HEAD // 6 + 1))
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\r\n\r\n",
+        b"GET /\r\n\r\n",
+        b"GET / FTP/1.0\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nNo colon\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+    ],
+)
+def test_malformed_requests(head):
+    with pytest.raises(InvalidHandshake):
+        parse_request(head)
+
+
+def test_responses():
+    response = parse_response(b"HTTP/1.0 401 Unauthorized\nWWW-Authenticate: Basic realm=x\n\n")
+    assert (response.status, response.reason) == (401, "Unauthorized")
+    assert parse_response(b"HTTP/1.1 101\r\n\r\n").reason == ""
+    for bad in (b"HTTP/1.1 99 x\r\n\r\n", b"ICY 200 OK\r\n\r\n", b"HTTP/1.1 abc\r\n\r\n"):
+        with pytest.raises(InvalidHandshake, match="invalid HTTP status line"):
+            parse_response(bad)
+
+
+def test_headers():
+    h = Headers([("A", "1"), ("b", "2")])
+    h.add("a", "3")
+    assert h["A"] == "1, 3" and h.get_all("a") == ["1", "3"] and "B" in h and 3 not in h
+    h["A"] = "4"
+    assert h.get_all("a") == ["4"] and len(h) == 2 and list(h) == ["b", "A"]
+    del h["B"]
+    assert h.get("b") is None and h.get("b", "d") == "d"
+    with pytest.raises(KeyError):
+        h["missing"]
+    assert Headers({"x": "1"}) == Headers([("x", "1")]) and Headers(Headers({"x": "1"})) == Headers({"x": "1"})
+    assert "Headers(" in repr(h)
+
+
+def test_serialize_round_trips_and_refuses_injection():
+    request = Request("GET", "/a?b=c", {"Host": "h", "X": "1"})
+    assert parse_request(request.serialize()).headers == request.headers
+    response = Response(403, headers={"X": "y"}, body=b"no")
+    wire = response.serialize()
+    assert wire.endswith(b"\r\n\r\nno") and b"Content-Length: 2" in wire
+    assert parse_response(wire[: find_head_end(wire)]).status == 403
+    assert "Request(" in repr(request) and "Response(" in repr(response)
+    for bad in (Request("GET", "/", {"X": "a\r\nEvil: 1"}), Request("GET", "/", {"X\n": "a"}), Request("GET", "/ x")):
+        with pytest.raises(ValueError):
+            bad.serialize()
+    with pytest.raises(ValueError):
+        Response(200, headers={"X": "a\nb"}).serialize()
+
+
+def test_redirect_helper():
+    assert Response.redirect("/x").headers["Location"] == "/x"
+    assert Response.redirect("/x", 308).status == 308
+    with pytest.raises(ValueError):
+        Response.redirect("/x", 200)
+
+
+def test_parse_list():
+    assert parse_list(["a, b", " c ,,", ""]) == ["a", "b", "c"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_heads_only_raise_invalid_handshake(data):
+    for parse in (parse_request, parse_response):
+        try:
+            parse(data)
+        except InvalidHandshake:
+            pass
+    try:
+        find_head_end(data)
+    except InvalidHandshake:
+        pass

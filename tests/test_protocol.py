@@ -1,0 +1,238 @@
+"""The sans-I/O protocol: two Protocol objects wired back to back, no sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blockws.exceptions import PayloadTooBig, ProtocolError
+from blockws.frames import Opcode, encode_header
+from blockws.protocol import Close, Data, Protocol, Side, State
+
+
+def frames_of(proto: Protocol, payload: bytes, text: bool, fin: bool = True) -> bytes:
+    header, body = proto.encode_data(payload, text, fin)
+    return header + body
+
+
+def take(proto: Protocol, parts: list[Any] | None = None) -> list[Any]:
+    """Drain events; messages are joined from their pieces (``parts`` keeps
+    the pieces of an unfinished message between calls)."""
+    out: list[Any] = []
+    if parts is None:
+        parts = []
+    while True:
+        event = proto.next_event()
+        if event is None:
+            return out
+        if isinstance(event, Data):
+            parts.append(event.payload)
+            if event.fin:
+                out.append(("" if event.text else b"").join(parts))
+                parts.clear()
+        else:
+            out.append(event)
+
+
+def client_to_server(data: bytes, **options: Any) -> Protocol:
+    server = Protocol(Side.SERVER, **options)
+    server.receive_data(data)
+    return server
+
+
+def masked(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> bytes:
+    key = b"\x01\x02\x03\x04"
+    return encode_header(opcode, len(payload), fin, rsv, key) + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def test_text_and_binary_messages():
+    client = Protocol(Side.CLIENT)
+    wire = frames_of(client, "héllo".encode(), True) + frames_of(client, b"\x00\xff", False)
+    assert take(client_to_server(wire)) == ["héllo", b"\x00\xff"]
+
+
+def test_fragmented_message_and_interleaved_ping():
+    client = Protocol(Side.CLIENT)
+    wire = frames_of(client, b"one ", True, False)
+    wire += client.encode_control(Opcode.PING, b"ping!")
+    wire += frames_of(client, b"two", True, True)
+    server = client_to_server(wire)
+    assert take(server) == ["one two"]
+    pong = server.data_to_send()
+    assert pong == [encode_header(Opcode.PONG, 5) + b"ping!"]
+    client.receive_data(b"".join(pong))
+    assert list(client.pongs) == [b"ping!"]
+    assert server.pings_received == 1
+
+
+@pytest.mark.parametrize(
+    ("wire", "message"),
+    [
+        (masked(Opcode.CONT, b"x"), "continuation frame without a message"),
+        (masked(Opcode.TEXT, b"a", fin=False) + masked(Opcode.TEXT, b"b"), "new data frame inside a fragmented"),
+        (masked(Opcode.TEXT, b"a", rsv=0x40), "reserved bits"),
+        (encode_header(Opcode.TEXT, 1) + b"a", "client frame is not masked"),
+    ],
+)
+def test_protocol_errors_fail_with_1002(wire, message):
+    server = client_to_server(wire)
+    with pytest.raises(ProtocolError, match=message) as info:
+        take(server)
+    assert info.value.close_code == 1002
+    assert server.state is State.CLOSING
+    (close,) = server.data_to_send()
+    assert close[:1] == b"\x88" and close[2:4] == b"\x03\xea"
+
+
+def test_server_frames_must_not_be_masked():
+    client = Protocol(Side.CLIENT)
+    client.receive_data(masked(Opcode.TEXT, b"x"))
+    with pytest.raises(ProtocolError, match="server frame is masked"):
+        client.next_event()
+
+
+def test_error_raised_after_earlier_messages():
+    wire = masked(Opcode.TEXT, b"first") + masked(Opcode.BINARY, b"second") + masked(0x3, b"")
+    server = client_to_server(wire)
+    assert take_until_error(server) == ["first", b"second"]
+
+
+def take_until_error(proto: Protocol) -> list[Any]:
+    out: list[Any] = []
+    with pytest.raises(ProtocolError):
+        while True:
+            event = proto.next_event()
+            assert event is not None
+            out.append(event.payload)  # type: ignore[union-attr]
+    return out
+
+
+def test_utf8_fails_fast_in_first_fragment():
+    server = client_to_server(masked(Opcode.TEXT, b"ok \xff", fin=False))
+    with pytest.raises(ProtocolError, match="invalid UTF-8") as info:
+        take(server)
+    assert info.value.close_code == 1007
+
+
+def test_utf8_fails_fast_inside_a_frame_still_arriving():
+    server = Protocol(Side.SERVER)
+    frame = masked(Opcode.TEXT, b"\xce\xba\xed\xa0\x80 and much more text to come")
+    server.receive_data(frame[:12])  # header and the invalid bytes only
+    with pytest.raises(ProtocolError) as info:
+        take(server)
+    assert info.value.close_code == 1007
+
+
+def test_character_split_across_fragments_is_fine_truncated_is_not():
+    euro = "€".encode()
+    wire = masked(Opcode.TEXT, euro[:1], fin=False) + masked(Opcode.CONT, euro[1:])
+    assert take(client_to_server(wire)) == ["€"]
+    with pytest.raises(ProtocolError) as info:
+        take(client_to_server(masked(Opcode.TEXT, euro[:2])))
+    assert info.value.close_code == 1007
+
+
+def test_max_size_names_the_limit():
+    with pytest.raises(PayloadTooBig, match="frame of 2000 bytes exceeds max_size=1000") as info:
+        take(client_to_server(masked(Opcode.BINARY, b"x" * 2000), max_size=1000))
+    assert info.value.close_code == 1009
+    wire = masked(Opcode.BINARY, b"x" * 600, fin=False) + masked(Opcode.CONT, b"x" * 600)
+    with pytest.raises(PayloadTooBig, match="message of 1200 bytes exceeds max_size=1000"):
+        take(client_to_server(wire, max_size=1000))
+    assert take(client_to_server(masked(Opcode.BINARY, b"x" * 2000), max_size=None)) == [b"x" * 2000]
+
+
+def test_closing_handshake_initiated_by_client():
+    client, server = Protocol(Side.CLIENT), Protocol(Side.SERVER)
+    client.send_close(1000, "bye")
+    assert client.state is State.CLOSING
+    server.receive_data(b"".join(client.data_to_send()))
+    (event,) = take(server)
+    assert isinstance(event, Close) and (event.code, event.reason) == (1000, "bye")
+    assert server.state is State.CLOSING  # the peer's half is done; ours is open
+    server.send_close(1000)
+    assert server.state is State.CLOSED
+    client.receive_data(b"".join(server.data_to_send()))
+    assert [type(e) for e in take(client)] == [Close]
+    assert client.state is State.CLOSED
+    client.send_close()  # once only
+    assert client.data_to_send() == []
+
+
+def test_close_without_code_and_data_after_close_ignored():
+    server = client_to_server(masked(Opcode.CLOSE, b"") + masked(Opcode.TEXT, b"ignored"))
+    (event,) = take(server)
+    assert (event.code, event.reason) == (1005, "")
+    server.send_close(None)
+    assert server.data_to_send() == [b"\x88\x00"]
+
+
+def test_invalid_close_payloads():
+    for payload, code in [(b"\x03", 1002), (b"\x03\xed", 1002), (b"\x03\xe8\xff", 1007)]:
+        with pytest.raises(ProtocolError) as info:
+            take(client_to_server(masked(Opcode.CLOSE, payload)))
+        assert info.value.close_code == code
+
+
+def test_eof():
+    server = Protocol(Side.SERVER)
+    server.receive_eof()
+    assert server.eof and server.state is State.CLOSED
+    server.receive_data(masked(Opcode.TEXT, b"late"))
+    assert server.next_event() is None
+
+
+def test_control_payload_limit_on_send():
+    with pytest.raises(ValueError):
+        Protocol(Side.SERVER).encode_control(Opcode.PING, b"x" * 126)
+
+
+def test_trace_sees_both_directions():
+    seen: list[Any] = []
+    client = Protocol(Side.CLIENT)
+    client.trace = lambda direction, header, preview: seen.append((direction, header.opcode, preview))
+    wire = frames_of(client, b"hi", False)
+    server = Protocol(Side.SERVER)
+    server.trace = client.trace
+    server.receive_data(wire)
+    assert seen == [(">", Opcode.BINARY, b"hi"), ("<", Opcode.BINARY, b"hi")]
+
+
+messages = st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=3000)), max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages, st.data())
+def test_any_split_of_the_stream_delivers_every_message_once(msgs, data):
+    client = Protocol(Side.CLIENT)
+    wire = b""
+    for m in msgs:
+        text = isinstance(m, str)
+        payload = m.encode() if text else m
+        # Random fragmentation into frames.
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(payload)), max_size=3)))
+        pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)])]
+        for i, piece in enumerate(pieces):
+            wire += frames_of(client, piece, text, i == len(pieces) - 1)
+    server = Protocol(Side.SERVER, max_size=None)
+    splits = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
+    got: list[Any] = []
+    parts: list[Any] = []
+    for a, b in zip([0, *splits], [*splits, len(wire)]):
+        server.receive_data(wire[a:b])
+        got.extend(take(server, parts))
+    assert got == msgs
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.sampled_from([Side.CLIENT, Side.SERVER]))
+def test_arbitrary_bytes_only_raise_protocol_errors(data, side):
+    proto = Protocol(side, max_size=1000)
+    proto.receive_data(data)
+    try:
+        take(proto)
+    except ProtocolError as exc:
+        assert exc.close_code in (1002, 1007, 1009)
