@@ -42,13 +42,14 @@ def test_find_head_end_incrementally():
     head = b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest"
     buf = b""
     searched = 0
-    for i, byte in enumerate(head):
+    end = None
+    for byte in head:
         buf += bytes([byte])
         end = find_head_end(buf, searched)
         searched = len(buf)
         if end is not None:
             break
-    assert buf[:end] == head[:-4] and i == len(head) - 5
+    assert end == len(buf) == len(head) - 4
 
 
 def test_limits_have_clear_errors():
