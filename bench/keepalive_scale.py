@@ -180,9 +180,8 @@ def main() -> None:
     print(f"{args.connections} idle connections, ping every {args.interval} s, measured over {args.idle} s")
     print(f"{'library':<11} {'side':<7} {'threads':>8} {'RSS MiB':>8} {'CPU %':>7}")
     for row in rows:
-        print(
-            f"{row['library']:<11} {row['side']:<7} {row['threads']:>8} {row['rss_mib']:>8.1f} {row['cpu_percent']:>7.2f}"
-        )
+        lib, side = row["library"], row["side"]
+        print(f"{lib:<11} {side:<7} {row['threads']:>8} {row['rss_mib']:>8.1f} {row['cpu_percent']:>7.2f}")
 
 
 if __name__ == "__main__":
