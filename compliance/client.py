@@ -19,6 +19,8 @@ def main() -> None:
             with blockws.connect(f"{server}/runCase?case={case}&agent={AGENT}", max_size=None, close_timeout=2) as ws:
                 for message in ws:
                     ws.sendall(message)
+        except blockws.ConnectionClosedError:
+            pass  # the cases that break the protocol on purpose end here
         except blockws.WebSocketError as exc:
             print(f"case {case}: {type(exc).__name__}: {exc}", file=sys.stderr)
     with blockws.connect(f"{server}/updateReports?agent={AGENT}") as ws:
