@@ -88,6 +88,7 @@ class WebSocket:
         self.latency: float | None = None
         self._timeout = timeout
         self._tls = isinstance(sock, ssl.SSLSocket)
+        self._fast = not self._tls
         if self._tls:
             sock.setblocking(False)
         else:
@@ -382,6 +383,36 @@ class WebSocket:
             ConnectionClosed: the connection is closed or closing.
             TypeError: ``data`` continues a message of the other type.
         """
+        if fin and self._fast and self._timeout is None:
+            # The common case in one place: a whole small message, blocking,
+            # nothing queued before it. Anything else takes the general path.
+            cls = type(data)
+            if cls is str:
+                payload: bytes = data.encode("utf-8")  # type: ignore[union-attr]
+            elif cls is bytes:
+                payload = data  # type: ignore[assignment]
+            else:
+                return self._send(data, fin, False)
+            cond = self._send_cond
+            cond.acquire()
+            try:
+                proto = self._proto
+                if (
+                    self._msg_owner is None
+                    and not self._wbuf
+                    and not proto.has_output
+                    and proto.close_sent is None
+                    and self._lost_code is None
+                    and not self._tcp_closed
+                    and len(payload) < 16384
+                ):
+                    try:
+                        self._sock.sendall(proto.encode_message(payload, cls is str))
+                    except OSError as exc:
+                        raise self._lose(exc) from exc
+                    return len(data)
+            finally:
+                cond.release()
         return self._send(data, fin, False)
 
     def sendall(self, data: str | BytesLike) -> None:
@@ -391,7 +422,10 @@ class WebSocket:
         may have been accepted and the message stays open (as with
         :meth:`socket.socket.sendall`, the caller can't tell how much).
         """
-        self._send(data, True, True)
+        if self._timeout is None:
+            self.send(data)  # blocking: send() accepts everything anyway
+        else:
+            self._send(data, True, True)
 
     def _send(self, data: str | BytesLike, fin: bool, everything: bool) -> int:
         text = isinstance(data, str)
