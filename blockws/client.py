@@ -13,11 +13,12 @@ import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from . import deflate
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
 from .exceptions import BadPortError, InvalidHandshake, InvalidStatus, InvalidURI, TooManyRedirects
-from .handshake import check_response, client_request, make_key
+from .handshake import check_response, client_request, make_key, parse_extensions
 from .http import Headers, HeadersLike, parse_response
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
@@ -207,7 +208,8 @@ def connect(
             follow; more raise ``TooManyRedirects``, as does a loop. A
             redirect from ``wss`` to ``ws`` is refused.
         ssl_context: for ``wss``; default: verified against the system CAs.
-        compression: ``"deflate"`` to offer permessage-deflate, or None.
+        compression: ``"deflate"`` (the default) to offer permessage-deflate,
+            or None.
         max_size: the largest message accepted (bytes), None for no limit.
         write_limit: bytes :meth:`WebSocket.send` may hold in user space.
         allow_bad_ports: allow the ports the Fetch standard bans for HTTP.
@@ -234,6 +236,9 @@ def connect(
     uri = parse_uri(url)
     deadline = Deadline(open_timeout)
     request_headers = Headers(headers)
+    options = _Options(
+        timeout, close_timeout, subprotocols, origin, max_size, write_limit, compression, ssl_context, server_hostname
+    )
     seen = {uri.url}
     redirects = 0
     while True:
@@ -242,8 +247,7 @@ def connect(
                 f"port {uri.port} is on the Fetch standard's list of banned ports; pass allow_bad_ports=True to use it"
             )
         try:
-            ws = _open(uri, deadline, sock, connect_gate, ssl_context, server_hostname, request_headers,
-                       origin, subprotocols, max_size, write_limit, timeout, close_timeout)  # fmt: skip
+            ws = _open(uri, deadline, sock, connect_gate, request_headers, options)
         except InvalidStatus as exc:
             if exc.status not in _REDIRECTS or sock is not None:
                 raise
@@ -280,20 +284,27 @@ def _redirect_target(uri: WebSocketURI, location: str) -> WebSocketURI:
     return target
 
 
+class _Options(NamedTuple):
+    """What every attempt of one connect() call shares."""
+
+    timeout: float | None
+    close_timeout: float | None
+    subprotocols: Sequence[str] | None
+    origin: str | None
+    max_size: int | None
+    write_limit: int
+    compression: str | None
+    ssl_context: ssl.SSLContext | None
+    server_hostname: str | None
+
+
 def _open(
     uri: WebSocketURI,
     deadline: Deadline,
     sock: socket.socket | None,
     gate: ConnectGate | None,
-    ssl_context: ssl.SSLContext | None,
-    server_hostname: str | None,
     headers: Headers,
-    origin: str | None,
-    subprotocols: Sequence[str] | None,
-    max_size: int | None,
-    write_limit: int,
-    timeout: float | None,
-    close_timeout: float | None,
+    options: _Options,
 ) -> WebSocket:
     """One attempt: TCP (through the gate), TLS, handshake."""
     addresses: list[Any] = []
@@ -311,14 +322,13 @@ def _open(
                 sock = _connect_tcp(addresses, uri, deadline)
             try:
                 if uri.secure:
-                    context = ssl_context or ssl.create_default_context()
+                    context = options.ssl_context or ssl.create_default_context()
                     sock.settimeout(deadline.remaining())
                     try:
-                        sock = context.wrap_socket(sock, server_hostname=server_hostname or uri.host)
+                        sock = context.wrap_socket(sock, server_hostname=options.server_hostname or uri.host)
                     except socket.timeout:
                         raise TimeoutError("timed out during the TLS handshake") from None
-                return _handshake(sock, uri, deadline, timeout, close_timeout, subprotocols, headers, origin,
-                                  max_size, write_limit)  # fmt: skip
+                return _handshake(sock, uri, deadline, headers, options)
             except BaseException:
                 sock.close()
                 raise
@@ -345,21 +355,20 @@ def _connect_tcp(addresses: list[Any], uri: WebSocketURI, deadline: Deadline) ->
     assert error is not None
     raise error
 
+
 def _handshake(
-    sock: socket.socket,
-    uri: WebSocketURI,
-    deadline: Deadline,
-    timeout: float | None,
-    close_timeout: float | None,
-    subprotocols: Sequence[str] | None,
-    headers: HeadersLike | None,
-    origin: str | None,
-    max_size: int | None,
-    write_limit: int,
+    sock: socket.socket, uri: WebSocketURI, deadline: Deadline, headers: HeadersLike, options: _Options
 ) -> WebSocket:
     key = make_key()
+    offer = deflate.client_offer() if options.compression == "deflate" else None
     request = client_request(
-        uri.host_header, uri.resource, key, origin=origin, subprotocols=subprotocols, headers=headers
+        uri.host_header,
+        uri.resource,
+        key,
+        origin=options.origin,
+        subprotocols=options.subprotocols,
+        extensions=offer,
+        headers=headers,
     )
     sock.settimeout(deadline.remaining())
     try:
@@ -370,17 +379,25 @@ def _handshake(
     response = parse_response(head)
     if response.status != 101:
         response.body = read_http_body(sock, deadline, response, leftover)
-    subprotocol = check_response(response, key, subprotocols)
+    subprotocol = check_response(response, key, options.subprotocols)
+    accepted = response.headers.get_all("Sec-WebSocket-Extensions")
+    if offer is not None:
+        params = deflate.client_accept(accepted, offer)
+    elif parse_extensions(accepted):
+        raise InvalidHandshake(f"server accepted extensions we did not offer: {', '.join(accepted)}")
+    else:
+        params = None
     ws = WebSocket(
         sock,
-        Protocol(Side.CLIENT, max_size=max_size),
+        Protocol(Side.CLIENT, max_size=options.max_size, deflate=params),
         request=request,
         response=response,
         subprotocol=subprotocol,
+        extensions=accepted if params else None,
         leftover=leftover,
-        timeout=timeout,
-        close_timeout=close_timeout,
-        write_limit=write_limit,
+        timeout=options.timeout,
+        close_timeout=options.close_timeout,
+        write_limit=options.write_limit,
     )
     ws.url = uri.url
     return ws

@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Union
 
+from .deflate import DEFAULT_MIN_SIZE, Compressor, Decompressor, DeflateParams
 from .exceptions import PayloadTooBig, ProtocolError
 from .frames import (
     CloseCode,
@@ -135,7 +136,14 @@ class Protocol:
             A larger one fails the connection with 1009.
     """
 
-    def __init__(self, side: Side, *, max_size: int | None = DEFAULT_MAX_SIZE) -> None:
+    def __init__(
+        self,
+        side: Side,
+        *,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        deflate: DeflateParams | None = None,
+        compress_min_size: int = DEFAULT_MIN_SIZE,
+    ) -> None:
         self.side = side
         self.max_size = max_size
         self.state = State.OPEN
@@ -162,6 +170,15 @@ class Protocol:
         self._decoder = _new_utf8_decoder()
         self._decoding = False
         self._discard = False
+        # permessage-deflate, when negotiated: RSV1 marks compressed messages.
+        client = side is Side.CLIENT
+        self.deflate = deflate
+        self._compressor = Compressor(deflate, client, min_size=compress_min_size) if deflate else None
+        self._decompressor = Decompressor(deflate, client, max_size) if deflate else None
+        self._msg_compressed = False
+        self._out_compressed = False
+        # Binary data that didn't shrink: skip compressing binary for a while.
+        self._skip_binary = 0
         # Sending: whether a message was started and not finished.
         self.sending_message = False
         #: Called for every frame sent (">") and received ("<") with its
@@ -248,7 +265,10 @@ class Protocol:
                 self._trace_received(header, data, pos + header.size)
             opcode = header.opcode
             if header.rsv:
-                raise ProtocolError(f"reserved bits set ({header.rsv:#x}) but no extension was negotiated")
+                if header.rsv != 0x40 or self.deflate is None:
+                    raise ProtocolError(f"reserved bits set ({header.rsv:#x}) but no extension defines them")
+                if opcode >= 8 or opcode == Opcode.CONT:
+                    raise ProtocolError("RSV1 set on a control or continuation frame")
             if (header.mask is None) is not client:
                 raise ProtocolError("client frame is not masked" if not client else "server frame is masked")
             length = header.length
@@ -273,8 +293,10 @@ class Protocol:
                 self._in_message = True
                 self._msg_text = opcode == Opcode.TEXT
                 self._msg_size = 0
+                self._msg_compressed = bool(header.rsv)
             self._msg_size += length
-            if self.max_size is not None and self._msg_size > self.max_size:
+            # A compressed message is bounded after inflating, by the Decompressor.
+            if self.max_size is not None and self._msg_size > self.max_size and not self._msg_compressed:
                 if opcode == Opcode.CONT:
                     raise PayloadTooBig(f"message of {self._msg_size} bytes exceeds max_size={self.max_size}")
                 raise PayloadTooBig(f"frame of {length} bytes exceeds max_size={self.max_size}")
@@ -295,14 +317,21 @@ class Protocol:
             preview = apply_mask(preview, header.mask)
         self.trace("<", header, preview)
 
-    def _trace_sent(self, opcode: int, fin: bool, payload: bytes | bytearray | memoryview, key: bytes | None) -> None:
+    def _trace_sent(
+        self, opcode: int, fin: bool, payload: bytes | bytearray | memoryview, key: bytes | None, rsv: int = 0
+    ) -> None:
         assert self.trace is not None
         size = 2 + (0 if len(payload) < 126 else 2 if len(payload) < 65536 else 8) + (4 if key else 0)
-        self.trace(">", FrameHeader(fin, 0, opcode, len(payload), key, size), bytes(payload[:TRACE_PREVIEW]))
+        self.trace(">", FrameHeader(fin, rsv, opcode, len(payload), key, size), bytes(payload[:TRACE_PREVIEW]))
 
     def _deliver(self, piece: bytes, fin: bool) -> None:
         if fin:
             self._in_message = False
+        if self._msg_compressed:
+            assert self._decompressor is not None
+            piece = self._decompressor.decompress(piece, fin)
+            if not piece and not fin:
+                return
         if not self._msg_text:
             self.events.append(Data(piece, False, fin))
             return
@@ -369,17 +398,38 @@ class Protocol:
         header. The first frame of a message is TEXT or BINARY, the rest
         CONT; ``fin`` ends the message.
         """
-        opcode = Opcode.CONT if self.sending_message else (Opcode.TEXT if text else Opcode.BINARY)
+        if self.sending_message:
+            opcode = Opcode.CONT
+            rsv = 0
+        else:
+            opcode = Opcode.TEXT if text else Opcode.BINARY
+            self._out_compressed = self._compressor is not None and self._worth_compressing(payload, text)
+            rsv = 0x40 if self._out_compressed else 0
         self.sending_message = not fin
+        if self._out_compressed:
+            assert self._compressor is not None
+            size = len(payload)
+            payload = self._compressor.compress(payload, fin)
+            if not text and fin and rsv and len(payload) > size * 0.95:
+                self._skip_binary = 32  # incompressible data: stop trying for a while
         keys = self._mask_keys
         if keys is None:
             if self.trace is not None:
-                self._trace_sent(opcode, fin, payload, None)
-            return encode_header(opcode, len(payload), fin), payload  # type: ignore[return-value]
+                self._trace_sent(opcode, fin, payload, None, rsv)
+            return encode_header(opcode, len(payload), fin, rsv), payload  # type: ignore[return-value]
         key = keys.next()
         if self.trace is not None:
-            self._trace_sent(opcode, fin, payload, key)
-        return encode_header(opcode, len(payload), fin, 0, key), apply_mask(payload, key)
+            self._trace_sent(opcode, fin, payload, key, rsv)
+        return encode_header(opcode, len(payload), fin, rsv, key), apply_mask(payload, key)
+
+    def _worth_compressing(self, payload: bytes | bytearray | memoryview, text: bool) -> bool:
+        assert self._compressor is not None
+        if len(payload) < self._compressor.min_size:
+            return False
+        if not text and self._skip_binary:
+            self._skip_binary -= 1
+            return False
+        return True
 
     def encode_message(self, payload: bytes, text: bool) -> bytes:
         """A whole message as one frame, header and payload joined (the hot path).
@@ -387,7 +437,13 @@ class Protocol:
         Only when no message is open; same result as :meth:`encode_data`.
         """
         n = len(payload)
-        if n >= 126 or self.trace is not None or self.sending_message:
+        if (
+            n >= 126
+            or self.trace is not None
+            or self.sending_message
+            or self._compressor is not None
+            and n >= self._compressor.min_size
+        ):
             header, body = self.encode_data(payload, text, True)
             return header + body
         b0 = 0x81 if text else 0x82

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Optional
 
+from . import deflate
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
@@ -77,14 +78,23 @@ def accept(
         ssl_context: wrap ``sock`` in TLS first.
         keepalive: a :class:`~blockws.KeepAlive` to register the connection
             with (True: the shared one).
-        compression: ``"deflate"`` or None (negotiation not implemented yet).
+        compression: ``"deflate"`` (the default) to accept permessage-deflate
+            when the client offers it, or None.
 
     Raises:
         InvalidHandshake: the request was refused; the HTTP answer (4xx, or
             the process_request response) was already sent.
         TimeoutError: the handshake took longer than ``open_timeout``.
     """
-    options = {"max_size": max_size, "timeout": timeout, "close_timeout": close_timeout, "write_limit": write_limit}
+    if compression not in (None, "deflate"):
+        raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
+    options = {
+        "max_size": max_size,
+        "timeout": timeout,
+        "close_timeout": close_timeout,
+        "write_limit": write_limit,
+        "compression": compression,
+    }
     ws = _accept_tls(sock, Deadline(open_timeout), ssl_context, subprotocols, origins, process_request, options)
     attach_keepalive(ws, keepalive)
     return ws
@@ -139,7 +149,10 @@ def _accept(
     except HandshakeFailure as exc:
         _reply(sock, exc.response(), deadline)
         raise
-    response = accept_response(key, select_subprotocol(request, subprotocols))
+    accepted = None
+    if options["compression"] == "deflate":
+        accepted = deflate.server_accept(request.headers.get_all("Sec-WebSocket-Extensions"))
+    response = accept_response(key, select_subprotocol(request, subprotocols), accepted[0] if accepted else None)
     sock.settimeout(deadline.remaining())
     try:
         sock.sendall(response.serialize())
@@ -147,10 +160,11 @@ def _accept(
         raise TimeoutError("timed out sending the handshake response") from None
     return WebSocket(
         sock,
-        Protocol(Side.SERVER, max_size=options["max_size"]),
+        Protocol(Side.SERVER, max_size=options["max_size"], deflate=accepted[1] if accepted else None),
         request=request,
         response=response,
         subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
+        extensions=[accepted[0]] if accepted else None,
         leftover=leftover,
         timeout=options["timeout"],
         close_timeout=options["close_timeout"],

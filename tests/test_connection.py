@@ -359,13 +359,20 @@ def test_max_size_fails_with_1009_and_names_the_limit(run_server):
             errors.append(exc)
 
     server = run_server(handler, max_size=1000)
-    with blockws.connect(server.url, timeout=5) as ws:
+    with blockws.connect(server.url, timeout=5, compression=None) as ws:
         ws.sendall(b"x" * 2000)
         assert ws.recv() is None
         assert ws.close_code == CloseCode.MESSAGE_TOO_BIG
         assert "frame of 2000 bytes exceeds max_size=1000" in (ws.close_reason or "")
+    # Compressed, the limit applies to the inflated size.
+    with blockws.connect(server.url, timeout=5) as ws:
+        assert ws.extensions
+        ws.sendall(b"x" * 2000)
+        assert ws.recv() is None
+        assert ws.close_code == CloseCode.MESSAGE_TOO_BIG
+        assert "decompressed message exceeds max_size=1000" in (ws.close_reason or "")
     server.stop()
-    assert errors and errors[0].code == 1009
+    assert [e.code for e in errors] == [1009, 1009]
 
 
 def test_client_max_size(run_server):

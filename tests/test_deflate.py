@@ -1,0 +1,312 @@
+"""permessage-deflate: negotiation, codecs, bombs, and interop with websockets."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import tracemalloc
+import zlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.sync.client import connect as ws_connect
+from websockets.sync.server import serve as ws_serve
+
+import blockws
+from blockws import deflate
+from blockws.deflate import Compressor, Decompressor, DeflateParams, client_accept, client_offer, server_accept
+from blockws.exceptions import InvalidHandshake, PayloadTooBig, ProtocolError
+from blockws.protocol import Data, Protocol, Side
+
+# -- negotiation -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offer", "response", "params"),
+    [
+        ("permessage-deflate", "permessage-deflate", DeflateParams()),
+        (
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate",
+            DeflateParams(),
+        ),
+        (
+            "permessage-deflate; client_max_window_bits=10",
+            "permessage-deflate; client_max_window_bits=10",
+            DeflateParams(client_max_window_bits=10),
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=9; server_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=9",
+            DeflateParams(server_no_context_takeover=True, server_max_window_bits=9),
+        ),
+        (
+            "permessage-deflate; client_no_context_takeover",
+            "permessage-deflate; client_no_context_takeover",
+            DeflateParams(client_no_context_takeover=True),
+        ),
+        # Invalid offers are declined, the next one is taken.
+        ("permessage-deflate; foo, permessage-deflate", "permessage-deflate", DeflateParams()),
+        ("permessage-deflate; server_max_window_bits=7, permessage-deflate", "permessage-deflate", DeflateParams()),
+        ("permessage-deflate; server_max_window_bits", None, None),
+        ("permessage-deflate; client_no_context_takeover; client_no_context_takeover", None, None),
+        ("permessage-deflate; server_max_window_bits=09", None, None),
+        ("x-other", None, None),
+        ("bad;=", None, None),
+    ],
+)
+def test_server_accept(offer, response, params):
+    result = server_accept([offer])
+    if response is None:
+        assert result is None
+    else:
+        assert result == (response, params)
+
+
+def test_server_options():
+    header, params = server_accept(["permessage-deflate; client_max_window_bits"], client_max_window_bits=12) or ("", 0)
+    assert header == "permessage-deflate; client_max_window_bits=12"
+    assert server_accept(["permessage-deflate"], client_max_window_bits=12) is None  # can't limit the client
+    header, params = server_accept(["permessage-deflate"], server_no_context_takeover=True) or ("", 0)
+    assert header == "permessage-deflate; server_no_context_takeover"
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        ("x-other", "did not offer"),
+        ("permessage-deflate, permessage-deflate", "did not offer"),
+        ("permessage-deflate; foo", "unknown"),
+        ("permessage-deflate; server_no_context_takeover; server_no_context_takeover", "duplicate"),
+        ("permessage-deflate; server_max_window_bits=16", "8 to 15"),
+        ("permessage-deflate; server_max_window_bits", "8 to 15"),
+        ("permessage-deflate; client_no_context_takeover=1", "takes no value"),
+    ],
+)
+def test_client_accept_refusals(response, message):
+    with pytest.raises(InvalidHandshake, match=message):
+        client_accept([response], client_offer())
+
+
+def test_client_accept():
+    assert client_accept([], client_offer()) is None
+    assert client_accept(["permessage-deflate; client_max_window_bits=9"], client_offer()) == DeflateParams(
+        client_max_window_bits=9
+    )
+    offer = client_offer(server_max_window_bits=10, client_max_window_bits=11, server_no_context_takeover=True)
+    assert offer == (
+        "permessage-deflate; server_no_context_takeover; server_max_window_bits=10; client_max_window_bits=11"
+    )
+    with pytest.raises(InvalidHandshake, match="ignored"):
+        client_accept(["permessage-deflate; server_max_window_bits=10"], offer)
+    with pytest.raises(InvalidHandshake, match="exceeds"):
+        client_accept(["permessage-deflate; server_no_context_takeover; server_max_window_bits=12"], offer)
+    accepted = client_accept(
+        ["permessage-deflate; server_no_context_takeover; server_max_window_bits=10; client_max_window_bits=9"], offer
+    )
+    assert accepted == DeflateParams(True, False, 10, 9)
+    with pytest.raises(InvalidHandshake, match="did not offer"):
+        client_accept(["permessage-deflate; client_max_window_bits=9"], "permessage-deflate")
+
+
+# -- codecs --------------------------------------------------------------------
+
+all_params = st.builds(
+    DeflateParams,
+    st.booleans(),
+    st.booleans(),
+    st.integers(8, 15),
+    st.integers(8, 15),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(all_params, st.lists(st.binary(max_size=5000) | st.text(max_size=2000).map(str.encode), max_size=6), st.data())
+def test_round_trips_any_params_fragments_and_splits(params, messages, data):
+    for is_client in (True, False):
+        compressor = Compressor(params, is_client, min_size=0)
+        decompressor = Decompressor(params, not is_client, max_size=None)
+        for message in messages:
+            cuts = sorted(data.draw(st.lists(st.integers(0, len(message)), max_size=3)))
+            bounds = list(zip([0, *cuts], [*cuts, len(message)]))
+            wire = b"".join(compressor.compress(message[a:b], i == len(bounds) - 1) for i, (a, b) in enumerate(bounds))
+            splits = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=3)))
+            pieces = [wire[a:b] for a, b in zip([0, *splits], [*splits, len(wire)])]
+            out = b"".join(decompressor.decompress(p, i == len(pieces) - 1) for i, p in enumerate(pieces))
+            assert out == message
+
+
+def test_interop_with_plain_zlib_like_peers():
+    text = b'{"id": 1, "name": "blockws", "tags": ["a", "b"]}' * 20
+    # A peer's compressor: raw deflate, sync flush, trailer stripped.
+    peer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    wire = (peer.compress(text) + peer.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    assert Decompressor(DeflateParams(), True, None).decompress(wire, True) == text
+    ours = Compressor(DeflateParams(), True).compress(text, True)
+    assert zlib.decompressobj(-15).decompress(ours + b"\x00\x00\xff\xff") == text
+
+
+def test_context_takeover_shrinks_repeats_and_no_takeover_resets():
+    message = os.urandom(500).hex().encode()
+    takeover = Compressor(DeflateParams(), False)
+    first, second = takeover.compress(message, True), takeover.compress(message, True)
+    assert len(second) < len(first) / 4  # the second refers back to the first
+    fresh = Compressor(DeflateParams(server_no_context_takeover=True), False)
+    assert len(fresh.compress(message, True)) == len(fresh.compress(message, True))
+
+
+def test_decompression_bomb_is_stopped_with_bounded_memory():
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = (bomb.compress(b"\x00" * (1 << 30)) + bomb.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    assert len(payload) < 1100 * 1024  # about 1 MiB of deflate for 1 GiB of zeros
+    decompressor = Decompressor(DeflateParams(), True, max_size=1 << 20)
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(PayloadTooBig, match="max_size=1048576"):
+            for i in range(0, len(payload), 1024):
+                decompressor.decompress(payload[i : i + 1024], False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+    assert time.monotonic() - start < 1
+
+
+def test_corrupt_data_is_1007():
+    with pytest.raises(ProtocolError) as info:
+        Decompressor(DeflateParams(), True, None).decompress(b"\xff\xff\xff\xff", True)
+    assert info.value.close_code == 1007
+
+
+# -- in the protocol -----------------------------------------------------------
+
+
+def pair() -> tuple[Protocol, Protocol]:
+    return Protocol(Side.CLIENT, deflate=DeflateParams()), Protocol(Side.SERVER, deflate=DeflateParams())
+
+
+def test_protocol_rsv1_rules():
+    client, server = pair()
+    header, body = client.encode_data(b"x" * 1000, False, False)
+    assert header[0] & 0x40  # first frame compressed
+    header2, body2 = client.encode_data(b"y" * 1000, False, True)
+    assert not header2[0] & 0x40  # continuation: no RSV1
+    server.receive_data(header + body + header2 + body2)
+    pieces = []
+    while (event := server.next_event()) is not None:
+        assert isinstance(event, Data)
+        pieces.append(event.payload)
+    assert b"".join(pieces) == b"x" * 1000 + b"y" * 1000
+    # Small messages go uncompressed.
+    header, _ = client.encode_data(b"small", False, True)
+    assert not header[0] & 0x40
+    # RSV1 on a control frame or a continuation: 1002.
+    for bad in (b"\xc9\x80abcd", b"\x02\x80abcd\xc0\x80abcd"):
+        _, fresh = pair()
+        fresh.receive_data(bad)
+        with pytest.raises(ProtocolError, match="RSV1"):
+            while fresh.next_event() is not None:
+                pass
+    # Without deflate, RSV1 is an error.
+    plain = Protocol(Side.SERVER)
+    plain.receive_data(b"\xc1\x80abcd")
+    with pytest.raises(ProtocolError, match="reserved bits"):
+        plain.next_event()
+
+
+def test_incompressible_binary_is_sent_plain_for_a_while():
+    client, _ = pair()
+    first, _ = client.encode_data(os.urandom(2000), False, True)
+    assert first[0] & 0x40
+    second, _ = client.encode_data(os.urandom(2000), False, True)
+    assert not second[0] & 0x40
+    text, _ = client.encode_data(b"text still compressed " * 20, True, True)
+    assert text[0] & 0x40
+
+
+# -- over sockets, with the websockets package -------------------------------------
+
+
+def test_blockws_client_with_websockets_server_compressed():
+    got: list[Any] = []
+
+    def handler(ws: Any) -> None:
+        got.append(ws.request.headers.get("Sec-WebSocket-Extensions"))
+        for message in ws:
+            ws.send(message)
+
+    server = ws_serve(handler, "127.0.0.1", 0, compression="deflate")
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        with blockws.connect(f"ws://127.0.0.1:{server.socket.getsockname()[1]}/", timeout=5) as ws:
+            assert ws.extensions and ws.extensions[0].startswith("permessage-deflate")
+            for message in ['{"a": 1}' * 200, b"\x00" * 100_000, os.urandom(5000), "é" * 3000, "small"]:
+                ws.sendall(message)
+                assert ws.recv() == message
+            ws.send("part one " * 50, fin=False)
+            ws.sendall("part two " * 50)
+            assert ws.recv() == "part one " * 50 + "part two " * 50
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert got == ["permessage-deflate; client_max_window_bits"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"server_max_window_bits": 10},
+        {"client_max_window_bits": 9},
+        {"server_no_context_takeover": True, "client_no_context_takeover": True},
+    ],
+)
+def test_websockets_client_with_blockws_server_compressed(run_server, options):
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    server = run_server()
+    factory = ClientPerMessageDeflateFactory(**options)
+    with ws_connect(server.url, compression=None, extensions=[factory]) as ws:
+        assert ws.response.headers.get("Sec-WebSocket-Extensions", "").startswith("permessage-deflate")
+        for message in ['{"a": 1}' * 200, b"\x01" * 70_000, "x" * 3, os.urandom(3000)] * 3:
+            ws.send(message)
+            assert ws.recv(timeout=5) == message
+
+
+def test_partial_send_counts_uncompressed_input(run_server):
+    received: list[Any] = []
+    reading = threading.Event()
+
+    def handler(ws: blockws.WebSocket) -> None:
+        reading.wait(10)
+        received.extend(ws)
+
+    server = run_server(handler, max_size=None)
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    ws = blockws.connect(server.url, sock=sock, timeout=0.1)
+    text = "".join(f"line {i}: {os.urandom(8).hex()}\n" for i in range(100_000))
+    sent = 0
+    while sent < len(text):
+        try:
+            n = ws.send(text[sent:])
+        except TimeoutError:
+            reading.set()
+            continue
+        assert 0 < n <= len(text) - sent
+        sent += n
+    ws.close()
+    server.stop()
+    assert received == [text]
+
+
+def test_default_min_size_is_exported():
+    assert deflate.DEFAULT_MIN_SIZE == 128
