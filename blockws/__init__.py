@@ -11,6 +11,7 @@ A :class:`WebSocket` behaves like a BSD socket that carries messages::
 
 from __future__ import annotations
 
+from .auth import BasicAuth, Challenge, DigestAuth
 from .client import ConnectGate, connect, parse_uri
 from .connection import WebSocket
 from .exceptions import (
@@ -45,6 +46,9 @@ __all__ = [
     "WebSocketHandler",
     "WebSocket",
     "KeepAlive",
+    "BasicAuth",
+    "DigestAuth",
+    "Challenge",
     "State",
     "CloseCode",
     "Opcode",

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 from . import deflate
+from .auth import AuthOption, ClientAuth
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
 from .exceptions import BadPortError, InvalidHandshake, InvalidStatus, InvalidURI, TooManyRedirects
 from .handshake import check_response, client_request, make_key, parse_extensions
@@ -179,6 +180,7 @@ def connect(
     subprotocols: Sequence[str] | None = None,
     headers: HeadersLike | None = None,
     origin: str | None = None,
+    auth: AuthOption | None = None,
     max_redirects: int = 5,
     ssl_context: ssl.SSLContext | None = None,
     compression: str | None = "deflate",
@@ -204,6 +206,11 @@ def connect(
             ``Authorization`` and ``Cookie`` are dropped when a redirect
             leads to another origin.
         origin: the Origin header to send.
+        auth: ``(user, password)``, or a callable ``auth(challenge) ->
+            (user, password) | None`` called on every 401 (Basic and Digest;
+            ``challenge.scheme``, ``.realm``, ``.attempt``), so a program can
+            ask its user again; None gives up with ``InvalidStatus`` (401).
+            Credentials in the URL (``ws://user:pw@host/``) work the same.
         max_redirects: how many redirects (301, 302, 303, 307, 308) to
             follow; more raise ``TooManyRedirects``, as does a loop. A
             redirect from ``wss`` to ``ws`` is refused.
@@ -241,7 +248,10 @@ def connect(
     )
     seen = {uri.url}
     redirects = 0
-    while True:
+    credentials = auth if auth is not None else (uri.user, uri.password or "") if uri.user is not None else None
+    client_auth = ClientAuth(credentials) if credentials is not None else None
+    # Redirects and auth retries are bounded each; this bounds their sum too.
+    for _ in range(max_redirects + 2 * (client_auth.max_attempts if client_auth else 0) + 2):
         if uri.port in BAD_PORTS and not allow_bad_ports and sock is None:
             raise BadPortError(
                 f"port {uri.port} is on the Fetch standard's list of banned ports; pass allow_bad_ports=True to use it"
@@ -249,6 +259,12 @@ def connect(
         try:
             ws = _open(uri, deadline, sock, connect_gate, request_headers, options)
         except InvalidStatus as exc:
+            if exc.status == 401 and client_auth is not None:
+                answer = client_auth.authorize(exc.response, "GET", uri.resource)
+                if answer is None:
+                    raise
+                request_headers["Authorization"] = answer
+                continue
             if exc.status not in _REDIRECTS or sock is not None:
                 raise
             location = exc.headers.get("Location")
@@ -263,6 +279,9 @@ def connect(
             if _origin(target) != _origin(uri):
                 for name in _CREDENTIAL_HEADERS:
                     del request_headers[name]
+                client_auth = None  # credentials stay with their origin
+            elif client_auth is not None and (answer := client_auth.preemptive("GET", target.resource)):
+                request_headers["Authorization"] = answer  # Digest covers the path: recompute it
             seen.add(target.url)
             uri = target
             continue
@@ -270,6 +289,7 @@ def connect(
             ws.on_close(functools.partial(connect_gate.release_host, uri.host))
         attach_keepalive(ws, keepalive)
         return ws
+    raise TooManyRedirects("too many redirects and authentication attempts")
 
 
 def _origin(uri: WebSocketURI) -> tuple[bool, str, int]:

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, Optional
 
 from . import deflate
+from .auth import BasicAuth, DigestAuth
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
@@ -61,6 +62,7 @@ def accept(
     compression: str | None = "deflate",
     ssl_context: ssl.SSLContext | None = None,
     keepalive: KeepAlive | bool | None = None,
+    auth: BasicAuth | DigestAuth | None = None,
 ) -> WebSocket:
     """Run the server side of the opening handshake on an accepted socket.
 
@@ -78,6 +80,9 @@ def accept(
         ssl_context: wrap ``sock`` in TLS first.
         keepalive: a :class:`~blockws.KeepAlive` to register the connection
             with (True: the shared one).
+        auth: :class:`~blockws.BasicAuth` or :class:`~blockws.DigestAuth`:
+            requests without valid credentials get 401 with a challenge;
+            the user name is then in ``ws.username``.
         compression: ``"deflate"`` (the default) to accept permessage-deflate
             when the client offers it, or None.
 
@@ -94,6 +99,7 @@ def accept(
         "close_timeout": close_timeout,
         "write_limit": write_limit,
         "compression": compression,
+        "auth": auth,
     }
     ws = _accept_tls(sock, Deadline(open_timeout), ssl_context, subprotocols, origins, process_request, options)
     attach_keepalive(ws, keepalive)
@@ -137,6 +143,14 @@ def _accept(
     except InvalidHandshake as exc:
         _reply(sock, Response(400, body=f"{exc}\n".encode()), deadline)
         raise
+    username = None
+    auth = options["auth"]
+    if auth is not None:
+        username = auth.check(request)
+        if username is None:
+            _reply(sock, auth.challenge(request), deadline)
+            refused = "wrong credentials" if "Authorization" in request.headers else "no credentials"
+            raise InvalidHandshake(f"authentication failed: {refused}")
     if process_request is not None:
         answer = process_request(request)
         if answer is not None:
@@ -158,7 +172,7 @@ def _accept(
         sock.sendall(response.serialize())
     except socket.timeout:
         raise TimeoutError("timed out sending the handshake response") from None
-    return WebSocket(
+    ws = WebSocket(
         sock,
         Protocol(Side.SERVER, max_size=options["max_size"], deflate=accepted[1] if accepted else None),
         request=request,
@@ -170,6 +184,8 @@ def _accept(
         close_timeout=options["close_timeout"],
         write_limit=options["write_limit"],
     )
+    ws.username = username
+    return ws
 
 
 class WebSocketHandler(socketserver.BaseRequestHandler):

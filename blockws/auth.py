@@ -1,0 +1,382 @@
+"""HTTP authentication for the handshake: Basic (RFC 7617) and Digest (RFC 7616).
+
+Sans-I/O. The client side (:class:`ClientAuth`) answers 401/407 challenges,
+asking a callback for credentials on every attempt, so a program can ask its
+user again after a wrong password. The server side (:class:`BasicAuth`,
+:class:`DigestAuth`) checks ``Authorization`` headers and builds challenges;
+Digest nonces are signed timestamps that expire, and each nonce's counter
+must grow, so a captured request can't be replayed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Union
+
+from .http import Request, Response
+
+__all__ = [
+    "Challenge",
+    "Credentials",
+    "AuthOption",
+    "parse_challenges",
+    "ClientAuth",
+    "BasicAuth",
+    "DigestAuth",
+]
+
+Credentials = tuple[str, str]
+
+_AUTH_PARAM = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*,?')
+_SCHEME = re.compile(r"\s*,?\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)")
+_TOKEN68 = re.compile(r"\s*[A-Za-z0-9\-._~+/]+=*\s*(?:,|$)")
+
+
+class Challenge:
+    """One challenge from a 401 or 407 response, as the auth callback sees it.
+
+    Attributes:
+        scheme: ``"Basic"`` or ``"Digest"`` (or another scheme, as sent).
+        realm: the protection space, shown to users (None if absent).
+        params: every auth-param, with lowercase names.
+        attempt: 1 for the first challenge of this connect(), then 2, 3...
+        proxy: True for a proxy's challenge (407).
+    """
+
+    def __init__(self, scheme: str, params: dict[str, str], attempt: int = 1, proxy: bool = False) -> None:
+        lower = scheme.lower()
+        self.scheme = {"basic": "Basic", "digest": "Digest"}.get(lower, scheme)
+        self.params = params
+        self.realm = params.get("realm")
+        self.attempt = attempt
+        self.proxy = proxy
+
+    def __repr__(self) -> str:
+        return f"Challenge({self.scheme!r}, realm={self.realm!r}, attempt={self.attempt})"
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+def parse_challenges(values: Sequence[str]) -> list[Challenge]:
+    """Parse WWW-Authenticate or Proxy-Authenticate values (RFC 7235 section 4.1).
+
+    Several challenges may share one value; what can't be parsed is skipped.
+    """
+    challenges: list[Challenge] = []
+    for value in values:
+        pos = 0
+        while pos < len(value):
+            m = _SCHEME.match(value, pos)
+            if not m:
+                break
+            scheme = m.group(1)
+            pos = m.end()
+            params: dict[str, str] = {}
+            t68 = _TOKEN68.match(value, pos)
+            if t68 and not _AUTH_PARAM.match(value, pos):
+                pos = t68.end()  # a token68 credential (Negotiate and the like)
+            while True:
+                p = _AUTH_PARAM.match(value, pos)
+                if not p:
+                    break
+                params.setdefault(p.group(1).lower(), _unquote(p.group(2)))
+                pos = p.end()
+            challenges.append(Challenge(scheme, params))
+            if pos < len(value) and not _SCHEME.match(value, pos):
+                break
+    return challenges
+
+
+AuthOption = Union[Credentials, Callable[[Challenge], Union[Credentials, None]]]
+
+_ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+
+
+def _hash(algorithm: str) -> Callable[[str], str]:
+    base = algorithm.upper().removesuffix("-SESS")
+    fn = _ALGORITHMS[base]
+    return lambda text: fn(text.encode("utf-8")).hexdigest()
+
+
+def _strength(challenge: Challenge) -> int:
+    if challenge.scheme == "Digest":
+        algorithm = challenge.params.get("algorithm", "MD5").upper()
+        return {"SHA-256": 4, "SHA-256-SESS": 4, "MD5": 2, "MD5-SESS": 2}.get(algorithm, 0)
+    return 1 if challenge.scheme == "Basic" else 0
+
+
+def basic_credentials(user: str, password: str) -> str:
+    """The value of a Basic ``Authorization`` header (UTF-8, RFC 7617)."""
+    if ":" in user:
+        raise ValueError("a Basic user name can't contain ':'")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class ClientAuth:
+    """Answers the challenges of one connect() call (and its retries).
+
+    Args:
+        auth: ``(user, password)``, tried once per realm, or a callable
+            ``auth(challenge) -> (user, password) | None`` called on every
+            challenge (``challenge.attempt`` counts), so a program can ask
+            its user again; None gives up.
+        proxy: answer 407 / ``Proxy-Authenticate`` instead of 401.
+        max_attempts: at most this many answers (a loop guard).
+    """
+
+    def __init__(self, auth: AuthOption, *, proxy: bool = False, max_attempts: int = 3) -> None:
+        self.auth = auth
+        self.proxy = proxy
+        self.max_attempts = max_attempts
+        self.attempts = 0
+        self._credentials: Credentials | None = None
+        self._digest: Challenge | None = None
+        self._nc = 0
+
+    def __repr__(self) -> str:
+        return f"ClientAuth(proxy={self.proxy}, attempts={self.attempts})"  # never the password
+
+    def authorize(self, response: Response, method: str, target: str) -> str | None:
+        """The header value for the retry after ``response`` (401/407), or None to give up."""
+        header = "Proxy-Authenticate" if self.proxy else "WWW-Authenticate"
+        supported = [c for c in parse_challenges(response.headers.get_all(header)) if _strength(c)]
+        if not supported:
+            return None
+        challenge = max(supported, key=_strength)
+        stale = challenge.scheme == "Digest" and challenge.params.get("stale", "").lower() == "true"
+        if stale and self._credentials is not None:
+            # Same credentials, fresh nonce: not a new attempt (RFC 7616 3.3).
+            self._digest, self._nc = challenge, 0
+            return self._answer(method, target)
+        if self.attempts >= self.max_attempts:
+            return None
+        self.attempts += 1
+        challenge.attempt = self.attempts
+        challenge.proxy = self.proxy
+        if callable(self.auth):
+            credentials = self.auth(challenge)
+        else:
+            credentials = self.auth if self.attempts == 1 else None
+        if credentials is None:
+            return None
+        self._credentials = (str(credentials[0]), str(credentials[1]))
+        self._digest = challenge if challenge.scheme == "Digest" else None
+        self._nc = 0
+        return self._answer(method, target)
+
+    def preemptive(self, method: str, target: str) -> str | None:
+        """A header value for a new request to the same origin, if we have credentials."""
+        return self._answer(method, target) if self._credentials is not None else None
+
+    def _answer(self, method: str, target: str) -> str:
+        assert self._credentials is not None
+        user, password = self._credentials
+        if self._digest is None:
+            return basic_credentials(user, password)
+        return self._digest_response(self._digest, user, password, method, target)
+
+    def _digest_response(self, challenge: Challenge, user: str, password: str, method: str, target: str) -> str:
+        params = challenge.params
+        algorithm = params.get("algorithm", "MD5")
+        h = _hash(algorithm)
+        realm, nonce = params.get("realm", ""), params.get("nonce", "")
+        qops = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
+        cnonce = secrets.token_hex(16)
+        self._nc += 1
+        nc = f"{self._nc:08x}"
+        ha1 = h(f"{user}:{realm}:{password}")
+        if algorithm.upper().endswith("-SESS"):
+            ha1 = h(f"{ha1}:{nonce}:{cnonce}")
+        ha2 = h(f"{method}:{target}")
+        if "auth" in qops:
+            digest = h(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+        else:  # RFC 2069 compatibility
+            digest = h(f"{ha1}:{nonce}:{ha2}")
+        fields = [
+            f'username="{_quote(user)}"',
+            f'realm="{_quote(realm)}"',
+            f'nonce="{_quote(nonce)}"',
+            f'uri="{_quote(target)}"',
+            f"algorithm={algorithm}",
+            f'response="{digest}"',
+        ]
+        if "auth" in qops:
+            fields += ["qop=auth", f"nc={nc}", f'cnonce="{cnonce}"']
+        if "opaque" in params:
+            fields.append(f'opaque="{_quote(params["opaque"])}"')
+        return "Digest " + ", ".join(fields)
+
+
+def _quote(value: str) -> str:
+    if any(c in value for c in "\r\n"):
+        raise ValueError("line breaks in an auth parameter")
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _lookup(users: Mapping[str, str] | Callable[[str], str | None], user: str) -> str | None:
+    return users.get(user) if isinstance(users, Mapping) else users(user)
+
+
+def _authorization(request: Request, scheme: str) -> str | None:
+    value = request.headers.get("Authorization")
+    if value is None:
+        return None
+    got, _, rest = value.strip().partition(" ")
+    return rest.strip() if got.lower() == scheme.lower() else None
+
+
+class BasicAuth:
+    """Server side of HTTP Basic: ``serve(..., auth=BasicAuth("realm", {"user": "password"}))``.
+
+    ``users`` is a mapping or a lookup ``users(name) -> password | None``.
+    """
+
+    def __init__(self, realm: str, users: Mapping[str, str] | Callable[[str], str | None]) -> None:
+        self.realm = realm
+        self.users = users
+
+    def check(self, request: Request) -> str | None:
+        """The authenticated user name, or None."""
+        encoded = _authorization(request, "Basic")
+        if encoded is None:
+            return None
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        expected = _lookup(self.users, user) if sep else None
+        if expected is None:
+            hmac.compare_digest(password, password)  # same work whether or not the user exists
+            return None
+        return user if hmac.compare_digest(password.encode(), expected.encode()) else None
+
+    def challenge(self, request: Request | None = None) -> Response:
+        """The 401 response asking for Basic credentials."""
+        header = f'Basic realm="{_quote(self.realm)}", charset="UTF-8"'
+        return Response(401, headers={"WWW-Authenticate": header}, body=b"authentication required\n")
+
+
+class DigestAuth:
+    """Server side of HTTP Digest (RFC 7616, qop=auth).
+
+    Args:
+        realm: the protection space.
+        users: a mapping or a lookup ``users(name) -> password | None``.
+        algorithms: offered in this order of preference.
+        nonce_lifetime: seconds a nonce stays valid (then ``stale=true``).
+        secret: signs nonces (random by default: nonces die with the process).
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        users: Mapping[str, str] | Callable[[str], str | None],
+        *,
+        algorithms: Sequence[str] = ("SHA-256", "MD5"),
+        nonce_lifetime: float = 300.0,
+        secret: bytes | None = None,
+    ) -> None:
+        for algorithm in algorithms:
+            if algorithm.upper().removesuffix("-SESS") not in _ALGORITHMS:
+                raise ValueError(f"unsupported Digest algorithm {algorithm!r}")
+        self.realm = realm
+        self.users = users
+        self.algorithms = list(algorithms)
+        self.nonce_lifetime = nonce_lifetime
+        self._secret = secret or secrets.token_bytes(32)
+        self._opaque = secrets.token_hex(8)
+        self._counters: dict[str, int] = {}  # nonce -> highest nc seen
+        self._lock = threading.Lock()
+
+    def _make_nonce(self) -> str:
+        stamp = f"{time.time():.3f}:{secrets.token_hex(8)}"
+        sig = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
+        return base64.b64encode(f"{stamp}:{sig}".encode()).decode()
+
+    def _nonce_state(self, nonce: str) -> str:
+        """ "valid", "stale" (genuine but expired) or "invalid"."""
+        try:
+            stamp, _, sig = base64.b64decode(nonce, validate=True).decode().rpartition(":")
+            issued = float(stamp.split(":")[0])
+        except (ValueError, UnicodeDecodeError):
+            return "invalid"
+        expected = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
+        if not hmac.compare_digest(sig, expected):
+            return "invalid"
+        return "valid" if time.time() - issued <= self.nonce_lifetime else "stale"
+
+    @staticmethod
+    def _params(request: Request) -> dict[str, str] | None:
+        value = _authorization(request, "Digest")
+        if value is None:
+            return None
+        return {m.group(1).lower(): _unquote(m.group(2)) for m in _AUTH_PARAM.finditer(value)}
+
+    def check(self, request: Request) -> str | None:
+        """The authenticated user name, or None (wrong, replayed, stale, malformed)."""
+        params = self._params(request)
+        if params is None:
+            return None
+        try:
+            user, nonce, uri, answer = params["username"], params["nonce"], params["uri"], params["response"]
+            algorithm = params.get("algorithm", "MD5")
+            h = _hash(algorithm)
+        except KeyError:
+            return None
+        if algorithm.upper() not in (a.upper() for a in self.algorithms) or params.get("realm") != self.realm:
+            return None
+        if uri != request.target or params.get("qop") != "auth" or "cnonce" not in params:
+            return None
+        if self._nonce_state(nonce) != "valid":
+            return None
+        try:
+            nc = int(params.get("nc", ""), 16)
+        except ValueError:
+            return None
+        password = _lookup(self.users, user)
+        if password is None:
+            return None
+        ha1 = h(f"{user}:{self.realm}:{password}")
+        if algorithm.upper().endswith("-SESS"):
+            ha1 = h(f"{ha1}:{nonce}:{params['cnonce']}")
+        ha2 = h(f"{request.method}:{uri}")
+        expected = h(f"{ha1}:{nonce}:{params['nc']}:{params['cnonce']}:auth:{ha2}")
+        if not hmac.compare_digest(answer.encode(), expected.encode()):
+            return None
+        with self._lock:
+            if nc <= self._counters.get(nonce, 0):
+                return None  # a replay
+            self._expire_counters()
+            self._counters[nonce] = nc
+        return user
+
+    def _expire_counters(self) -> None:
+        if len(self._counters) > 10_000:
+            self._counters = {n: c for n, c in self._counters.items() if self._nonce_state(n) == "valid"}
+
+    def challenge(self, request: Request | None = None) -> Response:
+        """The 401 response with a fresh nonce per algorithm (``stale=true`` after an expired one)."""
+        nonce = self._make_nonce()
+        params = self._params(request) if request is not None else None
+        # A genuine but expired nonce: the client may retry without asking its user.
+        expired = params is not None and self._nonce_state(params.get("nonce", "")) == "stale"
+        stale = ", stale=true" if expired else ""
+        response = Response(401, body=b"authentication required\n")
+        for algorithm in self.algorithms:
+            response.headers.add(
+                "WWW-Authenticate",
+                f'Digest realm="{_quote(self.realm)}", qop="auth", algorithm={algorithm}, '
+                f'nonce="{nonce}", opaque="{self._opaque}"{stale}',
+            )
+        return response

@@ -1,0 +1,206 @@
+"""Basic and Digest authentication: the sans-I/O pieces and over real sockets."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import blockws
+from blockws.auth import BasicAuth, Challenge, ClientAuth, DigestAuth, parse_challenges
+from blockws.http import Request, Response
+
+USERS = {"Mufasa": "Circle of Life", "zoë": "pässwörd"}
+
+
+def test_parse_challenges():
+    (c,) = parse_challenges(['Basic realm="WallyWorld"'])
+    assert (c.scheme, c.realm) == ("Basic", "WallyWorld")
+    challenges = parse_challenges(
+        [
+            'Newauth realm="apps", type=1, title="Login to \\"apps\\"", Basic realm="simple"',
+            'Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=SHA-256, '
+            'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"',
+            "Negotiate abc==, Basic realm=x",
+        ]
+    )
+    assert [c.scheme for c in challenges] == ["Newauth", "Basic", "Digest", "Negotiate", "Basic"]
+    assert challenges[0].params["title"] == 'Login to "apps"'
+    assert challenges[2].params["qop"] == "auth, auth-int"
+    assert "Challenge(" in repr(challenges[1])
+
+
+def rfc7616_response(algorithm: str) -> str:
+    """RFC 7616 section 3.9.1: the worked example, with its cnonce."""
+    auth = ClientAuth(("Mufasa", "Circle of Life"))
+    challenge = Response(
+        401,
+        headers={
+            "WWW-Authenticate": 'Digest realm="http-auth@example.org", qop="auth, auth-int", '
+            f"algorithm={algorithm}, "
+            'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+        },
+    )
+    import blockws.auth as auth_module
+
+    real = auth_module.secrets.token_hex
+    auth_module.secrets.token_hex = lambda n: "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"  # type: ignore[assignment]
+    try:
+        value = auth.authorize(challenge, "GET", "/dir/index.html")
+    finally:
+        auth_module.secrets.token_hex = real  # type: ignore[assignment]
+    assert value is not None
+    match = re.search(r'response="([0-9a-f]+)"', value)
+    assert match
+    return match.group(1)
+
+
+def test_digest_matches_the_rfc_example():
+    assert rfc7616_response("MD5") == "8ca523f5e9506fed4657c9700eebdbec"
+    assert rfc7616_response("SHA-256") == "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+
+
+def request_with(header: str | None, target: str = "/") -> Request:
+    return Request("GET", target, {"Authorization": header} if header else {})
+
+
+@pytest.mark.parametrize("server", [BasicAuth("realm", USERS), DigestAuth("realm", USERS)])
+def test_client_and_server_objects(server):
+    client = ClientAuth(("zoë", "pässwörd"))
+    value = client.authorize(server.challenge(), "GET", "/x")
+    assert value is not None
+    assert server.check(request_with(value, "/x")) == "zoë"
+    assert server.check(request_with(None)) is None
+    assert server.check(request_with("Bogus abc")) is None
+    wrong = ClientAuth(("zoë", "nope")).authorize(server.challenge(), "GET", "/x")
+    assert server.check(request_with(wrong, "/x")) is None
+    assert "pässwörd" not in repr(client)
+
+
+def test_callback_asked_again_then_gives_up():
+    server = DigestAuth("realm", USERS)
+    seen: list[tuple[str, str | None, int]] = []
+    answers = iter([("Mufasa", "wrong"), ("Mufasa", "Circle of Life"), None])
+
+    def ask(challenge: Challenge) -> tuple[str, str] | None:
+        seen.append((challenge.scheme, challenge.realm, challenge.attempt))
+        return next(answers)
+
+    client = ClientAuth(ask)
+    first = client.authorize(server.challenge(), "GET", "/")
+    assert server.check(request_with(first)) is None
+    second = client.authorize(server.challenge(), "GET", "/")
+    assert server.check(request_with(second)) == "Mufasa"
+    assert client.authorize(server.challenge(), "GET", "/") is None
+    assert seen == [("Digest", "realm", 1), ("Digest", "realm", 2), ("Digest", "realm", 3)]
+    assert ClientAuth(("a", "b"), max_attempts=1).authorize(server.challenge(), "GET", "/")
+    fixed = ClientAuth(("a", "b"))
+    fixed.authorize(server.challenge(), "GET", "/")
+    assert fixed.authorize(server.challenge(), "GET", "/") is None  # tuples are tried once
+
+
+def test_strongest_challenge_chosen_and_unknown_ignored():
+    response = Response(401)
+    for value in [
+        'Basic realm="r"',
+        'Digest realm="r", nonce="n", algorithm=MD5',
+        'Digest realm="r", nonce="n2", algorithm=SHA-256, qop="auth"',
+    ]:
+        response.headers.add("WWW-Authenticate", value)
+    value = ClientAuth(("u", "p")).authorize(response, "GET", "/")
+    assert value is not None and "algorithm=SHA-256" in value and "nc=00000001" in value
+    assert (
+        ClientAuth(("u", "p")).authorize(Response(401, headers={"WWW-Authenticate": "Negotiate"}), "GET", "/") is None
+    )
+    basic = ClientAuth(("u", "p")).authorize(Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'}), "GET", "/")
+    assert basic == "Basic " + base64.b64encode(b"u:p").decode()
+    with pytest.raises(ValueError):
+        ClientAuth(("u:x", "p")).authorize(Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'}), "GET", "/")
+
+
+def test_replay_wrong_uri_and_stale_nonce():
+    server = DigestAuth("realm", USERS, nonce_lifetime=0.2)
+    client = ClientAuth(("Mufasa", "Circle of Life"))
+    value = client.authorize(server.challenge(), "GET", "/a")
+    assert server.check(request_with(value, "/a")) == "Mufasa"
+    assert server.check(request_with(value, "/a")) is None  # the same nc again: a replay
+    assert server.check(request_with(client.preemptive("GET", "/a"), "/a")) == "Mufasa"  # nc 2
+    assert server.check(request_with(client.preemptive("GET", "/a"), "/other")) is None
+    time.sleep(0.3)
+    expired = request_with(client.preemptive("GET", "/a"), "/a")
+    assert server.check(expired) is None
+    challenge = server.challenge(expired)
+    assert "stale=true" in challenge.headers["WWW-Authenticate"]
+    calls = []
+    asking = ClientAuth(lambda c: calls.append(c) or ("Mufasa", "Circle of Life"))
+    asking.authorize(server.challenge(), "GET", "/a")
+    again = asking.authorize(challenge, "GET", "/a")  # stale: no new question
+    assert len(calls) == 1 and server.check(request_with(again, "/a")) == "Mufasa"
+
+
+def test_proxy_challenges_are_read_from_proxy_authenticate():
+    response = Response(407, headers={"Proxy-Authenticate": 'Basic realm="proxy"'})
+    seen: list[Challenge] = []
+    value = ClientAuth(lambda c: seen.append(c) or ("u", "p"), proxy=True).authorize(response, "CONNECT", "h:443")
+    assert value and value.startswith("Basic ") and seen[0].proxy
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_arbitrary_headers_never_raise(text):
+    parse_challenges([text])
+    for server in (BasicAuth("r", USERS), DigestAuth("r", USERS)):
+        assert server.check(request_with(text.replace("\r", "").replace("\n", "") or None)) is None
+
+
+# -- over sockets ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server_auth", [BasicAuth("chat", USERS), DigestAuth("chat", USERS)])
+def test_connect_with_auth(run_server, server_auth):
+    names: list[Any] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        names.append(ws.username)
+        for message in ws:
+            ws.sendall(message)
+
+    server = run_server(handler, auth=server_auth)
+    with pytest.raises(blockws.InvalidStatus) as info:
+        blockws.connect(server.url)
+    assert info.value.status == 401 and "WWW-Authenticate" in info.value.headers
+    with blockws.connect(server.url, auth=("zoë", "pässwörd"), timeout=5) as ws:
+        ws.sendall("in")
+        assert ws.recv() == "in"
+    with pytest.raises(blockws.InvalidStatus) as info:
+        blockws.connect(server.url, auth=("zoë", "wrong"))
+    assert info.value.status == 401
+    attempts: list[int] = []
+
+    def ask(challenge: Challenge) -> tuple[str, str] | None:
+        attempts.append(challenge.attempt)
+        return ("Mufasa", "Circle of Life") if challenge.attempt == 2 else ("Mufasa", "guess")
+
+    with blockws.connect(server.url, auth=ask, timeout=5):
+        pass
+    with blockws.connect(f"ws://Mufasa:Circle%20of%20Life@127.0.0.1:{server.port}/", timeout=5):
+        pass
+    server.stop()
+    assert attempts == [1, 2]
+    assert names == ["zoë", "Mufasa", "Mufasa"]
+
+
+def test_credentials_not_sent_across_origins(run_server):
+    seen: list[Request] = []
+    target = run_server(process_request=lambda r: seen.append(r))
+    first = run_server(
+        process_request=lambda r: Response.redirect(f"ws://localhost:{target.port}/"), auth=BasicAuth("r", USERS)
+    )
+    with blockws.connect(first.url, auth=("zoë", "pässwörd"), timeout=5):
+        pass
+    assert "Authorization" not in seen[0].headers
