@@ -25,7 +25,8 @@ def test_parse_challenges():
         [
             'Newauth realm="apps", type=1, title="Login to \\"apps\\"", Basic realm="simple"',
             'Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=SHA-256, '
-            'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"',
+            'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", '
+            'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"',
             "Negotiate abc==, Basic realm=x",
         ]
     )
@@ -43,7 +44,8 @@ def rfc7616_response(algorithm: str) -> str:
         headers={
             "WWW-Authenticate": 'Digest realm="http-auth@example.org", qop="auth, auth-int", '
             f"algorithm={algorithm}, "
-            'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+            'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", '
+            'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
         },
     )
     import blockws.auth as auth_module
