@@ -24,6 +24,7 @@ from .http import Headers, HeadersLike, parse_response
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_SIZE, Protocol, Side
+from .proxy import ProxyURL, open_tunnel, proxy_from_environment
 from .utils import Deadline, read_http_body, read_http_head
 
 __all__ = ["connect", "ConnectGate", "WebSocketURI", "parse_uri", "BAD_PORTS"]
@@ -166,6 +167,15 @@ class ConnectGate:
 
 DEFAULT_GATE = ConnectGate()
 
+
+class _FromEnvironment:
+    def __repr__(self) -> str:
+        return "<from the environment>"
+
+
+#: The default of ``connect(proxy=...)``: use the proxy environment variables.
+FROM_ENVIRONMENT = _FromEnvironment()
+
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Headers that carry credentials: never sent to another origin after a redirect.
 _CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
@@ -181,6 +191,8 @@ def connect(
     headers: HeadersLike | None = None,
     origin: str | None = None,
     auth: AuthOption | None = None,
+    proxy: str | _FromEnvironment | None = FROM_ENVIRONMENT,
+    proxy_auth: AuthOption | None = None,
     max_redirects: int = 5,
     ssl_context: ssl.SSLContext | None = None,
     compression: str | None = "deflate",
@@ -211,6 +223,12 @@ def connect(
             ``challenge.scheme``, ``.realm``, ``.attempt``), so a program can
             ask its user again; None gives up with ``InvalidStatus`` (401).
             Credentials in the URL (``ws://user:pw@host/``) work the same.
+        proxy: ``"http://[user:pw@]host:port"`` (CONNECT), ``"socks5://..."``,
+            ``"socks5h://..."``, ``"socks4a://..."`` (SOCKS needs
+            ``blockws[socks]``); by default taken from ``https_proxy`` (wss)
+            or ``http_proxy`` (ws), ``all_proxy`` and ``no_proxy``; None: no
+            proxy.
+        proxy_auth: like ``auth``, for the proxy's 407 challenges.
         max_redirects: how many redirects (301, 302, 303, 307, 308) to
             follow; more raise ``TooManyRedirects``, as does a loop. A
             redirect from ``wss`` to ``ws`` is refused.
@@ -243,8 +261,23 @@ def connect(
     uri = parse_uri(url)
     deadline = Deadline(open_timeout)
     request_headers = Headers(headers)
+    proxy_credentials = proxy_auth
+    if proxy_credentials is None and isinstance(proxy, str):
+        parsed = ProxyURL(proxy)
+        if parsed.user is not None:
+            proxy_credentials = (parsed.user, parsed.password or "")
     options = _Options(
-        timeout, close_timeout, subprotocols, origin, max_size, write_limit, compression, ssl_context, server_hostname
+        timeout,
+        close_timeout,
+        subprotocols,
+        origin,
+        max_size,
+        write_limit,
+        compression,
+        ssl_context,
+        server_hostname,
+        proxy,
+        ClientAuth(proxy_credentials, proxy=True) if proxy_credentials is not None else None,
     )
     seen = {uri.url}
     redirects = 0
@@ -316,6 +349,8 @@ class _Options(NamedTuple):
     compression: str | None
     ssl_context: ssl.SSLContext | None
     server_hostname: str | None
+    proxy: str | _FromEnvironment | None
+    proxy_auth: ClientAuth | None
 
 
 def _open(
@@ -326,9 +361,12 @@ def _open(
     headers: Headers,
     options: _Options,
 ) -> WebSocket:
-    """One attempt: TCP (through the gate), TLS, handshake."""
+    """One attempt: TCP or a proxy tunnel (through the gate), TLS, handshake."""
     addresses: list[Any] = []
-    if sock is None:
+    proxy = options.proxy
+    if proxy is FROM_ENVIRONMENT:
+        proxy = proxy_from_environment(uri.secure, uri.host, uri.port)
+    if sock is None and proxy is None:
         try:
             addresses = socket.getaddrinfo(uri.host, uri.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -336,9 +374,22 @@ def _open(
     gated = gate is not None and sock is None
     if gated and gate is not None:
         gate.acquire_host(uri.host, deadline)
+    # Through a proxy we never learn the address: the host name stands for it.
+    gate_key = addresses[0][4][0] if addresses else uri.host.lower()
     try:
-        with gate.connecting(addresses[0][4][0], deadline) if gated and gate else contextlib.nullcontext():
-            if sock is None:
+        with gate.connecting(gate_key, deadline) if gated and gate else contextlib.nullcontext():
+            if sock is None and isinstance(proxy, str):
+                proxy_auth = options.proxy_auth
+                sock = open_tunnel(
+                    proxy,
+                    uri.host,
+                    uri.port,
+                    deadline,
+                    proxy_auth=(lambda response: proxy_auth.authorize(response, "CONNECT", uri.host_header))
+                    if proxy_auth is not None
+                    else None,
+                )
+            elif sock is None:
                 sock = _connect_tcp(addresses, uri, deadline)
             try:
                 if uri.secure:

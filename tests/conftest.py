@@ -56,6 +56,14 @@ def echo_server(run_server: Callable[..., RunningServer]) -> RunningServer:
 
 
 @pytest.fixture(autouse=True)
+def no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests connect to 127.0.0.1 directly, whatever proxy the machine has."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Every thread a test starts must be gone shortly after it ends."""
     before = set(threading.enumerate())

@@ -1,0 +1,227 @@
+"""Proxies: HTTP CONNECT tunnels (built in), SOCKS (python-socks), and the environment.
+
+The CONNECT reply goes through the same lenient, bounded HTTP parser as the
+handshake, and a 407 through the same authentication code as a 401.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import ssl
+import urllib.parse
+from collections.abc import Callable, Mapping
+
+from .exceptions import InvalidHandshake, ProxyError
+from .http import Request, Response, parse_response
+from .utils import Deadline, read_http_body, read_http_head
+
+__all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL"]
+
+ProxyAuth = Callable[[Response], "str | None"]
+_SCHEMES = {"http": 8080, "https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
+
+
+class ProxyURL:
+    """A parsed proxy URL; its repr never shows the password."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES or not parts.hostname:
+            raise ProxyError(
+                f"unsupported proxy URL {self._safe(url)!r}: use http://, socks5://, socks5h://, socks4a://"
+            )
+        try:
+            port = parts.port or _SCHEMES[scheme]
+        except ValueError as exc:
+            raise ProxyError(f"invalid port in proxy URL {self._safe(url)!r}") from exc
+        self.scheme = scheme
+        self.host = parts.hostname
+        self.port = port
+        self.user = urllib.parse.unquote(parts.username) if parts.username else None
+        self.password = urllib.parse.unquote(parts.password) if parts.password else None
+
+    @staticmethod
+    def _safe(url: str) -> str:
+        parts = urllib.parse.urlsplit(url)
+        return url.replace(parts.password, "***") if parts.password else url
+
+    def __repr__(self) -> str:
+        return f"ProxyURL('{self.scheme}://{self.host}:{self.port}')"
+
+
+def _no_proxy_matches(entry: str, host: str, port: int) -> bool:
+    entry = entry.strip().lower()
+    if not entry:
+        return False
+    if entry == "*":
+        return True
+    entry_host, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+    if entry_port and entry_port.isdigit() and int(entry_port) != port:
+        return False
+    entry_host = entry_host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+        return address in ipaddress.ip_network(entry_host, strict=False)
+    except ValueError:
+        pass
+    domain = entry_host.lstrip(".")
+    host = host.lower().rstrip(".")
+    return host == domain or host.endswith("." + domain)
+
+
+def proxy_from_environment(secure: bool, host: str, port: int, environ: Mapping[str, str] | None = None) -> str | None:
+    """The proxy for a ws (http_proxy) or wss (https_proxy) URL, as urllib picks it.
+
+    ``all_proxy`` is the fallback; lower-case names win over upper-case;
+    ``no_proxy`` lists domains (and their subdomains), IP addresses, CIDR
+    ranges, optional ``:port`` and ``*``.
+    """
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        return env.get(name) or env.get(name.upper()) or None
+
+    for entry in (get("no_proxy") or "").split(","):
+        if _no_proxy_matches(entry, host, port):
+            return None
+    return get("https_proxy" if secure else "http_proxy") or get("all_proxy")
+
+
+def open_tunnel(
+    proxy: str,
+    host: str,
+    port: int,
+    deadline: Deadline,
+    *,
+    proxy_auth: ProxyAuth | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> socket.socket:
+    """A socket connected to ``host:port`` through ``proxy``.
+
+    Args:
+        proxy: ``http://[user:pw@]host[:port]`` (CONNECT), ``https://...``
+            (TLS to the proxy, then CONNECT), ``socks5://``, ``socks5h://``
+            (the proxy resolves names), ``socks4://``, ``socks4a://``.
+        proxy_auth: answers a 407: given the response, returns the
+            Proxy-Authorization value for the retry, or None to give up.
+        ssl_context: for an https:// proxy.
+
+    Raises:
+        ProxyError: the proxy refused or broke the tunnel (the message says
+            why; a refused CONNECT to a port other than 443 says that many
+            proxies allow only 443).
+        TimeoutError: the deadline passed (the message names the step).
+    """
+    if any(c in host for c in "\r\n\0 "):
+        raise ProxyError(f"invalid host name {host!r}")
+    url = ProxyURL(proxy)
+    if url.scheme.startswith("socks"):
+        return _socks(url, host, port, deadline)
+    return _connect_tunnel(url, host, port, deadline, proxy_auth, ssl_context)
+
+
+def _open_to_proxy(url: ProxyURL, deadline: Deadline, ssl_context: ssl.SSLContext | None) -> socket.socket:
+    try:
+        sock = socket.create_connection((url.host, url.port), timeout=deadline.remaining())
+    except socket.timeout:
+        raise TimeoutError(f"timed out connecting to the proxy {url.host}:{url.port}") from None
+    except OSError as exc:
+        raise ProxyError(f"can't connect to the proxy {url.host}:{url.port}: {exc.strerror or exc}") from exc
+    if url.scheme == "https":
+        context = ssl_context or ssl.create_default_context()
+        try:
+            sock = context.wrap_socket(sock, server_hostname=url.host)
+        except BaseException:
+            sock.close()
+            raise
+    return sock
+
+
+def _connect_tunnel(
+    url: ProxyURL,
+    host: str,
+    port: int,
+    deadline: Deadline,
+    proxy_auth: ProxyAuth | None,
+    ssl_context: ssl.SSLContext | None,
+) -> socket.socket:
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    authorization = None
+    if url.user is not None:
+        from .auth import basic_credentials  # the same code as for a 401
+
+        authorization = basic_credentials(url.user, url.password or "")
+    sock = None
+    for _ in range(5):
+        if sock is None:
+            sock = _open_to_proxy(url, deadline, ssl_context)
+        request = Request("CONNECT", target, {"Host": target})
+        if authorization:
+            request.headers["Proxy-Authorization"] = authorization
+        try:
+            sock.settimeout(deadline.remaining())
+            sock.sendall(request.serialize())
+            head, extra = read_http_head(sock, deadline, "proxy's CONNECT reply")
+            response = parse_response(head)
+        except InvalidHandshake as exc:
+            sock.close()
+            raise ProxyError(f"invalid reply from the proxy: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        if 200 <= response.status < 300:
+            if extra:
+                sock.close()
+                raise ProxyError("the proxy sent data before the tunnel was used")
+            return sock
+        response.body = read_http_body(sock, deadline, response, extra)
+        if response.status == 407 and proxy_auth is not None:
+            authorization = proxy_auth(response)
+            if authorization is not None:
+                if "close" in (response.headers.get("Connection") or "").lower():
+                    sock.close()
+                    sock = None
+                continue
+        sock.close()
+        message = f"proxy refused CONNECT to {target} ({response.status} {response.reason})"
+        if response.status != 407 and port != 443:
+            message += "; many proxies allow CONNECT to port 443 only"
+        error = ProxyError(message)
+        error.response = response  # type: ignore[attr-defined]
+        raise error
+    if sock is not None:
+        sock.close()
+    raise ProxyError("proxy authentication failed after 5 attempts")
+
+
+def _socks(url: ProxyURL, host: str, port: int, deadline: Deadline) -> socket.socket:
+    try:
+        from python_socks import ProxyError as SocksError
+        from python_socks import ProxyTimeoutError
+        from python_socks.sync import Proxy
+    except ImportError:
+        raise ProxyError('SOCKS proxies need the python-socks package: pip install "blockws[socks]"') from None
+    rdns = url.scheme in ("socks5h", "socks4a")
+    dest = host
+    if not rdns:
+        try:  # socks4 and socks5: we resolve the name ourselves
+            dest = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+        except socket.gaierror as exc:
+            raise OSError(exc.errno, f"can't resolve {host}: {exc.strerror}") from exc
+    scheme = {"socks5h": "socks5", "socks4a": "socks4"}.get(url.scheme, url.scheme)
+    auth = ""
+    if url.user is not None:
+        auth = f"{urllib.parse.quote(url.user, safe='')}:{urllib.parse.quote(url.password or '', safe='')}@"
+    proxy = Proxy.from_url(f"{scheme}://{auth}{url.host}:{url.port}", rdns=rdns)
+    try:
+        sock: socket.socket = proxy.connect(dest_host=dest, dest_port=port, timeout=deadline.remaining())
+    except ProxyTimeoutError:
+        raise TimeoutError(f"timed out connecting through the SOCKS proxy {url.host}:{url.port}") from None
+    except SocksError as exc:
+        raise ProxyError(f"SOCKS proxy {url.host}:{url.port} refused {host}:{port}: {exc}") from exc
+    except OSError as exc:
+        raise ProxyError(f"can't connect to the SOCKS proxy {url.host}:{url.port}: {exc}") from exc
+    return sock

@@ -1,0 +1,200 @@
+"""Proxies: pproxy (a real proxy server) for CONNECT and SOCKS, scripted proxies for the odd cases."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import blockws
+from blockws.proxy import ProxyURL, open_tunnel, proxy_from_environment
+from blockws.utils import Deadline
+
+pytestmark = pytest.mark.skipif(shutil.which("pproxy") is None, reason="pproxy is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def pproxy() -> Iterator[Callable[[str], int]]:
+    """Start ``pproxy -l SCHEME://127.0.0.1:PORT[#user:pass]``; returns the port."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(listen: str) -> int:
+        port = free_port()
+        scheme, _, auth = listen.partition("#")
+        spec = f"{scheme}://127.0.0.1:{port}" + (f"#{auth}" if auth else "")
+        # --auth 0: ask every connection for credentials (pproxy remembers IPs otherwise).
+        cmd = [sys.executable, "-m", "pproxy", "-l", spec, "--auth", "0"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        procs.append(proc)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                return port
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("pproxy did not start")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+def echo_through(ws: blockws.WebSocket) -> None:
+    for message in ["through the proxy", b"\x00" * 70_000]:
+        ws.sendall(message)
+        assert ws.recv() == message
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5", "socks5h", "socks4", "socks4a"])
+def test_tunnel_schemes(pproxy, echo_server, scheme):
+    port = pproxy("http" if scheme == "http" else scheme.rstrip("ha") if scheme != "socks4a" else "socks4")
+    with blockws.connect(echo_server.url, proxy=f"{scheme}://127.0.0.1:{port}", timeout=5) as ws:
+        echo_through(ws)
+
+
+def test_http_proxy_with_credentials_in_url_and_407(pproxy, echo_server):
+    port = pproxy("http#user:secret")
+    with pytest.raises(blockws.ProxyError, match="407"):
+        blockws.connect(echo_server.url, proxy=f"http://127.0.0.1:{port}")
+    with blockws.connect(echo_server.url, proxy=f"http://user:secret@127.0.0.1:{port}", timeout=5) as ws:
+        echo_through(ws)
+    asked: list[Any] = []
+
+    def ask(challenge: blockws.Challenge) -> tuple[str, str]:
+        asked.append((challenge.proxy, challenge.attempt))
+        return ("user", "secret")
+
+    with blockws.connect(echo_server.url, proxy=f"http://127.0.0.1:{port}", proxy_auth=ask, timeout=5) as ws:
+        echo_through(ws)
+    assert asked == [(True, 1)]
+
+
+def test_proxy_from_the_environment(pproxy, echo_server, monkeypatch):
+    port = pproxy("http")
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{port}")
+    with blockws.connect(echo_server.url, timeout=5) as ws:
+        echo_through(ws)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:1")  # nothing listens there
+    with pytest.raises(blockws.ProxyError, match="can't connect to the proxy"):
+        blockws.connect(echo_server.url)
+    with blockws.connect(echo_server.url, proxy=None, timeout=5) as ws:  # None: no proxy
+        echo_through(ws)
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.0/8")
+    with blockws.connect(echo_server.url, timeout=5) as ws:
+        echo_through(ws)
+
+
+def scripted_proxy(replies: list[bytes]) -> tuple[int, threading.Thread, list[bytes]]:
+    """A fake proxy answering each CONNECT with the next canned reply."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def run() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                for reply in replies:
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            return
+                        head += chunk
+                    seen.append(head)
+                    if reply:
+                        conn.sendall(reply)
+                    else:
+                        time.sleep(1.0)  # never answers
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return listener.getsockname()[1], thread, seen
+
+
+def test_refusal_of_a_non_443_port_says_so():
+    port, thread, _ = scripted_proxy([b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"])
+    with pytest.raises(blockws.ProxyError, match="many proxies allow CONNECT to port 443 only"):
+        open_tunnel(f"http://127.0.0.1:{port}", "example.com", 8765, Deadline(5))
+    thread.join()
+
+
+def test_407_then_200_with_bare_lf_on_the_same_connection():
+    port, thread, seen = scripted_proxy(
+        [
+            b'HTTP/1.1 407 Proxy Authentication Required\nProxy-Authenticate: Basic realm="p"\nContent-Length: 0\n\n',
+            b"HTTP/1.1 200 Connection established\n\n",
+        ]
+    )
+    sock = open_tunnel(f"http://127.0.0.1:{port}", "example.com", 443, Deadline(5), proxy_auth=lambda r: "Basic dTpw")
+    sock.close()
+    thread.join()
+    assert seen[0].startswith(b"CONNECT example.com:443 HTTP/1.1\r\n")
+    assert b"Proxy-Authorization: Basic dTpw" in seen[1]
+
+
+def test_silent_proxy_times_out_and_garbage_is_a_proxy_error():
+    port, thread, _ = scripted_proxy([b""])
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="CONNECT reply"):
+        open_tunnel(f"http://127.0.0.1:{port}", "example.com", 443, Deadline(0.3))
+    assert time.monotonic() - start < 1
+    thread.join()
+    port, thread, _ = scripted_proxy([b"SSH-2.0-OpenSSH\r\n\r\n"])
+    with pytest.raises(blockws.ProxyError, match="invalid reply"):
+        open_tunnel(f"http://127.0.0.1:{port}", "example.com", 443, Deadline(5))
+    thread.join()
+
+
+def test_proxy_urls_and_errors():
+    assert repr(ProxyURL("http://u:hunter2@p:3128")) == "ProxyURL('http://p:3128')"
+    assert ProxyURL("p.example").port == 8080
+    with pytest.raises(blockws.ProxyError, match="unsupported proxy URL 'ftp://u:\\*\\*\\*@p'"):
+        ProxyURL("ftp://u:hunter2@p")
+    with pytest.raises(blockws.ProxyError, match="invalid host"):
+        open_tunnel("http://p", "evil\r\nX: 1", 80, Deadline(1))
+
+
+@pytest.mark.parametrize(
+    ("env", "secure", "host", "expected"),
+    [
+        ({"http_proxy": "http://a"}, False, "h", "http://a"),
+        ({"HTTP_PROXY": "http://A", "http_proxy": "http://a"}, False, "h", "http://a"),
+        ({"https_proxy": "http://s", "http_proxy": "http://a"}, True, "h", "http://s"),
+        ({"all_proxy": "socks5://x"}, True, "h", "socks5://x"),
+        ({"http_proxy": "http://a", "no_proxy": "example.com"}, False, "www.example.com", None),
+        ({"http_proxy": "http://a", "no_proxy": ".example.com"}, False, "example.com", None),
+        ({"http_proxy": "http://a", "no_proxy": "example.com"}, False, "notexample.com", "http://a"),
+        ({"http_proxy": "http://a", "no_proxy": "10.0.0.0/8"}, False, "10.1.2.3", None),
+        ({"http_proxy": "http://a", "no_proxy": "::1"}, False, "::1", None),
+        ({"http_proxy": "http://a", "no_proxy": "h:81"}, False, "h", "http://a"),
+        ({"http_proxy": "http://a", "NO_PROXY": "*"}, False, "h", None),
+        ({}, False, "h", None),
+    ],
+)
+def test_proxy_from_environment_table(env, secure, host, expected):
+    assert proxy_from_environment(secure, host, 80, env) == expected
+
+
+def test_missing_python_socks_names_the_extra():
+    code = (
+        "import sys; sys.modules['python_socks'] = None\n"
+        "from blockws.proxy import open_tunnel\nfrom blockws.utils import Deadline\n"
+        "try:\n    open_tunnel('socks5://127.0.0.1:1', 'h', 80, Deadline(1))\n"
+        "except Exception as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert 'pip install "blockws[socks]"' in out.stdout
