@@ -206,3 +206,111 @@ def test_credentials_not_sent_across_origins(run_server):
     with blockws.connect(first.url, auth=("zoë", "pässwörd"), timeout=5):
         pass
     assert "Authorization" not in seen[0].headers
+
+
+def test_websockets_server_challenge_and_redirect():
+    """The websockets package as an independent server: 401 with a challenge, then 302."""
+    import threading
+
+    from websockets.datastructures import Headers as WsHeaders
+    from websockets.http11 import Response as WsResponse
+    from websockets.sync.server import serve as ws_serve
+
+    def process_request(connection: Any, request: Any) -> Any:
+        if request.path == "/old":
+            return WsResponse(302, "Found", WsHeaders({"Location": "/new", "Content-Length": "0"}), b"")
+        expected = "Basic " + base64.b64encode("zoë:pässwörd".encode()).decode()
+        if request.headers.get("Authorization") != expected:
+            headers = WsHeaders({"WWW-Authenticate": 'Basic realm="ws", charset="UTF-8"', "Content-Length": "0"})
+            return WsResponse(401, "Unauthorized", headers, b"")
+        return None
+
+    def handler(ws: Any) -> None:
+        ws.send(ws.request.path)
+
+    server = ws_serve(handler, "127.0.0.1", 0, process_request=process_request)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/old"
+        with pytest.raises(blockws.InvalidStatus) as info:
+            blockws.connect(url)
+        assert info.value.status == 401
+        with blockws.connect(url, auth=("zoë", "pässwörd"), timeout=5) as ws:
+            assert ws.recv() == "/new"
+            assert ws.url and ws.url.endswith("/new")
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+def test_hand_made_digest_server_checks_rfc7616_computation():
+    """A raw-socket server that computes the expected Digest itself, independently of blockws.auth."""
+    import hashlib
+    import socket
+    import threading
+
+    from blockws.handshake import accept_key
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    results: list[bool] = []
+
+    def serve() -> None:
+        nonce = "dcd98b7102dd2f0e8b11d0f600bfb0c093"
+        for attempt in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(4096)
+                lines = head.decode().split("\r\n")
+                headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+                if attempt == 0:
+                    conn.sendall(
+                        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n"
+                        b'WWW-Authenticate: Digest realm="testrealm@host.com", qop="auth", algorithm=SHA-256, '
+                        b'nonce="' + nonce.encode() + b'", opaque="5ccc069c403ebaf9f0171e9517f40e41"\r\n\r\n'
+                    )
+                    continue
+                pairs = re.findall(r'(\w+)=(?:"([^"]*)"|([^,\s]*))', headers["Authorization"])
+                fields = {name: quoted or bare for name, quoted, bare in pairs}
+
+                def sha(text: str) -> str:
+                    return hashlib.sha256(text.encode()).hexdigest()
+
+                ha1 = sha("Mufasa:testrealm@host.com:Circle of Life")
+                ha2 = sha("GET:/dir/index.html")
+                expected = sha(f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}")
+                ok = fields["response"] == expected and fields["opaque"] == "5ccc069c403ebaf9f0171e9517f40e41"
+                results.append(ok and fields["uri"] == "/dir/index.html" and fields["nc"] == "00000001")
+                key = headers["Sec-WebSocket-Key"]
+                conn.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n" + b"\x88\x02\x03\xe8"
+                )
+                conn.recv(100)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    port = listener.getsockname()[1]
+    try:
+        with blockws.connect(f"ws://127.0.0.1:{port}/dir/index.html", auth=("Mufasa", "Circle of Life")) as ws:
+            assert ws.recv() is None
+    finally:
+        thread.join(10)
+        listener.close()
+    assert results == [True]
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["", "Digest", 'Digest realm="x"', "Basic", '"unterminated', "Bearer realm=x", "Digest nonce=, realm="],
+)
+def test_malformed_or_missing_challenges_give_a_clear_401(run_server, header):
+    headers = {"WWW-Authenticate": header} if header else {}
+    server = run_server(process_request=lambda r: Response(401, headers=headers))
+    start = time.monotonic()
+    with pytest.raises(blockws.InvalidStatus) as info:
+        blockws.connect(server.url, auth=("u", "p"), open_timeout=5)
+    assert info.value.status == 401
+    assert time.monotonic() - start < 2

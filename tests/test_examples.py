@@ -36,3 +36,24 @@ def test_demo() -> None:
     assert out.returncode == 0, out.stderr
     assert "client: recv() -> 'hello'" in out.stdout
     assert "close_code=1000" in out.stdout
+
+
+def run_example(name: str) -> str:
+    out = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_auth_example() -> None:
+    out = run_example("auth.py")
+    assert "attempt 2" in out and "server says: hello alice" in out and "HTTP 401" in out
+
+
+def test_redirect_example() -> None:
+    out = run_example("redirect.py")
+    assert "/new-home" in out and "max_redirects=0" in out
+
+
+def test_proxy_example() -> None:
+    out = run_example("proxy.py")
+    assert "the proxy asks for a password" in out and "echo: hello through the proxy" in out

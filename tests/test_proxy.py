@@ -198,3 +198,29 @@ def test_missing_python_socks_names_the_extra():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert 'pip install "blockws[socks]"' in out.stdout
+
+
+def test_socks5_with_auth_and_traffic_really_goes_through_the_proxy(pproxy, run_server):
+    peers: list[Any] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        peers.append(ws.remote_address)
+        for message in ws:
+            ws.sendall(message)
+
+    server = run_server(handler)
+    port = pproxy("socks5#user:secret")
+    with pytest.raises(blockws.ProxyError):
+        blockws.connect(server.url, proxy=f"socks5://127.0.0.1:{port}", open_timeout=5)
+    with blockws.connect(server.url, proxy=f"socks5://user:secret@127.0.0.1:{port}", timeout=5) as ws:
+        echo_through(ws)
+        # We talk to the proxy; the server sees the proxy's own connection.
+        assert ws.remote_address == ("127.0.0.1", port)
+        assert peers and peers[-1] != ws.local_address
+
+
+def test_proxy_closing_early_is_a_clear_error():
+    port, thread, _ = scripted_proxy([])  # closes as soon as it has the request
+    with pytest.raises((blockws.ProxyError, ConnectionError)):
+        open_tunnel(f"http://127.0.0.1:{port}", "example.com", 443, Deadline(5))
+    thread.join()
