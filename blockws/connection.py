@@ -859,11 +859,12 @@ class WebSocket:
         """
         if self._tcp_closed:
             return
+        send: int | None = code
         rcvd = self._proto.close_rcvd
         if rcvd is not None and code == CloseCode.NORMAL_CLOSURE and not reason:
-            code = None if rcvd.code == CloseCode.NO_STATUS_RCVD else rcvd.code  # type: ignore[assignment]
+            send = None if rcvd.code == CloseCode.NO_STATUS_RCVD else rcvd.code
         deadline = Deadline(self.close_timeout)
-        self._queue_close(code, reason, deadline)
+        self._queue_close(send, reason, deadline)
         self._finish(deadline)
 
     def _queue_close(self, code: int | None, reason: str, deadline: Deadline) -> None:
