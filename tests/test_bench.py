@@ -1,0 +1,29 @@
+"""The benchmark suite stays runnable: a quick client-side run exits 0 and prints its table."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+
+
+def test_quick_client_benchmark() -> None:
+    if shutil.which("node") is None:
+        pytest.skip("Node.js is not installed: the reference servers are Node scripts")
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--only", "client"],
+        capture_output=True,
+        text=True,
+        timeout=50,  # well inside pytest's 60 s: a hang fails here, with the output
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    table = done.stdout
+    assert "blockws" in table
+    assert "32 B round trips/s" in table
+    assert "PASS" in table or "MISS" in table
+    assert "—" not in table.split("CLIENT", 1)[1].split("best peer:", 1)[0], f"a figure is missing:\n{table}"
