@@ -183,6 +183,8 @@ except ImportError:  # pragma: no cover
     pass
 
 ACCELERATED = _mask is not _mask_python
+#: ``mask(data, key)``: XOR with the key from the payload's first byte (the C accelerator when built).
+mask = _mask
 
 
 def apply_mask(data: bytes | bytearray | memoryview, key: bytes, offset: int = 0) -> bytes:

@@ -49,6 +49,7 @@ from .frames import (
     apply_mask,
     encode_close,
     encode_header,
+    mask,
     parse_close,
     parse_header,
 )
@@ -451,7 +452,7 @@ class Protocol:
         if keys is None:
             return bytes((b0, n)) + payload
         key = keys.next()
-        return bytes((b0, 0x80 | n)) + key + apply_mask(payload, key)
+        return bytes((b0, 0x80 | n)) + key + mask(payload, key)
 
     def encode_control(self, opcode: Opcode, payload: bytes) -> bytes:
         """Return a whole Ping or Pong frame."""
