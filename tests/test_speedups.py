@@ -33,5 +33,6 @@ def test_environment_variable_forces_pure_python() -> None:
     env = {**os.environ, "BLOCKWS_NO_EXTENSIONS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env.pop("BLOCKWS_NO_EXTENSIONS")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
