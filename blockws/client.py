@@ -23,7 +23,7 @@ from .handshake import check_response, client_request, make_key, parse_extension
 from .http import Headers, HeadersLike, parse_response
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
-from .protocol import DEFAULT_MAX_SIZE, Protocol, Side
+from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Protocol, Side
 from .proxy import ProxyURL, open_tunnel, proxy_from_environment
 from .utils import Deadline, read_http_body, read_http_head
 
@@ -197,6 +197,7 @@ def connect(
     ssl_context: ssl.SSLContext | None = None,
     compression: str | None = "deflate",
     max_size: int | None = DEFAULT_MAX_SIZE,
+    max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
     write_limit: int = DEFAULT_WRITE_LIMIT,
     allow_bad_ports: bool = False,
     connect_gate: ConnectGate | None = DEFAULT_GATE,
@@ -236,6 +237,7 @@ def connect(
         compression: ``"deflate"`` (the default) to offer permessage-deflate,
             or None.
         max_size: the largest message accepted (bytes), None for no limit.
+        max_fragments: the most frames a received message may come in.
         write_limit: bytes :meth:`WebSocket.send` may hold in user space.
         allow_bad_ports: allow the ports the Fetch standard bans for HTTP.
         connect_gate: the :class:`ConnectGate` (default: one per process);
@@ -272,6 +274,7 @@ def connect(
         subprotocols,
         origin,
         max_size,
+        max_fragments,
         write_limit,
         compression,
         ssl_context,
@@ -345,6 +348,7 @@ class _Options(NamedTuple):
     subprotocols: Sequence[str] | None
     origin: str | None
     max_size: int | None
+    max_fragments: int | None
     write_limit: int
     compression: str | None
     ssl_context: ssl.SSLContext | None
@@ -460,7 +464,7 @@ def _handshake(
         params = None
     ws = WebSocket(
         sock,
-        Protocol(Side.CLIENT, max_size=options.max_size, deflate=params),
+        Protocol(Side.CLIENT, max_size=options.max_size, max_fragments=options.max_fragments, deflate=params),
         request=request,
         response=response,
         subprotocol=subprotocol,

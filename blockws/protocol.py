@@ -57,6 +57,7 @@ from .frames import (
 __all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE"]
 
 DEFAULT_MAX_SIZE = 2**20
+DEFAULT_MAX_FRAGMENTS = 100_000
 TRACE_PREVIEW = 64
 
 
@@ -135,6 +136,8 @@ class Protocol:
         side: whether we are the client (we mask) or the server.
         max_size: the largest message accepted, in bytes (None: no limit).
             A larger one fails the connection with 1009.
+        max_fragments: the most frames one message may come in (None: no
+            limit); more fail the connection with 1009.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class Protocol:
         side: Side,
         *,
         max_size: int | None = DEFAULT_MAX_SIZE,
+        max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
         deflate: DeflateParams | None = None,
         compress_min_size: int = DEFAULT_MIN_SIZE,
     ) -> None:
@@ -168,6 +172,8 @@ class Protocol:
         self._in_message = False
         self._msg_text = False
         self._msg_size = 0
+        self.max_fragments = max_fragments
+        self._msg_frames = 0
         self._decoder = _new_utf8_decoder()
         self._decoding = False
         self._discard = False
@@ -294,8 +300,15 @@ class Protocol:
                 self._in_message = True
                 self._msg_text = opcode == Opcode.TEXT
                 self._msg_size = 0
+                self._msg_frames = 0
                 self._msg_compressed = bool(header.rsv)
             self._msg_size += length
+            self._msg_frames += 1
+            if self.max_fragments is not None and self._msg_frames > self.max_fragments:
+                # Empty fragments cost nothing against max_size: bound their number.
+                raise PayloadTooBig(
+                    f"message of more than {self.max_fragments} frames exceeds max_fragments={self.max_fragments}"
+                )
             # A compressed message is bounded after inflating, by the Decompressor.
             if self.max_size is not None and self._msg_size > self.max_size and not self._msg_compressed:
                 if opcode == Opcode.CONT:
@@ -334,7 +347,8 @@ class Protocol:
             if not piece and not fin:
                 return
         if not self._msg_text:
-            self.events.append(Data(piece, False, fin))
+            if piece or fin:
+                self.events.append(Data(piece, False, fin))
             return
         try:
             if fin and not self._decoding:

@@ -28,7 +28,7 @@ from .handshake import HandshakeFailure, accept_response, check_request, select_
 from .http import Request, Response, parse_request
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
-from .protocol import DEFAULT_MAX_SIZE, Protocol, Side
+from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Protocol, Side
 from .utils import Deadline, read_http_head
 
 __all__ = ["accept", "serve", "Server", "WebSocketHandler"]
@@ -58,6 +58,7 @@ def accept(
     close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
     timeout: float | None = None,
     max_size: int | None = DEFAULT_MAX_SIZE,
+    max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
     write_limit: int = DEFAULT_WRITE_LIMIT,
     compression: str | None = "deflate",
     ssl_context: ssl.SSLContext | None = None,
@@ -75,6 +76,9 @@ def accept(
         process_request: called with the request before the upgrade; a
             :class:`~blockws.http.Response` it returns is sent instead (to
             reject, redirect or challenge).
+        max_size: the largest message accepted (bytes; None: no limit);
+            larger ones fail the connection with 1009.
+        max_fragments: the most frames a message may come in (1009 past it).
         open_timeout: bounds the handshake (a client that sends nothing is
             dropped).
         ssl_context: wrap ``sock`` in TLS first.
@@ -95,6 +99,7 @@ def accept(
         raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
     options = {
         "max_size": max_size,
+        "max_fragments": max_fragments,
         "timeout": timeout,
         "close_timeout": close_timeout,
         "write_limit": write_limit,
@@ -174,7 +179,12 @@ def _accept(
         raise TimeoutError("timed out sending the handshake response") from None
     ws = WebSocket(
         sock,
-        Protocol(Side.SERVER, max_size=options["max_size"], deflate=accepted[1] if accepted else None),
+        Protocol(
+            Side.SERVER,
+            max_size=options["max_size"],
+            max_fragments=options["max_fragments"],
+            deflate=accepted[1] if accepted else None,
+        ),
         request=request,
         response=response,
         subprotocol=response.headers.get("Sec-WebSocket-Protocol"),

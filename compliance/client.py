@@ -16,7 +16,9 @@ def main() -> None:
         count = json.loads(ws.recv() or "0")
     for case in range(1, count + 1):
         try:
-            with blockws.connect(f"{server}/runCase?case={case}&agent={AGENT}", max_size=None, close_timeout=2) as ws:
+            with blockws.connect(
+                f"{server}/runCase?case={case}&agent={AGENT}", max_size=None, max_fragments=None, close_timeout=2
+            ) as ws:
                 for message in ws:
                     ws.sendall(message)
         except blockws.ConnectionClosedError:

@@ -17,7 +17,7 @@ def echo(ws: blockws.WebSocket) -> None:
 
 def main() -> None:
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 9001
-    with blockws.serve(echo, "127.0.0.1", port, max_size=None, close_timeout=2) as server:
+    with blockws.serve(echo, "127.0.0.1", port, max_size=None, max_fragments=None, close_timeout=2) as server:
         print(f"listening on ws://127.0.0.1:{server.port}", flush=True)
         server.serve_forever()
 

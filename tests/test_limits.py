@@ -105,3 +105,23 @@ def test_close_timeout_bounds_close_against_a_silent_peer():
     finally:
         t.join()
         listener.close()
+
+
+def test_fragment_count_limit_over_sockets(run_server):
+    errors: list[BaseException] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        try:
+            ws.recv()
+        except blockws.ConnectionClosedError as exc:
+            errors.append(exc)
+
+    server = run_server(handler, max_fragments=50)
+    with blockws.connect(server.url, timeout=5, compression=None) as ws:
+        for _ in range(60):
+            ws.send(b"", fin=False)
+        assert ws.recv() is None
+        assert ws.close_code == 1009
+        assert "max_fragments=50" in (ws.close_reason or "")
+    server.stop()
+    assert errors and errors[0].code == 1009

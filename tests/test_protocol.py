@@ -236,3 +236,14 @@ def test_arbitrary_bytes_only_raise_protocol_errors(data, side):
         take(proto)
     except ProtocolError as exc:
         assert exc.close_code in (1002, 1007, 1009)
+
+
+def test_max_fragments_bounds_empty_fragments():
+    wire = masked(Opcode.BINARY, b"", fin=False) + masked(Opcode.CONT, b"", fin=False) * 20
+    server = client_to_server(wire, max_fragments=10)
+    with pytest.raises(PayloadTooBig, match="more than 10 frames exceeds max_fragments=10") as info:
+        take(server)
+    assert info.value.close_code == 1009
+    # Empty pieces don't pile up as events either.
+    server = client_to_server(masked(Opcode.BINARY, b"", fin=False) + masked(Opcode.CONT, b"", fin=False) * 5)
+    assert len(server.events) == 0
