@@ -18,6 +18,9 @@ from blockws.handshake import accept_key
 
 from .relay import Relay
 
+# 2,000 in the normal run; BLOCKWS_RANDOM_MESSAGES=10000 for the long version.
+RANDOM_MESSAGES = int(os.environ.get("BLOCKWS_RANDOM_MESSAGES", "2000"))
+
 
 def test_one_byte_pieces_both_ways(echo_server):
     relay = Relay(echo_server.port, chunk=1)
@@ -151,6 +154,7 @@ def test_server_survives_garbage_and_broken_frames(run_server):
         assert ws.recv() == "still serving"
 
 
+@pytest.mark.timeout(600)
 def test_randomized_partial_sends_lose_nothing(run_server):
     """Random sizes, random partial-send splits, random backpressure pauses: every accepted byte arrives once."""
     rng = random.Random(1234)
@@ -171,7 +175,7 @@ def test_randomized_partial_sends_lose_nothing(run_server):
     sock.connect(("127.0.0.1", server.port))
     ws = blockws.connect(server.url, sock=sock, timeout=0.05)
     sent: list[bytes] = []
-    for _ in range(2000):
+    for _ in range(RANDOM_MESSAGES):
         size = rng.choice([0, 1, 10, 200, 5000, 70000]) + rng.randrange(100)
         message = rng.randbytes(size)
         view = memoryview(message)

@@ -224,3 +224,23 @@ def test_proxy_closing_early_is_a_clear_error():
     with pytest.raises((blockws.ProxyError, ConnectionError)):
         open_tunnel(f"http://127.0.0.1:{port}", "example.com", 443, Deadline(5))
     thread.join()
+
+
+def test_wss_through_the_tunnel_checks_the_target_certificate(pproxy, run_server):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    server = run_server(ssl_context=server_ctx)
+    port = pproxy("http")
+    proxy = f"http://127.0.0.1:{port}"
+    with blockws.connect(f"wss://localhost:{server.port}/", proxy=proxy, ssl_context=client_ctx, timeout=5) as ws:
+        echo_through(ws)  # TLS inside the tunnel, SNI and certificate for "localhost"
+    with pytest.raises(ssl.SSLCertVerificationError):
+        # The certificate is checked against the target host, not the proxy.
+        blockws.connect(f"wss://127.0.0.1:{server.port}/", proxy=proxy, ssl_context=client_ctx)
