@@ -1,94 +1,313 @@
-"""``python -m blockws``: a demo, an echo server and a minimal client."""
+"""``python -m blockws`` (or ``blockws``): an interactive client, servers, a demo.
+
+    blockws ws://host:port/path [--trace] [--header "Name: value"] [--user NAME] ...
+    blockws serve [--host H] [--port P] [--echo | --chat | --broadcast-stdin] [--trace]
+    blockws demo
+
+The client sends each line typed (or piped) as a text message and prints
+messages as they arrive. Commands: ``/ping``, ``/close [code [reason]]``,
+``/binary HEX``. ``--trace`` shows every frame in both directions and the
+handshake: the teaching view of what a WebSocket puts on the wire.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import socket
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from . import connect, serve
 from .connection import WebSocket
-from .exceptions import WebSocketError
+from .exceptions import ConnectionClosed, InvalidStatus, WebSocketError
+from .frames import FrameHeader, Opcode
+from .http import Request, Response
+
+_print_lock = threading.Lock()
 
 
-def _echo(ws: WebSocket) -> None:
-    for message in ws:
-        ws.sendall(message)
+def say(text: str, stream: TextIO | None = None) -> None:
+    """Print whole lines from several threads without interleaving them."""
+    with _print_lock:
+        print(text, file=stream or sys.stdout, flush=True)
+
+
+# -- the teaching view --------------------------------------------------------------
+
+
+def describe_frame(direction: str, header: FrameHeader, preview: bytes) -> str:
+    """One aligned line per frame: FIN, RSV, opcode, MASK, length, key, payload."""
+    try:
+        name = Opcode(header.opcode).name
+    except ValueError:
+        name = f"0x{header.opcode:x}"
+    rsv = "".join("1" if header.rsv & bit else "0" for bit in (0x40, 0x20, 0x10))
+    key = f"key={header.mask.hex()}" if header.mask else "key=--------"
+    line = f"{direction} FIN={int(header.fin)} RSV={rsv} {name:<6} MASK={int(header.mask is not None)} "
+    line += f"len={header.length:<7} {key}  "
+    if header.opcode == Opcode.CLOSE and len(preview) >= 2:
+        line += f"code={int.from_bytes(preview[:2], 'big')} {preview[2:].decode('utf-8', 'replace')!r}"
+    elif header.rsv & 0x40:
+        line += f"(compressed) {preview[:16].hex()}"
+    elif header.opcode in (Opcode.TEXT, Opcode.CONT) and _is_text(preview):
+        line += repr(preview.decode("utf-8", "replace"))
+    else:
+        line += preview[:32].hex(" ")
+    if header.length > len(preview):
+        line += " ..."
+    return line
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _trace_frames(direction: str, header: FrameHeader, preview: bytes) -> None:
+    say(describe_frame(direction, header, preview), sys.stderr)
+
+
+def _trace_http(message: Request | Response, direction: str) -> None:
+    first = (
+        f"{message.method} {message.target} HTTP/1.1"
+        if isinstance(message, Request)
+        else f"HTTP/1.1 {message.status} {message.reason}"
+    )
+    lines = [first] + [f"{name}: {value}" for name, value in message.headers.items()]
+    say("\n".join(f"{direction} {line}" for line in lines) + f"\n{direction}", sys.stderr)
+
+
+# -- the client --------------------------------------------------------------------
+
+
+def _parse_headers(values: Sequence[str]) -> list[tuple[str, str]]:
+    headers = []
+    for value in values:
+        name, sep, rest = value.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--header needs 'Name: value', not {value!r}")
+        headers.append((name.strip(), rest.strip()))
+    return headers
+
+
+def _show(message: str | bytes) -> str:
+    return f"< {message}" if isinstance(message, str) else f"< (binary) {message.hex(' ')}"
+
+
+def run_client(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        "headers": _parse_headers(args.header),
+        "subprotocols": args.subprotocol or None,
+        "origin": args.origin,
+        "open_timeout": args.timeout,
+    }
+    if args.no_compression:
+        options["compression"] = None
+    if args.proxy:
+        options["proxy"] = args.proxy
+    if args.insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        options["ssl_context"] = context
+    if args.user:
+
+        def ask(challenge: Any) -> tuple[str, str] | None:
+            if challenge.attempt > 3:
+                return None
+            prompt = f"password for {args.user} ({challenge.scheme} realm {challenge.realm!r}): "
+            return args.user, getpass.getpass(prompt)
+
+        options["auth"] = ask
+    try:
+        ws = connect(args.url, **options)
+    except InvalidStatus as exc:
+        if args.trace:
+            _trace_http(exc.response, "<")
+        raise
+    if args.trace:
+        if ws.request is not None:
+            _trace_http(ws.request, ">")
+        if ws.response is not None:
+            _trace_http(ws.response, "<")
+        ws.trace = _trace_frames
+    interactive = sys.stdin.isatty()
+    if interactive:
+        say(f"connected to {ws.url} (type messages; /ping, /close [code [reason]], /binary HEX; Ctrl-D ends)")
+    done = threading.Event()
+
+    def reader() -> None:
+        try:
+            for message in ws:
+                say(_show(message))
+            reason = f" {ws.close_reason}" if ws.close_reason else ""
+            say(f"connection closed by the peer: {ws.close_code}{reason}", sys.stderr)
+        except ConnectionClosed as exc:
+            say(f"connection lost: {exc}", sys.stderr)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        for line in sys.stdin:
+            if done.is_set():
+                break
+            if not _command(ws, line.rstrip("\n")):
+                break
+        else:
+            # End of input: say so like shutdown(SHUT_WR) and read the rest.
+            if ws.state.name == "OPEN":
+                ws.shutdown(socket.SHUT_WR)
+    except KeyboardInterrupt:
+        pass
+    except ConnectionClosed:
+        pass
+    done.wait(ws.close_timeout)
+    ws.close()
+    return 0 if ws.close_code in (None, 1000, 1001, 1005) else 1
+
+
+def _command(ws: WebSocket, line: str) -> bool:
+    """Run one input line; False when the session should end."""
+    if line == "/ping":
+        say(f"pong in {ws.ping() * 1000:.2f} ms")
+    elif line.startswith("/close"):
+        parts = line.split(maxsplit=2)
+        ws.close(int(parts[1]) if len(parts) > 1 else 1000, parts[2] if len(parts) > 2 else "")
+        return False
+    elif line.startswith("/binary"):
+        ws.sendall(bytes.fromhex(line[len("/binary") :].strip()))
+    else:
+        ws.sendall(line)
+    return True
+
+
+# -- the servers -------------------------------------------------------------------
+
+
+def run_server(args: argparse.Namespace) -> int:
+    clients: set[WebSocket] = set()
+    lock = threading.Lock()
+
+    def broadcast(message: str | bytes, sender: WebSocket | None = None) -> None:
+        with lock:
+            targets = [c for c in clients if c is not sender]
+        for client in targets:
+            try:
+                client.sendall(message)
+            except ConnectionClosed:
+                pass
+
+    def handler(ws: WebSocket) -> None:
+        if args.trace:
+            ws.trace = _trace_frames
+        say(f"connection from {ws.remote_address[0]}:{ws.remote_address[1]}", sys.stderr)
+        with lock:
+            clients.add(ws)
+        try:
+            for message in ws:
+                if args.chat:
+                    broadcast(message, ws)
+                elif not args.broadcast_stdin:
+                    ws.sendall(message)
+        finally:
+            with lock:
+                clients.discard(ws)
+            say(f"{ws.remote_address[0]}:{ws.remote_address[1]} left ({ws.close_code})", sys.stderr)
+
+    with serve(handler, args.host, args.port) as server:
+        say(
+            f"{'chat' if args.chat else 'broadcast' if args.broadcast_stdin else 'echo'} server on ws://{args.host}:{server.port}/"
+        )
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            if args.broadcast_stdin:
+                for line in sys.stdin:
+                    broadcast(line.rstrip("\n"))
+            thread.join()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+# -- the demo ------------------------------------------------------------------------
 
 
 def demo() -> int:
     """A server and a client in one process, saying what happens."""
 
     def handler(ws: WebSocket) -> None:
-        print(f"server: connection from {ws.remote_address[0]}:{ws.remote_address[1]}")
+        say(f"server: connection from {ws.remote_address[0]}:{ws.remote_address[1]}")
         for message in ws:
-            print(f"server: received {message!r}, echoing it")
+            say(f"server: received {message!r}, echoing it")
             ws.sendall(message)
-        print(f"server: client closed with code {ws.close_code}")
+        say(f"server: client closed with code {ws.close_code}")
 
     with serve(handler, "127.0.0.1", 0) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         url = f"ws://127.0.0.1:{server.port}/demo"
-        print(f"client: connecting to {url}")
+        say(f"client: connecting to {url}")
         with connect(url, timeout=5) as ws:
-            print("client: connected")
+            say("client: connected")
             messages: list[str | bytes] = ["hello", "WebSockets carry messages", b"\x00\x01binary\xff"]
             for message in messages:
                 n = ws.send(message)
-                print(f"client: send({message!r}) accepted {n} of {len(message)}")
-                print(f"client: recv() -> {ws.recv()!r}")
-            print("client: closing (code 1000)")
-        print(f"client: closed, close_code={ws.close_code}")
+                say(f"client: send({message!r}) accepted {n} of {len(message)}")
+                say(f"client: recv() -> {ws.recv()!r}")
+            say("client: closing (code 1000)")
+        say(f"client: closed, close_code={ws.close_code}")
     return 0
 
 
-def client(url: str) -> int:
-    """Send each line of stdin as a text message; print what comes back."""
-    with connect(url) as ws:
-
-        def reader() -> None:
-            for message in ws:
-                print(f"< {message!r}" if isinstance(message, bytes) else f"< {message}", flush=True)
-
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-        for line in sys.stdin:
-            ws.sendall(line.rstrip("\n"))
-        ws.shutdown(__import__("socket").SHUT_WR)
-        thread.join(ws.close_timeout)
-    return 0 if ws.close_code in (1000, 1001, None) else 1
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m blockws", description="blockws WebSocket command line")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("demo", help="run a server and a client in one process")
-    srv = sub.add_parser("serve", help="run an echo server")
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8765)
-    cli = sub.add_parser("connect", help="send stdin lines to URL, print what comes back")
-    cli.add_argument("url")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("serve", "demo"):
+        parser = argparse.ArgumentParser(prog=f"blockws {argv[0]}")
+        if argv[0] == "serve":
+            parser.description = "Run a WebSocket server: echo (default), chat, or broadcast stdin."
+            parser.add_argument("--host", default="127.0.0.1")
+            parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+            mode = parser.add_mutually_exclusive_group()
+            mode.add_argument("--echo", action="store_true", help="send every message back (default)")
+            mode.add_argument("--chat", action="store_true", help="send every message to every other client")
+            mode.add_argument("--broadcast-stdin", action="store_true", help="send lines typed here to all clients")
+            parser.add_argument("-v", "--trace", action="store_true", help="show every frame")
+        else:
+            parser.description = "A server and a client in one process exchanging a few messages."
+        args = parser.parse_args(argv[1:])
+        runner: Any = run_server if argv[0] == "serve" else (lambda _: demo())
+    else:
+        parser = argparse.ArgumentParser(
+            prog="blockws",
+            description="An interactive WebSocket client (also: 'blockws serve', 'blockws demo').",
+        )
+        parser.add_argument("url", help="ws:// or wss:// URL")
+        parser.add_argument("-v", "--trace", action="store_true", help="show the handshake and every frame")
+        parser.add_argument("--header", action="append", default=[], help="'Name: value' (repeatable)")
+        parser.add_argument("--subprotocol", action="append", default=[], help="offer a subprotocol (repeatable)")
+        parser.add_argument("--origin")
+        parser.add_argument("--user", help="user name; the password is asked for on a 401")
+        parser.add_argument("--proxy", help="http://host:port, socks5://host:port, ...")
+        parser.add_argument("--insecure", action="store_true", help="don't verify TLS certificates")
+        parser.add_argument("--no-compression", action="store_true")
+        parser.add_argument("--timeout", type=float, default=10.0, help="opening timeout in seconds")
+        args = parser.parse_args(argv)
+        runner = run_client
     try:
-        if args.command == "demo":
-            return demo()
-        if args.command == "serve":
-            with serve(_echo, args.host, args.port) as server:
-                print(f"echo server on ws://{args.host}:{server.port}/", flush=True)
-                try:
-                    server.serve_forever()
-                except KeyboardInterrupt:
-                    pass
-            return 0
-        if args.command == "connect":
-            return client(args.url)
-    except (WebSocketError, OSError) as exc:
-        print(f"blockws: {exc}", file=sys.stderr)
+        return int(runner(args))
+    except (WebSocketError, OSError, ValueError) as exc:
+        say(f"blockws: {type(exc).__name__}: {exc}" if not str(exc) else f"blockws: {exc}", sys.stderr)
         return 1
-    parser.print_help()
-    return 2
 
 
 if __name__ == "__main__":
