@@ -57,3 +57,38 @@ def test_redirect_example() -> None:
 def test_proxy_example() -> None:
     out = run_example("proxy.py")
     assert "the proxy asks for a password" in out and "echo: hello through the proxy" in out
+
+
+def test_chat_example() -> None:
+    assert "carol got: \"hi, it's alice\"" in run_example("chat.py")
+
+
+def test_select_loop_example() -> None:
+    out = run_example("select_loop.py")
+    assert sorted(out.splitlines()) == sorted(f"echo: {w} from {i}" for w in ("first", "second") for i in range(3))
+
+
+def test_partial_send_example() -> None:
+    out = run_example("partial_send.py")
+    assert "BlockingIOError" in out and "received every byte, in order: True" in out
+
+
+def test_half_close_example() -> None:
+    out = run_example("half_close.py")
+    assert "their sum is 55" in out and "closed with 1000" in out
+
+
+def test_keepalive_example() -> None:
+    out = run_example("keepalive.py")
+    assert "by the keepalive: 1" in out and "round trip" in out
+
+
+def test_tls_example() -> None:
+    import shutil
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    out = run_example("tls.py")
+    assert "over TLS: 'encrypted hello'" in out and "CERTIFICATE_VERIFY_FAILED" in out
