@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from blockws.exceptions import PayloadTooBig, ProtocolError
 from blockws.frames import Opcode, encode_header
@@ -247,3 +248,80 @@ def test_max_fragments_bounds_empty_fragments():
     # Empty pieces don't pile up as events either.
     server = client_to_server(masked(Opcode.BINARY, b"", fin=False) + masked(Opcode.CONT, b"", fin=False) * 5)
     assert len(server.events) == 0
+
+
+class ProtocolPair(RuleBasedStateMachine):
+    """Random interleavings of data, fragments, pings and Close from both sides.
+
+    Bytes travel through two in-flight buffers and are delivered in random
+    amounts. Invariants: messages arrive exactly once and in order, states
+    only move forward, and nothing but the documented errors is raised.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends = {"client": Protocol(Side.CLIENT, max_size=None), "server": Protocol(Side.SERVER, max_size=None)}
+        self.wire = {"client": b"", "server": b""}  # bytes sent by each side, not yet delivered
+        self.sent: dict[str, list[Any]] = {"client": [], "server": []}
+        self.got: dict[str, list[Any]] = {"client": [], "server": []}
+        self.parts: dict[str, list[Any]] = {"client": [], "server": []}
+        self.states = {"client": State.OPEN, "server": State.OPEN}
+
+    def _out(self, side: str) -> None:
+        self.wire[side] += b"".join(self.ends[side].data_to_send())
+
+    @rule(side=st.sampled_from(["client", "server"]), message=st.text(max_size=50) | st.binary(max_size=200),
+          cuts=st.lists(st.integers(0, 200), max_size=3))  # fmt: skip
+    def send_message(self, side: str, message: Any, cuts: list[int]) -> None:
+        proto = self.ends[side]
+        if proto.close_sent is not None:
+            return
+        text = isinstance(message, str)
+        payload = message.encode() if text else message
+        points = sorted({0, len(payload), *(c % (len(payload) + 1) for c in cuts)})
+        pieces = [payload[a:b] for a, b in zip(points, points[1:])] or [b""]
+        self._out(side)  # pongs queued earlier go first
+        for i, piece in enumerate(pieces):
+            header, body = proto.encode_data(piece, text, i == len(pieces) - 1)
+            self.wire[side] += header + body
+        self.sent[side].append(message)
+
+    @rule(side=st.sampled_from(["client", "server"]), payload=st.binary(max_size=125))
+    def ping(self, side: str, payload: bytes) -> None:
+        if self.ends[side].close_sent is None:
+            self._out(side)
+            self.wire[side] += self.ends[side].encode_control(Opcode.PING, payload)
+
+    @rule(side=st.sampled_from(["client", "server"]), code=st.sampled_from([1000, 1001, 3000, 4999]))
+    def close(self, side: str, code: int) -> None:
+        self.ends[side].send_close(code, "bye")
+        self._out(side)
+
+    @rule(side=st.sampled_from(["client", "server"]), amount=st.integers(1, 500))
+    def deliver(self, side: str, amount: int) -> None:
+        peer = "server" if side == "client" else "client"
+        chunk, self.wire[side] = self.wire[side][:amount], self.wire[side][amount:]
+        receiver = self.ends[peer]
+        receiver.receive_data(chunk)
+        while (event := receiver.next_event()) is not None:  # a ProtocolError here fails the test
+            if isinstance(event, Data):
+                self.parts[peer].append(event.payload)
+                if event.fin:
+                    self.got[peer].append(("" if event.text else b"").join(self.parts[peer]))
+                    self.parts[peer].clear()
+        self._out(peer)  # pongs
+
+    @invariant()
+    def delivered_in_order_exactly_once(self) -> None:
+        for side, peer in (("client", "server"), ("server", "client")):
+            assert self.got[peer] == self.sent[side][: len(self.got[peer])]
+
+    @invariant()
+    def states_only_move_forward(self) -> None:
+        for side, proto in self.ends.items():
+            assert proto.state >= self.states[side]
+            self.states[side] = proto.state
+
+
+TestProtocolPair = ProtocolPair.TestCase
+TestProtocolPair.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
