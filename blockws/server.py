@@ -9,6 +9,7 @@ and it tracks and joins its handler threads.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import selectors
 import socket
@@ -248,6 +249,8 @@ class Server:
     ) -> None:
         self.handler = handler
         self.max_connections = max_connections
+        # Check the options now, not in every connection's thread later.
+        inspect.signature(accept).bind(None, **options)
         self.options = options
         self.socket = socket.create_server((host or "", port), backlog=backlog, reuse_port=False)
         self._selector = selectors.DefaultSelector()

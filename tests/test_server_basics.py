@@ -165,3 +165,8 @@ def test_tls_both_sides(run_server):
     with blockws.connect(f"wss://localhost:{server.port}/", ssl_context=client_ctx) as ws:
         ws.sendall("still serving")
         assert ws.recv() == "still serving"
+
+
+def test_unknown_options_fail_at_once():
+    with pytest.raises(TypeError):
+        blockws.serve(lambda ws: None, "127.0.0.1", 0, max_sise=10)
