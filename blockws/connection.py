@@ -857,8 +857,11 @@ class WebSocket:
             try:
                 client = proto.side is Side.CLIENT
                 while not proto.eof and not self._tcp_closed:
-                    if not client and (proto.close_rcvd is not None or self._lost_code is not None):
-                        break  # handshake done, or we failed the connection
+                    if not client and proto.close_rcvd is not None:
+                        break  # the closing handshake is done: the server closes first
+                    if not client and self._lost_code is not None:
+                        self._linger(deadline)  # we failed the connection
+                        break
                     if proto.close_rcvd is None and proto.failure is None:
                         # Drop messages still in flight: the caller chose to close.
                         proto.events.clear()
@@ -875,6 +878,21 @@ class WebSocket:
             # Another thread is receiving: it will see the peer's Close.
             self._close_rcvd_event.wait(deadline.remaining())
         self._close_socket()
+
+    def _linger(self, deadline: Deadline) -> None:
+        """Half-close, then discard what the peer still sends until its EOF.
+
+        Closing a socket with unread data makes the kernel send RST, which
+        can destroy our Close before the peer reads it and breaks the peer's
+        sends in flight; reading to the peer's EOF (bounded by the close
+        deadline) lets it see our Close and end cleanly.
+        """
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+            while self._recv_some(deadline):
+                pass
+        except OSError:  # TimeoutError included
+            pass
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection with the closing handshake; idempotent.
