@@ -14,6 +14,7 @@ from __future__ import annotations
 from .auth import BasicAuth, Challenge, DigestAuth
 from .client import ConnectGate, connect, parse_uri
 from .connection import WebSocket
+from .deflate import PerMessageDeflate
 from .exceptions import (
     BadPortError,
     ConnectionClosed,
@@ -46,6 +47,7 @@ __all__ = [
     "WebSocketHandler",
     "WebSocket",
     "KeepAlive",
+    "PerMessageDeflate",
     "BasicAuth",
     "DigestAuth",
     "Challenge",

@@ -23,6 +23,8 @@ from .handshake import parse_extensions
 
 __all__ = [
     "NAME",
+    "PerMessageDeflate",
+    "settings",
     "DeflateParams",
     "client_offer",
     "client_accept",
@@ -66,6 +68,81 @@ class DeflateParams:
         if client_bits_offered and self.client_max_window_bits != 15:
             parts.append(f"client_max_window_bits={self.client_max_window_bits}")
         return "; ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class PerMessageDeflate:
+    """permessage-deflate settings: ``compression=PerMessageDeflate(...)``.
+
+    ``compression="deflate"`` (the default of :func:`blockws.connect` and
+    :func:`blockws.serve`) means ``PerMessageDeflate()``.
+
+    Args:
+        min_size: messages shorter than this many bytes are sent
+            uncompressed (below 128, compressing JSON-like text saves less
+            than a TCP/IP header and costs about 2 us each way).
+        level: the zlib level (1-9) of what we send. 3 by measurement:
+            182 bytes in 11 us for a 1 KiB JSON-like message, where 6 gives
+            165 bytes in 29 us.
+        server_no_context_takeover: a client asks the server to reset its
+            compressor after every message; a server insists on doing so.
+        client_no_context_takeover: a client resets its own compressor after
+            every message; a server asks the client to.
+        server_max_window_bits: 8-15; a client asks the server for a smaller
+            window, a server uses at most that.
+        client_max_window_bits: 8-15; a client compresses with at most that;
+            a server asks clients for at most that (and declines offers
+            that don't allow it).
+    """
+
+    min_size: int = DEFAULT_MIN_SIZE
+    level: int = 3
+    server_no_context_takeover: bool = False
+    client_no_context_takeover: bool = False
+    server_max_window_bits: int | None = None
+    client_max_window_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be 0 or more, not {self.min_size}")
+        if not 0 <= self.level <= 9:
+            raise ValueError(f"level must be 0 to 9, not {self.level}")
+        for name in ("server_max_window_bits", "client_max_window_bits"):
+            bits = getattr(self, name)
+            if bits is not None and not 8 <= bits <= 15:
+                raise ValueError(f"{name} must be 8 to 15, not {bits}")
+
+    def offer(self) -> str:
+        """The client's Sec-WebSocket-Extensions offer."""
+        return client_offer(
+            client_max_window_bits=self.client_max_window_bits,
+            server_max_window_bits=self.server_max_window_bits,
+            client_no_context_takeover=self.client_no_context_takeover,
+            server_no_context_takeover=self.server_no_context_takeover,
+        )
+
+    def accept(self, values: Sequence[str]) -> tuple[str, DeflateParams] | None:
+        """The server's choice among the client's offers (see :func:`server_accept`)."""
+        return server_accept(
+            values,
+            server_no_context_takeover=self.server_no_context_takeover,
+            client_no_context_takeover=self.client_no_context_takeover,
+            server_max_window_bits=self.server_max_window_bits,
+            client_max_window_bits=self.client_max_window_bits,
+        )
+
+
+def settings(compression: str | PerMessageDeflate | None) -> PerMessageDeflate | None:
+    """Check a ``compression=`` option: ``"deflate"``, :class:`PerMessageDeflate` or None.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if compression is None or isinstance(compression, PerMessageDeflate):
+        return compression
+    if compression == "deflate":
+        return PerMessageDeflate()
+    raise ValueError(f"unsupported compression {compression!r}: use 'deflate', PerMessageDeflate(...) or None")
 
 
 def _bits(value: str | None, name: str) -> int:

@@ -138,6 +138,9 @@ class Protocol:
             A larger one fails the connection with 1009.
         max_fragments: the most frames one message may come in (None: no
             limit); more fail the connection with 1009.
+        deflate: the negotiated permessage-deflate parameters, if any.
+        compress_min_size: messages shorter than this are sent uncompressed.
+        compress_level: the zlib level of what we compress.
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class Protocol:
         max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
         deflate: DeflateParams | None = None,
         compress_min_size: int = DEFAULT_MIN_SIZE,
+        compress_level: int = 3,
     ) -> None:
         self.side = side
         self.max_size = max_size
@@ -180,7 +184,9 @@ class Protocol:
         # permessage-deflate, when negotiated: RSV1 marks compressed messages.
         client = side is Side.CLIENT
         self.deflate = deflate
-        self._compressor = Compressor(deflate, client, min_size=compress_min_size) if deflate else None
+        self._compressor = (
+            Compressor(deflate, client, level=compress_level, min_size=compress_min_size) if deflate else None
+        )
         self._decompressor = Decompressor(deflate, client, max_size) if deflate else None
         self._msg_compressed = False
         self._out_compressed = False
