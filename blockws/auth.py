@@ -245,6 +245,10 @@ class BasicAuth:
     def __init__(self, realm: str, users: Mapping[str, str] | Callable[[str], str | None]) -> None:
         self.realm = realm
         self.users = users
+        self._dummy = secrets.token_bytes(16)  # the "password" of users that don't exist
+
+    def __repr__(self) -> str:
+        return f"BasicAuth(realm={self.realm!r})"  # never the users or their passwords
 
     def check(self, request: Request) -> str | None:
         """The authenticated user name, or None."""
@@ -256,10 +260,13 @@ class BasicAuth:
         except (ValueError, UnicodeDecodeError):
             return None
         expected = _lookup(self.users, user) if sep else None
-        if expected is None:
-            hmac.compare_digest(password, password)  # same work whether or not the user exists
-            return None
-        return user if hmac.compare_digest(password.encode(), expected.encode()) else None
+        # Compare fixed-size digests of the UTF-8 bytes (compare_digest refuses
+        # non-ASCII str), and against a dummy for unknown users, so the time
+        # taken tells neither whether the user exists nor the password length.
+        given = hashlib.sha256(password.encode()).digest()
+        known = expected is not None
+        wanted = hashlib.sha256(expected.encode() if expected is not None else self._dummy).digest()
+        return user if hmac.compare_digest(given, wanted) and known else None
 
     def challenge(self, request: Request | None = None) -> Response:
         """The 401 response asking for Basic credentials."""
@@ -295,9 +302,13 @@ class DigestAuth:
         self.algorithms = list(algorithms)
         self.nonce_lifetime = nonce_lifetime
         self._secret = secret or secrets.token_bytes(32)
+        self._dummy = secrets.token_hex(16)  # the password of users that don't exist
         self._opaque = secrets.token_hex(8)
         self._counters: dict[str, int] = {}  # nonce -> highest nc seen
         self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DigestAuth(realm={self.realm!r}, algorithms={self.algorithms!r})"  # never the passwords
 
     def _make_nonce(self) -> str:
         stamp = f"{time.time():.3f}:{secrets.token_hex(8)}"
@@ -312,7 +323,7 @@ class DigestAuth:
         except (ValueError, UnicodeDecodeError):
             return "invalid"
         expected = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
-        if not hmac.compare_digest(sig, expected):
+        if not hmac.compare_digest(sig.encode(), expected.encode()):  # bytes: sig may be any text
             return "invalid"
         return "valid" if time.time() - issued <= self.nonce_lifetime else "stale"
 
@@ -345,14 +356,15 @@ class DigestAuth:
         except ValueError:
             return None
         password = _lookup(self.users, user)
-        if password is None:
-            return None
-        ha1 = h(f"{user}:{self.realm}:{password}")
+        known = password is not None
+        # An unknown user costs the same hashing and comparison as a known one:
+        # the time taken must not tell which user names exist.
+        ha1 = h(f"{user}:{self.realm}:{password if password is not None else self._dummy}")
         if algorithm.upper().endswith("-SESS"):
             ha1 = h(f"{ha1}:{nonce}:{params['cnonce']}")
         ha2 = h(f"{request.method}:{uri}")
         expected = h(f"{ha1}:{nonce}:{params['nc']}:{params['cnonce']}:auth:{ha2}")
-        if not hmac.compare_digest(answer.encode(), expected.encode()):
+        if not hmac.compare_digest(answer.encode(), expected.encode()) or not known:
             return None
         with self._lock:
             if nc <= self._counters.get(nonce, 0):

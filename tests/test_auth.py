@@ -314,3 +314,26 @@ def test_malformed_or_missing_challenges_give_a_clear_401(run_server, header):
         blockws.connect(server.url, auth=("u", "p"), open_timeout=5)
     assert info.value.status == 401
     assert time.monotonic() - start < 2
+
+
+def test_non_ascii_password_for_an_unknown_user_gets_a_401_and_the_server_keeps_serving(run_server):
+    """hmac.compare_digest refuses non-ASCII str: the check must compare bytes on every path."""
+    server = run_server(auth=BasicAuth("chat", USERS))
+    for user, password in [("nobody", "pässword"), ("zoë", "wröng"), ("Mufasa", "ünïcode")]:
+        with pytest.raises(blockws.InvalidStatus) as info:
+            blockws.connect(server.url, auth=(user, password), open_timeout=5)
+        assert info.value.status == 401
+    with blockws.connect(server.url, auth=("zoë", "pässwörd"), timeout=5) as ws:
+        ws.sendall("still serving")
+        assert ws.recv() == "still serving"
+
+
+def test_forged_nonce_with_non_ascii_signature_is_refused_not_crashing():
+    """A base64 nonce decoding to a non-ASCII signature must be "invalid", not a TypeError."""
+    server = DigestAuth("realm", USERS)
+    nonce = base64.b64encode("1:é".encode()).decode()
+    value = (
+        f'Digest username="Mufasa", realm="realm", nonce="{nonce}", uri="/", response="é", qop=auth, nc=1, cnonce="c"'
+    )
+    assert server.check(request_with(value)) is None
+    assert "stale" not in server.challenge(request_with(value)).headers["WWW-Authenticate"]
