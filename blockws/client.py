@@ -195,7 +195,7 @@ def connect(
     proxy_auth: AuthOption | None = None,
     max_redirects: int = 5,
     ssl_context: ssl.SSLContext | None = None,
-    compression: str | None = "deflate",
+    compression: str | deflate.PerMessageDeflate | None = "deflate",
     max_size: int | None = DEFAULT_MAX_SIZE,
     max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
     write_limit: int = DEFAULT_WRITE_LIMIT,
@@ -235,7 +235,8 @@ def connect(
             redirect from ``wss`` to ``ws`` is refused.
         ssl_context: for ``wss``; default: verified against the system CAs.
         compression: ``"deflate"`` (the default) to offer permessage-deflate,
-            or None.
+            a :class:`~blockws.PerMessageDeflate` to choose its settings, or
+            None.
         max_size: the largest message accepted (bytes), None for no limit.
         max_fragments: the most frames a received message may come in.
         write_limit: bytes :meth:`WebSocket.send` may hold in user space.
@@ -258,8 +259,7 @@ def connect(
         TimeoutError: the opening took longer than ``open_timeout``.
         OSError: the connection failed (refused, unreachable, TLS error).
     """
-    if compression not in (None, "deflate"):
-        raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
+    compression_settings = deflate.settings(compression)
     uri = parse_uri(url)
     deadline = Deadline(open_timeout)
     request_headers = Headers(headers)
@@ -276,7 +276,7 @@ def connect(
         max_size,
         max_fragments,
         write_limit,
-        compression,
+        compression_settings,
         ssl_context,
         server_hostname,
         proxy,
@@ -350,7 +350,7 @@ class _Options(NamedTuple):
     max_size: int | None
     max_fragments: int | None
     write_limit: int
-    compression: str | None
+    compression: deflate.PerMessageDeflate | None
     ssl_context: ssl.SSLContext | None
     server_hostname: str | None
     proxy: str | _FromEnvironment | None
@@ -435,7 +435,8 @@ def _handshake(
     sock: socket.socket, uri: WebSocketURI, deadline: Deadline, headers: HeadersLike, options: _Options
 ) -> WebSocket:
     key = make_key()
-    offer = deflate.client_offer() if options.compression == "deflate" else None
+    compression = options.compression
+    offer = compression.offer() if compression is not None else None
     request = client_request(
         uri.host_header,
         uri.resource,
@@ -464,7 +465,14 @@ def _handshake(
         params = None
     ws = WebSocket(
         sock,
-        Protocol(Side.CLIENT, max_size=options.max_size, max_fragments=options.max_fragments, deflate=params),
+        Protocol(
+            Side.CLIENT,
+            max_size=options.max_size,
+            max_fragments=options.max_fragments,
+            deflate=params,
+            compress_min_size=compression.min_size if compression is not None else 0,
+            compress_level=compression.level if compression is not None else 0,
+        ),
         request=request,
         response=response,
         subprotocol=subprotocol,

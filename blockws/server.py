@@ -61,7 +61,7 @@ def accept(
     max_size: int | None = DEFAULT_MAX_SIZE,
     max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
     write_limit: int = DEFAULT_WRITE_LIMIT,
-    compression: str | None = "deflate",
+    compression: str | deflate.PerMessageDeflate | None = "deflate",
     ssl_context: ssl.SSLContext | None = None,
     keepalive: KeepAlive | bool | None = None,
     auth: BasicAuth | DigestAuth | None = None,
@@ -89,22 +89,21 @@ def accept(
             requests without valid credentials get 401 with a challenge;
             the user name is then in ``ws.username``.
         compression: ``"deflate"`` (the default) to accept permessage-deflate
-            when the client offers it, or None.
+            when the client offers it, a :class:`~blockws.PerMessageDeflate`
+            to choose its settings, or None.
 
     Raises:
         InvalidHandshake: the request was refused; the HTTP answer (4xx, or
             the process_request response) was already sent.
         TimeoutError: the handshake took longer than ``open_timeout``.
     """
-    if compression not in (None, "deflate"):
-        raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
     options = {
         "max_size": max_size,
         "max_fragments": max_fragments,
         "timeout": timeout,
         "close_timeout": close_timeout,
         "write_limit": write_limit,
-        "compression": compression,
+        "compression": deflate.settings(compression),
         "auth": auth,
     }
     ws = _accept_tls(sock, Deadline(open_timeout), ssl_context, subprotocols, origins, process_request, options)
@@ -169,9 +168,10 @@ def _accept(
     except HandshakeFailure as exc:
         _reply(sock, exc.response(), deadline)
         raise
+    compression: deflate.PerMessageDeflate | None = options["compression"]
     accepted = None
-    if options["compression"] == "deflate":
-        accepted = deflate.server_accept(request.headers.get_all("Sec-WebSocket-Extensions"))
+    if compression is not None:
+        accepted = compression.accept(request.headers.get_all("Sec-WebSocket-Extensions"))
     response = accept_response(key, select_subprotocol(request, subprotocols), accepted[0] if accepted else None)
     sock.settimeout(deadline.remaining())
     try:
@@ -185,6 +185,8 @@ def _accept(
             max_size=options["max_size"],
             max_fragments=options["max_fragments"],
             deflate=accepted[1] if accepted else None,
+            compress_min_size=compression.min_size if compression is not None else 0,
+            compress_level=compression.level if compression is not None else 0,
         ),
         request=request,
         response=response,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 import tracemalloc
@@ -19,6 +20,7 @@ import blockws
 from blockws import deflate
 from blockws.deflate import Compressor, Decompressor, DeflateParams, client_accept, client_offer, server_accept
 from blockws.exceptions import InvalidHandshake, PayloadTooBig, ProtocolError
+from blockws.frames import Opcode, apply_mask, encode_header
 from blockws.protocol import Data, Protocol, Side
 
 # -- negotiation -------------------------------------------------------------
@@ -158,9 +160,16 @@ def test_context_takeover_shrinks_repeats_and_no_takeover_resets():
     assert len(fresh.compress(message, True)) == len(fresh.compress(message, True))
 
 
-def test_decompression_bomb_is_stopped_with_bounded_memory():
+def deflate_bomb(size: int) -> bytes:
+    """``size`` zero bytes deflated as one message (made 1 MiB at a time)."""
     bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
-    payload = (bomb.compress(b"\x00" * (1 << 30)) + bomb.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    chunk = bytes(1 << 20)
+    parts = [bomb.compress(chunk) for _ in range(size >> 20)]
+    return (b"".join(parts) + bomb.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def test_decompression_bomb_is_stopped_with_bounded_memory():
+    payload = deflate_bomb(1 << 30)
     assert len(payload) < 1100 * 1024  # about 1 MiB of deflate for 1 GiB of zeros
     decompressor = Decompressor(DeflateParams(), True, max_size=1 << 20)
     tracemalloc.start()
@@ -229,6 +238,155 @@ def test_incompressible_binary_is_sent_plain_for_a_while():
 
 
 # -- over sockets, with the websockets package -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"server_no_context_takeover": True},
+        {"client_no_context_takeover": True},
+        {"server_max_window_bits": 9},
+        {"server_max_window_bits": 12, "client_max_window_bits": 10},
+        {"client_max_window_bits": 8},
+        {"client_max_window_bits": 11, "require_client_max_window_bits": True},
+        {
+            "server_no_context_takeover": True,
+            "client_no_context_takeover": True,
+            "server_max_window_bits": 10,
+            "client_max_window_bits": 9,
+        },
+    ],
+)
+def test_blockws_client_with_websockets_server_parameters(options):
+    """Each parameter combination the websockets server can impose."""
+    from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+
+    server = ws_serve(
+        lambda ws: [ws.send(m) for m in ws], "127.0.0.1", 0, extensions=[ServerPerMessageDeflateFactory(**options)]
+    )
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        with blockws.connect(f"ws://127.0.0.1:{server.socket.getsockname()[1]}/", timeout=5) as ws:
+            agreed = ws.extensions[0]
+            for name, value in options.items():
+                if name != "require_client_max_window_bits":
+                    assert (name if value is True else f"{name}={value}") in agreed
+            text = "".join(f'{{"id": {i}, "name": "user{i}", "active": true}}' for i in range(100))
+            for message in [text, text, b"\x00" * 100_000, os.urandom(5000), "é" * 3000, "small"] * 2:
+                ws.sendall(message)
+                assert ws.recv() == message
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("settings_", "expected"),
+    [
+        (blockws.PerMessageDeflate(server_no_context_takeover=True), "server_no_context_takeover"),
+        (blockws.PerMessageDeflate(client_no_context_takeover=True), "client_no_context_takeover"),
+        (blockws.PerMessageDeflate(server_max_window_bits=10), "server_max_window_bits=10"),
+        (blockws.PerMessageDeflate(client_max_window_bits=9), "client_max_window_bits=9"),
+    ],
+)
+def test_blockws_client_settings_reach_websockets_server(settings_, expected):
+    """What a blockws client asks for, a websockets server grants, and both sides keep to it."""
+    server = ws_serve(lambda ws: [ws.send(m) for m in ws], "127.0.0.1", 0, compression="deflate")
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
+        with blockws.connect(url, timeout=5, compression=settings_) as ws:
+            assert expected in ws.extensions[0]
+            for message in ['{"a": 1}' * 300, '{"a": 1}' * 300, os.urandom(2000)]:
+                ws.sendall(message)
+                assert ws.recv() == message
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+def test_compressed_bomb_over_sockets_closes_with_1009_in_bounded_memory(run_server):
+    """A 64 KiB frame that would inflate to 64 MiB stops at max_size with 1009."""
+    errors: list[BaseException] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        try:
+            ws.recv()
+        except blockws.ConnectionClosedError as exc:
+            errors.append(exc)
+
+    server = run_server(handler, max_size=1 << 16)
+    payload = deflate_bomb(64 << 20)
+    key = os.urandom(4)
+    frame = encode_header(Opcode.BINARY, len(payload), True, 0x40, key) + apply_mask(payload, key)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    with sock:
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" in head
+        tracemalloc.start()
+        try:
+            sock.sendall(frame)
+            reply = head.split(b"\r\n\r\n", 1)[1]
+            while len(reply) < 4 or len(reply) < 2 + (reply[1] & 0x7F):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    for _ in range(250):  # the server lingers until our EOF before its recv() raises
+        if errors:
+            break
+        time.sleep(0.02)
+    assert reply[0] == 0x88 and int.from_bytes(reply[2:4], "big") == 1009
+    assert b"max_size=65536" in reply
+    assert errors and errors[0].code == 1009
+    assert peak < 4 << 20  # the frame is 64 KiB on the wire; nothing near 64 MiB is held
+
+
+def test_compression_settings_are_checked():
+    assert deflate.settings("deflate") == blockws.PerMessageDeflate()
+    assert deflate.settings(None) is None
+    with pytest.raises(ValueError, match="unsupported compression 'gzip'"):
+        deflate.settings("gzip")
+    with pytest.raises(ValueError, match="client_max_window_bits must be 8 to 15, not 16"):
+        blockws.PerMessageDeflate(client_max_window_bits=16)
+    with pytest.raises(ValueError, match="level must be 0 to 9"):
+        blockws.PerMessageDeflate(level=10)
+    offer = blockws.PerMessageDeflate(server_no_context_takeover=True, server_max_window_bits=10).offer()
+    assert offer == (
+        "permessage-deflate; server_no_context_takeover; server_max_window_bits=10; client_max_window_bits"
+    )
+    accepted = blockws.PerMessageDeflate(client_max_window_bits=9).accept(["permessage-deflate"])
+    assert accepted is None  # the offer doesn't let us limit the client's window
+
+
+def test_min_size_and_level_settings_over_sockets(run_server):
+    seen: list[int] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.trace = lambda direction, header, payload: seen.append(header.rsv) if direction == "<" else None
+        for message in ws:
+            ws.sendall(message)
+
+    server = run_server(handler)
+    settings_ = blockws.PerMessageDeflate(min_size=1000, level=9)
+    with blockws.connect(server.url, timeout=5, compression=settings_) as ws:
+        for message in ["x" * 999, "x" * 1000]:
+            ws.sendall(message)
+            assert ws.recv() == message
+    assert seen[:2] == [0, 0x40]  # under min_size: plain; at it: compressed
 
 
 def test_blockws_client_with_websockets_server_compressed():
