@@ -111,6 +111,8 @@ def _hash(algorithm: str) -> Callable[[str], str]:
 
 def _strength(challenge: Challenge) -> int:
     if challenge.scheme == "Digest":
+        if not challenge.params.get("nonce"):
+            return 0  # malformed: nothing to answer
         algorithm = challenge.params.get("algorithm", "MD5").upper()
         return {"SHA-256": 4, "SHA-256-SESS": 4, "MD5": 2, "MD5-SESS": 2}.get(algorithm, 0)
     return 1 if challenge.scheme == "Basic" else 0
@@ -123,6 +125,13 @@ def basic_credentials(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+class _Secret(tuple[str, str]):
+    """A ``(user, password)`` pair whose repr hides the password (tracebacks, logs, debuggers)."""
+
+    def __repr__(self) -> str:
+        return f"({self[0]!r}, '***')"
+
+
 class ClientAuth:
     """Answers the challenges of one connect() call (and its retries).
 
@@ -133,13 +142,23 @@ class ClientAuth:
             its user again; None gives up.
         proxy: answer 407 / ``Proxy-Authenticate`` instead of 401.
         max_attempts: at most this many answers (a loop guard).
+        max_stale: at most this many ``stale=true`` retries in a row with
+            the same credentials (RFC 7616 3.3); a server whose fresh nonces
+            are at once stale again (a broken clock) is then given up on.
+
+    Attributes:
+        failure: why :meth:`authorize` last gave up (a message for the
+            error the caller raises), or None.
     """
 
-    def __init__(self, auth: AuthOption, *, proxy: bool = False, max_attempts: int = 3) -> None:
-        self.auth = auth
+    def __init__(self, auth: AuthOption, *, proxy: bool = False, max_attempts: int = 3, max_stale: int = 1) -> None:
+        self.auth: AuthOption = auth if callable(auth) else _Secret((auth[0], auth[1]))
         self.proxy = proxy
         self.max_attempts = max_attempts
+        self.max_stale = max_stale
         self.attempts = 0
+        self.failure: str | None = None
+        self._stale = 0  # stale=true retries since the last new attempt
         self._credentials: Credentials | None = None
         self._digest: Challenge | None = None
         self._nc = 0
@@ -148,29 +167,47 @@ class ClientAuth:
         return f"ClientAuth(proxy={self.proxy}, attempts={self.attempts})"  # never the password
 
     def authorize(self, response: Response, method: str, target: str) -> str | None:
-        """The header value for the retry after ``response`` (401/407), or None to give up."""
+        """The header value for the retry after ``response`` (401/407), or None to give up.
+
+        When it gives up, :attr:`failure` says why.
+        """
         header = "Proxy-Authenticate" if self.proxy else "WWW-Authenticate"
-        supported = [c for c in parse_challenges(response.headers.get_all(header)) if _strength(c)]
+        status = f"{response.status} {response.reason}"
+        values = response.headers.get_all(header)
+        supported = [c for c in parse_challenges(values) if _strength(c)]
         if not supported:
+            got = ", ".join(repr(v[:100]) for v in values) if values else f"no {header} header"
+            self.failure = f"{status}: no supported challenge (got: {got})"
             return None
         challenge = max(supported, key=_strength)
         stale = challenge.scheme == "Digest" and challenge.params.get("stale", "").lower() == "true"
         if stale and self._credentials is not None:
+            if self._stale >= self.max_stale:
+                self.failure = (
+                    f"{status}: the server answered stale=true again after {self._stale} "
+                    f"{'retry' if self._stale == 1 else 'retries'} with a fresh nonce (max_stale={self.max_stale}): "
+                    "its nonces expire at once (is its clock wrong?)"
+                )
+                return None
             # Same credentials, fresh nonce: not a new attempt (RFC 7616 3.3).
+            self._stale += 1
             self._digest, self._nc = challenge, 0
             return self._answer(method, target)
         if self.attempts >= self.max_attempts:
+            self.failure = f"{status}: credentials refused {self.attempts} times (max_attempts={self.max_attempts})"
+            return None
+        if self.attempts and not callable(self.auth):
+            self.failure = f"{status}: credentials refused (a (user, password) pair is tried once)"
             return None
         self.attempts += 1
+        self._stale = 0
         challenge.attempt = self.attempts
         challenge.proxy = self.proxy
-        if callable(self.auth):
-            credentials = self.auth(challenge)
-        else:
-            credentials = self.auth if self.attempts == 1 else None
+        credentials = self.auth(challenge) if callable(self.auth) else self.auth
         if credentials is None:
+            self.failure = f"{status}: the auth callback gave up (attempt {self.attempts})"
             return None
-        self._credentials = (str(credentials[0]), str(credentials[1]))
+        self._credentials = _Secret((str(credentials[0]), str(credentials[1])))
         self._digest = challenge if challenge.scheme == "Digest" else None
         self._nc = 0
         return self._answer(method, target)

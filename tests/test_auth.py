@@ -244,11 +244,14 @@ def test_websockets_server_challenge_and_redirect():
         thread.join(5)
 
 
-def test_hand_made_digest_server_checks_rfc7616_computation():
+@pytest.mark.parametrize("algorithm", ["SHA-256", "MD5-sess", "SHA-256-sess"])
+def test_hand_made_digest_server_checks_rfc7616_computation(algorithm):
     """A raw-socket server that computes the expected Digest itself, independently of blockws.auth."""
     import hashlib
     import socket
     import threading
+
+    hash_function = hashlib.md5 if algorithm.startswith("MD5") else hashlib.sha256
 
     from blockws.handshake import accept_key
 
@@ -268,20 +271,25 @@ def test_hand_made_digest_server_checks_rfc7616_computation():
                 if attempt == 0:
                     conn.sendall(
                         b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n"
-                        b'WWW-Authenticate: Digest realm="testrealm@host.com", qop="auth", algorithm=SHA-256, '
+                        b'WWW-Authenticate: Digest realm="testrealm@host.com", qop="auth", algorithm='
+                        + algorithm.encode()
+                        + b", "
                         b'nonce="' + nonce.encode() + b'", opaque="5ccc069c403ebaf9f0171e9517f40e41"\r\n\r\n'
                     )
                     continue
                 pairs = re.findall(r'(\w+)=(?:"([^"]*)"|([^,\s]*))', headers["Authorization"])
                 fields = {name: quoted or bare for name, quoted, bare in pairs}
 
-                def sha(text: str) -> str:
-                    return hashlib.sha256(text.encode()).hexdigest()
+                def h(text: str) -> str:
+                    return hash_function(text.encode()).hexdigest()
 
-                ha1 = sha("Mufasa:testrealm@host.com:Circle of Life")
-                ha2 = sha("GET:/dir/index.html")
-                expected = sha(f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}")
+                ha1 = h("Mufasa:testrealm@host.com:Circle of Life")
+                if algorithm.endswith("-sess"):  # RFC 7616 section 3.4.2
+                    ha1 = h(f"{ha1}:{nonce}:{fields['cnonce']}")
+                ha2 = h("GET:/dir/index.html")
+                expected = h(f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}")
                 ok = fields["response"] == expected and fields["opaque"] == "5ccc069c403ebaf9f0171e9517f40e41"
+                ok = ok and fields["algorithm"] == algorithm and len(fields["cnonce"]) >= 16
                 results.append(ok and fields["uri"] == "/dir/index.html" and fields["nc"] == "00000001")
                 key = headers["Sec-WebSocket-Key"]
                 conn.sendall(
@@ -337,3 +345,117 @@ def test_forged_nonce_with_non_ascii_signature_is_refused_not_crashing():
     )
     assert server.check(request_with(value)) is None
     assert "stale" not in server.challenge(request_with(value)).headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize("algorithm", ["MD5-sess", "SHA-256-sess"])
+def test_sess_algorithms_round_trip_over_sockets(run_server, algorithm):
+    server = run_server(auth=DigestAuth("chat", USERS, algorithms=[algorithm]))
+    with pytest.raises(blockws.InvalidStatus) as info:
+        blockws.connect(server.url, open_timeout=5)
+    assert f"algorithm={algorithm}" in info.value.headers["WWW-Authenticate"]
+    with blockws.connect(server.url, auth=("zoë", "pässwörd"), timeout=5) as ws:
+        ws.sendall(algorithm)
+        assert ws.recv() == algorithm
+    with pytest.raises(blockws.InvalidStatus) as info:
+        blockws.connect(server.url, auth=("zoë", "wrong"), open_timeout=5)
+    assert info.value.status == 401
+
+
+def test_attempts_are_capped_at_three_by_default(run_server):
+    server = run_server(auth=DigestAuth("chat", USERS))
+    attempts: list[int] = []
+
+    def always_wrong(challenge: Challenge) -> tuple[str, str]:
+        attempts.append(challenge.attempt)
+        return ("Mufasa", f"guess {challenge.attempt}")
+
+    with pytest.raises(blockws.InvalidStatus) as info:
+        blockws.connect(server.url, auth=always_wrong, open_timeout=5)
+    assert info.value.status == 401
+    assert attempts == [1, 2, 3]
+
+
+def test_a_server_always_answering_stale_ends_with_a_401(run_server):
+    """stale=true retries are bounded: a server whose fresh nonces are always stale is a 401, not a loop."""
+    requests: list[Request] = []
+    stale = 'Digest realm="r", qop="auth", algorithm=SHA-256, nonce="n", stale=true'
+
+    def always_stale(request: Request) -> Response:
+        requests.append(request)
+        return Response(401, headers={"WWW-Authenticate": stale})
+
+    server = run_server(process_request=always_stale)
+    with pytest.raises(blockws.InvalidStatus) as info:
+        blockws.connect(server.url, auth=("u", "p"), open_timeout=5)
+    assert info.value.status == 401
+    # No credentials, then the first answer, then one stale retry (max_stale=1).
+    assert len(requests) == 3 and "Authorization" in requests[2].headers
+
+
+def test_stale_retries_are_bounded_and_explained():
+    stale = Response(401, headers={"WWW-Authenticate": 'Digest realm="r", qop="auth", nonce="n", stale=true'})
+    calls: list[Challenge] = []
+    client = ClientAuth(lambda c: calls.append(c) or ("u", "p"))
+    assert client.authorize(stale, "GET", "/")  # no credentials yet: a new attempt
+    assert client.authorize(stale, "GET", "/")  # a stale retry, without asking
+    assert client.authorize(stale, "GET", "/") is None
+    assert len(calls) == 1
+    assert client.failure is not None and "stale=true" in client.failure and "max_stale=1" in client.failure
+    assert client.failure.startswith("401 Unauthorized: ")
+    patient = ClientAuth(("u", "p"), max_stale=3)
+    assert all(patient.authorize(stale, "GET", "/") for _ in range(4))
+    assert patient.authorize(stale, "GET", "/") is None and "max_stale=3" in str(patient.failure)
+
+
+@pytest.mark.parametrize(
+    ("headers", "got"),
+    [
+        ({}, "got: no WWW-Authenticate header"),
+        ({"WWW-Authenticate": "Negotiate"}, "got: 'Negotiate'"),
+        ({"WWW-Authenticate": 'Digest realm="x"'}, "got: 'Digest realm=\"x\"'"),  # no nonce
+        ({"WWW-Authenticate": "Bearer realm=x, Digest nonce=, realm="}, "got: 'Bearer realm=x, Digest"),
+    ],
+)
+def test_no_supported_challenge_is_explained(headers, got):
+    client = ClientAuth(("u", "p"))
+    assert client.authorize(Response(401, headers=headers), "GET", "/") is None
+    assert client.failure is not None
+    assert client.failure.startswith("401 Unauthorized: no supported challenge (")
+    assert got in client.failure and client.attempts == 0
+
+
+def test_why_credentials_were_given_up_is_explained():
+    challenge = Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+    fixed = ClientAuth(("u", "p"))
+    assert fixed.authorize(challenge, "GET", "/") and fixed.failure is None
+    assert fixed.authorize(challenge, "GET", "/") is None and "tried once" in str(fixed.failure)
+    asking = ClientAuth(lambda c: ("u", "p"), max_attempts=2)
+    assert asking.authorize(challenge, "GET", "/") and asking.authorize(challenge, "GET", "/")
+    assert asking.authorize(challenge, "GET", "/") is None
+    assert "refused 2 times (max_attempts=2)" in str(asking.failure)
+    quitting = ClientAuth(lambda c: None)
+    assert quitting.authorize(challenge, "GET", "/") is None and "callback gave up" in str(quitting.failure)
+
+
+def test_passwords_never_appear_in_reprs_or_messages():
+    secret = "s3cret-pässwörd"
+    basic = BasicAuth("realm", {"u": secret})
+    digest = DigestAuth("realm", lambda name: secret)
+    texts = [repr(basic), repr(digest)]  # (their users mapping is the application's own object)
+    for auth in [("u", secret), lambda c: ("u", secret)]:
+        for header in ['Basic realm="r"', 'Digest realm="r", qop="auth", nonce="n"']:
+            client = ClientAuth(auth, max_attempts=1)  # type: ignore[arg-type]
+            response = Response(401, headers={"WWW-Authenticate": header})
+            assert client.authorize(response, "GET", "/")
+            assert client.authorize(response, "GET", "/") is None
+            texts += [repr(client), repr(vars(client)), str(client.failure)]
+    for bad_user in ["a:b", "a\r\nb"]:
+        for header in ['Basic realm="r"', 'Digest realm="r", qop="auth", nonce="n"']:
+            response = Response(401, headers={"WWW-Authenticate": header})
+            try:
+                ClientAuth((bad_user, secret)).authorize(response, "GET", "/")
+            except ValueError as exc:
+                texts.append(str(exc))
+    assert len(texts) > 12
+    for text in texts:
+        assert secret not in text, text
