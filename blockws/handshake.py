@@ -27,6 +27,7 @@ __all__ = [
     "check_request",
     "accept_response",
     "parse_extensions",
+    "check_subprotocols",
     "ExtensionOffer",
     "HandshakeFailure",
 ]
@@ -58,6 +59,37 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
 
 
+# RFC 7230 section 3.2.6: a token is one or more tchar.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def check_subprotocols(subprotocols: Sequence[str] | None) -> list[str] | None:
+    """Check subprotocol names before they are offered or configured.
+
+    Each must be an HTTP token (RFC 6455 section 4.1, RFC 7230 tchar): a
+    name like ``"a, b"`` would be read as two, and a space, CR or LF could
+    inject a header.
+
+    Returns:
+        The names as a list (None for None).
+
+    Raises:
+        TypeError: a single ``str`` instead of a sequence of names.
+        ValueError: a name is not a token (the message shows it).
+    """
+    if subprotocols is None:
+        return None
+    if isinstance(subprotocols, (str, bytes)):
+        raise TypeError(f"subprotocols must be a sequence of names, not a single {type(subprotocols).__name__}")
+    names = list(subprotocols)
+    for name in names:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(
+                f"invalid subprotocol name {name!r}: it must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~)"
+            )
+    return names
+
+
 def _has_token(headers: Headers, name: str, token: str) -> bool:
     return token in (item.lower() for item in parse_list(headers.get_all(name)))
 
@@ -72,7 +104,12 @@ def client_request(
     extensions: str | None = None,
     headers: HeadersLike | None = None,
 ) -> Request:
-    """Build the upgrade request; user ``headers`` may override the defaults."""
+    """Build the upgrade request; user ``headers`` may override the defaults.
+
+    Raises:
+        ValueError: a subprotocol name is not an HTTP token.
+    """
+    subprotocols = check_subprotocols(subprotocols)
     h = Headers({"Host": host, "Upgrade": "websocket", "Connection": "Upgrade"})
     h["Sec-WebSocket-Key"] = key
     h["Sec-WebSocket-Version"] = "13"
@@ -146,7 +183,12 @@ def check_request(request: Request) -> str:
 
 
 def select_subprotocol(request: Request, supported: Sequence[str] | None) -> str | None:
-    """The first subprotocol the client offered that the server supports."""
+    """The first subprotocol the client offered that the server supports.
+
+    Raises:
+        ValueError: a name in ``supported`` is not an HTTP token.
+    """
+    supported = check_subprotocols(supported)
     if not supported:
         return None
     for offered in parse_list(request.headers.get_all("Sec-WebSocket-Protocol")):

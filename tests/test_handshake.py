@@ -11,6 +11,7 @@ from blockws.handshake import (
     accept_response,
     check_request,
     check_response,
+    check_subprotocols,
     client_request,
     make_key,
     parse_extensions,
@@ -101,3 +102,41 @@ def test_parse_extensions():
     for bad in ["=x", "a;", "a b", 'a;b="unterminated']:
         with pytest.raises(InvalidHandshake):
             parse_extensions([bad])
+
+
+BAD_SUBPROTOCOLS = ["a, b", "a b", "chat\r\nX-Injected: 1", "chat\n", "chat\r", "", "é", "a;b", "(x)", 'a"b', "a\tb"]
+
+
+@pytest.mark.parametrize("bad", BAD_SUBPROTOCOLS)
+def test_subprotocols_must_be_tokens(bad):
+    """Client offers and server configuration alike: a name that isn't an RFC 7230 token is refused, named."""
+    with pytest.raises(ValueError, match="invalid subprotocol name") as info:
+        client_request("h", "/", make_key(), subprotocols=["ok", bad])
+    assert repr(bad) in str(info.value)
+    with pytest.raises(ValueError, match="invalid subprotocol name") as info:
+        select_subprotocol(good_request(**{"Sec_WebSocket_Protocol": "ok"}), ["ok", bad])
+    assert repr(bad) in str(info.value)
+    with pytest.raises(ValueError, match="invalid subprotocol name"):
+        check_subprotocols([bad])
+
+
+def test_every_tchar_is_a_valid_subprotocol_and_a_bare_str_is_refused():
+    name = "!#$%&'*+-.^_`|~09azAZ"
+    request = client_request("h", "/", make_key(), subprotocols=[name, "v2.chat"])
+    assert request.headers["Sec-WebSocket-Protocol"] == f"{name}, v2.chat"
+    assert select_subprotocol(request, ("v2.chat",)) == "v2.chat"
+    assert check_subprotocols(None) is None and check_subprotocols(("a",)) == ["a"]
+    with pytest.raises(TypeError, match="sequence of names"):
+        client_request("h", "/", make_key(), subprotocols="chat")  # would offer "c, h, a, t"
+
+
+def test_connect_refuses_a_subprotocol_with_a_line_break_before_sending(run_server):
+    import blockws
+
+    seen: list[Request] = []
+    server = run_server(process_request=lambda request: seen.append(request))
+    with pytest.raises(ValueError, match="invalid subprotocol name 'chat\\\\r\\\\nX-Injected: 1'"):
+        blockws.connect(server.url, subprotocols=["chat\r\nX-Injected: 1"], open_timeout=5)
+    with blockws.connect(server.url, subprotocols=["chat"], timeout=5) as ws:
+        assert ws.subprotocol is None
+    assert len(seen) == 1 and "X-Injected" not in seen[0].headers
