@@ -160,6 +160,25 @@ def test_arbitrary_headers_never_raise(text):
         assert server.check(request_with(text.replace("\r", "").replace("\n", "") or None)) is None
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=40), st.sampled_from(["Basic", "Digest"]))
+def test_well_formed_headers_with_arbitrary_contents_never_raise(user, password, nonce_text, scheme):
+    """Headers that pass the syntax checks, with any text inside (non-ASCII, forged nonces, separators)."""
+    if scheme == "Basic":
+        header = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    else:
+        nonce = base64.b64encode(f"1:{nonce_text}".encode()).decode()
+        quoted = user.replace("\\", "\\\\").replace('"', '\\"')
+        header = (
+            f'Digest username="{quoted}", realm="r", nonce="{nonce}", uri="/", response="{quoted}", '
+            f'qop=auth, nc=00000001, cnonce="{quoted}"'
+        )
+    header = header.replace("\r", "").replace("\n", "")
+    for server in (BasicAuth("r", USERS), DigestAuth("r", USERS)):
+        assert server.check(request_with(header)) is None or (user, password) in USERS.items()
+        server.challenge(request_with(header))
+
+
 # -- over sockets ---------------------------------------------------------------------
 
 
