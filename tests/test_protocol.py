@@ -266,6 +266,7 @@ class ProtocolPair(RuleBasedStateMachine):
         self.got: dict[str, list[Any]] = {"client": [], "server": []}
         self.parts: dict[str, list[Any]] = {"client": [], "server": []}
         self.states = {"client": State.OPEN, "server": State.OPEN}
+        self.open: dict[str, Any] = {"client": None, "server": None}  # a message sent in part
 
     def _out(self, side: str) -> None:
         self.wire[side] += b"".join(self.ends[side].data_to_send())
@@ -273,18 +274,31 @@ class ProtocolPair(RuleBasedStateMachine):
     @rule(side=st.sampled_from(["client", "server"]), message=st.text(max_size=50) | st.binary(max_size=200),
           cuts=st.lists(st.integers(0, 200), max_size=3))  # fmt: skip
     def send_message(self, side: str, message: Any, cuts: list[int]) -> None:
+        """Start a message: its first fragments go now, the rest later (see continue_message)."""
         proto = self.ends[side]
-        if proto.close_sent is not None:
+        if proto.close_sent is not None or self.open[side] is not None:
             return
         text = isinstance(message, str)
         payload = message.encode() if text else message
         points = sorted({0, len(payload), *(c % (len(payload) + 1) for c in cuts)})
-        pieces = [payload[a:b] for a, b in zip(points, points[1:])] or [b""]
+        self.open[side] = (message, text, [payload[a:b] for a, b in zip(points, points[1:])] or [b""])
+        self.continue_message(side, 1)
+
+    @rule(side=st.sampled_from(["client", "server"]), count=st.integers(1, 3))
+    def continue_message(self, side: str, count: int) -> None:
+        """More fragments of the open message; pings and Close may come between them."""
+        proto = self.ends[side]
+        if self.open[side] is None or proto.close_sent is not None:
+            return
+        message, text, pieces = self.open[side]
         self._out(side)  # pongs queued earlier go first
-        for i, piece in enumerate(pieces):
-            header, body = proto.encode_data(piece, text, i == len(pieces) - 1)
+        for _ in range(min(count, len(pieces))):
+            piece = pieces.pop(0)
+            header, body = proto.encode_data(piece, text, not pieces)
             self.wire[side] += header + body
-        self.sent[side].append(message)
+        if not pieces:
+            self.sent[side].append(message)
+            self.open[side] = None
 
     @rule(side=st.sampled_from(["client", "server"]), payload=st.binary(max_size=125))
     def ping(self, side: str, payload: bytes) -> None:
@@ -310,6 +324,17 @@ class ProtocolPair(RuleBasedStateMachine):
                     self.got[peer].append(("" if event.text else b"").join(self.parts[peer]))
                     self.parts[peer].clear()
         self._out(peer)  # pongs
+
+    def teardown(self) -> None:
+        """Deliver everything in flight: every message finished before a Close arrives, once."""
+        for _ in range(1000):
+            if not (self.wire["client"] or self.wire["server"]):
+                break
+            for side in ("client", "server"):
+                if self.wire[side]:
+                    self.deliver(side, 500)
+        for side, peer in (("client", "server"), ("server", "client")):
+            assert self.got[peer] == self.sent[side]
 
     @invariant()
     def delivered_in_order_exactly_once(self) -> None:
