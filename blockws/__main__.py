@@ -18,13 +18,14 @@ import socket
 import ssl
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import connect, serve
 from .connection import WebSocket
-from .exceptions import ConnectionClosed, InvalidStatus, WebSocketError
-from .frames import FrameHeader, Opcode
+from .exceptions import ConnectionClosed, InvalidStatus, ProtocolError, WebSocketError
+from .frames import FrameHeader, Opcode, encode_close
 from .http import Request, Response
 
 _print_lock = threading.Lock()
@@ -74,13 +75,27 @@ def _trace_frames(direction: str, header: FrameHeader, preview: bytes) -> None:
     say(describe_frame(direction, header, preview), sys.stderr)
 
 
+#: Headers whose values are secrets: the trace shows their scheme at most.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+
+def _mask_credential(name: str, value: str) -> str:
+    """Hide a credential so a trace can be pasted into a bug report safely."""
+    if name.lower() not in _SECRET_HEADERS:
+        return value
+    if name.lower().endswith("authorization"):
+        scheme, _, rest = value.partition(" ")
+        return f"{scheme} ***" if rest else "***"
+    return "***"
+
+
 def _trace_http(message: Request | Response, direction: str) -> None:
     first = (
         f"{message.method} {message.target} HTTP/1.1"
         if isinstance(message, Request)
         else f"HTTP/1.1 {message.status} {message.reason}"
     )
-    lines = [first] + [f"{name}: {value}" for name, value in message.headers.items()]
+    lines = [first] + [f"{name}: {_mask_credential(name, value)}" for name, value in message.headers.items()]
     say("\n".join(f"{direction} {line}" for line in lines) + f"\n{direction}", sys.stderr)
 
 
@@ -101,6 +116,32 @@ def _show(message: str | bytes) -> str:
     return f"< {message}" if isinstance(message, str) else f"< (binary) {message.hex(' ')}"
 
 
+class _Stop(Exception):
+    """Ends the command with one line on stderr and exit status 1 (no traceback)."""
+
+
+class _UsageError(ValueError):
+    """A mistyped command: its hint is printed and the session goes on."""
+
+
+def _ask_password(user: str) -> Any:
+    def ask(challenge: Any) -> tuple[str, str] | None:
+        if challenge.attempt > 3:
+            return None
+        prompt = f"password for {user} ({challenge.scheme} realm {challenge.realm!r}): "
+        try:
+            with warnings.catch_warnings():
+                # Without a terminal getpass reads stdin and says so itself;
+                # the extra warning's two lines of source would only confuse.
+                warnings.simplefilter("ignore", getpass.GetPassWarning)
+                return user, getpass.getpass(prompt)
+        except EOFError:
+            say("", sys.stderr)  # end the prompt's line
+            raise _Stop("no password given (end of input at the password prompt)") from None
+
+    return ask
+
+
 def run_client(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "headers": _parse_headers(args.header),
@@ -118,26 +159,29 @@ def run_client(args: argparse.Namespace) -> int:
         context.verify_mode = ssl.CERT_NONE
         options["ssl_context"] = context
     if args.user:
-
-        def ask(challenge: Any) -> tuple[str, str] | None:
-            if challenge.attempt > 3:
-                return None
-            prompt = f"password for {args.user} ({challenge.scheme} realm {challenge.realm!r}): "
-            return args.user, getpass.getpass(prompt)
-
-        options["auth"] = ask
+        options["auth"] = _ask_password(args.user)
     try:
         ws = connect(args.url, **options)
     except InvalidStatus as exc:
         if args.trace:
             _trace_http(exc.response, "<")
         raise
+    try:
+        return _session(ws, args)
+    finally:
+        # Whatever ended the session, the peer gets a Close, not a reset.
+        ws.close()
+
+
+def _session(ws: WebSocket, args: argparse.Namespace) -> int:
     if args.trace:
         if ws.request is not None:
             _trace_http(ws.request, ">")
         if ws.response is not None:
             _trace_http(ws.response, "<")
         ws.trace = _trace_frames
+    if ws.subprotocol is not None:
+        say(f"subprotocol: {ws.subprotocol}", sys.stderr)
     interactive = sys.stdin.isatty()
     if interactive:
         say(f"connected to {ws.url} (type messages; /ping, /close [code [reason]], /binary HEX; Ctrl-D ends)")
@@ -160,8 +204,11 @@ def run_client(args: argparse.Namespace) -> int:
         for line in sys.stdin:
             if done.is_set():
                 break
-            if not _command(ws, line.rstrip("\n")):
-                break
+            try:
+                if not _command(ws, line.rstrip("\n")):
+                    break
+            except _UsageError as exc:
+                say(f"blockws: {exc}", sys.stderr)
         else:
             # End of input: say so like shutdown(SHUT_WR) and read the rest.
             if ws.state.name == "OPEN":
@@ -175,16 +222,34 @@ def run_client(args: argparse.Namespace) -> int:
     return 0 if ws.close_code in (None, 1000, 1001, 1005) else 1
 
 
+_CLOSE_USAGE = "/close [CODE [REASON]] takes 1000-1003, 1007-1014 or 3000-4999 and up to 123 bytes of reason"
+
+
 def _command(ws: WebSocket, line: str) -> bool:
-    """Run one input line; False when the session should end."""
-    if line == "/ping":
+    """Run one input line; False when the session should end.
+
+    Raises:
+        _UsageError: a mistyped command; nothing was sent.
+    """
+    command, _, rest = line.partition(" ")
+    if command == "/ping" and not rest.strip():
         say(f"pong in {ws.ping() * 1000:.2f} ms")
-    elif line.startswith("/close"):
-        parts = line.split(maxsplit=2)
-        ws.close(int(parts[1]) if len(parts) > 1 else 1000, parts[2] if len(parts) > 2 else "")
+    elif command == "/close":
+        parts = rest.split(maxsplit=1)
+        try:
+            code = int(parts[0]) if parts else 1000
+            reason = parts[1] if len(parts) > 1 else ""
+            encode_close(code, reason)  # checks code and length before anything is sent
+        except (ValueError, ProtocolError) as exc:
+            raise _UsageError(f"{_CLOSE_USAGE} ({exc})") from None
+        ws.close(code, reason)
         return False
-    elif line.startswith("/binary"):
-        ws.sendall(bytes.fromhex(line[len("/binary") :].strip()))
+    elif command == "/binary":
+        try:
+            data = bytes.fromhex(rest)
+        except ValueError as exc:
+            raise _UsageError(f"/binary takes hex digits such as '/binary 00ff10' ({exc})") from None
+        ws.sendall(data)
     else:
         ws.sendall(line)
     return True
@@ -208,10 +273,16 @@ def run_server(args: argparse.Namespace) -> int:
 
     def handler(ws: WebSocket) -> None:
         if args.trace:
+            # The handshake is over when the handler runs: show what it was.
+            if ws.request is not None:
+                _trace_http(ws.request, "<")
+            if ws.response is not None:
+                _trace_http(ws.response, ">")
             ws.trace = _trace_frames
-        say(f"connection from {ws.remote_address[0]}:{ws.remote_address[1]}", sys.stderr)
         with lock:
             clients.add(ws)
+        # Said once the client is in the set, so lines typed after it reach it.
+        say(f"connection from {ws.remote_address[0]}:{ws.remote_address[1]}", sys.stderr)
         try:
             for message in ws:
                 if args.chat:
@@ -305,6 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = run_client
     try:
         return int(runner(args))
+    except KeyboardInterrupt:
+        say("blockws: interrupted", sys.stderr)
+        return 130  # the shell's convention for SIGINT
+    except _Stop as exc:
+        say(f"blockws: {exc}", sys.stderr)
+        return 1
     except (WebSocketError, OSError, ValueError) as exc:
         say(f"blockws: {type(exc).__name__}: {exc}" if not str(exc) else f"blockws: {exc}", sys.stderr)
         return 1

@@ -2,21 +2,104 @@
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import os
 import pty
 import select
+import shutil
+import signal
+import socket
+import ssl
 import subprocess
 import sys
+import termios
+import threading
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
 
 import blockws
 from blockws import Response
 
 
-def cli(*args: str, stdin: str = "", timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, stdin: str = "", timeout: float = 30, **popen: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "blockws", *args], input=stdin, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "blockws", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
     )
+
+
+def one_error_line(out: subprocess.CompletedProcess[str], expected: str) -> None:
+    """The command failed with exactly one ``blockws: ...`` line on stderr."""
+    assert out.returncode == 1, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("blockws: ") and expected in lines[0], out.stderr
+
+
+def _controlling_terminal() -> None:
+    # Runs in the child after setsid(): the pty on stdin becomes its terminal,
+    # so getpass() prompts there (and not on the terminal running the tests).
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """``python -m blockws ARGS`` on a pseudo-terminal of its own."""
+
+    def __init__(self, *args: str) -> None:
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "blockws", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=_controlling_terminal,
+        )
+        os.close(slave)
+        self.output = b""
+
+    def read_until(self, text: bytes, timeout: float = 15) -> None:
+        end = time.monotonic() + timeout
+        while text not in self.output and time.monotonic() < end:
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    self.output += os.read(self.master, 4096)
+                except OSError:
+                    break
+        assert text in self.output, self.output
+
+    def type(self, text: bytes) -> None:
+        os.write(self.master, text)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+@pytest.fixture
+def terminal() -> Iterator[Callable[..., Terminal]]:
+    started: list[Terminal] = []
+
+    def start(*args: str) -> Terminal:
+        t = Terminal(*args)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.close()
 
 
 def test_piped_stdin_against_an_echo_server(echo_server):
@@ -80,32 +163,246 @@ def test_serve_chat_and_help():
         assert out.returncode == 0 and "usage:" in out.stdout
 
 
-def test_interactive_session_through_a_pty(echo_server):
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "blockws", echo_server.url], stdin=slave, stdout=slave, stderr=slave)
-    os.close(slave)
-    output = b""
+def test_interactive_session_through_a_pty(echo_server, terminal):
+    term = terminal(echo_server.url)
+    term.read_until(b"connected to")
+    term.type(b"typed by hand\n")
+    term.read_until(b"< typed by hand")
+    term.type(b"/close\n")
+    assert term.proc.wait(10) == 0
 
-    def read_until(text: bytes, timeout: float = 10) -> None:
-        nonlocal output
-        end = time.monotonic() + timeout
-        while text not in output and time.monotonic() < end:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    output += os.read(master, 4096)
-                except OSError:
-                    break
-        assert text in output, output
 
+# -- mistyped commands, prompts and interrupts --------------------------------------
+
+
+def recording_server(run_server: Callable[..., Any], **options: Any) -> tuple[Any, list[Any], threading.Event]:
+    """An echo server that records each connection's request and close code."""
+    seen: list[Any] = []
+    done = threading.Event()
+
+    def handler(ws: blockws.WebSocket) -> None:
+        try:
+            for message in ws:
+                ws.sendall(message)
+        finally:
+            seen.append((ws.request, ws.close_code, ws.close_reason, ws.subprotocol, ws.username))
+            done.set()
+
+    return run_server(handler, **options), seen, done
+
+
+def test_mistyped_commands_print_a_hint_and_the_session_goes_on(run_server):
+    server, seen, done = recording_server(run_server)
+    stdin = "/binary zz\n/close abc\n/close 999\n/close 1000 " + "x" * 124 + "\nstill here\n/close 1000 bye\n"
+    out = cli(server.url, stdin=stdin)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["< still here"]
+    hints = [line for line in out.stderr.splitlines() if line.startswith("blockws: ")]
+    assert len(hints) == 4 and "/binary takes hex digits" in hints[0], out.stderr
+    assert all("/close [CODE [REASON]]" in hint for hint in hints[1:])
+    assert "invalid close code 999" in hints[2] and "123 bytes" in hints[3]
+    assert "Traceback" not in out.stderr
+    assert done.wait(10)
+    assert seen[0][1:3] == (1000, "bye")  # the server got our Close, not a dropped connection
+
+
+def test_end_of_input_at_the_password_prompt(run_server):
+    server = run_server(auth=blockws.BasicAuth("cli", {"alice": "wonderland"}))
+    # A new session has no terminal: getpass() reads stdin, which is empty.
+    out = cli("--user", "alice", server.url, stdin="", start_new_session=True)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "blockws: no password given (end of input at the password prompt)"
+    assert "Traceback" not in out.stderr and "GetPassWarning" not in out.stderr
+
+
+def test_ctrl_c_while_connecting_is_one_line():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "blockws", f"ws://127.0.0.1:{port}/"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            listener.settimeout(15)
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(15)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    assert chunk, request
+                    request += chunk
+                # The client now waits for our answer to its handshake.
+                proc.send_signal(signal.SIGINT)
+                _, stderr = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 130
+    assert stderr.strip() == "blockws: interrupted"
+
+
+def test_exit_status_1_when_the_connection_is_lost(run_server):
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.recv()
+        ws.abort()
+
+    server = run_server(handler)
+    out = cli(server.url, stdin="boom\n")
+    assert out.returncode == 1, out.stderr
+    assert "connection lost" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- options ------------------------------------------------------------------------
+
+
+def test_trace_masks_credentials(run_server):
+    server, seen, done = recording_server(run_server, auth=blockws.BasicAuth("cli", {"alice": "s3cret"}))
+    url = f"ws://alice:s3cret@127.0.0.1:{server.port}/"
+    out = cli("--trace", "--header", "Cookie: session=c00kie", url, stdin="hi\n")
+    assert out.returncode == 0, out.stderr
+    assert done.wait(10) and seen[0][4] == "alice"  # the credentials did go over the wire
+    assert "> Authorization: Basic ***" in out.stderr and "> Cookie: ***" in out.stderr
+    secret = base64.b64encode(b"alice:s3cret").decode()
+    assert secret not in out.stderr and "c00kie" not in out.stderr and "s3cret" not in out.stderr
+
+
+def test_header_subprotocol_and_origin(run_server):
+    server, seen, done = recording_server(run_server, subprotocols=["chat.v2"], origins=["https://good.example"])
+    out = cli(
+        *["--header", "X-Test: 1", "--subprotocol", "chat.v1", "--subprotocol", "chat.v2"],
+        *["--origin", "https://good.example", server.url],
+        stdin="hi\n",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "subprotocol: chat.v2" in out.stderr.splitlines()
+    assert out.stdout.splitlines() == ["< hi"]
+    assert done.wait(10)
+    request, _, _, subprotocol, _ = seen[0]
+    assert request.headers["X-Test"] == "1" and request.headers["Origin"] == "https://good.example"
+    assert subprotocol == "chat.v2"
+    one_error_line(cli("--origin", "https://evil.example", server.url), "HTTP 403")
+    one_error_line(cli("--header", "no colon", server.url), "--header needs 'Name: value'")
+
+
+def test_insecure_against_a_self_signed_certificate(run_server):
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    server = run_server(ssl_context=server_ctx)
+    url = f"wss://localhost:{server.port}/"
+    one_error_line(cli(url), "CERTIFICATE_VERIFY_FAILED")
+    out = cli("--insecure", url, stdin="over tls\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["< over tls"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(shutil.which("pproxy") is None, reason="pproxy is not installed")
+def test_proxy_option(echo_server):
+    port = free_port()
+    # A proxy that wants a password proves the connection went through it.
+    cmd = [sys.executable, "-m", "pproxy", "-l", f"http://127.0.0.1:{port}#user:pw", "--auth", "0"]
+    proxy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     try:
-        read_until(b"connected to")
-        os.write(master, b"typed by hand\n")
-        read_until(b"< typed by hand")
-        os.write(master, b"/close\n")
-        assert proc.wait(10) == 0
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        out = cli("--proxy", f"http://user:pw@127.0.0.1:{port}", echo_server.url, stdin="via the proxy\n")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == ["< via the proxy"]
+        one_error_line(cli("--proxy", f"http://127.0.0.1:{port}", echo_server.url), "407")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+        proxy.terminate()
+        proxy.wait(10)
+
+
+def test_user_answers_the_password_prompt_on_a_terminal(run_server, terminal):
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.sendall(f"hello {ws.username}")
+        for message in ws:
+            ws.sendall(message)
+
+    server = run_server(handler, auth=blockws.BasicAuth("cli", {"alice": "wonderland"}))
+    term = terminal("--user", "alice", server.url)
+    term.read_until(b"password for alice (Basic realm 'cli'): ")
+    term.type(b"rabbit\n")  # wrong: the server answers 401 again and we are asked again
+    term.read_until(b"(Basic realm 'cli'): \r\npassword for alice")
+    term.type(b"wonderland\n")
+    term.read_until(b"< hello alice")
+    assert b"wonderland" not in term.output and b"rabbit" not in term.output  # not echoed
+    term.type(b"/close\n")
+    assert term.proc.wait(10) == 0
+
+
+# -- the servers and the installed command -----------------------------------------
+
+
+def start_server(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "blockws", "serve", "--port", "0", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_server(proc: subprocess.Popen[str]) -> str:
+    """Stop it and return what it wrote on stderr."""
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=10)
+    return stderr
+
+
+def test_serve_echo_with_trace():
+    proc = start_server("--echo", "--trace")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("echo server on ws://127.0.0.1:"), line
+        with blockws.connect(line.split()[-1], timeout=5, compression=None) as ws:
+            ws.sendall("echo me")
+            assert ws.recv() == "echo me"
+    finally:
+        stderr = stop_server(proc)
+    assert "< GET / HTTP/1.1" in stderr and "> HTTP/1.1 101 Switching Protocols" in stderr
+    assert "< FIN=1 RSV=000 TEXT   MASK=1 len=7" in stderr and "'echo me'" in stderr
+    assert "> FIN=1 RSV=000 TEXT   MASK=0 len=7" in stderr
+
+
+def test_serve_broadcast_stdin():
+    proc = start_server("--broadcast-stdin")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+        url = proc.stdout.readline().split()[-1]
+        with blockws.connect(url, timeout=10) as ws:
+            assert proc.stderr.readline().startswith("connection from 127.0.0.1:")
+            proc.stdin.write("news for everyone\n")
+            proc.stdin.flush()
+            assert ws.recv() == "news for everyone"
+            ws.sendall("not echoed")
+            proc.stdin.write("more news\n")
+            proc.stdin.flush()
+            assert ws.recv() == "more news"
+    finally:
+        stop_server(proc)
+
+
+def test_installed_console_script():
+    script = Path(sys.executable).parent / "blockws"
+    assert script.exists(), "pip install -e . installs the blockws command next to python"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("usage: blockws")
