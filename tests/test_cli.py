@@ -143,21 +143,18 @@ def test_errors_are_one_clear_line(run_server):
 
 
 def test_serve_chat_and_help():
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "blockws", "serve", "--port", "0", "--chat"], stdout=subprocess.PIPE, text=True
-    )
+    proc = start_server("--chat")
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         url = proc.stdout.readline().split()[-1]
-        with blockws.connect(url, timeout=5) as a, blockws.connect(url, timeout=5) as b:
-            time.sleep(0.1)
+        with blockws.connect(url, timeout=10) as a, blockws.connect(url, timeout=10) as b:
+            # Both are in the chat once the server has said so (not after a sleep).
+            for _ in range(2):
+                assert proc.stderr.readline().startswith("connection from 127.0.0.1:")
             a.sendall("to everyone")
             assert b.recv() == "to everyone"
     finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_server(proc)
     for args in (["--help"], ["serve", "--help"], ["demo", "--help"]):
         out = cli(*args)
         assert out.returncode == 0 and "usage:" in out.stdout
