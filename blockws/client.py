@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import socket
 import ssl
 import threading
@@ -20,14 +21,14 @@ from .auth import AuthOption, ClientAuth
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
 from .exceptions import BadPortError, InvalidHandshake, InvalidStatus, InvalidURI, TooManyRedirects
 from .handshake import check_response, client_request, make_key, parse_extensions
-from .http import Headers, HeadersLike, parse_response
+from .http import MAX_HEADERS, MAX_LINE, Headers, HeadersLike, parse_response
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Protocol, Side
 from .proxy import ProxyURL, open_tunnel, proxy_from_environment
 from .utils import Deadline, read_http_body, read_http_head
 
-__all__ = ["connect", "ConnectGate", "WebSocketURI", "parse_uri", "BAD_PORTS"]
+__all__ = ["connect", "ConnectGate", "WebSocketURI", "parse_uri", "redact_url", "BAD_PORTS"]
 
 # The Fetch standard's "bad ports" (https://fetch.spec.whatwg.org/#port-blocking):
 # ports of other protocols that a browser must never speak HTTP to.
@@ -75,31 +76,68 @@ class WebSocketURI:
         return f"WebSocketURI({self.url!r})"  # never the password
 
 
+def _split_userinfo(url: str) -> tuple[int, int, str] | None:
+    """Where the netloc of ``url`` is, and its userinfo (None: no userinfo)."""
+    start = url.find("//")
+    if start < 0:
+        return None
+    start += 2
+    ends = [i for i in (url.find(c, start) for c in "/?#") if i >= 0]
+    end = min(ends, default=len(url))
+    userinfo, at, _ = url[start:end].rpartition("@")
+    return (start, end, userinfo) if at else None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its userinfo replaced by ``***`` (for messages).
+
+    Works on strings :func:`urllib.parse.urlsplit` refuses too, since those
+    end up in error messages as well.
+    """
+    found = _split_userinfo(url)
+    if found is None:
+        return url
+    start, end, userinfo = found
+    user, colon, _ = userinfo.partition(":")
+    hostport = url[start:end].rpartition("@")[2]
+    return f"{url[:start]}{user}{':***' if colon else ''}@{hostport}{url[end:]}"
+
+
 def parse_uri(url: str) -> WebSocketURI:
     """Parse a WebSocket URL; http(s) URLs map to ws(s).
+
+    Error messages show the URL without its password.
 
     Raises:
         InvalidURI: not a ws/wss URL, no host, a fragment, a bad port number
             or characters that could inject header lines.
     """
+    safe = redact_url(url)
     if any(c in url for c in "\r\n\x00") or any(ord(c) < 0x20 for c in url):
-        raise InvalidURI(f"control characters in URL {url!r}")
+        raise InvalidURI(f"control characters in URL {safe!r}")
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise InvalidURI(f"invalid URL {url!r}: {exc}") from exc
+        # urlsplit's message may quote the netloc: mask the password there
+        # too, and don't chain (a traceback would show the original text).
+        detail = str(exc)
+        found = _split_userinfo(url)
+        secret = found[2].partition(":")[2] if found else ""
+        if secret:
+            detail = detail.replace(secret, "***")
+        raise InvalidURI(f"invalid URL {safe!r}: {detail}") from None
     scheme = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}.get(parts.scheme.lower())
     if scheme is None:
-        raise InvalidURI(f"{url!r} is not a ws:// or wss:// URL")
+        raise InvalidURI(f"{safe!r} is not a ws:// or wss:// URL")
     if not parts.hostname:
-        raise InvalidURI(f"no host in URL {url!r}")
+        raise InvalidURI(f"no host in URL {safe!r}")
     if parts.fragment:
-        raise InvalidURI(f"a WebSocket URL can't have a fragment: {url!r}")
+        raise InvalidURI(f"a WebSocket URL can't have a fragment: {safe!r}")
     secure = scheme == "wss"
     resource = parts.path or "/"
     if " " in resource or " " in parts.query:
-        raise InvalidURI(f"spaces in URL {url!r}")
+        raise InvalidURI(f"spaces in URL {safe!r}")
     if parts.query:
         resource += "?" + parts.query
     user = urllib.parse.unquote(parts.username) if parts.username is not None else None
@@ -132,7 +170,9 @@ class ConnectGate:
         """Hold the CONNECTING slot of ``address`` for the duration of the block."""
         with self._cond:
             if not self._cond.wait_for(lambda: address not in self._connecting, deadline.remaining()):
-                raise TimeoutError(f"timed out waiting for another connection to {address} to finish opening")
+                raise TimeoutError(
+                    f"timed out (open_timeout) waiting for another connection to {address} to finish opening"
+                )
             self._connecting.add(address)
         try:
             yield
@@ -148,7 +188,9 @@ class ConnectGate:
             if limit is not None and not self._cond.wait_for(
                 lambda: self._open.get(host, 0) < limit, deadline.remaining()
             ):
-                raise TimeoutError(f"timed out waiting for a free connection to {host} (max_per_host={limit})")
+                raise TimeoutError(
+                    f"timed out (open_timeout) waiting for a free connection to {host} (max_per_host={limit})"
+                )
             self._open[host] = self._open.get(host, 0) + 1
 
     def release_host(self, host: str) -> None:
@@ -204,6 +246,8 @@ def connect(
     keepalive: KeepAlive | bool | None = None,
     sock: socket.socket | None = None,
     server_hostname: str | None = None,
+    max_line: int = MAX_LINE,
+    max_headers: int = MAX_HEADERS,
 ) -> WebSocket:
     """Open a WebSocket connection to ``url``.
 
@@ -249,6 +293,9 @@ def connect(
             the handshake on instead of connecting to the URL's host
             (redirects are then not followed).
         server_hostname: the name TLS verifies, if not the URL's host.
+        max_line: the longest line accepted in the server's (or the
+            proxy's) HTTP answer, in bytes.
+        max_headers: the most header lines accepted in that answer.
 
     Raises:
         InvalidURI: ``url`` is not a WebSocket URL.
@@ -281,13 +328,18 @@ def connect(
         server_hostname,
         proxy,
         ClientAuth(proxy_credentials, proxy=True) if proxy_credentials is not None else None,
+        max_line,
+        max_headers,
     )
     seen = {uri.url}
     redirects = 0
     credentials = auth if auth is not None else (uri.user, uri.password or "") if uri.user is not None else None
     client_auth = ClientAuth(credentials) if credentials is not None else None
-    # Redirects and auth retries are bounded each; this bounds their sum too.
-    for _ in range(max_redirects + 2 * (client_auth.max_attempts if client_auth else 0) + 2):
+    # Redirects and auth retries are bounded each (and raise their own
+    # errors); this bounds their sum too, as a guard.
+    auth_answers = (1 + client_auth.max_stale) * client_auth.max_attempts if client_auth else 0
+    attempts = max_redirects + auth_answers + 2
+    for _ in range(attempts):
         if uri.port in BAD_PORTS and not allow_bad_ports and sock is None:
             raise BadPortError(
                 f"port {uri.port} is on the Fetch standard's list of banned ports; pass allow_bad_ports=True to use it"
@@ -298,14 +350,16 @@ def connect(
             if exc.status == 401 and client_auth is not None:
                 answer = client_auth.authorize(exc.response, "GET", uri.resource)
                 if answer is None:
-                    raise
+                    raise InvalidStatus(exc.response, f"authentication failed: {client_auth.failure}") from exc
                 request_headers["Authorization"] = answer
                 continue
             if exc.status not in _REDIRECTS or sock is not None:
                 raise
             location = exc.headers.get("Location")
             if not location:
-                raise
+                raise InvalidStatus(
+                    exc.response, f"{exc.status} redirect without a Location header (from {uri.url})"
+                ) from exc
             target = _redirect_target(uri, location)
             if target.url in seen:
                 raise TooManyRedirects(f"redirect loop: {target.url} was already visited") from exc
@@ -325,7 +379,9 @@ def connect(
             ws.on_close(functools.partial(connect_gate.release_host, uri.host))
         attach_keepalive(ws, keepalive)
         return ws
-    raise TooManyRedirects("too many redirects and authentication attempts")
+    raise InvalidHandshake(
+        f"gave up after {attempts} requests (max_redirects={max_redirects} plus authentication retries)"
+    )
 
 
 def _origin(uri: WebSocketURI) -> tuple[bool, str, int]:
@@ -355,6 +411,8 @@ class _Options(NamedTuple):
     server_hostname: str | None
     proxy: str | _FromEnvironment | None
     proxy_auth: ClientAuth | None
+    max_line: int
+    max_headers: int
 
 
 def _open(
@@ -378,13 +436,14 @@ def _open(
     gated = gate is not None and sock is None
     if gated and gate is not None:
         gate.acquire_host(uri.host, deadline)
-    # Through a proxy we never learn the address: the host name stands for it.
-    gate_key = addresses[0][4][0] if addresses else uri.host.lower()
     try:
-        with gate.connecting(gate_key, deadline) if gated and gate else contextlib.nullcontext():
-            if sock is None and isinstance(proxy, str):
+        if sock is not None:
+            return _secure_and_handshake(sock, uri, deadline, headers, options)
+        if isinstance(proxy, str):
+            # Through a proxy we never learn the address: the host name stands for it.
+            with gate.connecting(uri.host.lower(), deadline) if gate else contextlib.nullcontext():
                 proxy_auth = options.proxy_auth
-                sock = open_tunnel(
+                tunnel = open_tunnel(
                     proxy,
                     uri.host,
                     uri.port,
@@ -392,43 +451,75 @@ def _open(
                     proxy_auth=(lambda response: proxy_auth.authorize(response, "CONNECT", uri.host_header))
                     if proxy_auth is not None
                     else None,
+                    max_line=options.max_line,
+                    max_headers=options.max_headers,
                 )
-            elif sock is None:
-                sock = _connect_tcp(addresses, uri, deadline)
-            try:
-                if uri.secure:
-                    context = options.ssl_context or ssl.create_default_context()
-                    sock.settimeout(deadline.remaining())
-                    try:
-                        sock = context.wrap_socket(sock, server_hostname=options.server_hostname or uri.host)
-                    except socket.timeout:
-                        raise TimeoutError("timed out during the TLS handshake") from None
-                return _handshake(sock, uri, deadline, headers, options)
-            except BaseException:
-                sock.close()
-                raise
+                return _secure_and_handshake(tunnel, uri, deadline, headers, options)
+        return _connect_each(addresses, uri, deadline, gate, headers, options)
     except BaseException:
         if gated and gate is not None:
             gate.release_host(uri.host)
         raise
 
 
-def _connect_tcp(addresses: list[Any], uri: WebSocketURI, deadline: Deadline) -> socket.socket:
+def _connect_each(
+    addresses: list[Any],
+    uri: WebSocketURI,
+    deadline: Deadline,
+    gate: ConnectGate | None,
+    headers: Headers,
+    options: _Options,
+) -> WebSocket:
+    """Try each address in turn; the gate is keyed by the address being tried.
+
+    So "localhost" and "127.0.0.1" share one slot, and a name whose first
+    address refuses does not hold the slot of the one that answers.
+    """
     error: OSError | None = None
     for family, kind, proto, _, address in addresses:
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(deadline.remaining())
-            sock.connect(address)
-            return sock
-        except socket.timeout:
-            sock.close()
-            raise TimeoutError(f"timed out connecting to {uri.host}:{uri.port}") from None
-        except OSError as exc:
-            sock.close()
-            error = exc
+        with gate.connecting(_gate_key(address[0]), deadline) if gate else contextlib.nullcontext():
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(deadline.remaining())
+                sock.connect(address)
+            except socket.timeout:
+                sock.close()
+                raise TimeoutError(f"timed out connecting to {uri.host}:{uri.port}") from None
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            return _secure_and_handshake(sock, uri, deadline, headers, options)
     assert error is not None
     raise error
+
+
+def _gate_key(ip: str) -> str:
+    """One key per host: an IPv4-mapped IPv6 address is its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:
+        return ip
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)
+
+
+def _secure_and_handshake(
+    sock: socket.socket, uri: WebSocketURI, deadline: Deadline, headers: Headers, options: _Options
+) -> WebSocket:
+    """TLS (for wss) and the handshake on a connected socket; closes it on failure."""
+    try:
+        if uri.secure:
+            context = options.ssl_context or ssl.create_default_context()
+            sock.settimeout(deadline.remaining())
+            try:
+                sock = context.wrap_socket(sock, server_hostname=options.server_hostname or uri.host)
+            except socket.timeout:
+                raise TimeoutError("timed out during the TLS handshake") from None
+        return _handshake(sock, uri, deadline, headers, options)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _handshake(
@@ -452,7 +543,7 @@ def _handshake(
     except socket.timeout:
         raise TimeoutError("timed out sending the opening handshake") from None
     head, leftover = read_http_head(sock, deadline, "opening handshake")
-    response = parse_response(head)
+    response = parse_response(head, max_line=options.max_line, max_headers=options.max_headers)
     if response.status != 101:
         response.body = read_http_body(sock, deadline, response, leftover)
     subprotocol = check_response(response, key, options.subprotocols)

@@ -30,12 +30,16 @@ __all__ = [
     "check_header_value",
 ]
 
+# Defaults of the parsers' max_line and max_headers options.
 MAX_LINE = 8192
 MAX_HEADERS = 128
-# A head may hold MAX_HEADERS lines of MAX_LINE bytes, but nobody needs that:
+# A head may hold max_headers lines of max_line bytes, but nobody needs that:
 # bound the whole head so a slow client can't make us hold a megabyte.
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024
+
+# Their values are secrets: never shown in reprs or error messages.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -97,7 +101,8 @@ class Headers:
         return isinstance(other, Headers) and self._items == other._items
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        shown = [(n, "***" if n.lower() in CREDENTIAL_HEADERS else v) for n, v in self._items]
+        return f"Headers({shown!r})"
 
     def serialize(self) -> bytes:
         return "".join(f"{n}: {v}\r\n" for n, v in self._items).encode("latin-1")
@@ -110,8 +115,11 @@ def check_header_value(name: str, value: str) -> None:
     """Refuse header names and values that could inject lines (CR, LF, ...)."""
     if not _TOKEN.fullmatch(name.encode("latin-1", "replace")):
         raise ValueError(f"invalid header name {name!r}")
-    if _BAD_VALUE.search(value):
-        raise ValueError(f"invalid character in header {name}: {value!r}")
+    bad = _BAD_VALUE.search(value)
+    if bad:
+        # Say where, not what: the value may be a password or a cookie.
+        shown = "" if name.lower() in CREDENTIAL_HEADERS else f": {value[:60]!r}"
+        raise ValueError(f"invalid character {bad.group()!r} at offset {bad.start()} in header {name}{shown}")
 
 
 class Request:
@@ -200,10 +208,13 @@ class Response:
         return f"Response({self.status}, {self.reason!r})"
 
 
-def find_head_end(buf: bytes | bytearray, start: int = 0) -> int | None:
+def find_head_end(buf: bytes | bytearray, start: int = 0, *, max_line: int | None = None) -> int | None:
     """Return the offset just past the blank line ending the head, or None.
 
-    ``start`` is where the previous, unsuccessful search may resume.
+    ``start`` is where the previous, unsuccessful search may resume. The
+    head is bounded by ``MAX_HEAD`` bytes; with ``max_line``, an unfinished
+    line longer than that is refused at once too (by default lines are
+    checked by the parser, against its own ``max_line`` option).
 
     Raises:
         InvalidHandshake: the head is already longer than allowed, or a line
@@ -224,12 +235,12 @@ def find_head_end(buf: bytes | bytearray, start: int = 0) -> int | None:
     if len(buf) > MAX_HEAD:
         raise InvalidHandshake(f"HTTP head exceeds {MAX_HEAD} bytes")
     last_line = len(buf) - (buf.rfind(b"\n") + 1)
-    if last_line > MAX_LINE:
-        raise InvalidHandshake(f"HTTP line exceeds {MAX_LINE} bytes")
+    if max_line is not None and last_line > max_line:
+        raise InvalidHandshake(f"HTTP line exceeds {max_line} bytes (max_line={max_line})")
     return None
 
 
-def _split_head(head: bytes) -> tuple[str, Headers]:
+def _split_head(head: bytes, max_line: int, max_headers: int) -> tuple[str, Headers]:
     # Accept CRLF and bare LF; anything else with CR is refused below.
     lines = head.split(b"\n")
     lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
@@ -240,12 +251,13 @@ def _split_head(head: bytes) -> tuple[str, Headers]:
         lines.pop(0)
     if not lines:
         raise InvalidHandshake("empty HTTP message")
-    if len(lines) - 1 > MAX_HEADERS:
-        raise InvalidHandshake(f"more than {MAX_HEADERS} HTTP headers")
+    if len(lines) - 1 > max_headers:
+        raise InvalidHandshake(f"more than {max_headers} HTTP headers (max_headers={max_headers})")
+    too_long = f"HTTP line exceeds {max_line} bytes (max_line={max_line})"
     headers = Headers()
     for line in lines[1:]:
-        if len(line) > MAX_LINE:
-            raise InvalidHandshake(f"HTTP line exceeds {MAX_LINE} bytes")
+        if len(line) > max_line:
+            raise InvalidHandshake(too_long)
         if line[:1] in (b" ", b"\t"):
             raise InvalidHandshake("obsolete line folding in HTTP headers")
         name, sep, value = line.partition(b":")
@@ -256,8 +268,8 @@ def _split_head(head: bytes) -> tuple[str, Headers]:
         if _BAD_VALUE.search(text):
             raise InvalidHandshake(f"invalid character in HTTP header {_show(name)}")
         headers.add(name.decode("ascii"), text)
-    if len(lines[0]) > MAX_LINE:
-        raise InvalidHandshake(f"HTTP line exceeds {MAX_LINE} bytes")
+    if len(lines[0]) > max_line:
+        raise InvalidHandshake(too_long)
     return lines[0].decode("latin-1"), headers
 
 
@@ -265,13 +277,19 @@ def _show(data: bytes) -> str:
     return repr(data[:60].decode("latin-1"))
 
 
-def parse_request(head: bytes) -> Request:
+def parse_request(head: bytes, *, max_line: int = MAX_LINE, max_headers: int = MAX_HEADERS) -> Request:
     """Parse a request head (as delimited by :func:`find_head_end`).
 
+    Args:
+        head: the request line and headers, up to the blank line.
+        max_line: the longest line accepted, in bytes.
+        max_headers: the most header lines accepted.
+
     Raises:
-        InvalidHandshake: the request line or a header is malformed.
+        InvalidHandshake: the request line or a header is malformed, or a
+            limit was exceeded (the message names the option).
     """
-    start, headers = _split_head(head)
+    start, headers = _split_head(head, max_line, max_headers)
     parts = start.split()
     if len(parts) != 3 or not parts[2].upper().startswith("HTTP/"):
         raise InvalidHandshake(f"invalid HTTP request line {start[:60]!r}")
@@ -281,13 +299,19 @@ def parse_request(head: bytes) -> Request:
     return Request(method.upper(), target, headers)
 
 
-def parse_response(head: bytes) -> Response:
+def parse_response(head: bytes, *, max_line: int = MAX_LINE, max_headers: int = MAX_HEADERS) -> Response:
     """Parse a response head; the body, if any, is read by the caller.
 
+    Args:
+        head: the status line and headers, up to the blank line.
+        max_line: the longest line accepted, in bytes.
+        max_headers: the most header lines accepted.
+
     Raises:
-        InvalidHandshake: the status line or a header is malformed.
+        InvalidHandshake: the status line or a header is malformed, or a
+            limit was exceeded (the message names the option).
     """
-    start, headers = _split_head(head)
+    start, headers = _split_head(head, max_line, max_headers)
     version, _, rest = start.partition(" ")
     status_text, _, reason = rest.strip().partition(" ")
     if not version.upper().startswith("HTTP/1.") or not (len(status_text) == 3 and status_text.isdigit()):

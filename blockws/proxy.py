@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 
 from .exceptions import InvalidHandshake, ProxyError
-from .http import Request, Response, parse_response
+from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
 from .utils import Deadline, read_http_body, read_http_head
 
 __all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL"]
@@ -98,6 +98,8 @@ def open_tunnel(
     *,
     proxy_auth: ProxyAuth | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    max_line: int = MAX_LINE,
+    max_headers: int = MAX_HEADERS,
 ) -> socket.socket:
     """A socket connected to ``host:port`` through ``proxy``.
 
@@ -108,6 +110,8 @@ def open_tunnel(
         proxy_auth: answers a 407: given the response, returns the
             Proxy-Authorization value for the retry, or None to give up.
         ssl_context: for an https:// proxy.
+        max_line: the longest line accepted in the CONNECT reply, in bytes.
+        max_headers: the most header lines accepted in the CONNECT reply.
 
     Raises:
         ProxyError: the proxy refused or broke the tunnel (the message says
@@ -120,7 +124,7 @@ def open_tunnel(
     url = ProxyURL(proxy)
     if url.scheme.startswith("socks"):
         return _socks(url, host, port, deadline)
-    return _connect_tunnel(url, host, port, deadline, proxy_auth, ssl_context)
+    return _connect_tunnel(url, host, port, deadline, proxy_auth, ssl_context, (max_line, max_headers))
 
 
 def _open_to_proxy(url: ProxyURL, deadline: Deadline, ssl_context: ssl.SSLContext | None) -> socket.socket:
@@ -147,6 +151,7 @@ def _connect_tunnel(
     deadline: Deadline,
     proxy_auth: ProxyAuth | None,
     ssl_context: ssl.SSLContext | None,
+    limits: tuple[int, int],
 ) -> socket.socket:
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     authorization = None
@@ -165,10 +170,21 @@ def _connect_tunnel(
             sock.settimeout(deadline.remaining())
             sock.sendall(request.serialize())
             head, extra = read_http_head(sock, deadline, "proxy's CONNECT reply")
-            response = parse_response(head)
+            response = parse_response(head, max_line=limits[0], max_headers=limits[1])
         except InvalidHandshake as exc:
             sock.close()
+            if str(exc).startswith("connection closed"):
+                raise ProxyError(f"proxy {url.host}:{url.port} closed the connection during CONNECT") from exc
             raise ProxyError(f"invalid reply from the proxy: {exc}") from exc
+        except (TimeoutError, ssl.SSLError):  # TimeoutError is an OSError: keep it
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            # A reset or an early close: the proxy gave up on us (or isn't one).
+            raise ProxyError(
+                f"proxy {url.host}:{url.port} closed the connection during CONNECT: {exc.strerror or exc}"
+            ) from exc
         except BaseException:
             sock.close()
             raise

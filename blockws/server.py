@@ -16,6 +16,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Optional
@@ -26,7 +27,7 @@ from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
 from .handshake import HandshakeFailure, accept_response, check_request, select_subprotocol
-from .http import Request, Response, parse_request
+from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_request
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Protocol, Side
@@ -37,6 +38,12 @@ __all__ = ["accept", "serve", "Server", "WebSocketHandler"]
 logger = logging.getLogger("blockws.server")
 
 DEFAULT_OPEN_TIMEOUT = 10.0
+# A connection refused by max_connections gets its 503 from the accept loop
+# (no thread); the loop then waits this long at most for the client to read
+# it and leave, so the close is a FIN and not a reset that could destroy the
+# 503 in flight. At most _MAX_REFUSED wait at once; more are closed at once.
+_REFUSED_LINGER = 2.0
+_MAX_REFUSED = 256
 
 ProcessRequest = Callable[[Request], Optional[Response]]
 
@@ -65,6 +72,8 @@ def accept(
     ssl_context: ssl.SSLContext | None = None,
     keepalive: KeepAlive | bool | None = None,
     auth: BasicAuth | DigestAuth | None = None,
+    max_line: int = MAX_LINE,
+    max_headers: int = MAX_HEADERS,
 ) -> WebSocket:
     """Run the server side of the opening handshake on an accepted socket.
 
@@ -91,6 +100,10 @@ def accept(
         compression: ``"deflate"`` (the default) to accept permessage-deflate
             when the client offers it, a :class:`~blockws.PerMessageDeflate`
             to choose its settings, or None.
+        max_line: the longest request line or header line accepted, in
+            bytes (longer: 400 naming ``max_line``).
+        max_headers: the most header lines accepted (more: 400 naming
+            ``max_headers``).
 
     Raises:
         InvalidHandshake: the request was refused; the HTTP answer (4xx, or
@@ -105,6 +118,8 @@ def accept(
         "write_limit": write_limit,
         "compression": deflate.settings(compression),
         "auth": auth,
+        "max_line": max_line,
+        "max_headers": max_headers,
     }
     ws = _accept_tls(sock, Deadline(open_timeout), ssl_context, subprotocols, origins, process_request, options)
     attach_keepalive(ws, keepalive)
@@ -144,7 +159,7 @@ def _accept(
 ) -> WebSocket:
     try:
         head, leftover = read_http_head(sock, deadline, "opening handshake")
-        request = parse_request(head)
+        request = parse_request(head, max_line=options["max_line"], max_headers=options["max_headers"])
     except InvalidHandshake as exc:
         _reply(sock, Response(400, body=f"{exc}\n".encode()), deadline)
         raise
@@ -261,6 +276,7 @@ class Server:
         self._threads: set[threading.Thread] = set()
         self._connections: set[WebSocket] = set()
         self._active = 0
+        self._refused: dict[socket.socket, float] = {}  # socket -> when to close it anyway
         self._shutdown_requested = False
         self._stopped = threading.Event()
         self._stopped.set()
@@ -282,20 +298,30 @@ class Server:
             self._selector.register(self.socket, selectors.EVENT_READ)
             self._selector.register(self._wake_r, selectors.EVENT_READ)
             while not self._shutdown_requested:
-                for key, _ in self._selector.select():
+                # The only timeout is the next refused connection's linger deadline.
+                wait = min(self._refused.values()) - time.monotonic() if self._refused else None
+                for key, _ in self._selector.select(None if wait is None else max(wait, 0.0)):
                     if key.fileobj is self._wake_r:
                         return
+                    if key.fileobj is not self.socket:
+                        self._drain_refused(key.fileobj)  # type: ignore[arg-type]
+                        continue
                     try:
                         conn, addr = self.socket.accept()
                     except OSError:
                         continue
                     self._start(conn, addr)
+                now = time.monotonic()
+                for conn in [c for c, when in self._refused.items() if when <= now]:
+                    self._forget_refused(conn)
         finally:
             for obj in (self.socket, self._wake_r):
                 try:
                     self._selector.unregister(obj)
                 except (KeyError, ValueError):
                     pass
+            for conn in list(self._refused):
+                self._forget_refused(conn)
             self._stopped.set()
 
     def _start(self, conn: socket.socket, addr: Any) -> None:
@@ -303,17 +329,17 @@ class Server:
             over = self.max_connections is not None and self._active >= self.max_connections
             if not over:
                 self._active += 1
-        thread = threading.Thread(target=self._serve_one, args=(conn, addr, over), name=f"blockws {addr}", daemon=True)
+        if over:
+            self._refuse(conn)
+            return
+        thread = threading.Thread(target=self._serve_one, args=(conn, addr), name=f"blockws {addr}", daemon=True)
         with self._lock:
             self._threads.add(thread)
         thread.start()
 
-    def _serve_one(self, conn: socket.socket, addr: Any, over: bool) -> None:
+    def _serve_one(self, conn: socket.socket, addr: Any) -> None:
         ws = None
         try:
-            if over:
-                self._refuse(conn)
-                return
             try:
                 ws = accept(conn, **self.options)
             except (InvalidHandshake, TimeoutError, OSError) as exc:
@@ -343,18 +369,49 @@ class Server:
             else:
                 conn.close()
             with self._lock:
-                if not over:
-                    self._active -= 1
+                self._active -= 1
                 self._threads.discard(threading.current_thread())
 
     def _refuse(self, conn: socket.socket) -> None:
-        deadline = Deadline(min(self.options.get("open_timeout") or 5.0, 5.0))
-        try:
-            read_http_head(conn, deadline, "opening handshake")
-        except (InvalidHandshake, TimeoutError, OSError):
-            pass
+        """Answer 503 from the accept loop, without a thread and without blocking.
+
+        The request is not read: the answer goes out at once (a fresh
+        socket's send buffer always has room for it), then a FIN; what the
+        client sends is drained and dropped until it closes or
+        ``_REFUSED_LINGER`` passes.
+        """
         body = f"too many connections (max_connections={self.max_connections})\n".encode()
-        _reply(conn, Response(503, headers={"Retry-After": "1"}, body=body), deadline)
+        data = Response(503, headers={"Retry-After": "1", "Connection": "close"}, body=body).serialize()
+        try:
+            conn.setblocking(False)
+            conn.send(data)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+            return
+        if len(self._refused) >= _MAX_REFUSED:
+            conn.close()  # a flood: don't keep even the descriptors
+            return
+        self._refused[conn] = time.monotonic() + _REFUSED_LINGER
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _drain_refused(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._forget_refused(conn)
+
+    def _forget_refused(self, conn: socket.socket) -> None:
+        self._refused.pop(conn, None)
+        try:
+            self._selector.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, close open connections with 1001, join the threads.

@@ -54,13 +54,56 @@ def test_find_head_end_incrementally():
 
 def test_limits_have_clear_errors():
     with pytest.raises(InvalidHandshake, match=f"HTTP line exceeds {MAX_LINE} bytes"):
-        find_head_end(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_LINE)
+        find_head_end(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_LINE, max_line=MAX_LINE)
+    # Without max_line, only the whole head is bounded (the parser checks lines).
+    assert find_head_end(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_LINE) is None
     with pytest.raises(InvalidHandshake, match=f"HTTP line exceeds {MAX_LINE} bytes"):
         parse_request(b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_LINE + b"\r\n\r\n")
     with pytest.raises(InvalidHandshake, match=f"more than {MAX_HEADERS} HTTP headers"):
         parse_request(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * (MAX_HEADERS + 1) + b"\r\n")
     with pytest.raises(InvalidHandshake, match=f"HTTP head exceeds {MAX_HEAD} bytes"):
         find_head_end(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * (MAX_HEAD // 6 + 1))
+
+
+def test_line_and_header_limits_are_options_named_in_the_errors():
+    long_line = b"GET / HTTP/1.1\r\nX: " + b"a" * 100 + b"\r\n\r\n"
+    many = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 10 + b"\r\n"
+    assert parse_request(long_line).headers["X"] == "a" * 100
+    assert len(parse_request(many).headers) == 10
+    with pytest.raises(InvalidHandshake, match=r"HTTP line exceeds 50 bytes \(max_line=50\)"):
+        parse_request(long_line, max_line=50)
+    with pytest.raises(InvalidHandshake, match=r"more than 5 HTTP headers \(max_headers=5\)"):
+        parse_request(many, max_headers=5)
+    with pytest.raises(InvalidHandshake, match=r"\(max_line=20\)"):
+        parse_request(b"GET /" + b"p" * 30 + b" HTTP/1.1\r\n\r\n", max_line=20)  # the request line too
+    status = b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 10 + b"\r\n"
+    with pytest.raises(InvalidHandshake, match=r"\(max_headers=9\)"):
+        parse_response(status, max_headers=9)
+    assert len(parse_response(status, max_headers=10).headers) == 10
+    # Raised above the default.
+    huge = b"GET / HTTP/1.1\r\nX: " + b"a" * (MAX_LINE + 100) + b"\r\n\r\n"
+    with pytest.raises(InvalidHandshake, match=f"max_line={MAX_LINE}"):
+        parse_request(huge)
+    assert len(parse_request(huge, max_line=2 * MAX_LINE).headers["X"]) == MAX_LINE + 100
+    with pytest.raises(InvalidHandshake, match=r"HTTP line exceeds 10 bytes \(max_line=10\)"):
+        find_head_end(b"GET / HTTP/1.1\r\nX: aaaaaaaaaaaa", max_line=10)
+
+
+def test_credentials_never_shown_in_reprs_or_errors():
+    secret = "hunter2-s3cret"
+    headers = Headers({"Authorization": f"Basic {secret}", "Cookie": f"s={secret}", "X": "shown"})
+    headers.add("proxy-authorization", secret)
+    request = Request("GET", "/", headers)
+    for text in (repr(headers), repr(request)):
+        assert secret not in text
+    assert "'shown'" in repr(headers) and "'Authorization', '***'" in repr(headers)
+    for name in ("Authorization", "Proxy-Authorization", "Cookie"):
+        with pytest.raises(ValueError) as info:
+            Request("GET", "/", {name: f"{secret}\r\nX: injected"}).serialize()
+        assert secret not in str(info.value) and secret not in repr(info.value)
+        assert f"in header {name}" in str(info.value)
+    with pytest.raises(ValueError, match="in header X-Other: 'visible"):
+        Request("GET", "/", {"X-Other": "visible\r\n"}).serialize()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,118 @@
+"""connect() and parse_uri(): URLs, banned ports, and credentials that never leak into messages."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import blockws
+from blockws.client import BAD_PORTS, parse_uri, redact_url
+
+SECRET = "hunter2-s3cret"
+
+
+def _echo(ws: blockws.WebSocket) -> None:
+    for message in ws:
+        ws.sendall(message)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"ws://user:{SECRET}@127.0.0.1:99999/",  # port out of range
+        f"ws://user:{SECRET}@127.0.0.1:port/",  # not a number
+        f"ws://user:{SECRET}@[::1/",  # broken IPv6 literal
+        f"ws://user:{SECRET}\uff03@host/",  # NFKC: urlsplit's own message quotes the netloc
+        f"ftp://user:{SECRET}@host/",
+        f"ws://user:{SECRET}@host/#fragment",
+        f"ws://user:{SECRET}@host/a b",
+        f"ws://user:{SECRET}@host/\r\nX: y",
+        f"ws://user:{SECRET}@/path",
+    ],
+)
+def test_invalid_uri_messages_never_show_the_password(url):
+    with pytest.raises(blockws.InvalidURI) as info:
+        parse_uri(url)
+    exc = info.value
+    shown = [str(exc), repr(exc), repr(exc.__cause__)]
+    if not exc.__suppress_context__:  # a traceback would show the context
+        shown.append(repr(exc.__context__))
+    for text in shown:
+        assert SECRET not in text
+    assert "user:***@" in str(exc)  # still says which URL
+
+
+def test_redact_url():
+    assert redact_url(f"ws://u:{SECRET}@h:1/p?q#f") == "ws://u:***@h:1/p?q#f"
+    assert redact_url(f"ws://u:{SECRET}@x@h/") == "ws://u:***@h/"  # urlsplit splits at the last @
+    assert redact_url("ws://h/a@b") == "ws://h/a@b"  # an @ in the path is not userinfo
+    assert redact_url("ws://u@h/") == "ws://u@h/"
+    assert redact_url("not a url") == "not a url"
+    uri = parse_uri(f"ws://u:{SECRET}@h/")
+    assert (uri.user, uri.password) == ("u", SECRET) and SECRET not in repr(uri) + uri.url
+
+
+def test_connect_errors_never_show_url_credentials(run_server):
+    with pytest.raises(blockws.InvalidURI) as info:
+        blockws.connect(f"ws://u:{SECRET}@127.0.0.1:70000/")
+    assert SECRET not in str(info.value)
+    # A redirect to a broken URL with credentials in it.
+    server = run_server(process_request=lambda r: blockws.Response.redirect(f"ws://u:{SECRET}@127.0.0.1:70000/"))
+    with pytest.raises(blockws.InvalidURI) as info:
+        blockws.connect(server.url, open_timeout=5)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+
+
+def test_http_and_https_urls_map_to_ws_and_wss():
+    assert parse_uri("http://h/x").url == "ws://h/x"
+    assert parse_uri("https://h/x").url == "wss://h/x"
+    assert parse_uri("HTTPS://h:443/").port == 443 and parse_uri("https://h/").secure
+
+
+@pytest.mark.parametrize("port", [25, 110, 6000, 6665])
+def test_bad_ports_are_refused_before_connecting(port):
+    assert port in BAD_PORTS
+    with pytest.raises(blockws.BadPortError, match=f"port {port} .*allow_bad_ports=True"):
+        blockws.connect(f"ws://127.0.0.1:{port}/", open_timeout=5)
+
+
+@pytest.fixture
+def server_on_a_bad_port() -> Iterator[int | None]:
+    """A blockws server on a banned port, if one can be bound here (else None)."""
+    server = None
+    for port in (6665, 6666, 6667, 6668, 6669, 6000, 10080, 6697):
+        try:
+            server = blockws.serve(_echo, "127.0.0.1", port)
+            break
+        except OSError:
+            continue
+    if server is None:
+        yield None
+        return
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.port
+    server.shutdown()
+    thread.join(10)
+
+
+def test_allow_bad_ports_lets_the_connection_through(server_on_a_bad_port):
+    if server_on_a_bad_port is not None:
+        url = f"ws://127.0.0.1:{server_on_a_bad_port}/"
+        with pytest.raises(blockws.BadPortError):
+            blockws.connect(url, open_timeout=5)
+        with blockws.connect(url, allow_bad_ports=True, timeout=5) as ws:
+            ws.sendall("on a banned port")
+            assert ws.recv() == "on a banned port"
+        return
+    # Can't bind one (not root, or all taken): a closed banned port is then refused
+    # by the kernel, not by us.
+    for port in sorted(BAD_PORTS - {0}):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                break
+    with pytest.raises(ConnectionRefusedError):
+        blockws.connect(f"ws://127.0.0.1:{port}/", allow_bad_ports=True, open_timeout=5)
