@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -17,8 +18,6 @@ import blockws
 from blockws.proxy import ProxyURL, open_tunnel, proxy_from_environment
 from blockws.utils import Deadline
 
-pytestmark = pytest.mark.skipif(shutil.which("pproxy") is None, reason="pproxy is not installed")
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -28,7 +27,13 @@ def free_port() -> int:
 
 @pytest.fixture
 def pproxy() -> Iterator[Callable[[str], int]]:
-    """Start ``pproxy -l SCHEME://127.0.0.1:PORT[#user:pass]``; returns the port."""
+    """Start ``pproxy -l SCHEME://127.0.0.1:PORT[#user:pass]``; returns the port.
+
+    pproxy runs as ``python -m pproxy`` with this interpreter, so a venv's
+    python finds it without the venv being activated (no PATH lookup).
+    """
+    if importlib.util.find_spec("pproxy") is None:
+        pytest.skip("pproxy is not installed")
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(listen: str) -> int:
@@ -64,6 +69,8 @@ def test_tunnel_schemes(pproxy, echo_server, scheme):
     port = pproxy("http" if scheme == "http" else scheme.rstrip("ha") if scheme != "socks4a" else "socks4")
     with blockws.connect(echo_server.url, proxy=f"{scheme}://127.0.0.1:{port}", timeout=5) as ws:
         echo_through(ws)
+        # The traffic really went through the proxy: that is who we talk to.
+        assert ws.remote_address[:2] == ("127.0.0.1", port)
 
 
 def test_http_proxy_with_credentials_in_url_and_407(pproxy, echo_server):
@@ -98,8 +105,16 @@ def test_proxy_from_the_environment(pproxy, echo_server, monkeypatch):
         echo_through(ws)
 
 
+CLOSE = b"<close>"
+RESET = b"<reset>"
+
+
 def scripted_proxy(replies: list[bytes]) -> tuple[int, threading.Thread, list[bytes]]:
-    """A fake proxy answering each CONNECT with the next canned reply."""
+    """A fake proxy answering each CONNECT with the next canned reply.
+
+    ``b""`` never answers; ``CLOSE`` and ``RESET`` end the connection (FIN or
+    RST) once the request is read.
+    """
     listener = socket.create_server(("127.0.0.1", 0))
     seen: list[bytes] = []
 
@@ -115,6 +130,11 @@ def scripted_proxy(replies: list[bytes]) -> tuple[int, threading.Thread, list[by
                             return
                         head += chunk
                     seen.append(head)
+                    if reply == CLOSE:
+                        return
+                    if reply == RESET:
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        return
                     if reply:
                         conn.sendall(reply)
                     else:
@@ -219,10 +239,31 @@ def test_socks5_with_auth_and_traffic_really_goes_through_the_proxy(pproxy, run_
         assert peers and peers[-1] != ws.local_address
 
 
-def test_proxy_closing_early_is_a_clear_error():
-    port, thread, _ = scripted_proxy([])  # closes as soon as it has the request
-    with pytest.raises((blockws.ProxyError, ConnectionError)):
+@pytest.mark.parametrize("how", [CLOSE, RESET])
+def test_proxy_closing_early_is_a_clear_error(how):
+    port, thread, seen = scripted_proxy([how])  # ends the connection once it has the request
+    with pytest.raises(blockws.ProxyError, match=f"proxy 127.0.0.1:{port} closed the connection during CONNECT"):
         open_tunnel(f"http://127.0.0.1:{port}", "example.com", 443, Deadline(5))
+    thread.join()
+    assert seen and seen[0].startswith(b"CONNECT example.com:443 ")
+
+
+def test_reset_during_connect_is_chained_from_the_os_error():
+    port, thread, _ = scripted_proxy([RESET])
+    with pytest.raises(blockws.ProxyError) as info:
+        open_tunnel(f"http://127.0.0.1:{port}", "example.com", 443, Deadline(5))
+    thread.join()
+    assert isinstance(info.value.__cause__, ConnectionResetError)
+
+
+def test_connect_reply_limits_are_options():
+    reply = b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 3 + b"\r\n"
+    port, thread, _ = scripted_proxy([reply])
+    with pytest.raises(blockws.ProxyError, match=r"more than 2 HTTP headers \(max_headers=2\)"):
+        open_tunnel(f"http://127.0.0.1:{port}", "example.com", 443, Deadline(5), max_headers=2)
+    thread.join()
+    port, thread, _ = scripted_proxy([reply])
+    open_tunnel(f"http://127.0.0.1:{port}", "example.com", 443, Deadline(5), max_headers=3).close()
     thread.join()
 
 
