@@ -138,6 +138,9 @@ def _ask_password(user: str) -> Any:
         except EOFError:
             say("", sys.stderr)  # end the prompt's line
             raise _Stop("no password given (end of input at the password prompt)") from None
+        except KeyboardInterrupt:
+            say("", sys.stderr)
+            raise
 
     return ask
 

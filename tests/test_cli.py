@@ -343,6 +343,13 @@ def test_user_answers_the_password_prompt_on_a_terminal(run_server, terminal):
     term.type(b"/close\n")
     assert term.proc.wait(10) == 0
 
+    term = terminal("--user", "alice", server.url)
+    term.read_until(b"password for alice (Basic realm 'cli'): ")
+    term.type(b"\x03")  # Ctrl-C: the terminal sends SIGINT
+    term.read_until(b"\r\nblockws: interrupted\r\n")
+    assert term.proc.wait(10) == 130
+    assert b"Traceback" not in term.output
+
 
 # -- the servers and the installed command -----------------------------------------
 
