@@ -129,6 +129,12 @@ class WebSocket:
         self._keepalive_hook: Callable[[WebSocket], None] | None = None
         self.keepalive_wanted = False
         self.last_received = time.monotonic()
+        # Write progress the keepalive counts as a sign of life: bytes the
+        # kernel took after it had refused some (its buffer was full, so room
+        # came back only because the peer read). Bytes written into a buffer
+        # with room prove nothing: a dead peer's buffer takes them too.
+        self._drained = 0
+        self._congested = False
         if leftover:
             protocol.receive_data(leftover)
             if protocol.has_output:
@@ -269,19 +275,24 @@ class WebSocket:
         sock = self._sock
         while True:
             try:
-                if self._tls:
-                    return sock.send(data)
-                return sock.send(data, _MSG_DONTWAIT)
+                n = sock.send(data) if self._tls else sock.send(data, _MSG_DONTWAIT)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                pass
+                self._congested = True
+            else:
+                if self._congested:
+                    self._drained += n
+                self._congested = n < len(data)
+                return n
             if deadline.expired() or not self._wpoll.poll(_poll_ms(deadline)):
                 return 0
 
     def _send_all(self, data: BytesLike, deadline: Deadline) -> None:
-        """Write all of ``data``; TimeoutError if the deadline passes first."""
-        if deadline.when is None and not self._tls:
-            self._sock.sendall(data)
-            return
+        """Write all of ``data``; TimeoutError if the deadline passes first.
+
+        Even without a deadline this waits in ``poll`` rather than in a
+        blocking ``sendall``, so that the keepalive thread sees the progress
+        of a long write to a slow peer (``_drained``).
+        """
         view = memoryview(data)
         while view:
             n = self._send_some(view, deadline)
@@ -413,8 +424,15 @@ class WebSocket:
                     and not self._tcp_closed
                     and len(payload) < 16384
                 ):
+                    frame = proto.encode_message(payload, cls is str)
                     try:
-                        self._sock.sendall(proto.encode_message(payload, cls is str))
+                        try:
+                            n = self._sock.send(frame, _MSG_DONTWAIT)
+                        except BlockingIOError:
+                            n = 0
+                        if n < len(frame):  # the kernel's buffer is full: wait in poll
+                            self._congested = True
+                            self._send_all(memoryview(frame)[n:], _FOREVER)
                     except OSError as exc:
                         raise self._lose(exc) from exc
                     return len(data)
@@ -476,8 +494,12 @@ class WebSocket:
             if len(body) < 16384 or self._tls:
                 self._send_all(header + body, deadline)
             else:
-                n = self._sock.sendmsg([header, body])
+                try:
+                    n = self._sock.sendmsg([header, body], [], _MSG_DONTWAIT)
+                except BlockingIOError:
+                    n = 0
                 if n < len(header) + len(body):
+                    self._congested = True
                     self._send_all(
                         memoryview(header + body)[n:] if n < len(header) else memoryview(body)[n - len(header) :],
                         deadline,
@@ -619,10 +641,13 @@ class WebSocket:
         and Close frames noted while the application is busy. Messages stay
         queued, in order, for the next :meth:`recv`; nothing is read once
         ``limit`` bytes wait here, so a peer can't make us buffer without
-        bound. Returns False when the connection is busy or over the limit:
-        :attr:`keepalive_wanted` is then set and the keepalive hook is called
-        when the reader is done.
+        bound. Returns False when the connection is busy or over the limit
+        (:attr:`keepalive_wanted` is then set and the keepalive hook is called
+        when the reader is done), and when its input has ended
+        (:attr:`input_ended`: stop watching it for good).
         """
+        if self.input_ended:
+            return False
         if self.pending() >= limit or not self._recv_lock.acquire(blocking=False):
             self.keepalive_wanted = True
             # The reader may have left between the check and the flag: then
@@ -636,7 +661,24 @@ class WebSocket:
             pass
         finally:
             self._release_reader()
-        return True
+        # At EOF (or once lost) the socket stays readable for ever: the
+        # caller must stop watching it or it would spin.
+        return not self.input_ended
+
+    @property
+    def input_ended(self) -> bool:
+        """True once nothing more will be read: the peer's Close, EOF or a
+        protocol error was seen, or the connection is lost or closed. The
+        keepalive thread then stops reading and timing the connection; the
+        next :meth:`recv` reports how it ended (1006 when lost)."""
+        proto = self._proto
+        return (
+            proto.eof
+            or proto.close_rcvd is not None
+            or proto.failure is not None
+            or self._lost_code is not None
+            or self._tcp_closed
+        )
 
     def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited Pong (a unidirectional heartbeat)."""

@@ -7,19 +7,30 @@ state lost) leaves a blocked ``recv()`` hanging forever. A :class:`KeepAlive`
 runs one daemon thread with one :mod:`selectors` selector for every
 connection registered with it (not a thread per connection):
 
-* When a connection has received nothing for ``interval`` seconds, the
+* A connection shows it is alive when something arrives from the peer, or
+  when a write that the kernel had refused (its buffer was full) makes
+  progress: room only comes back when the peer reads, so a long send to a
+  slow but living peer counts (``WebSocket._drained``).
+* When a connection has shown no sign of life for ``interval`` seconds, the
   thread sends a Ping (queued after any partly written frame, never inside
-  one; skipped if a sender is blocked on the connection).
-* When it then receives nothing at all for ``timeout`` more seconds, the
-  connection fails: close code 1011 ("keepalive ping timeout"), the socket
-  is shut down, and threads blocked in ``recv()``/``send()`` wake at once
-  with ``ConnectionClosedError``.
+  one). If a sender holds the connection, the ping is skipped and tried
+  again soon; that sender's progress is the sign of life meanwhile.
+* When, from that moment on, there is no sign of life for ``timeout``
+  seconds, the connection fails: close code 1011 ("keepalive ping
+  timeout"), the socket is shut down, and threads blocked in
+  ``recv()``/``send()`` wake at once with ``ConnectionClosedError``. The
+  clock does not run while reading is paused because the application left
+  ``_READ_LIMIT`` bytes unread (the pong may wait behind them in the kernel).
 * While the application is not inside ``recv()``, the thread reads what
   arrives (``WebSocket.service``): pings get their pongs, pongs and Close
   frames are noted, messages wait in order for the next ``recv()``. While
   the application is inside ``recv()``, its thread does that work; the
   socket leaves the selector and comes back when the reader is done (the
   connection calls :meth:`KeepAlive._wake`), so the thread never spins.
+* Once a connection's input has ended (the peer's Close, EOF, a reset, a
+  protocol error: ``WebSocket.input_ended``) the thread stops reading and
+  timing it for good: an EOF socket stays readable for ever, and the next
+  ``recv()`` reports how the connection ended (1006 when it was lost).
 
 Other threads never touch the selector: they queue requests and write a
 byte to a socketpair that the selector also watches.
@@ -33,7 +44,6 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any
 
 from .connection import WebSocket
 from .frames import CloseCode
@@ -43,6 +53,22 @@ __all__ = ["KeepAlive", "attach"]
 # Bytes a connection may hold for the application before the keepalive
 # thread stops reading it (backpressure reaches the peer again).
 _READ_LIMIT = 1 << 20
+
+
+class _Timers:
+    """What the keepalive thread knows of one connection."""
+
+    __slots__ = ("watched", "alive", "drained", "ping_at", "ping_sent")
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.watched = False  # in the selector
+        # The last sign of life seen from here: write progress (sampled).
+        self.alive = 0.0
+        self.drained = ws._drained
+        # When a ping was first due since the last sign of life (None: not
+        # due), and whether it went out (False: a sender held the connection).
+        self.ping_at: float | None = None
+        self.ping_sent = False
 
 
 class KeepAlive:
@@ -96,19 +122,36 @@ class KeepAlive:
         return self._thread
 
     def register(self, ws: WebSocket) -> None:
-        """Keep ``ws`` alive until it is closed (or :meth:`unregister`)."""
+        """Keep ``ws`` alive until it is closed (or :meth:`unregister`).
+
+        Raises:
+            RuntimeError: this KeepAlive is closed.
+        """
         if self.tcp_keepalive:
             self._set_tcp_keepalive(ws)
         ws._keepalive_hook = self._wake
+        try:
+            self._request("add", ws)
+        except RuntimeError:
+            ws._keepalive_hook = None
+            raise
+        # After the "add": a connection closed meanwhile runs this at once,
+        # and its "remove" must come after the "add" to undo it.
         ws.on_close(lambda: self.unregister(ws))
-        self._request("add", ws)
 
     def unregister(self, ws: WebSocket) -> None:
+        """Stop keeping ``ws`` alive (done for you when it closes)."""
         ws._keepalive_hook = None
         self._request("remove", ws)
 
     def close(self) -> None:
-        """Stop the thread; registered connections are no longer kept alive."""
+        """Stop the thread; registered connections are no longer kept alive.
+
+        The thread ends before this returns (unless called from it). The
+        connections stay open, without pings. Registering a connection
+        afterwards raises ``RuntimeError``: make a new KeepAlive
+        (:meth:`shared` does so for ``keepalive=True``). Idempotent.
+        """
         with self._lock:
             self._closed = True
             thread = self._thread
@@ -165,7 +208,7 @@ class KeepAlive:
         selector = selectors.DefaultSelector()
         assert self._wake_r is not None
         selector.register(self._wake_r, selectors.EVENT_READ, None)
-        conns: dict[WebSocket, list[Any]] = {}  # ws -> [ping sent at (or None), in selector]
+        conns: dict[WebSocket, _Timers] = {}
         try:
             while True:
                 if not self._apply_requests(selector, conns):
@@ -182,25 +225,34 @@ class KeepAlive:
                             pass
                         continue
                     if ws in conns and not ws.service(_READ_LIMIT):
+                        # Busy (the reader re-arms it through _wake), over
+                        # the read limit, or its input ended (never again).
                         self._unwatch(selector, ws, conns[ws])
         finally:
             selector.close()
 
-    def _apply_requests(self, selector: selectors.BaseSelector, conns: dict[WebSocket, list[Any]]) -> bool:
+    def _apply_requests(self, selector: selectors.BaseSelector, conns: dict[WebSocket, _Timers]) -> bool:
         """Take queued requests; False when the thread should end."""
         with self._lock:
             requests = list(self._requests)
             self._requests.clear()
             for what, ws in requests:
                 if what == "add":
-                    conns[ws] = [None, False]
-                    self._watch(selector, ws, conns[ws])
+                    if ws in conns:
+                        self._count -= 1  # registered twice: keep one
+                    elif ws._tcp_closed:
+                        # Closed before the thread got here: its descriptor
+                        # number may already belong to another socket.
+                        self._count -= 1
+                    else:
+                        conns[ws] = _Timers(ws)
+                        self._watch(selector, ws, conns[ws])
                 elif what == "remove":
                     state = conns.pop(ws, None)
                     if state is not None:
                         self._count -= 1
                         self._unwatch(selector, ws, state)
-                elif ws in conns:
+                elif ws in conns and not ws.input_ended:
                     self._watch(selector, ws, conns[ws])
             if self._closed or not conns:
                 # Nothing to serve: the next register() starts a new thread.
@@ -218,47 +270,66 @@ class KeepAlive:
         return True
 
     @staticmethod
-    def _watch(selector: selectors.BaseSelector, ws: WebSocket, state: list[Any]) -> None:
-        if not state[1]:
+    def _watch(selector: selectors.BaseSelector, ws: WebSocket, state: _Timers) -> None:
+        if not state.watched:
             try:
                 selector.register(ws.fileno(), selectors.EVENT_READ, ws)
-                state[1] = True
+                state.watched = True
             except (ValueError, OSError, KeyError):
                 pass  # closed meanwhile: its on_close removes it
 
     @staticmethod
-    def _unwatch(selector: selectors.BaseSelector, ws: WebSocket, state: list[Any]) -> None:
-        if state[1]:
-            state[1] = False
+    def _unwatch(selector: selectors.BaseSelector, ws: WebSocket, state: _Timers) -> None:
+        if state.watched:
+            state.watched = False
             try:
                 selector.unregister(ws.fileno())
             except (ValueError, OSError, KeyError):
                 pass
 
-    def _check_timers(self, selector: selectors.BaseSelector, conns: dict[WebSocket, list[Any]], now: float) -> float:
+    def _check_timers(self, selector: selectors.BaseSelector, conns: dict[WebSocket, _Timers], now: float) -> float:
         """Send due pings, fail silent connections; return seconds to the next timer."""
-        wait = self.interval
+        interval, timeout = self.interval, self.timeout
+        # Batch timers that fall close together: waking once per connection
+        # would cost O(connections) per wake-up, O(n^2) per interval.
+        retry = interval / 20
+        wait = interval
         for ws, state in list(conns.items()):
-            idle = now - ws.last_received
-            if idle >= self.interval + self.timeout:
+            if ws.input_ended:
+                continue  # nothing more will come: recv() tells how it ended
+            drained = ws._drained
+            if drained != state.drained:
+                state.drained = drained
+                state.alive = now
+            alive = max(ws.last_received, state.alive)
+            if now - alive < interval:
+                state.ping_at = None
+                wait = min(wait, alive + interval - now)
+                continue
+            if state.ping_at is None or state.ping_at < alive:
+                state.ping_at = now
+                state.ping_sent = False
+            if ws.pending() >= _READ_LIMIT:
+                # Reading is paused until the application catches up: the
+                # pong may be waiting behind what it left unread.
+                state.ping_at = now
+                continue
+            if not state.ping_sent:
+                if ws.send_keepalive_ping(os.urandom(4)):
+                    # The clock runs from the ping actually sent.
+                    state.ping_at = now
+                    state.ping_sent = True
+                else:
+                    wait = min(wait, retry)
+            if now - state.ping_at >= timeout:
                 self._fail(ws)
                 self._unwatch(selector, ws, state)
                 del conns[ws]
                 with self._lock:
                     self._count -= 1
                 continue
-            if idle >= self.interval:
-                sent = state[0]
-                if sent is None or sent < ws.last_received:
-                    if ws.send_keepalive_ping(os.urandom(4)):
-                        state[0] = now
-                wait = min(wait, self.interval + self.timeout - idle)
-            else:
-                state[0] = None
-                wait = min(wait, self.interval - idle)
-        # Batch timers that fall close together: waking once per connection
-        # would cost O(connections) per wake-up, O(n^2) per interval.
-        return max(wait, self.interval / 20)
+            wait = min(wait, state.ping_at + timeout - now)
+        return max(wait, retry)
 
     def _fail(self, ws: WebSocket) -> None:
         ws.abort(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
@@ -269,6 +340,10 @@ def attach(ws: WebSocket, keepalive: KeepAlive | bool | None) -> None:
     if keepalive is True:
         keepalive = KeepAlive.shared()
     if isinstance(keepalive, KeepAlive):
-        keepalive.register(ws)
+        try:
+            keepalive.register(ws)
+        except RuntimeError:
+            ws.shutdown(socket.SHUT_RDWR)  # a closed KeepAlive: don't leak the connection
+            raise
     elif keepalive not in (None, False):
         raise TypeError(f"keepalive must be a KeepAlive, True or None, not {keepalive!r}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +16,78 @@ import blockws
 from blockws import KeepAlive
 
 from .relay import Relay
+
+
+def thread_cpu_seconds(thread: threading.Thread) -> float:
+    """CPU time (user + system) used so far by another thread of this process."""
+    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class SlowRelay:
+    """Forwards one connection, client to server at about ``rate`` bytes/s
+    (server to client at full speed): a peer that reads slowly but lives."""
+
+    def __init__(self, target_port: int, rate: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.rate = rate
+        self.listener = socket.socket()
+        # Inherited by the accepted socket: a small window, so the client's
+        # writes wait on this relay's pace rather than on kernel buffers.
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.port = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._run, name="slow relay", daemon=True)]
+        self.threads[0].start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def _run(self) -> None:
+        try:
+            client, _ = self.listener.accept()
+        except OSError:
+            return
+        server = socket.create_connection(self.target)
+        self.socks += [client, server]
+        back = threading.Thread(target=self._pipe, args=(server, client, None), name="slow relay back", daemon=True)
+        self.threads.append(back)
+        back.start()
+        self._pipe(client, server, self.rate)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, rate: int | None) -> None:
+        piece = 4096
+        try:
+            while True:
+                data = src.recv(piece)
+                if not data:
+                    break
+                dst.sendall(data)
+                if rate is not None:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self.threads:
+            thread.join(5)
+        for sock in self.socks:
+            sock.close()
 
 
 @pytest.fixture
@@ -171,3 +246,110 @@ def test_bad_arguments():
         KeepAlive(interval=0)
     with pytest.raises(TypeError):
         blockws.keepalive.attach(None, "yes")  # type: ignore[arg-type]
+
+
+# -- dead, lost and slow peers ---------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_peer_lost_while_application_is_busy_no_spin_and_1006(run_server, how):
+    """After EOF or a reset the socket stays readable for ever: the keepalive
+    thread must stop watching it (not spin), and the loss is 1006, not a
+    keepalive timeout."""
+    keepalive = KeepAlive(interval=0.5, timeout=0.5)
+
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.recv()
+        if how == "fin":
+            ws.abort()  # TCP goes away without a Close
+        else:
+            ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            ws._sock.close()
+
+    server = run_server(handler)
+    try:
+        ws = blockws.connect(server.url, keepalive=keepalive, timeout=5)
+        ws.sendall("go")
+        start = time.monotonic()
+        time.sleep(0.2)  # busy, not in recv(): the keepalive thread reads the end
+        thread = keepalive.thread
+        assert thread is not None
+        used = thread_cpu_seconds(thread)
+        time.sleep(0.6)
+        used = thread_cpu_seconds(thread) - used
+        assert used < 0.15, f"the keepalive thread burnt {used:.2f} s of CPU in 0.6 s"
+        # Past interval + timeout: still a lost connection, not a keepalive failure.
+        time.sleep(max(0.0, start + 1.5 - time.monotonic()))
+        with pytest.raises(blockws.ConnectionClosedError) as info:
+            ws.recv()
+        assert info.value.code == 1006
+        assert ws.close_code == 1006
+        assert "keepalive" not in (ws.close_reason or "")
+        ws.close()
+    finally:
+        keepalive.close()
+
+
+def test_long_send_to_a_slow_reader_is_not_a_dead_peer(run_server):
+    """A blocking sendall() holds the connection, so no ping can go out; the
+    peer reading (write progress) is the sign of life, not a 1011."""
+    server = run_server(max_size=None)
+    relay = SlowRelay(server.port, rate=400_000)
+    keepalive = KeepAlive(interval=0.2, timeout=0.3)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.connect(("127.0.0.1", relay.port))
+        ws = blockws.connect(relay.url, sock=sock, keepalive=keepalive, max_size=None, compression=None)
+        data = os.urandom(600_000)
+        start = time.monotonic()
+        ws.sendall(data)
+        elapsed = time.monotonic() - start
+        # Otherwise the kernel took it all and this test proves nothing.
+        assert elapsed > 2 * (keepalive.interval + keepalive.timeout)
+        ws.settimeout(10)
+        assert ws.recv() == data
+        assert ws.close_code is None
+        ws.close()
+    finally:
+        keepalive.close()
+        relay.close()
+
+
+def test_unread_backlog_is_not_a_dead_peer(run_server):
+    """With 1 MiB unread the keepalive thread stops reading (backpressure);
+    the pong waits behind the backlog, and that is no reason to fail."""
+    messages = [bytes([i]) * 100_000 for i in range(30)]
+
+    def handler(ws: blockws.WebSocket) -> None:
+        for message in messages:
+            ws.sendall(message)
+        ws.recv()
+
+    server = run_server(handler)
+    keepalive = KeepAlive(interval=0.2, timeout=0.3)
+    try:
+        ws = blockws.connect(server.url, keepalive=keepalive, timeout=5, compression=None)
+        time.sleep(1.5)  # busy for five times interval + timeout
+        assert ws.pending() >= 1 << 20  # the keepalive read up to its limit
+        assert [ws.recv() for _ in messages] == messages
+        assert ws.close_code is None
+        ws.close()
+    finally:
+        keepalive.close()
+
+
+def test_register_a_closed_connection_leaves_nothing_behind(echo_server):
+    keepalive = KeepAlive(interval=30, timeout=30)
+    try:
+        ws = blockws.connect(echo_server.url, timeout=5)
+        ws.close()
+        # As if it closed between register()'s steps: its on_close runs at once.
+        keepalive.register(ws)
+        deadline = time.monotonic() + 2
+        while keepalive.thread is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert keepalive.thread is None, "a closed connection is still kept alive"
+        assert "connections=0" in repr(keepalive)
+    finally:
+        keepalive.close()
