@@ -48,6 +48,11 @@ BytesLike = Union[bytes, bytearray, memoryview]
 _FOREVER = Deadline(None)
 
 
+def _utf8_length(lead: int) -> int:
+    """The length of the UTF-8 sequence that starts with byte ``lead``."""
+    return 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+
+
 def _poll_ms(deadline: Deadline) -> int:
     remaining = deadline.remaining()
     return -1 if remaining is None else int(remaining * 1000 + 0.999)
@@ -531,19 +536,24 @@ class WebSocket:
         if text is None:
             text = count_chars
         limit = self.write_limit
+        view = memoryview(payload)
+        # Room for at least the first character: a text frame can't carry
+        # part of one, and accepting nothing must raise, as socket.send does.
+        need = _utf8_length(view[0]) if text and view else 1
         # Wait until there is room in user space, as socket.send waits for
         # room in the kernel.
         while True:
             self._flush(Deadline(0))
-            if len(self._wbuf) < limit:
+            if limit - len(self._wbuf) >= need or not self._wbuf:
                 break
             if deadline.expired() or not self._wpoll.poll(_poll_ms(deadline)):
                 raise self._timeout_error("send")
-        view = memoryview(payload)
         total = len(view)
         done = 0
         while True:
-            room = limit - len(self._wbuf)
+            # The first piece always fits (a write_limit below 4 bytes must
+            # still take a 4-byte character when nothing is held).
+            room = limit - len(self._wbuf) if done else max(limit - len(self._wbuf), need)
             if room <= 0:
                 break
             cut = min(done + room, total)

@@ -234,18 +234,67 @@ def test_partial_text_send_counts_characters(run_server):
 
     server = run_server(handler, max_size=None)
     text = "€𝄞a" * 300_000
-    ws = small_buffer_client(server.url, server.port, timeout=0.1)
+    # Uncompressed: compressed, this text fits at once and nothing is partial.
+    ws = small_buffer_client(server.url, server.port, timeout=0.1, compression=None)
     sent = 0
+    counts = []
     while sent < len(text):
         try:
             n = ws.send(text[sent:])
         except TimeoutError:
             reading.set()
             continue
+        assert n > 0
+        counts.append(n)
         sent += n
+    assert len(counts) > 1, "backpressure should have split the message"
+    reading.set()
     ws.close()
     server.stop()
     assert received == [text]
+
+
+def test_text_send_without_room_for_a_whole_character_raises():
+    """1 to 3 bytes of room can't take a multibyte character: nothing is
+    accepted, so send() raises like socket.send (it used to return 0) and a
+    sendall() with a timeout gives up at the deadline (it used to spin)."""
+    # A Unix socket pair: fixed buffers, so a peer that does not read takes
+    # nothing more, unlike TCP whose window may still open a little.
+    ours, theirs = socket.socketpair()
+    reading = threading.Event()
+    received: list[Any] = []
+
+    def peer() -> None:
+        with blockws.accept(theirs, max_size=None, compression=None) as server_ws:
+            reading.wait(10)
+            received.extend(server_ws)
+
+    thread = threading.Thread(target=peer)
+    thread.start()
+    ws = blockws.connect("ws://localhost/", sock=ours, timeout=0.2, compression=None)
+    head = "a" * 3_000_000
+    sent = 0
+    with pytest.raises(TimeoutError):
+        while True:  # fill the kernel's buffers and ours; the message stays open
+            sent += ws.send(head[sent:], fin=False)
+    assert 0 < sent < len(head)
+    ws.write_limit = ws.buffered_amount + 2  # room for 2 bytes; "€" takes 3
+    with pytest.raises(TimeoutError):
+        ws.send("€ and more", fin=False)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        ws.sendall("€uro")
+    assert time.monotonic() - start < 2
+    ws.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        ws.send("€")
+    ws.setblocking(True)
+    ws.write_limit = 65536
+    reading.set()
+    ws.sendall("€uro")  # nothing was accepted: the message ends here
+    ws.close()
+    thread.join(10)
+    assert received == [head[:sent] + "€uro"]
 
 
 def test_concurrent_senders_never_interleave(run_server):
