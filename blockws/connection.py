@@ -843,19 +843,32 @@ class WebSocket:
 
         For messages too large to hold: text pieces are ``str`` (never
         splitting a character), binary pieces ``bytes``. The iterator is
-        empty if the peer has closed.
+        empty if the peer has closed. The receive lock is held only while a
+        piece is fetched, never while the caller holds a piece, so a
+        consumer that stops iterating blocks nobody.
+
+        ``max_size`` still bounds the whole message, not each piece (the
+        connection fails with 1009 past it): connect or serve with
+        ``max_size=None`` to stream messages of any size.
         """
         while True:
             deadline = Deadline(self._timeout)
+            piece: Any = None
+            event: Data | None = None
             self._acquire_recv(deadline)
             try:
                 if self._parts:
-                    piece: Any = ("" if isinstance(self._parts[0], str) else b"").join(self._parts)
+                    # Pieces kept by a recv() that timed out: hand them over
+                    # first, after letting go of the lock.
+                    piece = ("" if isinstance(self._parts[0], str) else b"").join(self._parts)
                     self._parts.clear()
-                    yield piece
-                event = self._next_event(deadline)
+                else:
+                    event = self._next_event(deadline)
             finally:
                 self._release_reader()
+            if piece is not None:
+                yield piece
+                continue
             if event is None:
                 return
             yield event.payload

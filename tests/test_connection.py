@@ -398,6 +398,31 @@ def test_recv_fragments(run_server):
         assert list(ws.recv_fragments()) == [b"bin"]
 
 
+def test_recv_fragments_lets_go_of_the_lock_between_pieces(run_server):
+    """A piece left by a timed-out recv() is handed over without holding the
+    receive lock: a consumer that holds it (or stops) blocks nobody."""
+    go = threading.Event()
+
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.send("first half, ", fin=False)
+        go.wait(5)
+        ws.sendall("second half")
+        ws.sendall("next")
+        ws.recv()  # answers the ping, then waits for the Close
+
+    server = run_server(handler)
+    with blockws.connect(server.url, timeout=0.2) as ws:
+        with pytest.raises(TimeoutError):
+            ws.recv()  # keeps "first half, "
+        pieces = ws.recv_fragments()
+        assert next(pieces) == "first half, "
+        go.set()
+        ws.settimeout(3)
+        assert ws.ping() < 3  # reads for itself: the lock is free
+        assert list(pieces) == ["second half"]
+        assert ws.recv() == "next"
+
+
 def test_max_size_fails_with_1009_and_names_the_limit(run_server):
     errors: list[BaseException] = []
 
