@@ -220,6 +220,7 @@ def find_head_end(buf: bytes | bytearray, start: int = 0, *, max_line: int | Non
         InvalidHandshake: the head is already longer than allowed, or a line
             in it is.
     """
+    _check_start(buf)  # cheap: it looks at the first bytes only
     pos = max(start - 3, 0)
     while True:
         nl = buf.find(b"\n", pos)
@@ -238,6 +239,26 @@ def find_head_end(buf: bytes | bytearray, start: int = 0, *, max_line: int | Non
     if max_line is not None and last_line > max_line:
         raise InvalidHandshake(f"HTTP line exceeds {max_line} bytes (max_line={max_line})")
     return None
+
+
+_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _check_start(buf: bytes | bytearray) -> None:
+    """Refuse at once what can't begin an HTTP message, rather than wait for a blank line.
+
+    A TLS record (a ClientHello sent to a plaintext server, an alert from a
+    TLS server to a plaintext client) has no blank line and would otherwise
+    hang until the timeout.
+    """
+    first = next((b for b in buf if b not in b"\r\n"), None)
+    if first is None or first in _TOKEN_BYTES:
+        return
+    if first in (0x15, 0x16):
+        raise InvalidHandshake(
+            "the peer speaks TLS, not plain HTTP (a wss:// URL or a server ssl_context on one side only?)"
+        )
+    raise InvalidHandshake(f"not an HTTP message: it starts with byte 0x{first:02x}")
 
 
 def _split_head(head: bytes, max_line: int, max_headers: int) -> tuple[str, Headers]:

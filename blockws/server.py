@@ -138,6 +138,12 @@ def _accept_tls(
     if ssl_context is not None:
         sock.settimeout(deadline.remaining())
         try:
+            first = sock.recv(1, socket.MSG_PEEK)
+        except socket.timeout:
+            raise TimeoutError("timed out during the TLS handshake") from None
+        if first and first not in (b"\x16", b"\x80"):  # neither a TLS nor an SSLv2-style hello
+            _refuse_plaintext(sock, deadline)
+        try:
             sock = ssl_context.wrap_socket(sock, server_side=True)
         except socket.timeout:
             raise TimeoutError("timed out during the TLS handshake") from None
@@ -147,6 +153,20 @@ def _accept_tls(
             sock.close()  # the caller's socket was detached into this one
             raise
     return _accept(sock, deadline, subprotocols, origins, process_request, options)
+
+
+def _refuse_plaintext(sock: socket.socket, deadline: Deadline) -> None:
+    """Answer a plain HTTP request on a TLS port in plain HTTP, so the client learns why.
+
+    (Left to OpenSSL, it ends in a bare reset.)
+    """
+    try:
+        read_http_head(sock, deadline, "opening handshake")
+    except (InvalidHandshake, TimeoutError, OSError):
+        pass  # answer anyway: the message is what matters
+    body = b"this server speaks TLS: use a wss:// URL\n"
+    _reply(sock, Response(400, headers={"Connection": "close"}, body=body), deadline)
+    raise InvalidHandshake("a plain HTTP request on a TLS port (the client should use wss://)")
 
 
 def _accept(

@@ -2,13 +2,16 @@
 
 Faults: ``blackhole()`` (stop forwarding, keep the sockets open: a dead peer),
 ``idle_drop=seconds`` (close connections idle for longer, like a proxy or a
-NAT), ``chunk=n`` (forward in pieces of n bytes: short reads and writes).
+NAT), ``chunk=n`` (forward in pieces of n bytes: short reads and writes),
+``reset()`` (abort every connection with a RST on both sides, as a crashed
+middlebox or a peer's kernel does).
 """
 
 from __future__ import annotations
 
 import selectors
 import socket
+import struct
 import threading
 import time
 
@@ -24,6 +27,8 @@ class Relay:
         self.dropped = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._stop = False
+        self._reset_requested = False
+        self._reset_done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
         self._thread.start()
 
@@ -35,6 +40,14 @@ class Relay:
         """Stop reading and forwarding; connections stay open (a dead peer:
         what was sent stays in the buffers, and senders block once they fill)."""
         self.forwarding = False
+
+    def reset(self, timeout: float = 5.0) -> None:
+        """Close every relayed connection with a RST (SO_LINGER 0) and wait until done."""
+        self._reset_done.clear()
+        self._reset_requested = True
+        self._wake_w.send(b"x")
+        if not self._reset_done.wait(timeout):
+            raise RuntimeError("the relay did not reset its connections")
 
     def close(self) -> None:
         self._stop = True
@@ -50,6 +63,12 @@ class Relay:
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         pairs: dict[socket.socket, socket.socket] = {}
         active: dict[socket.socket, float] = {}
+
+        def abort(sock: socket.socket) -> None:
+            for s in (sock, pairs.get(sock)):
+                if s is not None:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            drop(sock)
 
         def drop(sock: socket.socket) -> None:
             other = pairs.pop(sock, None)
@@ -70,6 +89,7 @@ class Relay:
                     continue
                 for key, _ in sel.select(0.05):
                     if key.data == "wake":
+                        self._wake_r.recv(64)
                         continue
                     if key.data == "accept":
                         client, _ = self.listener.accept()
@@ -101,6 +121,12 @@ class Relay:
                         continue
                     now = time.monotonic()
                     active[sock] = active[other] = now
+                if self._reset_requested:
+                    self._reset_requested = False
+                    for sock in list(pairs):
+                        if sock in pairs:
+                            abort(sock)
+                    self._reset_done.set()
                 if self.idle_drop is not None:
                     now = time.monotonic()
                     for sock, last in list(active.items()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trustme
 
 import blockws
 from blockws.handshake import accept_key
@@ -199,3 +201,160 @@ def test_randomized_partial_sends_lose_nothing(run_server):
     server.stop()
     assert len(received) == len(sent)
     assert received == sent
+
+
+UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def read_head(s: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    return data
+
+
+def still_serving(url: str) -> None:
+    with blockws.connect(url, timeout=5, open_timeout=5) as ws:
+        ws.sendall("still serving")
+        assert ws.recv() == "still serving"
+
+
+def test_reset_reaching_the_server_mid_frame(run_server):
+    opened = threading.Event()
+    outcome: list[BaseException | object] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        if ws.request.path != "/victim":
+            return _echo_once(ws)
+        opened.set()
+        try:
+            outcome.append(ws.recv())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    server = run_server(handler)
+    bystander = blockws.connect(server.url, timeout=5)
+    relay = Relay(server.port)
+    try:
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as s:
+            s.sendall(UPGRADE.replace(b"GET / ", b"GET /victim "))
+            read_head(s)
+            assert opened.wait(5)
+            # A masked 4096-byte binary frame, 100 bytes of it sent.
+            s.sendall(b"\x82\xfe\x10\x00" + b"mask" + b"x" * 100)
+            time.sleep(0.2)
+            relay.reset()
+        deadline = time.monotonic() + 5
+        while not outcome and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert outcome and isinstance(outcome[0], blockws.ConnectionClosedError), outcome
+        assert outcome[0].code == 1006
+    finally:
+        relay.close()
+    bystander.sendall("bystander")  # its server thread is untouched
+    assert bystander.recv() == "bystander"
+    bystander.close()
+    still_serving(server.url)
+
+
+def test_reset_reaching_the_server_mid_handshake(run_server):
+    server = run_server()
+    relay = Relay(server.port)
+    try:
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as s:
+            s.sendall(UPGRADE[:30])
+            time.sleep(0.2)
+            before = threading.active_count()
+            relay.reset()
+            # The handshake thread sees the reset at once, not after open_timeout.
+            deadline = time.monotonic() + 5
+            while threading.active_count() >= before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert threading.active_count() < before
+    finally:
+        relay.close()
+    still_serving(server.url)
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
+def test_plaintext_client_against_a_tls_server(run_server, tls):
+    server_ctx, client_ctx = tls
+    server = run_server(ssl_context=server_ctx)
+    start = time.monotonic()
+    with pytest.raises(blockws.InvalidStatus) as info:
+        blockws.connect(f"ws://localhost:{server.port}/", open_timeout=5)
+    assert time.monotonic() - start < 3, "the client waited for its open_timeout"
+    assert info.value.status == 400 and b"use a wss:// URL" in info.value.body
+    with blockws.connect(f"wss://localhost:{server.port}/", ssl_context=client_ctx, timeout=5) as ws:
+        ws.sendall("TLS still served")
+        assert ws.recv() == "TLS still served"
+
+
+def test_tls_client_against_a_plaintext_server(run_server, tls):
+    _, client_ctx = tls
+    server = run_server()
+    start = time.monotonic()
+    with pytest.raises(ssl.SSLError):
+        blockws.connect(f"wss://localhost:{server.port}/", ssl_context=client_ctx, open_timeout=5)
+    assert time.monotonic() - start < 3, "the client waited for its open_timeout"
+    still_serving(server.url)
+
+
+def test_a_client_that_does_not_read_blocks_only_its_own_thread(run_server):
+    sent = [0]
+    stuck = threading.Event()
+
+    def flood(ws: blockws.WebSocket) -> None:
+        if ws.request.path != "/flood":
+            return _echo_once(ws)
+        ws.settimeout(0.5)
+        try:
+            while True:
+                ws.sendall(b"z" * 65536)
+                sent[0] += 1
+        except TimeoutError:
+            stuck.set()  # the kernel buffers are full: the peer isn't reading
+            ws.settimeout(5)
+            try:
+                while True:
+                    ws.sendall(b"z" * 65536)
+            except (blockws.ConnectionClosed, OSError):
+                pass
+        except (blockws.ConnectionClosed, OSError):
+            pass
+
+    server = run_server(flood, compression=None)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", server.port))
+    try:
+        slow.sendall(UPGRADE.replace(b"GET / ", b"GET /flood "))
+        assert stuck.wait(10), "the server never filled the buffers"
+        for _ in range(3):
+            start = time.monotonic()
+            still_serving(server.url)
+            assert time.monotonic() - start < 2
+        assert sent[0] < 1000  # it stopped: nothing unbounded piles up in memory
+    finally:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        slow.close()
+
+
+def _echo_once(ws: blockws.WebSocket) -> None:
+    for message in ws:
+        ws.sendall(message)

@@ -6,6 +6,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -94,9 +95,22 @@ def test_process_request_rejects_with_a_body(run_server):
 def test_shutdown_closes_connections_with_1001(run_server):
     server = run_server()
     ws = blockws.connect(server.url, timeout=5)
+    # A client that reads and closes, so it answers the server's Close at
+    # once (one that doesn't holds shutdown() for the close timeout).
+    received: list[object] = []
+
+    def read_then_close() -> None:
+        received.append(ws.recv())
+        ws.close()
+
+    reader = threading.Thread(target=read_then_close)
+    reader.start()
+    start = time.monotonic()
     server.stop()
-    assert ws.recv() is None
+    reader.join(5)
+    assert received == [None]
     assert ws.close_code == 1001
+    assert time.monotonic() - start < 5
     ws.close()
 
 
