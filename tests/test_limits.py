@@ -27,13 +27,20 @@ def _raise_fd_limit(needed: int) -> None:
 def test_slowloris_does_not_block_legitimate_clients(run_server):
     # Both ends of every socket live in this process, plus some slack.
     _raise_fd_limit(2 * SLOWLORIS_SOCKETS + 512)
-    server = run_server(open_timeout=3)
+    # open_timeout outlasts the time it takes to open them all (seconds, on a
+    # slow sandbox), so all of them are pending when the legitimate client comes.
+    server = run_server(open_timeout=60)
     idle = []
     try:
         for _ in range(SLOWLORIS_SOCKETS):
             s = socket.create_connection(("127.0.0.1", server.port))
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never finishes
             idle.append(s)
+        # Wait until the server has taken them all from its backlog: a thread waits on each.
+        deadline = time.monotonic() + 20
+        while threading.active_count() <= SLOWLORIS_SOCKETS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() > SLOWLORIS_SOCKETS
         start = time.monotonic()
         with blockws.connect(server.url, timeout=5) as ws:
             ws.sendall("hello")
@@ -41,13 +48,19 @@ def test_slowloris_does_not_block_legitimate_clients(run_server):
         took = time.monotonic() - start
         print(f"\nslowloris: legitimate client served in {took * 1000:.1f} ms beside {SLOWLORIS_SOCKETS} idle sockets")
         assert took < 1.0
-        # The server drops them after open_timeout.
-        idle[0].settimeout(10)
-        while idle[0].recv(4096):  # EOF, not a timeout
-            pass
     finally:
         for s in idle:
             s.close()
+
+
+def test_unfinished_handshakes_are_dropped_after_open_timeout(run_server):
+    server = run_server(open_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never finishes
+        start = time.monotonic()
+        while s.recv(4096):  # EOF, not a timeout
+            pass
+        assert time.monotonic() - start < 5
 
 
 def test_header_limits_have_clear_errors(run_server):
