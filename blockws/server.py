@@ -498,9 +498,10 @@ def serve(
         with blockws.serve(echo, "localhost", 8765) as server:
             server.serve_forever()
 
-    Options: ``max_connections`` (excess connections get 503) and
-    ``backlog``, plus those of :func:`accept` (``subprotocols``, ``origins``,
+    Options: ``max_connections`` (excess connections get a 503 naming it,
+    written by the accept loop: refusals cost no thread) and ``backlog``,
+    plus those of :func:`accept` (``subprotocols``, ``origins``,
     ``process_request``, ``open_timeout``, ``close_timeout``, ``max_size``,
-    ``ssl_context``, ...). ``port=0`` picks a free port: see :attr:`Server.port`.
+    ``max_line``, ``max_headers``, ``ssl_context``, ...). ``port=0`` picks a free port: see :attr:`Server.port`.
     """
     return Server(handler, host, port, **options)
