@@ -542,7 +542,7 @@ def _handshake(
         sock.sendall(request.serialize())
     except socket.timeout:
         raise TimeoutError("timed out sending the opening handshake") from None
-    head, leftover = read_http_head(sock, deadline, "opening handshake")
+    head, leftover = read_http_head(sock, deadline, "opening handshake", options.max_line)
     response = parse_response(head, max_line=options.max_line, max_headers=options.max_headers)
     if response.status != 101:
         response.body = read_http_body(sock, deadline, response, leftover)

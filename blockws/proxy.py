@@ -169,7 +169,7 @@ def _connect_tunnel(
         try:
             sock.settimeout(deadline.remaining())
             sock.sendall(request.serialize())
-            head, extra = read_http_head(sock, deadline, "proxy's CONNECT reply")
+            head, extra = read_http_head(sock, deadline, "proxy's CONNECT reply", limits[0])
             response = parse_response(head, max_line=limits[0], max_headers=limits[1])
         except InvalidHandshake as exc:
             sock.close()

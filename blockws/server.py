@@ -26,7 +26,7 @@ from .auth import BasicAuth, DigestAuth
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
-from .handshake import HandshakeFailure, accept_response, check_request, select_subprotocol
+from .handshake import HandshakeFailure, accept_response, check_request, check_subprotocols, select_subprotocol
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_request
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
@@ -110,6 +110,7 @@ def accept(
             the process_request response) was already sent.
         TimeoutError: the handshake took longer than ``open_timeout``.
     """
+    subprotocols = check_subprotocols(subprotocols)
     options = {
         "max_size": max_size,
         "max_fragments": max_fragments,
@@ -178,7 +179,7 @@ def _accept(
     options: dict[str, Any],
 ) -> WebSocket:
     try:
-        head, leftover = read_http_head(sock, deadline, "opening handshake")
+        head, leftover = read_http_head(sock, deadline, "opening handshake", options["max_line"])
         request = parse_request(head, max_line=options["max_line"], max_headers=options["max_headers"])
     except InvalidHandshake as exc:
         _reply(sock, Response(400, body=f"{exc}\n".encode()), deadline)
@@ -288,6 +289,8 @@ class Server:
         self.max_connections = max_connections
         # Check the options now, not in every connection's thread later.
         inspect.signature(accept).bind(None, **options)
+        check_subprotocols(options.get("subprotocols"))
+        deflate.settings(options.get("compression", "deflate"))
         self.options = options
         self.socket = socket.create_server((host or "", port), backlog=backlog, reuse_port=False)
         self._selector = selectors.DefaultSelector()

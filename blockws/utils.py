@@ -38,8 +38,12 @@ class Deadline:
         return self.when is not None and time.monotonic() >= self.when
 
 
-def read_http_head(sock: socket.socket, deadline: Deadline, what: str) -> tuple[bytes, bytes]:
+def read_http_head(
+    sock: socket.socket, deadline: Deadline, what: str, max_line: int | None = None
+) -> tuple[bytes, bytes]:
     """Read one HTTP head from ``sock``: returns ``(head, bytes read past it)``.
+
+    ``max_line`` refuses a line longer than that while it is still arriving.
 
     Raises:
         TimeoutError: the deadline passed (``what`` names the step).
@@ -49,7 +53,7 @@ def read_http_head(sock: socket.socket, deadline: Deadline, what: str) -> tuple[
     buf = bytearray()
     searched = 0
     while True:
-        end = find_head_end(buf, searched)
+        end = find_head_end(buf, searched, max_line=max_line)
         if end is not None:
             return bytes(buf[:end]), bytes(buf[end:])
         searched = len(buf)

@@ -78,6 +78,20 @@ def test_origins_and_subprotocols(run_server):
     assert info.value.status == 403
 
 
+def test_bad_subprotocol_list_fails_at_serve_not_in_a_handshake():
+    with pytest.raises(ValueError, match="invalid subprotocol name 'a, b'"):
+        blockws.serve(lambda ws: None, "127.0.0.1", 0, subprotocols=["a, b"])
+    with pytest.raises(ValueError, match="unsupported compression 'gzip'"):
+        blockws.serve(lambda ws: None, "127.0.0.1", 0, compression="gzip")
+
+
+def test_long_header_line_refused_while_it_arrives(run_server):
+    """A line past max_line gets its 400 at once: the server doesn't wait for the head's end."""
+    server = run_server(max_line=100)
+    reply = raw_exchange(server.port, b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 200)  # no line end, no blank line
+    assert reply.startswith(b"HTTP/1.1 400") and b"max_line=100" in reply
+
+
 def test_process_request_rejects_with_a_body(run_server):
     def process_request(request: blockws.Request) -> blockws.Response | None:
         if request.headers.get("X-Token") != "secret":
