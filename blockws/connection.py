@@ -716,6 +716,8 @@ class WebSocket:
         if self._proto.eof:
             return
         try:
+            if self._wbuf:
+                self._flush_while_waiting(deadline)
             data = self._recv_some(deadline)
         except TimeoutError:
             raise self._timeout_error("recv") from None
@@ -735,6 +737,36 @@ class WebSocket:
                 self._flush(Deadline(0))
             finally:
                 self._send_cond.release()
+
+    def _flush_while_waiting(self, deadline: Deadline) -> None:
+        """Write bytes accepted by a partial send while we wait to read.
+
+        Nothing else would write them once the senders have returned, and
+        the peer may be waiting for them before it answers what this reader
+        waits for. Returns when there is something to read (or a sender is
+        writing, or no progress can be made); TimeoutError at the deadline.
+        """
+        sock = self._sock
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN | select.POLLOUT)
+        writable = False
+        while self._wbuf:
+            if not self._send_cond.acquire(blocking=False):
+                return  # a sender holds the connection: it writes them
+            try:
+                held = len(self._wbuf)
+                if self._flush(Deadline(0)) or writable and len(self._wbuf) == held:
+                    return  # all written, or writable without progress (TLS): don't spin
+            finally:
+                self._send_cond.release()
+            if self._tls and sock.pending():  # type: ignore[attr-defined]
+                return
+            events = poller.poll(_poll_ms(deadline))
+            if not events:
+                raise TimeoutError
+            if events[0][1] & ~select.POLLOUT:
+                return  # readable (or an error that the read will report)
+            writable = True
 
     def _pongs_received(self) -> None:
         now = time.monotonic()

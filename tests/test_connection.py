@@ -330,6 +330,87 @@ def test_concurrent_senders_never_interleave(run_server):
         assert indexes == sorted(indexes)
 
 
+def test_recv_writes_what_send_accepted(run_server):
+    """send() with a timeout may keep the tail of a message in user space and
+    return; a recv() waiting for the answer must write it, or both sides wait
+    for each other for ever (socket.send's data would be on its way)."""
+    reading = threading.Event()
+
+    def handler(ws: blockws.WebSocket) -> None:
+        reading.wait(10)
+        ws.sendall(ws.recv())
+
+    server = run_server(handler, max_size=None)
+    ws = small_buffer_client(server.url, server.port, timeout=5, compression=None, max_size=None, write_limit=4 << 20)
+    data = os.urandom(2_000_000)
+    assert ws.send(data) == len(data)  # the peer does not read: most of it is held here
+    assert ws.buffered_amount > 0
+    reading.set()
+    assert ws.recv() == data
+    assert ws.buffered_amount == 0
+    ws.close()
+
+
+def test_partial_senders_and_a_receiver_under_backpressure(echo_server):
+    """Four threads send with partial sends and a short timeout through a tiny
+    kernel buffer while a fifth receives the echoes: messages never
+    interleave, each arrives once, byte-exact, in order per sender."""
+    ws = small_buffer_client(echo_server.url, echo_server.port, timeout=0.05, compression=None)
+    per_sender = 25
+    expected = {}
+    for tag in range(4):
+        rng = random.Random(tag)
+        for i in range(per_sender):
+            expected[(tag, i)] = bytes([tag, i]) + rng.randbytes(rng.randrange(0, 60_000))
+    got: list[bytes] = []
+    errors: list[BaseException] = []
+    partial: list[int] = []
+    give_up = time.monotonic() + 30
+
+    def sender(tag: int) -> None:
+        try:
+            for i in range(per_sender):
+                view = memoryview(expected[(tag, i)])
+                while view:
+                    try:
+                        n = ws.send(view)  # may accept part: the rest continues the message
+                    except TimeoutError:
+                        assert time.monotonic() < give_up
+                        continue
+                    if n < len(view):
+                        partial.append(n)
+                    view = view[n:]
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    def receiver() -> None:
+        try:
+            while len(got) < len(expected):
+                try:
+                    message = ws.recv()
+                except TimeoutError:
+                    assert time.monotonic() < give_up
+                    continue
+                assert isinstance(message, bytes)
+                got.append(message)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(tag,)) for tag in range(4)]
+    threads.append(threading.Thread(target=receiver))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not errors, errors
+    ws.settimeout(5)
+    ws.close()
+    assert partial, "backpressure should have split some messages"
+    assert sorted(got) == sorted(expected.values())  # each once, byte-exact
+    for tag in range(4):
+        assert [m[1] for m in got if m[0] == tag] == list(range(per_sender))
+
+
 def test_ping_returns_latency(echo_server):
     with blockws.connect(echo_server.url, timeout=5) as ws:
         latency = ws.ping()
