@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ import pytest
 
 import blockws
 from blockws import KeepAlive
+from blockws.frames import FrameHeader, Opcode
 
 from .relay import Relay
 
@@ -352,4 +356,163 @@ def test_register_a_closed_connection_leaves_nothing_behind(echo_server):
         assert keepalive.thread is None, "a closed connection is still kept alive"
         assert "connections=0" in repr(keepalive)
     finally:
+        keepalive.close()
+
+
+def test_ping_while_a_frame_tail_is_unsent(run_server):
+    """The keepalive's ping goes after the unsent tail of a frame, never inside
+    it: the peer parses everything cleanly."""
+    reading = threading.Event()
+    received: list[Any] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        reading.wait(10)
+        received.extend(ws)
+
+    server = run_server(handler, max_size=None)
+    keepalive = KeepAlive(interval=0.1, timeout=10)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        ws = blockws.connect(server.url, sock=sock, keepalive=keepalive, timeout=0.2, compression=None)
+        pings_behind_a_tail: list[int] = []
+
+        def trace(direction: str, header: FrameHeader, preview: bytes) -> None:
+            if direction == ">" and header.opcode == Opcode.PING and ws.buffered_amount:
+                pings_behind_a_tail.append(ws.buffered_amount)
+
+        ws.trace = trace
+        data = os.urandom(2_000_000)
+        sent = ws.send(data, fin=False)  # the peer does not read: a frame's tail stays here
+        assert 0 < sent < len(data)
+        assert ws.buffered_amount > 0
+        deadline = time.monotonic() + 5
+        while not pings_behind_a_tail and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pings_behind_a_tail, "the keepalive should have pinged behind the tail"
+        reading.set()
+        ws.settimeout(10)
+        ws.sendall(data[sent:])
+        deadline = time.monotonic() + 5
+        while ws.latency is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ws.latency is not None  # the peer read our ping and answered it
+        ws.close()
+        assert ws.close_code == 1000  # no protocol error on the way
+    finally:
+        keepalive.close()
+    server.stop()
+    assert received == [data]
+
+
+def test_close_ends_the_thread_and_refuses_new_connections(echo_server):
+    keepalive = KeepAlive(interval=0.2, timeout=1.0)
+    ws = blockws.connect(echo_server.url, keepalive=keepalive, timeout=5)
+    thread = keepalive.thread
+    assert thread is not None and thread.is_alive()
+    keepalive.close()
+    assert not thread.is_alive()
+    assert keepalive.thread is None
+    assert ws._keepalive_hook is None
+    # The connection stays open, only without pings.
+    ws.sendall("still open")
+    assert ws.recv() == "still open"
+    with pytest.raises(RuntimeError, match="closed"):
+        keepalive.register(ws)
+    with pytest.raises(RuntimeError, match="closed"):
+        blockws.connect(echo_server.url, keepalive=keepalive, timeout=5)
+    keepalive.close()  # idempotent
+    ws.close()
+
+
+# -- scale: one thread whatever the number of connections ----------------------------
+
+_ECHO_PEER = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+async def main():
+    async with serve(echo, "127.0.0.1", 0, ping_interval=None, compression=None, backlog=1024) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+asyncio.run(main())
+"""
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"needs {wanted} file descriptors, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def test_a_thousand_client_connections_one_thread():
+    """1,000 kept-alive client connections add exactly one thread to the
+    process (the server is the websockets package, in another process)."""
+    count = 1000
+    _raise_fd_limit(2 * count + 200)
+    peer = subprocess.Popen(
+        [sys.executable, "-c", _ECHO_PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    keepalive = KeepAlive(interval=0.5, timeout=10)
+    conns: list[blockws.WebSocket] = []
+    try:
+        assert peer.stdout is not None
+        url = f"ws://127.0.0.1:{int(peer.stdout.readline())}/"
+        before = threading.active_count()
+        for _ in range(count):
+            conns.append(blockws.connect(url, keepalive=keepalive, compression=None, connect_gate=None, timeout=10))
+        assert threading.active_count() - before == 1
+        # Every connection gets pinged by that one thread, and answered.
+        deadline = time.monotonic() + 10
+        while any(ws.latency is None for ws in conns) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(ws.latency is not None for ws in conns)
+        for ws in conns[:: count // 10]:
+            ws.sendall("alive")
+            assert ws.recv() == "alive"
+        assert threading.active_count() - before == 1
+    finally:
+        for ws in conns:
+            ws.close()
+        keepalive.close()
+        assert peer.stdin is not None and peer.stdout is not None
+        peer.stdin.close()
+        peer.wait(10)
+        peer.stdout.close()
+
+
+def test_server_connections_threads_are_handlers_plus_one(run_server):
+    """serve(keepalive=ka): a handler thread per connection and one keepalive
+    thread for all of them, nothing else."""
+    count = 200
+    _raise_fd_limit(2 * count + 200)
+    keepalive = KeepAlive(interval=0.3, timeout=10)
+    server = run_server(keepalive=keepalive)
+    before = threading.active_count()
+    conns: list[blockws.WebSocket] = []
+    try:
+        for _ in range(count):
+            conns.append(blockws.connect(server.url, compression=None, connect_gate=None, timeout=10))
+        for ws in conns:  # each handler is running once it has echoed
+            ws.sendall("x")
+            assert ws.recv() == "x"
+        assert threading.active_count() - before == count + 1
+        assert [t.name for t in threading.enumerate()].count("blockws keepalive") == 1
+        # The server pings each client; clients answer when they read.
+        time.sleep(0.5)
+        for ws in conns:
+            ws.sendall("y")
+            assert ws.recv() == "y"
+        assert threading.active_count() - before == count + 1
+    finally:
+        for ws in conns:
+            ws.close()
         keepalive.close()
