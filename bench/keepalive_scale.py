@@ -1,6 +1,8 @@
 """The cost of keeping 1,000 idle connections alive: blockws vs the websockets sync API.
 
-    python bench/keepalive_scale.py [--connections 1000] [--interval 1] [--idle 10]
+    python bench/keepalive_scale.py [--connections 1000] [--interval 1] [--idle 10] [--json]
+
+A short check that it runs: ``--connections 20 --interval 0.5 --idle 1``.
 
 For each library, on each side (client, server), one process holds N idle
 connections with pings every ``interval`` seconds; we report its threads,
@@ -178,10 +180,23 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     print(f"{args.connections} idle connections, ping every {args.interval} s, measured over {args.idle} s")
-    print(f"{'library':<11} {'side':<7} {'threads':>8} {'RSS MiB':>8} {'CPU %':>7}")
-    for row in rows:
-        lib, side = row["library"], row["side"]
-        print(f"{lib:<11} {side:<7} {row['threads']:>8} {row['rss_mib']:>8.1f} {row['cpu_percent']:>7.2f}")
+    print(side_by_side(rows))
+
+
+def side_by_side(rows: list[dict[str, Any]]) -> str:
+    """One line per side and metric, one column per library."""
+    libraries = list(dict.fromkeys(row["library"] for row in rows))
+    lines = [f"{'side':<7} {'':<13}" + "".join(f" {lib:>11}" for lib in libraries)]
+    for side in dict.fromkeys(row["side"] for row in rows):
+        by_lib = {row["library"]: row for row in rows if row["side"] == side}
+        for key, label, fmt in (
+            ("threads", "threads", "d"),
+            ("rss_mib", "RSS MiB", ".1f"),
+            ("cpu_percent", "idle CPU %", ".2f"),
+        ):
+            cells = "".join(f" {by_lib[lib][key]:>11{fmt}}" if lib in by_lib else f" {'-':>11}" for lib in libraries)
+            lines.append(f"{side:<7} {label:<13}{cells}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
