@@ -75,9 +75,12 @@ class KeepAlive:
     """Keeps registered connections alive with pings; fails dead ones.
 
     Args:
-        interval: seconds without receiving anything before a Ping is sent.
-        timeout: seconds after that without receiving anything before the
-            connection fails with 1011.
+        interval: seconds without a sign of life from the peer (anything
+            received, or a send that the peer's reading let progress) before
+            a Ping is sent.
+        timeout: seconds from that Ping without a sign of life before the
+            connection fails with 1011. The clock stops while the application
+            leaves 1 MiB unread (the answer may be queued behind it).
         tcp_keepalive: also enable TCP keepalive (``SO_KEEPALIVE``) on each
             socket: True for idle/interval/count derived from ``interval``
             and ``timeout``, or an explicit ``(idle, interval, count)``.
