@@ -299,13 +299,13 @@ def test_long_send_to_a_slow_reader_is_not_a_dead_peer(run_server):
     peer reading (write progress) is the sign of life, not a 1011."""
     server = run_server(max_size=None)
     relay = SlowRelay(server.port, rate=400_000)
-    keepalive = KeepAlive(interval=0.2, timeout=0.3)
+    keepalive = KeepAlive(interval=0.2, timeout=0.5)
     try:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sock.connect(("127.0.0.1", relay.port))
         ws = blockws.connect(relay.url, sock=sock, keepalive=keepalive, max_size=None, compression=None)
-        data = os.urandom(600_000)
+        data = os.urandom(700_000)
         start = time.monotonic()
         ws.sendall(data)
         elapsed = time.monotonic() - start
