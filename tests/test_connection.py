@@ -15,6 +15,8 @@ import pytest
 import blockws
 from blockws import CloseCode, State
 
+from .helpers import LateReader, RecvErrors
+
 
 def small_buffer_client(url: str, port: int, **options: Any) -> blockws.WebSocket:
     """A client whose kernel send buffer is tiny, so backpressure comes fast."""
@@ -156,12 +158,8 @@ def test_recv_timeout_keeps_partial_message(run_server):
 
 def test_partial_send_under_backpressure_loses_nothing(run_server):
     """send() with a timeout accepts what fits; every accepted byte arrives once, in order."""
-    reading = threading.Event()
-    received: list[Any] = []
-
-    def handler(ws: blockws.WebSocket) -> None:
-        reading.wait(10)
-        received.extend(ws)
+    handler = LateReader()
+    reading, received = handler.reading, handler.received
 
     server = run_server(handler, max_size=None)
     data = os.urandom(3_000_000)
@@ -187,12 +185,8 @@ def test_partial_send_under_backpressure_loses_nothing(run_server):
 
 
 def test_nonblocking_send_raises_blockingioerror_with_nothing_accepted(run_server):
-    reading = threading.Event()
-    received: list[Any] = []
-
-    def handler(ws: blockws.WebSocket) -> None:
-        reading.wait(10)
-        received.extend(ws)
+    handler = LateReader()
+    reading, received = handler.reading, handler.received
 
     server = run_server(handler, max_size=None)
     ws = small_buffer_client(server.url, server.port)
@@ -225,12 +219,8 @@ def test_nonblocking_send_raises_blockingioerror_with_nothing_accepted(run_serve
 
 
 def test_partial_text_send_counts_characters(run_server):
-    reading = threading.Event()
-    received: list[Any] = []
-
-    def handler(ws: blockws.WebSocket) -> None:
-        reading.wait(10)
-        received.extend(ws)
+    handler = LateReader()
+    reading, received = handler.reading, handler.received
 
     server = run_server(handler, max_size=None)
     text = "€𝄞a" * 300_000
@@ -505,13 +495,8 @@ def test_recv_fragments_lets_go_of_the_lock_between_pieces(run_server):
 
 
 def test_max_size_fails_with_1009_and_names_the_limit(run_server):
-    errors: list[BaseException] = []
-
-    def handler(ws: blockws.WebSocket) -> None:
-        try:
-            ws.recv()
-        except blockws.ConnectionClosedError as exc:
-            errors.append(exc)
+    handler = RecvErrors()
+    errors = handler.errors
 
     server = run_server(handler, max_size=1000)
     with blockws.connect(server.url, timeout=5, compression=None) as ws:

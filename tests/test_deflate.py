@@ -23,6 +23,8 @@ from blockws.exceptions import InvalidHandshake, PayloadTooBig, ProtocolError
 from blockws.frames import Opcode, apply_mask, encode_header
 from blockws.protocol import Data, Protocol, Side
 
+from .helpers import RecvErrors
+
 # -- negotiation -------------------------------------------------------------
 
 
@@ -310,13 +312,8 @@ def test_blockws_client_settings_reach_websockets_server(settings_, expected):
 
 def test_compressed_bomb_over_sockets_closes_with_1009_in_bounded_memory(run_server):
     """A 64 KiB frame that would inflate to 64 MiB stops at max_size with 1009."""
-    errors: list[BaseException] = []
-
-    def handler(ws: blockws.WebSocket) -> None:
-        try:
-            ws.recv()
-        except blockws.ConnectionClosedError as exc:
-            errors.append(exc)
+    handler = RecvErrors()
+    errors = handler.errors
 
     server = run_server(handler, max_size=1 << 16)
     payload = deflate_bomb(64 << 20)

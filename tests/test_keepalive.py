@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import struct
 import subprocess
@@ -19,6 +18,7 @@ import blockws
 from blockws import KeepAlive
 from blockws.frames import FrameHeader, Opcode
 
+from .helpers import LateReader, raise_fd_limit
 from .relay import Relay
 
 
@@ -362,12 +362,8 @@ def test_register_a_closed_connection_leaves_nothing_behind(echo_server):
 def test_ping_while_a_frame_tail_is_unsent(run_server):
     """The keepalive's ping goes after the unsent tail of a frame, never inside
     it: the peer parses everything cleanly."""
-    reading = threading.Event()
-    received: list[Any] = []
-
-    def handler(ws: blockws.WebSocket) -> None:
-        reading.wait(10)
-        received.extend(ws)
+    handler = LateReader()
+    reading, received = handler.reading, handler.received
 
     server = run_server(handler, max_size=None)
     keepalive = KeepAlive(interval=0.1, timeout=10)
@@ -445,19 +441,13 @@ asyncio.run(main())
 """
 
 
-def _raise_fd_limit(wanted: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        if hard != resource.RLIM_INFINITY and hard < wanted:
-            pytest.skip(f"needs {wanted} file descriptors, the hard limit is {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def test_a_thousand_client_connections_one_thread():
     """1,000 kept-alive client connections add exactly one thread to the
     process (the server is the websockets package, in another process)."""
     count = 1000
-    _raise_fd_limit(2 * count + 200)
+    raise_fd_limit(2 * count + 200)
     peer = subprocess.Popen(
         [sys.executable, "-c", _ECHO_PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -493,7 +483,7 @@ def test_server_connections_threads_are_handlers_plus_one(run_server):
     """serve(keepalive=ka): a handler thread per connection and one keepalive
     thread for all of them, nothing else."""
     count = 200
-    _raise_fd_limit(2 * count + 200)
+    raise_fd_limit(2 * count + 200)
     keepalive = KeepAlive(interval=0.3, timeout=10)
     server = run_server(keepalive=keepalive)
     before = threading.active_count()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import socket
 import threading
 import time
@@ -13,20 +12,16 @@ import blockws
 from blockws import Response, http
 from blockws.handshake import accept_key
 
+from .helpers import RecvErrors, raise_fd_limit
+
 SLOWLORIS_SOCKETS = 1000
 
 
-def _raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def test_slowloris_does_not_block_legitimate_clients(run_server):
     # Both ends of every socket live in this process, plus some slack.
-    _raise_fd_limit(2 * SLOWLORIS_SOCKETS + 512)
+    raise_fd_limit(2 * SLOWLORIS_SOCKETS + 512)
     # open_timeout outlasts the time it takes to open them all (seconds, on a
     # slow sandbox), so all of them are pending when the legitimate client comes.
     server = run_server(open_timeout=60)
@@ -209,13 +204,8 @@ def test_close_timeout_bounds_close_against_a_silent_peer():
 
 
 def test_fragment_count_limit_over_sockets(run_server):
-    errors: list[BaseException] = []
-
-    def handler(ws: blockws.WebSocket) -> None:
-        try:
-            ws.recv()
-        except blockws.ConnectionClosedError as exc:
-            errors.append(exc)
+    handler = RecvErrors()
+    errors = handler.errors
 
     server = run_server(handler, max_fragments=50)
     with blockws.connect(server.url, timeout=5, compression=None) as ws:
