@@ -221,8 +221,11 @@ class WebSocket:
         self._timeout = None if flag else 0.0
 
     def fileno(self) -> int:
-        """The socket's descriptor, for ``select()`` (check :meth:`pending` first)."""
-        return self._fd
+        """The socket's descriptor, for ``select()`` (check :meth:`pending` first).
+
+        -1 once the connection is closed, as :meth:`socket.socket.fileno`.
+        """
+        return -1 if self._tcp_closed else self._fd
 
     def pending(self) -> int:
         """Bytes already read from the kernel but not yet returned by :meth:`recv`.

@@ -276,7 +276,7 @@ class KeepAlive:
     def _watch(selector: selectors.BaseSelector, ws: WebSocket, state: _Timers) -> None:
         if not state.watched:
             try:
-                selector.register(ws.fileno(), selectors.EVENT_READ, ws)
+                selector.register(ws, selectors.EVENT_READ, ws)
                 state.watched = True
             except (ValueError, OSError, KeyError):
                 pass  # closed meanwhile: its on_close removes it
@@ -286,7 +286,7 @@ class KeepAlive:
         if state.watched:
             state.watched = False
             try:
-                selector.unregister(ws.fileno())
+                selector.unregister(ws)  # by object: fileno() is -1 once closed
             except (ValueError, OSError, KeyError):
                 pass
 

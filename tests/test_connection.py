@@ -450,7 +450,9 @@ def test_select_loop_with_fileno_and_pending(echo_server):
     assert sorted(got) == sorted(f"{p}{i}" for p in "ab" for i in range(3))
     for ws in conns:
         ws.setblocking(True)
+        assert ws.fileno() >= 0
         ws.close()
+        assert ws.fileno() == -1  # as socket.fileno() after close()
 
 
 def test_recv_fragments(run_server):
