@@ -482,3 +482,12 @@ def test_passwords_never_appear_in_reprs_or_messages():
     assert len(texts) > 12
     for text in texts:
         assert secret not in text, text
+
+
+def test_fuzz_auth_crash_regression():
+    """Found by fuzzing/fuzz_auth.py on the old BasicAuth: base64 credentials whose
+    password is non-ASCII crashed hmac.compare_digest on str (TypeError)."""
+    found = b"#:\x1egc\x1ei\x1ep#s\xc3\x99'#\x1eDig\x1e#\x1e\x1e#\x1ei\x1e#si\x1e"
+    header = "Basic " + base64.b64encode(found).decode()
+    for server in (BasicAuth("r", {"user": "password"}), DigestAuth("r", {"user": "password"})):
+        assert server.check(Request("GET", "/", {"Authorization": header})) is None
