@@ -24,6 +24,16 @@ HOST = "127.0.0.1"
 # Listen backlogs of every server under test: 50 concurrent handshakes and
 # 1,000 idle connections must not overflow a small default (socketserver's is 5).
 BACKLOG = 1024
+# With two CPUs or more, round trips are measured with the reference server
+# pinned to the first CPU and the client to the second: left to the
+# scheduler, a round trip changed 4x from run to run (a light client that
+# shares the server's CPU skips the cross-CPU wake-up), which made the raw
+# TCP ceiling bimodal. Pinned, every client pays the same wake-up. Bulk
+# transfers are measured unpinned: pinned, the server's single CPU is the
+# bottleneck and the figure would no longer measure the client.
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+SERVER_CPUS: set[int] | None = {CPUS[0]} if len(CPUS) >= 2 else None
+CLIENT_CPUS: set[int] | None = {CPUS[1]} if len(CPUS) >= 2 else None
 
 
 class ChildError(RuntimeError):
@@ -33,7 +43,12 @@ class ChildError(RuntimeError):
 class Child:
     """A server or worker process: started, read until its ready line, stopped by closing its stdin."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, ready_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 30.0,
+    ) -> None:
         self.args = args
         self.popen = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=BENCH_DIR)
         self._pending = b""  # stdout read past the last line returned
@@ -42,6 +57,11 @@ class Child:
         except BaseException:
             self.stop()
             raise
+
+    def pin(self, cpus: set[int] | None) -> None:
+        """Run the child's main thread on ``cpus`` only (None: on every CPU)."""
+        if CPUS:
+            os.sched_setaffinity(self.pid, cpus if cpus is not None else set(CPUS))
 
     @property
     def pid(self) -> int:

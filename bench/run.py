@@ -29,8 +29,10 @@ from typing import Any, Optional
 
 from procs import (
     BENCH_DIR,
+    CLIENT_CPUS,
     HOST,
     NODE_DIR,
+    SERVER_CPUS,
     Child,
     ChildError,
     env_with,
@@ -201,6 +203,7 @@ def client_worker(spec: ClientSpec, server: Child, *mode: str) -> list[str]:
 
 
 CLIENT_FIGURES = ["rtt32", "send64", "recv64", "up1m", "down1m"]
+PINNED_FIGURES = {"rtt32"}
 
 
 def ask_figure(worker: Child, figure: str, duration: float) -> dict[str, Any]:
@@ -235,6 +238,10 @@ def client_section(settings: Settings) -> Table:
             # Clients innermost: each figure is measured for every client within seconds,
             # so a burst of noise on the shared machine hits them alike.
             for name in CLIENT_FIGURES:
+                pinned = name in PINNED_FIGURES  # see procs.SERVER_CPUS
+                server.pin(SERVER_CPUS if pinned else None)
+                for worker in workers.values():
+                    worker.pin(CLIENT_CPUS if pinned else None)
                 for round_no in range(1, settings.rounds + 1):
                     log(f"client: {name} (round {round_no}/{settings.rounds})")
                     for column, worker in workers.items():
