@@ -74,24 +74,24 @@ def run_one(lib: str, compression: str | None, payloads: list[str]) -> dict[str,
         if lib == "blockws":
             import blockws
 
-            ws: Any = blockws.connect(url, compression=compression)
-            sock, send, recv = ws._sock, ws.send, ws.recv
+            opened: Any = blockws.connect(url, compression=compression)
         else:
             from websockets.sync.client import connect
 
-            ws = connect(url, compression=compression)
-            sock, send, recv = ws.socket, ws.send, ws.recv
-        for message in payloads[:200]:
-            send(message)
-            recv()
-        sent0 = _tcp_bytes_sent(sock)
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        for message in payloads:
-            send(message)
-            recv()
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        wire = (_tcp_bytes_sent(sock) - sent0) / len(payloads)
-        ws.close()
+            opened = connect(url, compression=compression)
+        with opened as ws:
+            sock = ws._sock if lib == "blockws" else ws.socket
+            send, recv = ws.send, ws.recv
+            for message in payloads[:200]:
+                send(message)
+                recv()
+            sent0 = _tcp_bytes_sent(sock)
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            for message in payloads:
+                send(message)
+                recv()
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            wire = (_tcp_bytes_sent(sock) - sent0) / len(payloads)
     finally:
         server.stdin.write("\n")
         server.stdin.flush()
