@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Union
 
-from .deflate import DEFAULT_MIN_SIZE, Compressor, Decompressor, DeflateParams
+from .deflate import Compressor, Decompressor, DeflateParams, PerMessageDeflate
 from .exceptions import PayloadTooBig, ProtocolError
 from .frames import (
     CloseCode,
@@ -139,8 +139,8 @@ class Protocol:
         max_fragments: the most frames one message may come in (None: no
             limit); more fail the connection with 1009.
         deflate: the negotiated permessage-deflate parameters, if any.
-        compress_min_size: messages shorter than this are sent uncompressed.
-        compress_level: the zlib level of what we compress.
+        compression: how we compress what we send when ``deflate`` was
+            negotiated (default: ``PerMessageDeflate()``).
     """
 
     def __init__(
@@ -150,8 +150,7 @@ class Protocol:
         max_size: int | None = DEFAULT_MAX_SIZE,
         max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
         deflate: DeflateParams | None = None,
-        compress_min_size: int = DEFAULT_MIN_SIZE,
-        compress_level: int = 3,
+        compression: PerMessageDeflate | None = None,
     ) -> None:
         self.side = side
         self.max_size = max_size
@@ -185,7 +184,7 @@ class Protocol:
         client = side is Side.CLIENT
         self.deflate = deflate
         self._compressor = (
-            Compressor(deflate, client, level=compress_level, min_size=compress_min_size) if deflate else None
+            Compressor(deflate, client, compression or PerMessageDeflate()) if deflate else None
         )
         self._decompressor = Decompressor(deflate, client, max_size) if deflate else None
         self._msg_compressed = False
@@ -431,7 +430,7 @@ class Protocol:
             assert self._compressor is not None
             size = len(payload)
             payload = self._compressor.compress(payload, fin)
-            if not text and fin and rsv and len(payload) > size * 0.95:
+            if not text and fin and rsv and len(payload) > size * 0.95 and self._compressor.skip_incompressible:
                 self._skip_binary = 32  # incompressible data: stop trying for a while
         keys = self._mask_keys
         if keys is None:

@@ -131,7 +131,7 @@ all_params = st.builds(
 @given(all_params, st.lists(st.binary(max_size=5000) | st.text(max_size=2000).map(str.encode), max_size=6), st.data())
 def test_round_trips_any_params_fragments_and_splits(params, messages, data):
     for is_client in (True, False):
-        compressor = Compressor(params, is_client, min_size=0)
+        compressor = Compressor(params, is_client, blockws.PerMessageDeflate(min_size=0))
         decompressor = Decompressor(params, not is_client, max_size=None)
         for message in messages:
             cuts = sorted(data.draw(st.lists(st.integers(0, len(message)), max_size=3)))
@@ -237,6 +237,13 @@ def test_incompressible_binary_is_sent_plain_for_a_while():
     assert not second[0] & 0x40
     text, _ = client.encode_data(b"text still compressed " * 20, True, True)
     assert text[0] & 0x40
+    # skip_incompressible=False: every binary message is compressed.
+    always = Protocol(
+        Side.CLIENT, deflate=DeflateParams(), compression=blockws.PerMessageDeflate(skip_incompressible=False)
+    )
+    for _ in range(3):
+        header, _ = always.encode_data(os.urandom(2000), False, True)
+        assert header[0] & 0x40
 
 
 # -- over sockets, with the websockets package -------------------------------------
