@@ -451,9 +451,12 @@ class WebSocket:
     def sendall(self, data: str | BytesLike) -> None:
         """Send ``data`` as the end of the current message (a whole message if none is open).
 
-        The timeout covers the whole call; if it expires, part of ``data``
-        may have been accepted and the message stays open (as with
-        :meth:`socket.socket.sendall`, the caller can't tell how much).
+        The timeout covers the whole call. If it expires, part of ``data``
+        may have been accepted and the message stays open; unlike
+        :meth:`socket.socket.sendall`, the ``TimeoutError`` (or
+        ``BlockingIOError``) says how much: its ``accepted`` attribute counts
+        the bytes (characters for ``str``) taken, and
+        ``sendall(data[exc.accepted:])`` finishes the message.
         """
         if self._timeout is None:
             self.send(data)  # blocking: send() accepts everything anyway
@@ -482,11 +485,18 @@ class WebSocket:
             if not everything:
                 return self._send_partial(data, payload, text, fin, deadline)
             view = memoryview(payload)
+            done = 0
             while True:
-                n = self._send_partial(view, view, False, fin, deadline, text)
-                if n == len(view):
+                try:
+                    n = self._send_partial(view[done:], view[done:], False, fin, deadline, text)
+                except (TimeoutError, BlockingIOError) as exc:
+                    # Unlike socket.sendall, say how much was accepted, so the
+                    # caller can finish the message with the rest.
+                    exc.accepted = len(str(view[:done], "utf-8")) if text else done  # type: ignore[union-attr]
+                    raise
+                done += n
+                if done == len(view):
                     return len(data)
-                view = view[n:]
         finally:
             self._send_cond.release()
 

@@ -14,6 +14,8 @@ import pytest
 
 import blockws
 from blockws import CloseCode, State
+from blockws.frames import Opcode, encode_header
+from blockws.handshake import accept_key
 
 from .helpers import LateReader, RecvErrors
 
@@ -572,3 +574,65 @@ def test_open_message_is_owned_by_its_thread(echo_server):
         ws.sendall("part two")
         t.join(5)
         assert [ws.recv(), ws.recv()] == ["part one, part two", "other message"]
+
+
+@pytest.mark.parametrize("kind", [bytes, str])
+def test_sendall_timeout_says_how_much_was_accepted(run_server, kind):
+    """A sendall() that times out part-way tells how much it took; the rest finishes the message."""
+    handler = LateReader()
+    server = run_server(handler, max_size=None, compression=None)
+    data: Any = os.urandom(2_000_000) if kind is bytes else "aé€𝄞" * 200_000
+    ws = small_buffer_client(server.url, server.port, timeout=0.2, compression=None)
+    with pytest.raises(TimeoutError) as info:
+        ws.sendall(data)
+    accepted = info.value.accepted  # type: ignore[attr-defined]
+    assert 0 < accepted < len(data)
+    handler.reading.set()
+    ws.settimeout(10)
+    ws.sendall(data[accepted:])
+    ws.close()
+    server.stop()
+    assert handler.received == [data]
+
+
+def test_frame_cut_across_a_recv_timeout(run_server):
+    """A frame that arrives in three pieces (inside its header, inside a character)
+    survives two timed-out recv() calls and arrives whole."""
+    frame = encode_header(Opcode.TEXT, 7) + "ab€cd".encode()  # "€" is 3 bytes: 7 bytes in all
+    pieces = [frame[:1], frame[1:5], frame[5:]]  # header cut; then inside "€"
+    go = [threading.Event() for _ in pieces]
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            lines = head.split(b"\r\n")
+            key = next(ln.split(b":", 1)[1].strip() for ln in lines if ln.lower().startswith(b"sec-websocket-key"))
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
+            )
+            for event, piece in zip(go, pieces):
+                event.wait(5)
+                conn.sendall(piece)
+            conn.recv(4096)  # the client's Close
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with blockws.connect(f"ws://127.0.0.1:{listener.getsockname()[1]}/", timeout=0.2, close_timeout=1) as ws:
+            for event in go[:2]:
+                event.set()
+                with pytest.raises(TimeoutError):
+                    ws.recv()
+            go[2].set()
+            ws.settimeout(5)
+            assert ws.recv() == "ab€cd"
+    finally:
+        for event in go:
+            event.set()
+        thread.join(5)
+        listener.close()
