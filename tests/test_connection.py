@@ -636,3 +636,41 @@ def test_frame_cut_across_a_recv_timeout(run_server):
             event.set()
         thread.join(5)
         listener.close()
+
+
+def test_partial_send_over_tls_loses_nothing(run_server):
+    """The same partial-send contract over TLS, where the socket is non-blocking and
+    a write may want a read (SSLWantReadError)."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    handler = LateReader()
+    server = run_server(handler, max_size=None, ssl_context=server_ctx)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    ws = blockws.connect(
+        f"wss://localhost:{server.port}/", sock=sock, ssl_context=client_ctx, timeout=0.2, compression=None
+    )
+    data = os.urandom(1_500_000)
+    view = memoryview(data)
+    counts = []
+    while view:
+        try:
+            n = ws.send(view)
+        except TimeoutError:
+            handler.reading.set()
+            continue
+        assert 0 < n <= len(view)
+        counts.append(n)
+        view = view[n:]
+    assert len(counts) > 1  # it really was partial
+    ws.close()
+    server.stop()
+    assert handler.received == [data]
