@@ -638,18 +638,10 @@ def test_frame_cut_across_a_recv_timeout(run_server):
         listener.close()
 
 
-def test_partial_send_over_tls_loses_nothing(run_server):
+def test_partial_send_over_tls_loses_nothing(run_server, tls):
     """The same partial-send contract over TLS, where the socket is non-blocking and
     a write may want a read (SSLWantReadError)."""
-    import ssl
-
-    import trustme
-
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls
     handler = LateReader()
     server = run_server(handler, max_size=None, ssl_context=server_ctx)
     sock = socket.socket()

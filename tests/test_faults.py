@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import trustme
 
 import blockws
 from blockws.handshake import accept_key
@@ -280,16 +279,6 @@ def test_reset_reaching_the_server_mid_handshake(run_server):
     finally:
         relay.close()
     still_serving(server.url)
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
 
 
 def test_plaintext_client_against_a_tls_server(run_server, tls):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -267,16 +268,8 @@ def test_connect_reply_limits_are_options():
     thread.join()
 
 
-def test_wss_through_the_tunnel_checks_the_target_certificate(pproxy, run_server):
-    import ssl
-
-    import trustme
-
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+def test_wss_through_the_tunnel_checks_the_target_certificate(pproxy, run_server, tls):
+    server_ctx, client_ctx = tls
     server = run_server(ssl_context=server_ctx)
     port = pproxy("http")
     proxy = f"http://127.0.0.1:{port}"

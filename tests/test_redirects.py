@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 from typing import Any
 
 import pytest
-import trustme
 
 import blockws
 from blockws import Response
@@ -86,12 +84,8 @@ def test_default_max_redirects_is_5(run_server):
         blockws.connect(f"ws://127.0.0.1:{server.port}/0")
 
 
-def test_https_location_maps_to_wss(run_server):
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+def test_https_location_maps_to_wss(run_server, tls):
+    server_ctx, client_ctx = tls
     secure = run_server(ssl_context=server_ctx)
     plain = run_server(process_request=redirect_to(f"https://localhost:{secure.port}/tls"))
     with blockws.connect(plain.url, ssl_context=client_ctx, timeout=5) as ws:
@@ -171,12 +165,8 @@ def test_credentials_kept_on_same_origin(run_server):
     assert [r.headers.get("Authorization") for r in seen] == ["Bearer secret", "Bearer secret"]
 
 
-def test_no_downgrade_from_wss_to_ws(run_server):
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+def test_no_downgrade_from_wss_to_ws(run_server, tls):
+    server_ctx, client_ctx = tls
     plain = run_server()
     secure = run_server(process_request=redirect_to(f"ws://localhost:{plain.port}/"), ssl_context=server_ctx)
     with pytest.raises(blockws.InvalidHandshake, match="wss:// to ws://"):

@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import pytest
-import trustme
 
 import blockws
 
@@ -176,12 +175,8 @@ def test_accept_on_a_socketpair():
     assert got == ["over a socketpair"]
 
 
-def test_tls_both_sides(run_server):
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+def test_tls_both_sides(run_server, tls):
+    server_ctx, client_ctx = tls
     server = run_server(ssl_context=server_ctx)
     with blockws.connect(f"wss://localhost:{server.port}/", ssl_context=client_ctx, timeout=5) as ws:
         for message in ["secure", b"\x00" * 100_000, "é" * 5000]:
