@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 from .exceptions import InvalidHandshake, ProxyError
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
-from .utils import Deadline, read_http_body, read_http_head
+from .utils import Deadline, HeadCut, read_http_body, read_http_head
 
 __all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL"]
 
@@ -171,10 +171,11 @@ def _connect_tunnel(
             sock.sendall(request.serialize())
             head, extra = read_http_head(sock, deadline, "proxy's CONNECT reply", limits[0])
             response = parse_response(head, max_line=limits[0], max_headers=limits[1])
+        except HeadCut as exc:
+            sock.close()
+            raise ProxyError(f"proxy {url.host}:{url.port} closed the connection during CONNECT") from exc
         except InvalidHandshake as exc:
             sock.close()
-            if str(exc).startswith("connection closed"):
-                raise ProxyError(f"proxy {url.host}:{url.port} closed the connection during CONNECT") from exc
             raise ProxyError(f"invalid reply from the proxy: {exc}") from exc
         except (TimeoutError, ssl.SSLError):  # TimeoutError is an OSError: keep it
             sock.close()

@@ -8,7 +8,11 @@ import time
 from .exceptions import InvalidHandshake
 from .http import MAX_BODY, Response, find_head_end
 
-__all__ = ["Deadline", "read_http_head", "read_http_body"]
+__all__ = ["Deadline", "HeadCut", "read_http_head", "read_http_body"]
+
+
+class HeadCut(InvalidHandshake):
+    """The peer closed the connection before the end of an HTTP head."""
 
 
 class Deadline:
@@ -47,8 +51,8 @@ def read_http_head(
 
     Raises:
         TimeoutError: the deadline passed (``what`` names the step).
-        InvalidHandshake: the head is malformed or too large, or the peer
-            closed the connection first.
+        InvalidHandshake: the head is malformed or too large;
+            :class:`HeadCut` if the peer closed the connection first.
     """
     buf = bytearray()
     searched = 0
@@ -59,7 +63,7 @@ def read_http_head(
         searched = len(buf)
         chunk = _recv_before(sock, deadline, 4096, what)
         if not chunk:
-            raise InvalidHandshake(f"connection closed during the {what}" + (f" after {len(buf)} bytes" if buf else ""))
+            raise HeadCut(f"connection closed during the {what}" + (f" after {len(buf)} bytes" if buf else ""))
         buf += chunk
 
 

@@ -39,6 +39,23 @@ class RecvErrors:
             self.errors.append(exc)
 
 
+def send_in_parts(ws: blockws.WebSocket, data: bytes, on_timeout: Any) -> list[int]:
+    """Send ``data`` with partial ``send()`` calls; call ``on_timeout(counts)`` when one
+    accepts nothing. Returns how much each call accepted (each checked to be 1 to all)."""
+    view = memoryview(data)
+    counts: list[int] = []
+    while view:
+        try:
+            n = ws.send(view)
+        except TimeoutError:
+            on_timeout(counts)
+            continue
+        assert 0 < n <= len(view)
+        counts.append(n)
+        view = view[n:]
+    return counts
+
+
 def raise_fd_limit(needed: int) -> None:
     """Raise the soft limit of open files to ``needed`` (skip the test if the hard limit is lower)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

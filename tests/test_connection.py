@@ -17,7 +17,7 @@ from blockws import CloseCode, State
 from blockws.frames import Opcode, encode_header
 from blockws.handshake import accept_key
 
-from .helpers import LateReader, RecvErrors
+from .helpers import LateReader, RecvErrors, send_in_parts
 
 
 def small_buffer_client(url: str, port: int, **options: Any) -> blockws.WebSocket:
@@ -166,19 +166,13 @@ def test_partial_send_under_backpressure_loses_nothing(run_server):
     server = run_server(handler, max_size=None)
     data = os.urandom(3_000_000)
     ws = small_buffer_client(server.url, server.port, timeout=0.2)
-    view = memoryview(data)
-    counts = []
-    while view:
-        try:
-            n = ws.send(view)
-        except TimeoutError:
-            # Nothing accepted: the peer does not read. Let it read now.
-            assert counts, "the first send should accept something"
-            reading.set()
-            continue
-        assert 0 < n <= len(view)
-        counts.append(n)
-        view = view[n:]
+
+    def let_it_read(counts: list[int]) -> None:
+        # Nothing accepted: the peer does not read. Let it read now.
+        assert counts, "the first send should accept something"
+        reading.set()
+
+    counts = send_in_parts(ws, data, let_it_read)
     assert len(counts) > 1, "backpressure should have split the message"
     assert ws.buffered_amount <= ws.write_limit + 14
     ws.close()
@@ -651,17 +645,7 @@ def test_partial_send_over_tls_loses_nothing(run_server, tls):
         f"wss://localhost:{server.port}/", sock=sock, ssl_context=client_ctx, timeout=0.2, compression=None
     )
     data = os.urandom(1_500_000)
-    view = memoryview(data)
-    counts = []
-    while view:
-        try:
-            n = ws.send(view)
-        except TimeoutError:
-            handler.reading.set()
-            continue
-        assert 0 < n <= len(view)
-        counts.append(n)
-        view = view[n:]
+    counts = send_in_parts(ws, data, lambda counts: handler.reading.set())
     assert len(counts) > 1  # it really was partial
     ws.close()
     server.stop()
