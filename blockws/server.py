@@ -297,10 +297,6 @@ class Server:
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._connections: set[WebSocket] = set()
-        # A duplicate descriptor of each socket still in its opening handshake,
-        # so that shutdown() can cut the handshake short (TLS wrapping
-        # replaces the socket object; the duplicate still reaches the socket).
-        self._handshaking: set[socket.socket] = set()
         self._active = 0
         self._refused: dict[socket.socket, float] = {}  # socket -> when to close it anyway
         self._shutdown_requested = False
@@ -366,17 +362,11 @@ class Server:
     def _serve_one(self, conn: socket.socket, addr: Any) -> None:
         ws = None
         try:
-            watch = self._watch_handshake(conn)
             try:
                 ws = accept(conn, **self.options)
             except (InvalidHandshake, TimeoutError, OSError) as exc:
                 logger.info("handshake with %s failed: %s", addr, exc)
                 return
-            finally:
-                if watch is not None:
-                    with self._lock:
-                        self._handshaking.discard(watch)
-                    watch.close()
             with self._lock:
                 self._connections.add(ws)
             if self._shutdown_requested:
@@ -403,26 +393,6 @@ class Server:
             with self._lock:
                 self._active -= 1
                 self._threads.discard(threading.current_thread())
-
-    def _watch_handshake(self, conn: socket.socket) -> socket.socket | None:
-        """Register a duplicate of ``conn`` for shutdown() to cut its handshake short."""
-        try:
-            watch = conn.dup()
-        except OSError:  # out of descriptors: the handshake still ends by open_timeout
-            return None
-        with self._lock:
-            self._handshaking.add(watch)
-            if self._shutdown_requested:
-                self._abort_handshakes()
-        return watch
-
-    def _abort_handshakes(self) -> None:
-        """Make every pending opening handshake fail at once; hold the lock."""
-        for watch in self._handshaking:
-            try:
-                watch.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _refuse(self, conn: socket.socket) -> None:
         """Answer 503 from the accept loop, without a thread and without blocking.
@@ -477,8 +447,6 @@ class Server:
         except OSError:
             pass
         self._stopped.wait(5.0)
-        with self._lock:
-            self._abort_handshakes()
         closers = [
             threading.Thread(target=ws.close, args=(CloseCode.GOING_AWAY, "server shutting down"), daemon=True)
             for ws in self.connections

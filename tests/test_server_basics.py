@@ -127,24 +127,6 @@ def test_shutdown_closes_connections_with_1001(run_server):
     ws.close()
 
 
-@pytest.mark.parametrize("secure", [False, True])
-def test_shutdown_cuts_pending_handshakes_short(run_server, tls, secure):
-    """A client that connected and sent nothing doesn't hold shutdown() for open_timeout."""
-    server = run_server(open_timeout=30, ssl_context=tls[0] if secure else None)
-    silent = socket.create_connection(("127.0.0.1", server.port))
-    try:
-        deadline = time.monotonic() + 5
-        while not server.server._handshaking and time.monotonic() < deadline:
-            time.sleep(0.01)  # until its thread is in the handshake
-        start = time.monotonic()
-        server.stop()
-        assert time.monotonic() - start < 3
-        silent.settimeout(5)
-        assert silent.recv(100) == b""  # dropped, not left waiting
-    finally:
-        silent.close()
-
-
 def test_handler_exception_closes_with_1011(run_server):
     def handler(ws: blockws.WebSocket) -> None:
         raise RuntimeError("bug in the application")
