@@ -243,7 +243,7 @@ def connect(
     write_limit: int = DEFAULT_WRITE_LIMIT,
     allow_bad_ports: bool = False,
     connect_gate: ConnectGate | None = DEFAULT_GATE,
-    keepalive: KeepAlive | bool | None = None,
+    keepalive: KeepAlive | bool | None = True,
     sock: socket.socket | None = None,
     server_hostname: str | None = None,
     max_line: int = MAX_LINE,
@@ -287,8 +287,12 @@ def connect(
         allow_bad_ports: allow the ports the Fetch standard bans for HTTP.
         connect_gate: the :class:`ConnectGate` (default: one per process);
             None: no gate.
-        keepalive: a :class:`~blockws.KeepAlive` to register the connection
-            with (True: the shared one), or None.
+        keepalive: True (the default): the process-wide
+            :meth:`KeepAlive.shared` answers the server's pings and notices
+            its Close while the application isn't reading, and pings every
+            20 s; a :class:`~blockws.KeepAlive` to choose the interval and
+            timeout; None to opt out (pings are then answered only inside
+            :meth:`WebSocket.recv`).
         sock: an already connected socket (a Unix socket, a tunnel) to run
             the handshake on instead of connecting to the URL's host
             (redirects are then not followed).

@@ -10,7 +10,13 @@ The kernel socket stays in blocking mode for plain TCP, so the common
 blocking ``send``/``recv`` is a single system call; deadlines are kept with
 ``poll`` plus ``MSG_DONTWAIT``, never by changing the socket's mode under
 another thread's feet. TLS sockets can't take flags, so they are put in
-non-blocking mode once and every wait goes through ``poll``.
+non-blocking mode once and every wait goes through ``poll``; so are plain
+sockets where the platform has no ``MSG_DONTWAIT`` (Windows).
+
+Platform assumptions, each with its fallback: ``select.poll`` (``select``
+where it is missing: Windows), ``MSG_DONTWAIT`` (a non-blocking socket),
+``sendmsg`` (header and payload joined), ``TCP_NODELAY`` (skipped for
+sockets that aren't TCP, such as ``AF_UNIX``).
 """
 
 from __future__ import annotations
@@ -39,13 +45,17 @@ DEFAULT_WRITE_LIMIT = 64 * 1024
 DEFAULT_CLOSE_TIMEOUT = 10.0
 _READ_SIZE = 64 * 1024
 _LARGE_READ_SIZE = 256 * 1024
-_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_MSG_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+# Messages smaller than this are joined to their header and written in one
+# call; larger ones go out with sendmsg (no copy of the payload).
+_JOIN_BELOW = 16384
 
 Message = Union[str, bytes]
 BytesLike = Union[bytes, bytearray, memoryview]
 
 
 _FOREVER = Deadline(None)
+_ABANDONED = object()
 
 
 def _utf8_length(lead: int) -> int:
@@ -56,6 +66,55 @@ def _utf8_length(lead: int) -> int:
 def _poll_ms(deadline: Deadline) -> int:
     remaining = deadline.remaining()
     return -1 if remaining is None else int(remaining * 1000 + 0.999)
+
+
+class _Waiter:
+    """Waits until one descriptor is readable or writable, in milliseconds (-1: for ever).
+
+    ``poll`` where the platform has it (no ``FD_SETSIZE`` limit); ``select``
+    where it doesn't (Windows). An error or hang-up counts as readable: the
+    read that follows reports it.
+    """
+
+    __slots__ = ("_fd", "_rpoll", "_wpoll", "_rwpoll")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        poll = getattr(select, "poll", None)
+        if poll is None:
+            self._rpoll = self._wpoll = self._rwpoll = None
+            return
+        self._rpoll = poll()
+        self._rpoll.register(fd, select.POLLIN)
+        self._wpoll = poll()
+        self._wpoll.register(fd, select.POLLOUT)
+        self._rwpoll = poll()
+        self._rwpoll.register(fd, select.POLLIN | select.POLLOUT)
+
+    def _select(self, read: bool, write: bool, ms: int) -> tuple[bool, bool]:
+        fds = [self._fd]
+        r, w, x = select.select(fds if read else [], fds if write else [], fds, None if ms < 0 else ms / 1000)
+        return bool(r or x), bool(w)
+
+    def readable(self, ms: int) -> bool:
+        if self._rpoll is None:
+            return self._select(True, False, ms)[0]
+        return bool(self._rpoll.poll(ms))
+
+    def writable(self, ms: int) -> bool:
+        if self._wpoll is None:
+            return any(self._select(False, True, ms))
+        return bool(self._wpoll.poll(ms))
+
+    def either(self, ms: int) -> tuple[bool, bool]:
+        """(readable or failed, writable); both False when the time ran out."""
+        if self._rwpoll is None:
+            return self._select(True, True, ms)
+        events = self._rwpoll.poll(ms)
+        if not events:
+            return False, False
+        mask = events[0][1]
+        return bool(mask & ~select.POLLOUT), bool(mask & select.POLLOUT)
 
 
 class WebSocket:
@@ -97,8 +156,12 @@ class WebSocket:
         self.latency: float | None = None
         self._timeout = timeout
         self._tls = isinstance(sock, ssl.SSLSocket)
-        self._fast = not self._tls
-        if self._tls:
+        # Flags can't make a TLS socket's calls non-blocking, and some
+        # platforms have no MSG_DONTWAIT: such sockets are non-blocking for
+        # good and every wait goes through the waiter. The others stay in
+        # blocking mode: a blocking send or recv is then one system call.
+        self._nonblocking = self._tls or not _MSG_DONTWAIT
+        if self._nonblocking:
             sock.setblocking(False)
         else:
             sock.settimeout(None)
@@ -107,10 +170,7 @@ class WebSocket:
         except (OSError, AttributeError):
             pass  # not TCP (a Unix socket given as sock=)
         self._fd = sock.fileno()
-        self._rpoll = select.poll()
-        self._rpoll.register(self._fd, select.POLLIN)
-        self._wpoll = select.poll()
-        self._wpoll.register(self._fd, select.POLLOUT)
+        self._waiter = _Waiter(self._fd)
         try:
             self.local_address: Any = sock.getsockname()
             self.remote_address: Any = sock.getpeername()
@@ -122,9 +182,17 @@ class WebSocket:
         self._msg_owner: int | None = None
         self._msg_text = False
         self._parts: list[Any] = []
+        # The recv_fragments() iterator in the middle of a message (its
+        # token), or _ABANDONED: the rest of that message is to be skipped.
+        self._fragments: object | None = None
         self._pings: dict[bytes, list[Any]] = {}
         self._ping_lock = threading.Lock()
         self._close_rcvd_event = threading.Event()
+        # Whether the application took the peer's Close (recv() returned
+        # None), and how often it called recv(): the keepalive answers a
+        # Close only for an application that stopped reading.
+        self._close_taken = False
+        self._recv_calls = 0
         self._tcp_closed = False
         self._lost_code: int | None = None
         self._lost_reason = ""
@@ -133,6 +201,7 @@ class WebSocket:
         # after the keepalive thread found it busy (keepalive_wanted).
         self._keepalive_hook: Callable[[WebSocket], None] | None = None
         self.keepalive_wanted = False
+        self._servicing = False
         self.last_received = time.monotonic()
         # Write progress the keepalive counts as a sign of life: bytes the
         # kernel took after it had refused some (its buffer was full, so room
@@ -209,16 +278,32 @@ class WebSocket:
     # -- timeouts --------------------------------------------------------------
 
     def settimeout(self, timeout: float | None) -> None:
-        """Like :meth:`socket.socket.settimeout`: None blocks, 0 is non-blocking."""
+        """Like :meth:`socket.socket.settimeout`: None blocks, 0 is non-blocking.
+
+        In non-blocking mode the keepalive thread leaves reading to the
+        application (it still pings): ``select()`` then sees every byte
+        that arrives, and :meth:`recv` answers the peer's pings.
+        """
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be None or >= 0")
+        was = self._timeout
         self._timeout = timeout
+        if timeout == 0 and was != 0:
+            # A read the keepalive thread began before this call is
+            # non-blocking and short: once it has fed the protocol,
+            # pending() counts what it took from the kernel.
+            while self._servicing:
+                time.sleep(0.0005)
+        elif was == 0 and timeout != 0:
+            hook = self._keepalive_hook
+            if hook is not None:
+                hook(self)  # the keepalive may read for us again
 
     def gettimeout(self) -> float | None:
         return self._timeout
 
     def setblocking(self, flag: bool) -> None:
-        self._timeout = None if flag else 0.0
+        self.settimeout(None if flag else 0.0)
 
     def fileno(self) -> int:
         """The socket's descriptor, for ``select()`` (check :meth:`pending` first).
@@ -253,24 +338,27 @@ class WebSocket:
     def _recv_some(self, deadline: Deadline) -> bytes:
         """Read what the kernel has (b"" at EOF); TimeoutError when the deadline passes."""
         sock = self._sock
-        if self._tls:
+        waiter = self._waiter
+        if self._nonblocking:
+            tls = self._tls
+            size = _READ_SIZE if tls else min(max(self._proto._remaining, _READ_SIZE), _LARGE_READ_SIZE)
             while True:
-                if not sock.pending() and not self._rpoll.poll(_poll_ms(deadline)):  # type: ignore[attr-defined]
+                if not (tls and sock.pending()) and not waiter.readable(_poll_ms(deadline)):  # type: ignore[attr-defined]
                     raise TimeoutError
                 try:
-                    return sock.recv(_READ_SIZE)
-                except ssl.SSLWantReadError:
+                    return sock.recv(size)
+                except (ssl.SSLWantReadError, BlockingIOError):
                     if deadline.expired():
                         raise TimeoutError from None
                 except ssl.SSLWantWriteError:
-                    self._wpoll.poll(_poll_ms(deadline))
+                    waiter.writable(_poll_ms(deadline))
         # In the middle of a large frame, read more at once: fewer passes
         # through the parser per megabyte.
         size = min(max(self._proto._remaining, _READ_SIZE), _LARGE_READ_SIZE)
         if deadline.when is None:
             return sock.recv(size)
         while True:
-            if not self._rpoll.poll(_poll_ms(deadline)):
+            if not waiter.readable(_poll_ms(deadline)):
                 raise TimeoutError
             try:
                 return sock.recv(size, _MSG_DONTWAIT)
@@ -283,7 +371,7 @@ class WebSocket:
         sock = self._sock
         while True:
             try:
-                n = sock.send(data) if self._tls else sock.send(data, _MSG_DONTWAIT)
+                n = sock.send(data) if self._nonblocking else sock.send(data, _MSG_DONTWAIT)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 self._congested = True
             else:
@@ -291,7 +379,7 @@ class WebSocket:
                     self._drained += n
                 self._congested = n < len(data)
                 return n
-            if deadline.expired() or not self._wpoll.poll(_poll_ms(deadline)):
+            if deadline.expired() or not self._waiter.writable(_poll_ms(deadline)):
                 return 0
 
     def _send_all(self, data: BytesLike, deadline: Deadline) -> None:
@@ -327,9 +415,20 @@ class WebSocket:
         return cls(code, reason)
 
     def _check_open_for_sending(self) -> None:
+        """Raise ConnectionClosed unless data may still be sent; hold the send lock.
+
+        The peer's Close is answered at once (the protocol queues our Close),
+        so ``close_sent`` covers both ways of closing.
+        """
         proto = self._proto
-        # After the peer's Close we may still send, as after a FIN in TCP.
         if proto.close_sent is not None or self._lost_code is not None or self._tcp_closed:
+            if proto.has_output and self._lost_code is None and not self._tcp_closed:
+                # Our answer to the peer's Close, queued by a reader that
+                # couldn't take the send lock: nobody else may write it.
+                try:
+                    self._flush(Deadline(0))
+                except ConnectionClosed:
+                    pass
             raise self._closed_error()
 
     def _lose(
@@ -409,7 +508,7 @@ class WebSocket:
             ConnectionClosed: the connection is closed or closing.
             TypeError: ``data`` continues a message of the other type.
         """
-        if fin and self._fast and self._timeout is None:
+        if fin and not self._nonblocking and self._timeout is None:
             # The common case in one place: a whole small message, blocking,
             # nothing queued before it. Anything else takes the general path.
             cls = type(data)
@@ -430,7 +529,7 @@ class WebSocket:
                     and proto.close_sent is None
                     and self._lost_code is None
                     and not self._tcp_closed
-                    and len(payload) < 16384
+                    and len(payload) < _JOIN_BELOW
                 ):
                     frame = proto.encode_message(payload, cls is str)
                     try:
@@ -509,7 +608,7 @@ class WebSocket:
                 if not self._flush(deadline):
                     raise self._timeout_error("send")  # pragma: no cover - blocking flush
                 return
-            if len(body) < 16384 or self._tls:
+            if len(body) < _JOIN_BELOW or self._nonblocking:
                 self._send_all(header + body, deadline)
             else:
                 try:
@@ -559,7 +658,7 @@ class WebSocket:
             self._flush(Deadline(0))
             if limit - len(self._wbuf) >= need or not self._wbuf:
                 break
-            if deadline.expired() or not self._wpoll.poll(_poll_ms(deadline)):
+            if deadline.expired() or not self._waiter.writable(_poll_ms(deadline)):
                 raise self._timeout_error("send")
         total = len(view)
         done = 0
@@ -644,8 +743,7 @@ class WebSocket:
         if not self._send_cond.acquire(blocking=False):
             return False
         try:
-            if self._proto.close_sent is not None or self._lost_code is not None or self._tcp_closed:
-                return False
+            self._check_open_for_sending()
             with self._ping_lock:
                 self._pings = {k: v for k, v in self._pings.items() if v[0] is not None}
                 self._pings[payload] = [None, time.monotonic(), None]
@@ -671,6 +769,15 @@ class WebSocket:
         """
         if self.input_ended:
             return False
+        self._servicing = True
+        try:
+            if self._timeout == 0:
+                return False  # non-blocking: the application's select() loop reads (see settimeout)
+            return self._service(limit)
+        finally:
+            self._servicing = False
+
+    def _service(self, limit: int) -> bool:
         if self.pending() >= limit or not self._recv_lock.acquire(blocking=False):
             self.keepalive_wanted = True
             # The reader may have left between the check and the flag: then
@@ -702,6 +809,38 @@ class WebSocket:
             or self._lost_code is not None
             or self._tcp_closed
         )
+
+    @property
+    def _close_unanswered(self) -> bool:
+        """The peer's Close arrived, the application hasn't taken it with
+        :meth:`recv`, and we haven't closed: the keepalive's grace applies."""
+        proto = self._proto
+        return (
+            proto.close_rcvd is not None
+            and proto.close_sent is None
+            and not self._close_taken
+            and self._lost_code is None
+            and not self._tcp_closed
+        )
+
+    def _answer_close(self) -> bool:
+        """Answer the peer's Close now (for the keepalive thread, once the
+        application has stopped reading): its next :meth:`send` raises
+        ``ConnectionClosedOK``, :meth:`recv` still returns what arrived,
+        then None. An open message is finished first (RFC 6455 section
+        5.5.1). False when a sender holds the connection: try again later.
+        """
+        if not self._send_cond.acquire(blocking=False):
+            return False
+        try:
+            if self._close_unanswered:
+                self._proto.answer_close()
+                self._flush(Deadline(0))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._send_cond.release()
+        return True
 
     def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited Pong (a unidirectional heartbeat)."""
@@ -760,8 +899,6 @@ class WebSocket:
         writing, or no progress can be made); TimeoutError at the deadline.
         """
         sock = self._sock
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN | select.POLLOUT)
         writable = False
         while self._wbuf:
             if not self._send_cond.acquire(blocking=False):
@@ -774,12 +911,11 @@ class WebSocket:
                 self._send_cond.release()
             if self._tls and sock.pending():  # type: ignore[attr-defined]
                 return
-            events = poller.poll(_poll_ms(deadline))
-            if not events:
+            readable, writable = self._waiter.either(_poll_ms(deadline))
+            if readable:
+                return  # (or an error that the read will report)
+            if not writable:
                 raise TimeoutError
-            if events[0][1] & ~select.POLLOUT:
-                return  # readable (or an error that the read will report)
-            writable = True
 
     def _pongs_received(self) -> None:
         now = time.monotonic()
@@ -814,6 +950,7 @@ class WebSocket:
             if type(event) is Data:
                 return event
             assert type(event) is Close
+            self._close_taken = True
             self._close_rcvd_event.set()
             return None
 
@@ -842,6 +979,7 @@ class WebSocket:
             ConnectionClosedError: the connection was lost without a Close,
                 or failed because the peer broke the protocol.
         """
+        self._recv_calls += 1
         if self._timeout is None:
             deadline = _FOREVER
             self._recv_lock.acquire()
@@ -849,6 +987,8 @@ class WebSocket:
             deadline = Deadline(self._timeout)
             self._acquire_recv(deadline)
         try:
+            if self._fragments is not None:
+                self._skip_abandoned(deadline)
             parts = self._parts
             proto = self._proto
             events = proto.events
@@ -892,32 +1032,60 @@ class WebSocket:
         piece is fetched, never while the caller holds a piece, so a
         consumer that stops iterating blocks nobody.
 
+        A message whose pieces are not all taken is discarded: once the
+        iterator is closed (``break`` out of the ``for`` loop) or the next
+        :meth:`recv` or ``recv_fragments()`` is called, the rest of it is
+        skipped and the next call starts at the next message. Resuming an
+        iterator whose message was skipped raises ``RuntimeError``.
+
         ``max_size`` still bounds the whole message, not each piece (the
         connection fails with 1009 past it): connect or serve with
         ``max_size=None`` to stream messages of any size.
         """
-        while True:
-            deadline = Deadline(self._timeout)
-            piece: Any = None
-            event: Data | None = None
-            self._acquire_recv(deadline)
-            try:
-                if self._parts:
-                    # Pieces kept by a recv() that timed out: hand them over
-                    # first, after letting go of the lock.
-                    piece = ("" if isinstance(self._parts[0], str) else b"").join(self._parts)
-                    self._parts.clear()
-                else:
-                    event = self._next_event(deadline)
-            finally:
-                self._release_reader()
-            if piece is not None:
+        token = object()
+        try:
+            while True:
+                self._recv_calls += 1
+                deadline = Deadline(self._timeout)
+                piece: Any = None
+                self._acquire_recv(deadline)
+                try:
+                    if self._fragments is not None and self._fragments is not token:
+                        self._skip_abandoned(deadline)  # another iterator's message
+                    if self._parts:
+                        # Pieces kept by a recv() that timed out: hand them
+                        # over first, after letting go of the lock.
+                        piece = ("" if isinstance(self._parts[0], str) else b"").join(self._parts)
+                        self._parts.clear()
+                        fin = False
+                    else:
+                        event = self._next_event(deadline)
+                        if event is None:
+                            self._fragments = None
+                            return
+                        piece, fin = event.payload, event.fin
+                    self._fragments = None if fin else token
+                finally:
+                    self._release_reader()
                 yield piece
-                continue
-            if event is None:
-                return
-            yield event.payload
-            if event.fin:
+                if fin:
+                    return
+                if self._fragments is not token:
+                    raise RuntimeError("the rest of this message was discarded: recv() was called before it was read")
+        finally:
+            if self._fragments is token:
+                self._fragments = _ABANDONED  # left part-way: skip the rest
+
+    def _skip_abandoned(self, deadline: Deadline) -> None:
+        """Discard the rest of a message that recv_fragments() left part-way; hold the recv lock.
+
+        A timeout keeps the skipping state, so the next call goes on with it.
+        """
+        self._fragments = _ABANDONED
+        while True:
+            event = self._next_event(deadline)
+            if event is None or event.fin:
+                self._fragments = None
                 return
 
     # -- closing ----------------------------------------------------------------

@@ -27,10 +27,20 @@ connection registered with it (not a thread per connection):
   the application is inside ``recv()``, its thread does that work; the
   socket leaves the selector and comes back when the reader is done (the
   connection calls :meth:`KeepAlive._wake`), so the thread never spins.
+  Those re-arms are coalesced: a busy connection (an echo loop) re-arms
+  after every message, so only the first in ``_REARM_DELAY`` wakes the
+  thread, which then looks at the queue again within ``_REARM_DELAY``; the
+  cost per message stays a queue append, not a thread wake-up.
 * Once a connection's input has ended (the peer's Close, EOF, a reset, a
   protocol error: ``WebSocket.input_ended``) the thread stops reading and
-  timing it for good: an EOF socket stays readable for ever, and the next
+  pinging it for good: an EOF socket stays readable for ever, and the next
   ``recv()`` reports how the connection ended (1006 when it was lost).
+* A peer's Close that the application doesn't take is answered here once
+  ``close_grace`` seconds pass without a ``recv()`` call: the peer isn't
+  kept waiting on an application that only sends (its next ``send()``
+  raises ``ConnectionClosedOK``) or doesn't use the connection at all. An
+  application that reads takes the Close itself (``recv()`` returns None)
+  and may still send until it closes: the half-close, as after a TCP FIN.
 
 Other threads never touch the selector: they queue requests and write a
 byte to a socketpair that the selector also watches.
@@ -53,12 +63,16 @@ __all__ = ["KeepAlive", "attach"]
 # Bytes a connection may hold for the application before the keepalive
 # thread stops reading it (backpressure reaches the peer again).
 _READ_LIMIT = 1 << 20
+DEFAULT_CLOSE_GRACE = 1.0
+# How late a re-armed connection may come back into the selector (pings
+# and Close frames wait that much longer at most).
+_REARM_DELAY = 0.05
 
 
 class _Timers:
     """What the keepalive thread knows of one connection."""
 
-    __slots__ = ("watched", "alive", "drained", "ping_at", "ping_sent")
+    __slots__ = ("watched", "alive", "drained", "ping_at", "ping_sent", "close_at", "recv_calls")
 
     def __init__(self, ws: WebSocket) -> None:
         self.watched = False  # in the selector
@@ -69,6 +83,10 @@ class _Timers:
         # due), and whether it went out (False: a sender held the connection).
         self.ping_at: float | None = None
         self.ping_sent = False
+        # When the peer's Close, untaken, is to be answered; the application's
+        # recv() count then (a call since restarts the grace).
+        self.close_at: float | None = None
+        self.recv_calls = 0
 
 
 class KeepAlive:
@@ -84,21 +102,38 @@ class KeepAlive:
         tcp_keepalive: also enable TCP keepalive (``SO_KEEPALIVE``) on each
             socket: True for idle/interval/count derived from ``interval``
             and ``timeout``, or an explicit ``(idle, interval, count)``.
+        close_grace: seconds the application has to take a peer's Close
+            with ``recv()`` before it is answered from here (the peer is
+            then not kept waiting by an application that doesn't read);
+            every ``recv()`` call restarts the grace. None: never answer
+            here (only ``close()`` or ``shutdown()`` do).
 
-    Pass it as ``keepalive=`` to :func:`blockws.connect`, :func:`blockws.accept`
-    or :func:`blockws.serve` (``keepalive=True`` uses :meth:`shared`).
+    Every connection is kept alive by default: ``keepalive=True``, the
+    default of :func:`blockws.connect`, :func:`blockws.accept` and
+    :func:`blockws.serve`, uses :meth:`shared` (one thread for the whole
+    process, started when the first connection registers, ended when the
+    last one closes). Pass a ``KeepAlive`` as ``keepalive=`` to choose the
+    interval and timeout, or ``keepalive=None`` to opt out.
     """
 
     _shared: KeepAlive | None = None
     _shared_lock = threading.Lock()
 
     def __init__(
-        self, interval: float = 20.0, timeout: float = 20.0, *, tcp_keepalive: bool | tuple[int, int, int] = False
+        self,
+        interval: float = 20.0,
+        timeout: float = 20.0,
+        *,
+        tcp_keepalive: bool | tuple[int, int, int] = False,
+        close_grace: float | None = DEFAULT_CLOSE_GRACE,
     ) -> None:
         if interval <= 0 or timeout <= 0:
             raise ValueError("interval and timeout must be positive")
+        if close_grace is not None and close_grace < 0:
+            raise ValueError("close_grace must be None or >= 0")
         self.interval = interval
         self.timeout = timeout
+        self.close_grace = close_grace
         self.tcp_keepalive = tcp_keepalive
         self._lock = threading.Lock()
         self._requests: deque[tuple[str, WebSocket]] = deque()
@@ -107,6 +142,10 @@ class KeepAlive:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._count = 0
+        # When a re-arm last woke the thread, and when the thread last
+        # applied one (it looks again within _REARM_DELAY of that).
+        self._arm_notified = 0.0
+        self._armed_at = 0.0
 
     @classmethod
     def shared(cls) -> KeepAlive:
@@ -182,7 +221,15 @@ class KeepAlive:
                 self._notify()
 
     def _wake(self, ws: WebSocket) -> None:
-        self._request("arm", ws)
+        with self._lock:
+            if self._closed or self._thread is None:
+                return
+            self._requests.append(("arm", ws))
+            now = time.monotonic()
+            if now - self._arm_notified < _REARM_DELAY:
+                return  # the thread looks at the queue again within _REARM_DELAY
+            self._arm_notified = now
+            self._notify()
 
     def _notify(self) -> None:
         if self._wake_w is not None:
@@ -218,6 +265,8 @@ class KeepAlive:
                     return
                 now = time.monotonic()
                 wait = self._check_timers(selector, conns, now)
+                if now - self._armed_at < _REARM_DELAY:
+                    wait = min(wait, _REARM_DELAY)  # more re-arms may be queued without a wake-up
                 for key, _ in selector.select(wait):
                     ws = key.data
                     if ws is None:
@@ -256,6 +305,7 @@ class KeepAlive:
                         self._count -= 1
                         self._unwatch(selector, ws, state)
                 elif ws in conns and not ws.input_ended:
+                    self._armed_at = time.monotonic()
                     self._watch(selector, ws, conns[ws])
             if self._closed or not conns:
                 # Nothing to serve: the next register() starts a new thread.
@@ -297,9 +347,15 @@ class KeepAlive:
         # would cost O(connections) per wake-up, O(n^2) per interval.
         retry = interval / 20
         wait = interval
+        grace = self.close_grace
+        # Not batched: the peer waits on these.
+        close_wait = float("inf")
         for ws, state in list(conns.items()):
             if ws.input_ended:
-                continue  # nothing more will come: recv() tells how it ended
+                # Nothing more will come: recv() tells how it ended.
+                if grace is not None and ws._close_unanswered:
+                    close_wait = min(close_wait, self._close_grace(ws, state, now, grace))
+                continue
             drained = ws._drained
             if drained != state.drained:
                 state.drained = drained
@@ -332,7 +388,21 @@ class KeepAlive:
                     self._count -= 1
                 continue
             wait = min(wait, state.ping_at + timeout - now)
-        return max(wait, retry)
+        return min(max(wait, retry), close_wait)
+
+    @staticmethod
+    def _close_grace(ws: WebSocket, state: _Timers, now: float, grace: float) -> float:
+        """Answer the peer's Close once the application left it for ``grace`` seconds
+        without calling recv(); return the seconds until the next check."""
+        calls = ws._recv_calls
+        if state.close_at is None or calls != state.recv_calls:
+            state.close_at = now + grace
+            state.recv_calls = calls
+        elif now >= state.close_at:
+            # A sender holds the connection: it is writing to a peer that
+            # still reads, so try again soon.
+            return float("inf") if ws._answer_close() else 0.05
+        return state.close_at - now
 
     def _fail(self, ws: WebSocket) -> None:
         ws.abort(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
@@ -348,5 +418,5 @@ def attach(ws: WebSocket, keepalive: KeepAlive | bool | None) -> None:
         except RuntimeError:
             ws.shutdown(socket.SHUT_RDWR)  # a closed KeepAlive: don't leak the connection
             raise
-    elif keepalive not in (None, False):
+    elif keepalive is not None and keepalive is not False:
         raise TypeError(f"keepalive must be a KeepAlive, True or None, not {keepalive!r}")

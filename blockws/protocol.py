@@ -16,9 +16,10 @@ Only frame headers and control frames (at most 139 bytes) are buffered.
 
 The peer's Close ends the peer's half of the stream, like a FIN in TCP: it is
 reported when the application takes it (after every message before it), and
-our own Close is sent only when the application closes or shuts down its
-half — until then it may still send, as it may after ``recv()`` returned
-``b""`` on a socket. After a protocol error the Close that fails the
+our own Close is sent when the application closes or shuts down its half —
+until then it may still send, as it may after ``recv()`` returned ``b""`` on
+a socket — or when the I/O layer calls :meth:`Protocol.answer_close` for an
+application that doesn't read (the keepalive's grace). After a protocol error the Close that fails the
 connection is queued when the application reaches the error, so messages
 that came before it are still delivered. Pings are answered at once, so a
 peer's ping gets its pong even while messages wait to be read.
@@ -26,7 +27,7 @@ peer's ping gets its pong even while messages wait to be read.
 States (the only place they change is this module)::
 
     OPEN --send_close()--> CLOSING --Close taken--> CLOSED
-    OPEN --Close taken---> CLOSING --send_close()--> CLOSED
+    OPEN --Close taken---> CLOSING --send_close() or answer_close()--> CLOSED
     OPEN --protocol error reached (our Close queued)--> CLOSING
     any --receive_eof()--> CLOSED
 """
@@ -193,6 +194,9 @@ class Protocol:
         self._skip_binary = 0
         # Sending: whether a message was started and not finished.
         self.sending_message = False
+        # answer_close() was called while our message was open: our Close
+        # goes right after that message's last frame.
+        self._close_answer_due = False
         #: Called for every frame sent (">") and received ("<") with its
         #: header and the first bytes of its (unmasked) payload: for teaching
         #: and debugging (``python -m blockws --trace``).
@@ -383,6 +387,27 @@ class Protocol:
             # Nothing may follow a Close; whatever does is ignored.
             self._discard = True
 
+    def answer_close(self) -> None:
+        """Answer the peer's Close with ours, echoing its code (RFC 6455 section 5.5.1).
+
+        At once, or, while an outgoing message is open, right after its last
+        frame (section 5.5.1 lets the current message finish): that frame's
+        body from :meth:`encode_data` then carries our Close behind it.
+        Nothing happens before the peer's Close or after ours.
+        """
+        if self.close_rcvd is None or self.close_sent is not None:
+            return
+        if self.sending_message:
+            self._close_answer_due = True
+        else:
+            self._answer_close()
+
+    def _answer_close(self) -> None:
+        rcvd = self.close_rcvd
+        assert rcvd is not None
+        self._close_answer_due = False
+        self.send_close(None if rcvd.code == CloseCode.NO_STATUS_RCVD else rcvd.code)
+
     # -- the application's side of receiving ---------------------------------
 
     def next_event(self) -> Event | None:
@@ -436,11 +461,18 @@ class Protocol:
         if keys is None:
             if self.trace is not None:
                 self._trace_sent(opcode, fin, payload, None, rsv)
-            return encode_header(opcode, len(payload), fin, rsv), payload  # type: ignore[return-value]
-        key = keys.next()
-        if self.trace is not None:
-            self._trace_sent(opcode, fin, payload, key, rsv)
-        return encode_header(opcode, len(payload), fin, rsv, key), apply_mask(payload, key)
+            header, body = encode_header(opcode, len(payload), fin, rsv), payload
+        else:
+            key = keys.next()
+            if self.trace is not None:
+                self._trace_sent(opcode, fin, payload, key, rsv)
+            header, body = encode_header(opcode, len(payload), fin, rsv, key), apply_mask(payload, key)
+        if fin and self._close_answer_due and self.close_sent is None:
+            # The message the peer's Close interrupted is done: our Close
+            # follows its last frame (the caller writes header, then body).
+            self._answer_close()
+            body = bytes(body) + b"".join(self.data_to_send())
+        return header, body  # type: ignore[return-value]
 
     def _worth_compressing(self, payload: bytes | bytearray | memoryview, text: bool) -> bool:
         assert self._compressor is not None

@@ -47,6 +47,10 @@ _MAX_REFUSED = 256
 
 ProcessRequest = Callable[[Request], Optional[Response]]
 
+# Set by Server for the handshake running in the current thread: called
+# just before the 101 goes out; it raises to abort the upgrade (shutdown).
+_upgrade_gate = threading.local()
+
 
 def _reply(sock: socket.socket, response: Response, deadline: Deadline) -> None:
     try:
@@ -70,7 +74,7 @@ def accept(
     write_limit: int = DEFAULT_WRITE_LIMIT,
     compression: str | deflate.PerMessageDeflate | None = "deflate",
     ssl_context: ssl.SSLContext | None = None,
-    keepalive: KeepAlive | bool | None = None,
+    keepalive: KeepAlive | bool | None = True,
     auth: BasicAuth | DigestAuth | None = None,
     max_line: int = MAX_LINE,
     max_headers: int = MAX_HEADERS,
@@ -92,8 +96,11 @@ def accept(
         open_timeout: bounds the handshake (a client that sends nothing is
             dropped).
         ssl_context: wrap ``sock`` in TLS first.
-        keepalive: a :class:`~blockws.KeepAlive` to register the connection
-            with (True: the shared one).
+        keepalive: True (the default): the process-wide
+            :meth:`KeepAlive.shared` answers the client's pings and notices
+            its Close while the handler isn't reading, and pings every 20 s;
+            a :class:`~blockws.KeepAlive` to choose the interval and
+            timeout; None to opt out.
         auth: :class:`~blockws.BasicAuth` or :class:`~blockws.DigestAuth`:
             requests without valid credentials get 401 with a challenge;
             the user name is then in ``ws.username``.
@@ -209,6 +216,9 @@ def _accept(
     if compression is not None:
         accepted = compression.accept(request.headers.get_all("Sec-WebSocket-Extensions"))
     response = accept_response(key, select_subprotocol(request, subprotocols), accepted[0] if accepted else None)
+    commit: Callable[[], None] | None = getattr(_upgrade_gate, "commit", None)
+    if commit is not None:
+        commit()
     sock.settimeout(deadline.remaining())
     try:
         sock.sendall(response.serialize())
@@ -297,6 +307,11 @@ class Server:
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._connections: set[WebSocket] = set()
+        # A duplicate descriptor of each socket whose opening handshake has
+        # not sent its 101 yet: shutdown() cuts those short through it (TLS
+        # wrapping replaces the socket object; the duplicate still reaches
+        # the socket). Past the 101 a connection gets its 1001 instead.
+        self._handshaking: set[socket.socket] = set()
         self._active = 0
         self._refused: dict[socket.socket, float] = {}  # socket -> when to close it anyway
         self._shutdown_requested = False
@@ -362,11 +377,16 @@ class Server:
     def _serve_one(self, conn: socket.socket, addr: Any) -> None:
         ws = None
         try:
+            watch = self._watch_handshake(conn)
+            _upgrade_gate.commit = lambda: self._commit_upgrade(watch)
             try:
                 ws = accept(conn, **self.options)
             except (InvalidHandshake, TimeoutError, OSError) as exc:
                 logger.info("handshake with %s failed: %s", addr, exc)
                 return
+            finally:
+                _upgrade_gate.commit = None
+                self._unwatch_handshake(watch)
             with self._lock:
                 self._connections.add(ws)
             if self._shutdown_requested:
@@ -393,6 +413,44 @@ class Server:
             with self._lock:
                 self._active -= 1
                 self._threads.discard(threading.current_thread())
+
+    def _watch_handshake(self, conn: socket.socket) -> socket.socket | None:
+        """Register a duplicate of ``conn`` for shutdown() to cut its handshake short."""
+        try:
+            watch = conn.dup()
+        except OSError:  # out of descriptors: the handshake still ends by open_timeout
+            return None
+        with self._lock:
+            self._handshaking.add(watch)
+            if self._shutdown_requested:
+                self._abort_handshakes()
+        return watch
+
+    def _unwatch_handshake(self, watch: socket.socket | None) -> None:
+        if watch is not None:
+            with self._lock:
+                self._handshaking.discard(watch)
+            watch.close()
+
+    def _commit_upgrade(self, watch: socket.socket | None) -> None:
+        """The 101 is about to go out: from now on shutdown() closes with 1001.
+
+        Under the lock shutdown() takes, so a handshake is either cut short
+        or committed, never cut after its 101 was sent.
+        """
+        with self._lock:
+            if self._shutdown_requested:
+                raise InvalidHandshake("the server is shutting down")
+            if watch is not None:
+                self._handshaking.discard(watch)
+
+    def _abort_handshakes(self) -> None:
+        """Make every opening handshake that hasn't sent its 101 fail at once; hold the lock."""
+        for watch in self._handshaking:
+            try:
+                watch.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _refuse(self, conn: socket.socket) -> None:
         """Answer 503 from the accept loop, without a thread and without blocking.
@@ -438,10 +496,18 @@ class Server:
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, close open connections with 1001, join the threads.
 
-        ``timeout`` bounds the wait for handlers to return (default: the
-        close timeout plus a second).
+        Opening handshakes that haven't sent their 101 yet are cut short at
+        once (a client that connected and sent nothing doesn't hold this
+        for ``open_timeout``). Each open connection gets a Close (1001) and
+        up to ``close_timeout`` for the peer's answer: a blockws peer answers
+        at once when its application reads, and within its keepalive's
+        ``close_grace`` (1 s by default) when it doesn't. ``timeout`` bounds
+        the wait for handlers to return (default: the close timeout plus a
+        second).
         """
-        self._shutdown_requested = True
+        with self._lock:
+            self._shutdown_requested = True
+            self._abort_handshakes()
         try:
             self._wake_w.send(b"x")
         except OSError:

@@ -14,7 +14,9 @@ import blockws
 class LateReader:
     """A server handler that reads nothing until ``reading`` is set, then collects every message.
 
-    With a client that doesn't stop sending, this is a peer applying backpressure.
+    With a client that doesn't stop sending, this is a peer applying backpressure
+    (serve it with ``keepalive=None``: a keepalive reads up to 1 MiB for a
+    handler that doesn't).
     """
 
     def __init__(self) -> None:

@@ -102,8 +102,11 @@ def test_client_close_code_reaches_server(run_server):
 
 
 def test_half_close_keeps_receiving(run_server):
+    answer = threading.Event()
+
     def handler(ws: blockws.WebSocket) -> None:
         received = list(ws)  # until the client's Close
+        answer.wait(5)
         for message in received:
             ws.sendall(message.upper())
         ws.sendall("end")
@@ -116,6 +119,7 @@ def test_half_close_keeps_receiving(run_server):
     with pytest.raises(blockws.ConnectionClosedOK):
         ws.send("three")
     assert ws.state is State.CLOSING
+    answer.set()
     assert [ws.recv(), ws.recv(), ws.recv(), ws.recv()] == ["ONE", "TWO", "end", None]
     assert ws.close_code == 1000
     ws.close()
@@ -163,7 +167,7 @@ def test_partial_send_under_backpressure_loses_nothing(run_server):
     handler = LateReader()
     reading, received = handler.reading, handler.received
 
-    server = run_server(handler, max_size=None)
+    server = run_server(handler, max_size=None, keepalive=None)  # a keepalive would read for it
     data = os.urandom(3_000_000)
     ws = small_buffer_client(server.url, server.port, timeout=0.2)
 
@@ -184,7 +188,7 @@ def test_nonblocking_send_raises_blockingioerror_with_nothing_accepted(run_serve
     handler = LateReader()
     reading, received = handler.reading, handler.received
 
-    server = run_server(handler, max_size=None)
+    server = run_server(handler, max_size=None, keepalive=None)  # a keepalive would read for it
     ws = small_buffer_client(server.url, server.port)
     ws.setblocking(False)
     chunk = b"y" * 50_000
@@ -218,7 +222,7 @@ def test_partial_text_send_counts_characters(run_server):
     handler = LateReader()
     reading, received = handler.reading, handler.received
 
-    server = run_server(handler, max_size=None)
+    server = run_server(handler, max_size=None, keepalive=None)  # a keepalive would read for it
     text = "€𝄞a" * 300_000
     # Uncompressed: compressed, this text fits at once and nothing is partial.
     ws = small_buffer_client(server.url, server.port, timeout=0.1, compression=None)
@@ -251,7 +255,8 @@ def test_text_send_without_room_for_a_whole_character_raises():
     received: list[Any] = []
 
     def peer() -> None:
-        with blockws.accept(theirs, max_size=None, compression=None) as server_ws:
+        # keepalive=None: a keepalive would read for this peer that doesn't.
+        with blockws.accept(theirs, max_size=None, compression=None, keepalive=None) as server_ws:
             reading.wait(10)
             received.extend(server_ws)
 
@@ -574,7 +579,8 @@ def test_open_message_is_owned_by_its_thread(echo_server):
 def test_sendall_timeout_says_how_much_was_accepted(run_server, kind):
     """A sendall() that times out part-way tells how much it took; the rest finishes the message."""
     handler = LateReader()
-    server = run_server(handler, max_size=None, compression=None)
+    # keepalive=None: the server's keepalive would read 1 MiB for the handler.
+    server = run_server(handler, max_size=None, compression=None, keepalive=None)
     data: Any = os.urandom(2_000_000) if kind is bytes else "aé€𝄞" * 200_000
     ws = small_buffer_client(server.url, server.port, timeout=0.2, compression=None)
     with pytest.raises(TimeoutError) as info:
@@ -637,7 +643,7 @@ def test_partial_send_over_tls_loses_nothing(run_server, tls):
     a write may want a read (SSLWantReadError)."""
     server_ctx, client_ctx = tls
     handler = LateReader()
-    server = run_server(handler, max_size=None, ssl_context=server_ctx)
+    server = run_server(handler, max_size=None, ssl_context=server_ctx, keepalive=None)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     sock.connect(("127.0.0.1", server.port))

@@ -83,7 +83,7 @@ def test_half_close_example() -> None:
 
 def test_keepalive_example() -> None:
     out = run_example("keepalive.py")
-    assert "by the keepalive: 1" in out and "round trip" in out
+    assert "keepalive threads for 10 connection ends: 2" in out and "round trip" in out
 
 
 def test_tls_example() -> None:

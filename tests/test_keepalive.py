@@ -202,9 +202,10 @@ def test_one_thread_for_many_connections(echo_server):
     before = threading.active_count()
     conns = [blockws.connect(echo_server.url, keepalive=keepalive, timeout=5) for _ in range(100)]
     try:
-        # echo_server runs a handler thread per connection; the clients add one thread in all.
+        # echo_server runs a handler thread per connection (and the shared
+        # keepalive's); the clients add one thread in all.
         client_threads = [t for t in threading.enumerate() if t.name == "blockws keepalive"]
-        assert len(client_threads) == 1
+        assert keepalive.thread in client_threads and len(client_threads) == 2
         time.sleep(0.6)
         for ws in conns:
             ws.sendall("x")
@@ -365,7 +366,7 @@ def test_ping_while_a_frame_tail_is_unsent(run_server):
     handler = LateReader()
     reading, received = handler.reading, handler.received
 
-    server = run_server(handler, max_size=None)
+    server = run_server(handler, max_size=None, keepalive=None)  # a keepalive would read for it
     keepalive = KeepAlive(interval=0.1, timeout=10)
     try:
         sock = socket.socket()
@@ -490,7 +491,9 @@ def test_server_connections_threads_are_handlers_plus_one(run_server):
     conns: list[blockws.WebSocket] = []
     try:
         for _ in range(count):
-            conns.append(blockws.connect(server.url, compression=None, connect_gate=None, timeout=10))
+            conns.append(
+                blockws.connect(server.url, compression=None, connect_gate=None, timeout=10, keepalive=None)
+            )
         for ws in conns:  # each handler is running once it has echoed
             ws.sendall("x")
             assert ws.recv() == "x"

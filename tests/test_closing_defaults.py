@@ -1,0 +1,310 @@
+"""Defaults that lose nothing: keepalive on by default, a peer's Close answered for
+an application that doesn't read, a bounded Server.shutdown(), recv_fragments()
+left part-way, and the platform fallbacks (no select.poll, no MSG_DONTWAIT)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.sync.server import serve as ws_serve
+
+import blockws
+from blockws import KeepAlive
+from blockws.frames import Opcode, encode_close, encode_header
+from blockws.handshake import accept_key
+
+from .helpers import raise_fd_limit
+
+
+def keepalive_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "blockws keepalive"]
+
+
+def test_send_only_client_answers_a_pinging_websockets_server():
+    """The server pings every 0.5 s and gives up after 0.5 s without a pong;
+    the client only sends. Its default keepalive answers the pings, so every
+    message arrives (with keepalive=None the server drops the client)."""
+    received: list[Any] = []
+    ended: list[Any] = []
+
+    def handler(ws: Any) -> None:
+        try:
+            for message in ws:
+                received.append(message)
+        except WsConnectionClosed:
+            pass
+        ended.append(ws.close_code)
+
+    server = ws_serve(handler, "127.0.0.1", 0, ping_interval=0.5, ping_timeout=0.5, compression=None)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
+        with blockws.connect(url, compression=None) as ws:
+            for i in range(25):  # 5 s
+                ws.sendall(f"message {i}")
+                time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert received == [f"message {i}" for i in range(25)]
+        assert ended == [1000]
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_one_keepalive_thread_for_one_and_for_a_hundred_connections(echo_server):
+    raise_fd_limit(600)
+    first = blockws.connect(echo_server.url, compression=None)
+    conns = [first]
+    try:
+        # Server and client connections of this process share the one thread.
+        assert len(keepalive_threads()) == 1
+        assert KeepAlive.shared().thread in keepalive_threads()
+        conns += [blockws.connect(echo_server.url, compression=None, connect_gate=None) for _ in range(99)]
+        assert len(keepalive_threads()) == 1
+    finally:
+        for ws in conns:
+            ws.close()
+
+
+def test_keepalive_none_opts_out(echo_server):
+    with blockws.connect(echo_server.url, keepalive=None) as ws:
+        assert ws._keepalive_hook is None
+    with blockws.connect(echo_server.url) as ws:
+        assert ws._keepalive_hook is not None
+
+
+def test_a_sender_notices_the_servers_close(run_server):
+    """The server closes while the client only sends: within the keepalive's
+    close_grace the Close is answered and send() raises ConnectionClosedOK,
+    instead of accepting data nobody will read. recv() then reports the end."""
+    closing = threading.Event()
+
+    def handler(ws: blockws.WebSocket) -> None:
+        assert ws.recv() == "first"
+        closing.set()
+        ws.close(1001, "going away")
+
+    server = run_server(handler)
+    keepalive = KeepAlive(close_grace=0.3)
+    ws = blockws.connect(server.url, keepalive=keepalive, timeout=5)
+    try:
+        ws.sendall("first")
+        assert closing.wait(5)
+        start = time.monotonic()
+        with pytest.raises(blockws.ConnectionClosedOK) as info:
+            while time.monotonic() - start < 5:
+                ws.sendall("more")
+                time.sleep(0.02)
+        assert time.monotonic() - start < 0.3 + 0.7
+        assert info.value.code == 1001
+        assert ws.recv() is None and ws.close_code == 1001
+    finally:
+        ws.close()
+        keepalive.close()
+
+
+def test_close_answered_for_an_application_that_does_not_read():
+    """A raw peer sends Close and waits: the answer (echoing the code) comes
+    within close_grace although the application never calls recv()."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    answer: list[bytes] = []
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            lines = head.split(b"\r\n")
+            key = [line.split(b":", 1)[1].strip() for line in lines if line.lower().startswith(b"sec-websocket-key")][0]
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
+            )
+            payload = encode_close(4002, "bye")
+            conn.sendall(encode_header(Opcode.CLOSE, len(payload)) + payload)
+            start = time.monotonic()
+            data = b""
+            while len(data) < 2 + 4 + 2:
+                chunk = conn.recv(100)
+                if not chunk:
+                    break
+                data += chunk
+            answer.append(data)
+            answer.append(str(time.monotonic() - start).encode())
+
+    thread = threading.Thread(target=peer)
+    thread.start()
+    keepalive = KeepAlive(close_grace=0.2)
+    try:
+        ws = blockws.connect(f"ws://127.0.0.1:{listener.getsockname()[1]}/", keepalive=keepalive, compression=None)
+        thread.join(5)
+        data, elapsed = answer
+        assert data[0] == 0x88 and data[1] == 0x80 | 2  # a masked Close with a code only
+        code = int.from_bytes(bytes(b ^ data[2 + i % 4] for i, b in enumerate(data[6:8])), "big")
+        assert code == 4002
+        assert 0.2 <= float(elapsed) < 1.5
+        assert ws.recv() is None and (ws.close_code, ws.close_reason) == (4002, "bye")
+        ws.close()
+    finally:
+        keepalive.close()
+        listener.close()
+
+
+def test_a_reader_keeps_its_half_open_after_the_peers_close(run_server):
+    """The half-close: the application that takes the Close with recv() may
+    still send, however long it takes (the grace is for non-readers only)."""
+
+    def handler(ws: blockws.WebSocket) -> None:
+        numbers = [int(m) for m in ws]  # until the client's Close
+        time.sleep(0.6)  # longer than the grace below
+        ws.sendall(str(sum(numbers)))
+
+    server = run_server(handler, keepalive=KeepAlive(close_grace=0.2))
+    with blockws.connect(server.url, timeout=5) as ws:
+        for n in range(1, 5):
+            ws.sendall(str(n))
+        ws.shutdown(socket.SHUT_WR)
+        assert [ws.recv(), ws.recv()] == ["10", None]
+    server.server.options["keepalive"].close()
+
+
+def test_shutdown_is_bounded_by_idle_handshakes_and_clients_that_do_not_read(run_server):
+    """100 clients that connected and sent nothing, 100 blockws clients whose
+    application never reads: shutdown() takes < 1 s + the clients' close_grace."""
+    raise_fd_limit(1200)
+    server = run_server(open_timeout=30, compression=None)
+    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+    keepalive = KeepAlive(close_grace=0.5)
+    clients = [
+        blockws.connect(server.url, keepalive=keepalive, compression=None, connect_gate=None) for _ in range(100)
+    ]
+    try:
+        deadline = time.monotonic() + 10
+        while len(server.server._handshaking) < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until every silent client's thread is in its handshake
+        start = time.monotonic()
+        server.stop()
+        assert time.monotonic() - start < 1 + keepalive.close_grace
+        for sock in silent:
+            sock.settimeout(5)
+            assert sock.recv(100) == b""  # dropped, no 101
+        for ws in clients:
+            assert ws.recv() is None and ws.close_code == 1001
+    finally:
+        for sock in silent:
+            sock.close()
+        for ws in clients:
+            ws.close()
+        keepalive.close()
+
+
+def test_shutdown_cuts_a_pending_tls_handshake_short(run_server, tls):
+    server = run_server(open_timeout=30, ssl_context=tls[0])
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        deadline = time.monotonic() + 5
+        while not server.server._handshaking and time.monotonic() < deadline:
+            time.sleep(0.01)
+        start = time.monotonic()
+        server.stop()
+        assert time.monotonic() - start < 1
+        silent.settimeout(5)
+        assert silent.recv(100) == b""
+    finally:
+        silent.close()
+
+
+def fragmented_then_whole(ws: blockws.WebSocket) -> None:
+    ws.recv()  # go
+    ws.send(b"one", fin=False)
+    ws.send(b"two", fin=False)
+    ws.send(b"three", fin=True)
+    ws.sendall(b"next")
+    ws.sendall(b"last")
+    ws.recv()
+
+
+def test_recv_fragments_left_part_way_discards_the_rest(run_server):
+    server = run_server(fragmented_then_whole, compression=None)
+    with blockws.connect(server.url, timeout=5, compression=None) as ws:
+        ws.sendall("go")
+        for piece in ws.recv_fragments():
+            assert piece == b"one"
+            break  # the rest of this message is not wanted
+        assert ws.recv() == b"next"
+        assert [bytes(p) for p in ws.recv_fragments()] == [b"last"]
+        ws.sendall("done")
+
+
+def test_recv_while_a_fragments_iterator_is_open(run_server):
+    server = run_server(fragmented_then_whole, compression=None)
+    with blockws.connect(server.url, timeout=5, compression=None) as ws:
+        ws.sendall("go")
+        pieces = ws.recv_fragments()
+        assert next(pieces) == b"one"
+        assert ws.recv() == b"next"  # "two" and "three" are skipped
+        with pytest.raises(RuntimeError, match="discarded"):
+            next(pieces)
+        assert ws.recv() == b"last"
+        ws.sendall("done")
+
+
+WITHOUT_POLL = textwrap.dedent(
+    """
+    import select, socket
+    del select.poll                 # as on Windows
+    if hasattr(socket, "MSG_DONTWAIT"):
+        del socket.MSG_DONTWAIT     # as on Windows
+    import threading, blockws
+
+    def echo(ws):
+        for message in ws:
+            ws.sendall(message)
+
+    with blockws.serve(echo, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        ws = blockws.connect(f"ws://127.0.0.1:{server.port}/", timeout=5)
+        assert ws._nonblocking and ws._waiter._rpoll is None
+        for message in ["hello", b"x" * 300_000, "é" * 70_000]:
+            ws.sendall(message)
+            assert ws.recv() == message
+        ws.settimeout(0.05)
+        try:
+            ws.recv()
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("recv() did not time out")
+        assert ws.ping() < 1
+        ws.close()
+    print("ok")
+    """
+)
+
+
+def test_works_without_poll_and_msg_dontwait():
+    """The platform fallbacks, in a fresh interpreter: select.poll and
+    MSG_DONTWAIT removed before blockws is imported."""
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_POLL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
