@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 from .exceptions import InvalidHandshake, ProxyError
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
-from .utils import Deadline, HeadCut, read_http_body, read_http_head
+from .utils import Deadline, HeadCut, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL"]
 
@@ -24,29 +24,30 @@ _SCHEMES = {"http": 8080, "https": 443, "socks4": 1080, "socks4a": 1080, "socks5
 
 
 class ProxyURL:
-    """A parsed proxy URL; its repr never shows the password."""
+    """A parsed proxy URL; its repr never shows the password.
+
+    Raises:
+        ProxyError: the URL is not a proxy URL blockws can use. The message
+            shows the URL with its password masked, and the exception has
+            no cause or context that could show it.
+    """
 
     def __init__(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        full = url if "://" in url else f"http://{url}"
+        # A proxy URL has no path: everything up to its last "@" is userinfo.
+        safe = redact_url(full, no_path=True)
+        try:
+            parts, port = split_url(full, no_path=True)
+        except ValueError as exc:  # its message masks the password too
+            raise ProxyError(f"invalid proxy URL {safe!r}: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES or not parts.hostname:
-            raise ProxyError(
-                f"unsupported proxy URL {self._safe(url)!r}: use http://, socks5://, socks5h://, socks4a://"
-            )
-        try:
-            port = parts.port or _SCHEMES[scheme]
-        except ValueError as exc:
-            raise ProxyError(f"invalid port in proxy URL {self._safe(url)!r}") from exc
+            raise ProxyError(f"unsupported proxy URL {safe!r}: use http://, socks5://, socks5h://, socks4a://")
         self.scheme = scheme
         self.host = parts.hostname
-        self.port = port
+        self.port = port or _SCHEMES[scheme]
         self.user = urllib.parse.unquote(parts.username) if parts.username else None
         self.password = urllib.parse.unquote(parts.password) if parts.password else None
-
-    @staticmethod
-    def _safe(url: str) -> str:
-        parts = urllib.parse.urlsplit(url)
-        return url.replace(parts.password, "***") if parts.password else url
 
     def __repr__(self) -> str:
         return f"ProxyURL('{self.scheme}://{self.host}:{self.port}')"
