@@ -237,8 +237,9 @@ def connect(
         proxy: ``"http://[user:pw@]host:port"`` (CONNECT), ``"socks5://..."``,
             ``"socks5h://..."``, ``"socks4a://..."`` (SOCKS needs
             ``blockws[socks]``); by default taken from ``https_proxy`` (wss)
-            or ``http_proxy`` (ws), ``all_proxy`` and ``no_proxy``; None: no
-            proxy.
+            or ``http_proxy`` (ws), ``all_proxy`` and ``no_proxy`` as
+            :func:`urllib.request.getproxies` reads them (so ``HTTP_PROXY``
+            is ignored in a CGI script); None: no proxy.
         proxy_auth: like ``auth``, for the proxy's 407 challenges.
         max_redirects: how many redirects (301, 302, 303, 307, 308) to
             follow; more raise ``TooManyRedirects``, as does a loop. A

@@ -7,7 +7,6 @@ handshake, and a 407 through the same authentication code as a 401.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import ssl
 import urllib.parse
@@ -59,36 +58,90 @@ def _no_proxy_matches(entry: str, host: str, port: int) -> bool:
         return False
     if entry == "*":
         return True
-    entry_host, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-    if entry_port and entry_port.isdigit() and int(entry_port) != port:
+    # "name:port", "[v6]:port", "[v6]/len": an unbracketed IPv6 address has several colons.
+    if entry.startswith("["):
+        entry_host, _, rest = entry[1:].partition("]")
+        entry_port = rest[1:] if rest.startswith(":") else ""
+        entry_host += rest if rest.startswith("/") else ""
+    elif entry.count(":") == 1:
+        entry_host, _, entry_port = entry.partition(":")
+    else:
+        entry_host, entry_port = entry, ""
+    if entry_port.isdigit() and int(entry_port) != port:
         return False
-    entry_host = entry_host.strip("[]")
     try:
         address = ipaddress.ip_address(host.strip("[]"))
         return address in ipaddress.ip_network(entry_host, strict=False)
     except ValueError:
         pass
-    domain = entry_host.lstrip(".")
+    domain = entry_host.strip(".")
     host = host.lower().rstrip(".")
     return host == domain or host.endswith("." + domain)
 
 
-def proxy_from_environment(secure: bool, host: str, port: int, environ: Mapping[str, str] | None = None) -> str | None:
-    """The proxy for a ws (http_proxy) or wss (https_proxy) URL, as urllib picks it.
+def _environment_proxies(env: Mapping[str, str]) -> dict[str, str]:
+    """:func:`urllib.request.getproxies_environment`, reading ``env`` instead of ``os.environ``.
 
-    ``all_proxy`` is the fallback; lower-case names win over upper-case;
-    ``no_proxy`` lists domains (and their subdomains), IP addresses, CIDR
-    ranges, optional ``:port`` and ``*``.
+    Keys are schemes (``"http"``, ``"https"``, ``"all"``, ``"no"``...).
     """
-    env = os.environ if environ is None else environ
+    proxies: dict[str, str] = {}
+    for name, value in env.items():
+        name = name.lower()
+        if value and name[-6:] == "_proxy":
+            proxies[name[:-6]] = value
+    if "REQUEST_METHOD" in env:
+        # A CGI script (httpoxy, CVE-2016-1000110): the web server turns a
+        # request's "Proxy:" header into HTTP_PROXY, so the client would
+        # choose our proxy. A lower-case http_proxy can't come from a
+        # header: the second pass puts it back.
+        proxies.pop("http", None)
+    # Lower-case names win, and an empty one unsets the upper-case one.
+    for name, value in env.items():
+        if name[-6:] == "_proxy":
+            if value:
+                proxies[name[:-6].lower()] = value
+            else:
+                proxies.pop(name[:-6].lower(), None)
+    return proxies
 
-    def get(name: str) -> str | None:
-        return env.get(name) or env.get(name.upper()) or None
 
-    for entry in (get("no_proxy") or "").split(","):
-        if _no_proxy_matches(entry, host, port):
-            return None
-    return get("https_proxy" if secure else "http_proxy") or get("all_proxy")
+def proxy_from_environment(secure: bool, host: str, port: int, environ: Mapping[str, str] | None = None) -> str | None:
+    """The proxy for a ws (``http``) or wss (``https``) URL, as urllib picks it.
+
+    The proxies are :func:`urllib.request.getproxies`'s: the environment
+    variables (``http_proxy``, ``https_proxy``; lower-case names win over
+    upper-case ones), else the system settings on macOS and Windows. Inside
+    a CGI script (``REQUEST_METHOD`` set) ``HTTP_PROXY`` is ignored, since
+    a client's ``Proxy:`` header sets it (httpoxy); a lower-case
+    ``http_proxy`` still counts. ``all_proxy`` is the fallback. The host
+    goes direct if :func:`urllib.request.proxy_bypass` says so (on macOS and
+    Windows: the system settings' exceptions) or it matches ``no_proxy``,
+    which lists domains (and their subdomains), IP addresses, CIDR ranges,
+    optional ``:port`` and ``*``.
+
+    Args:
+        secure: the URL is wss.
+        host: the host to connect to.
+        port: the port to connect to.
+        environ: read these variables instead of the process's environment
+            and the system settings.
+    """
+    import urllib.request  # here: it imports http.client, email and more, which blockws needs nowhere else
+
+    proxies = urllib.request.getproxies() if environ is None else _environment_proxies(environ)
+    proxy = proxies.get("https" if secure else "http") or proxies.get("all")
+    if not proxy:
+        return None
+    if any(_no_proxy_matches(entry, host, port) for entry in proxies.get("no", "").split(",")):
+        return None
+    host_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if environ is None:
+        bypass = urllib.request.proxy_bypass(host_port)
+    else:
+        # Undocumented but in every CPython 3 (typeshed leaves it out): what
+        # proxy_bypass does with environment variables, given as a dict.
+        bypass = urllib.request.proxy_bypass_environment(host_port, proxies)  # type: ignore[attr-defined]
+    return None if bypass else proxy
 
 
 def open_tunnel(
