@@ -245,6 +245,9 @@ def connect(
             follow; more raise ``TooManyRedirects``, as does a loop. A
             redirect from ``wss`` to ``ws`` is refused.
         ssl_context: for ``wss``; default: verified against the system CAs.
+            Given with a ``ws://`` (or ``http://``) ``url``, it is a
+            ``ValueError``: only ``url`` is checked, so a ``ws`` URL that
+            redirects to ``wss`` uses the default context.
         compression: ``"deflate"`` (the default) to offer permessage-deflate,
             a :class:`~blockws.PerMessageDeflate` to choose its settings, or
             None.
@@ -266,6 +269,7 @@ def connect(
 
     Raises:
         InvalidURI: ``url`` is not a WebSocket URL.
+        ValueError: ``ssl_context`` with a ``ws://`` URL.
         BadPortError: the port is banned (see ``allow_bad_ports``).
         InvalidStatus: the server answered with another status than 101.
         TooManyRedirects: more than ``max_redirects`` redirects, or a loop.
@@ -275,6 +279,9 @@ def connect(
     """
     compression_settings = deflate.settings(compression)
     uri = parse_uri(url)
+    if ssl_context is not None and not uri.secure:
+        # It would go unused: the caller probably meant wss:// (the same check as websockets').
+        raise ValueError("ssl_context argument is incompatible with a ws:// URI")
     deadline = Deadline(open_timeout)
     request_headers = Headers(headers)
     proxy_credentials = proxy_auth
