@@ -48,8 +48,13 @@ class ProxyURL:
         self.user = urllib.parse.unquote(parts.username) if parts.username else None
         self.password = urllib.parse.unquote(parts.password) if parts.password else None
 
+    @property
+    def address(self) -> str:
+        """``host:port``, with an IPv6 address in brackets."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def __repr__(self) -> str:
-        return f"ProxyURL('{self.scheme}://{self.host}:{self.port}')"
+        return f"ProxyURL('{self.scheme}://{self.address}')"
 
 
 def _no_proxy_matches(entry: str, host: str, port: int) -> bool:
@@ -185,9 +190,9 @@ def _open_to_proxy(url: ProxyURL, deadline: Deadline, ssl_context: ssl.SSLContex
     try:
         sock = socket.create_connection((url.host, url.port), timeout=deadline.remaining())
     except socket.timeout:
-        raise TimeoutError(f"timed out connecting to the proxy {url.host}:{url.port}") from None
+        raise TimeoutError(f"timed out connecting to the proxy {url.address}") from None
     except OSError as exc:
-        raise ProxyError(f"can't connect to the proxy {url.host}:{url.port}: {exc.strerror or exc}") from exc
+        raise ProxyError(f"can't connect to the proxy {url.address}: {exc.strerror or exc}") from exc
     if url.scheme == "https":
         context = ssl_context or ssl.create_default_context()
         try:
@@ -227,7 +232,7 @@ def _connect_tunnel(
             response = parse_response(head, max_line=limits[0], max_headers=limits[1])
         except HeadCut as exc:
             sock.close()
-            raise ProxyError(f"proxy {url.host}:{url.port} closed the connection during CONNECT") from exc
+            raise ProxyError(f"proxy {url.address} closed the connection during CONNECT") from exc
         except InvalidHandshake as exc:
             sock.close()
             raise ProxyError(f"invalid reply from the proxy: {exc}") from exc
@@ -238,7 +243,7 @@ def _connect_tunnel(
             sock.close()
             # A reset or an early close: the proxy gave up on us (or isn't one).
             raise ProxyError(
-                f"proxy {url.host}:{url.port} closed the connection during CONNECT: {exc.strerror or exc}"
+                f"proxy {url.address} closed the connection during CONNECT: {exc.strerror or exc}"
             ) from exc
         except BaseException:
             sock.close()
@@ -286,13 +291,13 @@ def _socks(url: ProxyURL, host: str, port: int, deadline: Deadline) -> socket.so
     auth = ""
     if url.user is not None:
         auth = f"{urllib.parse.quote(url.user, safe='')}:{urllib.parse.quote(url.password or '', safe='')}@"
-    proxy = Proxy.from_url(f"{scheme}://{auth}{url.host}:{url.port}", rdns=rdns)
+    proxy = Proxy.from_url(f"{scheme}://{auth}{url.address}", rdns=rdns)
     try:
         sock: socket.socket = proxy.connect(dest_host=dest, dest_port=port, timeout=deadline.remaining())
     except ProxyTimeoutError:
-        raise TimeoutError(f"timed out connecting through the SOCKS proxy {url.host}:{url.port}") from None
+        raise TimeoutError(f"timed out connecting through the SOCKS proxy {url.address}") from None
     except SocksError as exc:
-        raise ProxyError(f"SOCKS proxy {url.host}:{url.port} refused {host}:{port}: {exc}") from exc
+        raise ProxyError(f"SOCKS proxy {url.address} refused {host}:{port}: {exc}") from exc
     except OSError as exc:
-        raise ProxyError(f"can't connect to the SOCKS proxy {url.host}:{url.port}: {exc}") from exc
+        raise ProxyError(f"can't connect to the SOCKS proxy {url.address}: {exc}") from exc
     return sock

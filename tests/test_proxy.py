@@ -187,6 +187,7 @@ def test_silent_proxy_times_out_and_garbage_is_a_proxy_error():
 
 def test_proxy_urls_and_errors():
     assert repr(ProxyURL("http://u:hunter2@p:3128")) == "ProxyURL('http://p:3128')"
+    assert repr(ProxyURL("socks5://[::1]")) == "ProxyURL('socks5://[::1]:1080')"
     assert ProxyURL("p.example").port == 8080
     with pytest.raises(blockws.ProxyError, match="unsupported proxy URL 'ftp://u:\\*\\*\\*@p'"):
         ProxyURL("ftp://u:hunter2@p")
@@ -270,6 +271,14 @@ def test_no_proxy_bypasses_whatever_urllib_bypasses(no_proxy, host):
     host_port = f"[{host}]:80" if ":" in host else f"{host}:80"
     if urllib.request.proxy_bypass_environment(host_port, {"no": no_proxy}):
         assert proxy_from_environment(False, host, 80, {"http_proxy": "http://a", "no_proxy": no_proxy}) is None
+
+
+def test_socks_proxy_at_an_ipv6_address():
+    pytest.importorskip("python_socks")
+    port = free_port()  # nothing listens there (over IPv6 either, most likely)
+    # The URL given to python-socks brackets the address: no bare ValueError.
+    with pytest.raises(blockws.ProxyError, match=r"can't connect to the SOCKS proxy \[::1\]:"):
+        open_tunnel(f"socks5://[::1]:{port}", "127.0.0.1", 80, Deadline(5))
 
 
 def test_missing_python_socks_names_the_extra():
