@@ -26,7 +26,7 @@ from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Protocol, Side
 from .proxy import ProxyURL, open_tunnel, proxy_from_environment
-from .utils import Deadline, read_http_body, read_http_head
+from .utils import Deadline, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["connect", "ConnectGate", "WebSocketURI", "parse_uri", "redact_url", "BAD_PORTS"]
 
@@ -76,33 +76,6 @@ class WebSocketURI:
         return f"WebSocketURI({self.url!r})"  # never the password
 
 
-def _split_userinfo(url: str) -> tuple[int, int, str] | None:
-    """Where the netloc of ``url`` is, and its userinfo (None: no userinfo)."""
-    start = url.find("//")
-    if start < 0:
-        return None
-    start += 2
-    ends = [i for i in (url.find(c, start) for c in "/?#") if i >= 0]
-    end = min(ends, default=len(url))
-    userinfo, at, _ = url[start:end].rpartition("@")
-    return (start, end, userinfo) if at else None
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password of its userinfo replaced by ``***`` (for messages).
-
-    Works on strings :func:`urllib.parse.urlsplit` refuses too, since those
-    end up in error messages as well.
-    """
-    found = _split_userinfo(url)
-    if found is None:
-        return url
-    start, end, userinfo = found
-    user, colon, _ = userinfo.partition(":")
-    hostport = url[start:end].rpartition("@")[2]
-    return f"{url[:start]}{user}{':***' if colon else ''}@{hostport}{url[end:]}"
-
-
 def parse_uri(url: str) -> WebSocketURI:
     """Parse a WebSocket URL; http(s) URLs map to ws(s).
 
@@ -116,17 +89,10 @@ def parse_uri(url: str) -> WebSocketURI:
     if any(c in url for c in "\r\n\x00") or any(ord(c) < 0x20 for c in url):
         raise InvalidURI(f"control characters in URL {safe!r}")
     try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
+        parts, port = split_url(url)
     except ValueError as exc:
-        # urlsplit's message may quote the netloc: mask the password there
-        # too, and don't chain (a traceback would show the original text).
-        detail = str(exc)
-        found = _split_userinfo(url)
-        secret = found[2].partition(":")[2] if found else ""
-        if secret:
-            detail = detail.replace(secret, "***")
-        raise InvalidURI(f"invalid URL {safe!r}: {detail}") from None
+        # split_url's message masks the password and the error has no context.
+        raise InvalidURI(f"invalid URL {safe!r}: {exc}") from None
     scheme = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}.get(parts.scheme.lower())
     if scheme is None:
         raise InvalidURI(f"{safe!r} is not a ws:// or wss:// URL")
@@ -271,13 +237,17 @@ def connect(
         proxy: ``"http://[user:pw@]host:port"`` (CONNECT), ``"socks5://..."``,
             ``"socks5h://..."``, ``"socks4a://..."`` (SOCKS needs
             ``blockws[socks]``); by default taken from ``https_proxy`` (wss)
-            or ``http_proxy`` (ws), ``all_proxy`` and ``no_proxy``; None: no
-            proxy.
+            or ``http_proxy`` (ws), ``all_proxy`` and ``no_proxy`` as
+            :func:`urllib.request.getproxies` reads them (so ``HTTP_PROXY``
+            is ignored in a CGI script); None: no proxy.
         proxy_auth: like ``auth``, for the proxy's 407 challenges.
         max_redirects: how many redirects (301, 302, 303, 307, 308) to
             follow; more raise ``TooManyRedirects``, as does a loop. A
             redirect from ``wss`` to ``ws`` is refused.
         ssl_context: for ``wss``; default: verified against the system CAs.
+            Given with a ``ws://`` (or ``http://``) ``url``, it is a
+            ``ValueError``: only ``url`` is checked, so a ``ws`` URL that
+            redirects to ``wss`` uses the default context.
         compression: ``"deflate"`` (the default) to offer permessage-deflate,
             a :class:`~blockws.PerMessageDeflate` to choose its settings, or
             None.
@@ -303,6 +273,7 @@ def connect(
 
     Raises:
         InvalidURI: ``url`` is not a WebSocket URL.
+        ValueError: ``ssl_context`` with a ``ws://`` URL.
         BadPortError: the port is banned (see ``allow_bad_ports``).
         InvalidStatus: the server answered with another status than 101.
         TooManyRedirects: more than ``max_redirects`` redirects, or a loop.
@@ -312,6 +283,9 @@ def connect(
     """
     compression_settings = deflate.settings(compression)
     uri = parse_uri(url)
+    if ssl_context is not None and not uri.secure:
+        # It would go unused: the caller probably meant wss:// (the same check as websockets').
+        raise ValueError("ssl_context argument is incompatible with a ws:// URI")
     deadline = Deadline(open_timeout)
     request_headers = Headers(headers)
     proxy_credentials = proxy_auth

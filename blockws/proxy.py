@@ -7,7 +7,6 @@ handshake, and a 407 through the same authentication code as a 401.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import ssl
 import urllib.parse
@@ -15,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 from .exceptions import InvalidHandshake, ProxyError
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
-from .utils import Deadline, HeadCut, read_http_body, read_http_head
+from .utils import Deadline, HeadCut, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL"]
 
@@ -24,32 +23,38 @@ _SCHEMES = {"http": 8080, "https": 443, "socks4": 1080, "socks4a": 1080, "socks5
 
 
 class ProxyURL:
-    """A parsed proxy URL; its repr never shows the password."""
+    """A parsed proxy URL; its repr never shows the password.
+
+    Raises:
+        ProxyError: the URL is not a proxy URL blockws can use. The message
+            shows the URL with its password masked, and the exception has
+            no cause or context that could show it.
+    """
 
     def __init__(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        full = url if "://" in url else f"http://{url}"
+        # A proxy URL has no path: everything up to its last "@" is userinfo.
+        safe = redact_url(full, no_path=True)
+        try:
+            parts, port = split_url(full, no_path=True)
+        except ValueError as exc:  # its message masks the password too
+            raise ProxyError(f"invalid proxy URL {safe!r}: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES or not parts.hostname:
-            raise ProxyError(
-                f"unsupported proxy URL {self._safe(url)!r}: use http://, socks5://, socks5h://, socks4a://"
-            )
-        try:
-            port = parts.port or _SCHEMES[scheme]
-        except ValueError as exc:
-            raise ProxyError(f"invalid port in proxy URL {self._safe(url)!r}") from exc
+            raise ProxyError(f"unsupported proxy URL {safe!r}: use http://, socks5://, socks5h://, socks4a://")
         self.scheme = scheme
         self.host = parts.hostname
-        self.port = port
+        self.port = port or _SCHEMES[scheme]
         self.user = urllib.parse.unquote(parts.username) if parts.username else None
         self.password = urllib.parse.unquote(parts.password) if parts.password else None
 
-    @staticmethod
-    def _safe(url: str) -> str:
-        parts = urllib.parse.urlsplit(url)
-        return url.replace(parts.password, "***") if parts.password else url
+    @property
+    def address(self) -> str:
+        """``host:port``, with an IPv6 address in brackets."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def __repr__(self) -> str:
-        return f"ProxyURL('{self.scheme}://{self.host}:{self.port}')"
+        return f"ProxyURL('{self.scheme}://{self.address}')"
 
 
 def _no_proxy_matches(entry: str, host: str, port: int) -> bool:
@@ -58,36 +63,90 @@ def _no_proxy_matches(entry: str, host: str, port: int) -> bool:
         return False
     if entry == "*":
         return True
-    entry_host, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-    if entry_port and entry_port.isdigit() and int(entry_port) != port:
+    # "name:port", "[v6]:port", "[v6]/len": an unbracketed IPv6 address has several colons.
+    if entry.startswith("["):
+        entry_host, _, rest = entry[1:].partition("]")
+        entry_port = rest[1:] if rest.startswith(":") else ""
+        entry_host += rest if rest.startswith("/") else ""
+    elif entry.count(":") == 1:
+        entry_host, _, entry_port = entry.partition(":")
+    else:
+        entry_host, entry_port = entry, ""
+    if entry_port.isdigit() and int(entry_port) != port:
         return False
-    entry_host = entry_host.strip("[]")
     try:
         address = ipaddress.ip_address(host.strip("[]"))
         return address in ipaddress.ip_network(entry_host, strict=False)
     except ValueError:
         pass
-    domain = entry_host.lstrip(".")
+    domain = entry_host.strip(".")
     host = host.lower().rstrip(".")
     return host == domain or host.endswith("." + domain)
 
 
-def proxy_from_environment(secure: bool, host: str, port: int, environ: Mapping[str, str] | None = None) -> str | None:
-    """The proxy for a ws (http_proxy) or wss (https_proxy) URL, as urllib picks it.
+def _environment_proxies(env: Mapping[str, str]) -> dict[str, str]:
+    """:func:`urllib.request.getproxies_environment`, reading ``env`` instead of ``os.environ``.
 
-    ``all_proxy`` is the fallback; lower-case names win over upper-case;
-    ``no_proxy`` lists domains (and their subdomains), IP addresses, CIDR
-    ranges, optional ``:port`` and ``*``.
+    Keys are schemes (``"http"``, ``"https"``, ``"all"``, ``"no"``...).
     """
-    env = os.environ if environ is None else environ
+    proxies: dict[str, str] = {}
+    for name, value in env.items():
+        name = name.lower()
+        if value and name[-6:] == "_proxy":
+            proxies[name[:-6]] = value
+    if "REQUEST_METHOD" in env:
+        # A CGI script (httpoxy, CVE-2016-1000110): the web server turns a
+        # request's "Proxy:" header into HTTP_PROXY, so the client would
+        # choose our proxy. A lower-case http_proxy can't come from a
+        # header: the second pass puts it back.
+        proxies.pop("http", None)
+    # Lower-case names win, and an empty one unsets the upper-case one.
+    for name, value in env.items():
+        if name[-6:] == "_proxy":
+            if value:
+                proxies[name[:-6].lower()] = value
+            else:
+                proxies.pop(name[:-6].lower(), None)
+    return proxies
 
-    def get(name: str) -> str | None:
-        return env.get(name) or env.get(name.upper()) or None
 
-    for entry in (get("no_proxy") or "").split(","):
-        if _no_proxy_matches(entry, host, port):
-            return None
-    return get("https_proxy" if secure else "http_proxy") or get("all_proxy")
+def proxy_from_environment(secure: bool, host: str, port: int, environ: Mapping[str, str] | None = None) -> str | None:
+    """The proxy for a ws (``http``) or wss (``https``) URL, as urllib picks it.
+
+    The proxies are :func:`urllib.request.getproxies`'s: the environment
+    variables (``http_proxy``, ``https_proxy``; lower-case names win over
+    upper-case ones), else the system settings on macOS and Windows. Inside
+    a CGI script (``REQUEST_METHOD`` set) ``HTTP_PROXY`` is ignored, since
+    a client's ``Proxy:`` header sets it (httpoxy); a lower-case
+    ``http_proxy`` still counts. ``all_proxy`` is the fallback. The host
+    goes direct if :func:`urllib.request.proxy_bypass` says so (on macOS and
+    Windows: the system settings' exceptions) or it matches ``no_proxy``,
+    which lists domains (and their subdomains), IP addresses, CIDR ranges,
+    optional ``:port`` and ``*``.
+
+    Args:
+        secure: the URL is wss.
+        host: the host to connect to.
+        port: the port to connect to.
+        environ: read these variables instead of the process's environment
+            and the system settings.
+    """
+    import urllib.request  # here: it imports http.client, email and more, which blockws needs nowhere else
+
+    proxies = urllib.request.getproxies() if environ is None else _environment_proxies(environ)
+    proxy = proxies.get("https" if secure else "http") or proxies.get("all")
+    if not proxy:
+        return None
+    if any(_no_proxy_matches(entry, host, port) for entry in proxies.get("no", "").split(",")):
+        return None
+    host_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if environ is None:
+        bypass = urllib.request.proxy_bypass(host_port)
+    else:
+        # Undocumented but in every CPython 3 (typeshed leaves it out): what
+        # proxy_bypass does with environment variables, given as a dict.
+        bypass = urllib.request.proxy_bypass_environment(host_port, proxies)  # type: ignore[attr-defined]
+    return None if bypass else proxy
 
 
 def open_tunnel(
@@ -131,9 +190,9 @@ def _open_to_proxy(url: ProxyURL, deadline: Deadline, ssl_context: ssl.SSLContex
     try:
         sock = socket.create_connection((url.host, url.port), timeout=deadline.remaining())
     except socket.timeout:
-        raise TimeoutError(f"timed out connecting to the proxy {url.host}:{url.port}") from None
+        raise TimeoutError(f"timed out connecting to the proxy {url.address}") from None
     except OSError as exc:
-        raise ProxyError(f"can't connect to the proxy {url.host}:{url.port}: {exc.strerror or exc}") from exc
+        raise ProxyError(f"can't connect to the proxy {url.address}: {exc.strerror or exc}") from exc
     if url.scheme == "https":
         context = ssl_context or ssl.create_default_context()
         try:
@@ -173,7 +232,7 @@ def _connect_tunnel(
             response = parse_response(head, max_line=limits[0], max_headers=limits[1])
         except HeadCut as exc:
             sock.close()
-            raise ProxyError(f"proxy {url.host}:{url.port} closed the connection during CONNECT") from exc
+            raise ProxyError(f"proxy {url.address} closed the connection during CONNECT") from exc
         except InvalidHandshake as exc:
             sock.close()
             raise ProxyError(f"invalid reply from the proxy: {exc}") from exc
@@ -184,7 +243,7 @@ def _connect_tunnel(
             sock.close()
             # A reset or an early close: the proxy gave up on us (or isn't one).
             raise ProxyError(
-                f"proxy {url.host}:{url.port} closed the connection during CONNECT: {exc.strerror or exc}"
+                f"proxy {url.address} closed the connection during CONNECT: {exc.strerror or exc}"
             ) from exc
         except BaseException:
             sock.close()
@@ -232,13 +291,13 @@ def _socks(url: ProxyURL, host: str, port: int, deadline: Deadline) -> socket.so
     auth = ""
     if url.user is not None:
         auth = f"{urllib.parse.quote(url.user, safe='')}:{urllib.parse.quote(url.password or '', safe='')}@"
-    proxy = Proxy.from_url(f"{scheme}://{auth}{url.host}:{url.port}", rdns=rdns)
+    proxy = Proxy.from_url(f"{scheme}://{auth}{url.address}", rdns=rdns)
     try:
         sock: socket.socket = proxy.connect(dest_host=dest, dest_port=port, timeout=deadline.remaining())
     except ProxyTimeoutError:
-        raise TimeoutError(f"timed out connecting through the SOCKS proxy {url.host}:{url.port}") from None
+        raise TimeoutError(f"timed out connecting through the SOCKS proxy {url.address}") from None
     except SocksError as exc:
-        raise ProxyError(f"SOCKS proxy {url.host}:{url.port} refused {host}:{port}: {exc}") from exc
+        raise ProxyError(f"SOCKS proxy {url.address} refused {host}:{port}: {exc}") from exc
     except OSError as exc:
-        raise ProxyError(f"can't connect to the SOCKS proxy {url.host}:{url.port}: {exc}") from exc
+        raise ProxyError(f"can't connect to the SOCKS proxy {url.address}: {exc}") from exc
     return sock

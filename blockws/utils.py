@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.parse
 
 from .exceptions import InvalidHandshake
 from .http import MAX_BODY, Response, find_head_end
 
-__all__ = ["Deadline", "HeadCut", "read_http_head", "read_http_body"]
+__all__ = ["Deadline", "HeadCut", "read_http_head", "read_http_body", "redact_url", "split_url"]
 
 
 class HeadCut(InvalidHandshake):
@@ -94,3 +95,73 @@ def _recv_before(sock: socket.socket, deadline: Deadline, size: int, what: str) 
         return sock.recv(size)
     except socket.timeout:
         raise TimeoutError(f"timed out during the {what}") from None
+
+
+def _userinfo_span(url: str, no_path: bool) -> tuple[int, int] | None:
+    """Where the userinfo of ``url`` is, as ``(start, index of its "@")``; None: no userinfo.
+
+    By RFC 3986 the authority ends at the first ``/``, ``?`` or ``#``. A URL
+    that has no path (a proxy URL) can have an ``@`` only in its userinfo, so
+    with ``no_path`` it runs to the last ``@``: a password with an unencoded
+    ``/`` is masked too. A string without ``//`` starts with the authority,
+    as in ``user:pw@host``.
+    """
+    # Without "//", the text starts with the authority, as people type
+    # "user:pw@host" (and as a proxy URL may be given).
+    start = url.find("//")
+    start = 0 if start < 0 else start + 2
+    end = len(url)
+    if not no_path:
+        end = min((i for i in (url.find(c, start) for c in "/?#") if i >= 0), default=end)
+    at = url.rfind("@", start, end)
+    return (start, at) if at >= 0 else None
+
+
+def redact_url(url: str, *, no_path: bool = False) -> str:
+    """``url`` with the password of its userinfo replaced by ``***`` (for messages).
+
+    Works on strings :func:`urllib.parse.urlsplit` refuses too, since those
+    end up in error messages as well.
+
+    Args:
+        url: any string, preferably a URL.
+        no_path: ``url`` has no path, query or fragment (a proxy URL), so
+            everything up to its last ``@`` is userinfo.
+    """
+    span = _userinfo_span(url, no_path)
+    if span is None:
+        return url
+    start, at = span
+    user, colon, _ = url[start:at].partition(":")
+    return f"{url[:start]}{user}{':***' if colon else ''}{url[at:]}"
+
+
+def split_url(url: str, *, no_path: bool = False) -> tuple[urllib.parse.SplitResult, int | None]:
+    """:func:`urllib.parse.urlsplit` and the port, with errors that never show the password.
+
+    Returns:
+        The parts and the port (None if the URL has none).
+
+    Raises:
+        ValueError: ``url`` can't be split, or its port is not a number in
+            range. The message masks the password, and the exception has no
+            context (urlsplit's own error may quote the userinfo).
+    """
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        # urlsplit drops tabs and newlines, so its message could quote an unmasked variant.
+        raise ValueError("control characters in the URL")
+    span = _userinfo_span(url, no_path)
+    userinfo = url[span[0] : span[1]] if span else ""
+    if no_path and any(c in userinfo for c in "/?#"):
+        # urlsplit would end the host inside the userinfo, and quote a piece of the password.
+        raise ValueError("percent-encode any '/', '?' or '#' in the user name or password")
+    error = None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return parts, parts.port
+    except ValueError as exc:
+        error = str(exc)
+    user, colon, _ = userinfo.partition(":")
+    if colon:
+        error = error.replace(userinfo, f"{user}:***")  # its NFKC check quotes the whole netloc
+    raise ValueError(error)  # outside the except block: no context to show in a traceback

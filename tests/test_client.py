@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 
@@ -64,6 +65,16 @@ def test_connect_errors_never_show_url_credentials(run_server):
     with pytest.raises(blockws.InvalidURI) as info:
         blockws.connect(server.url, open_timeout=5)
     assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+
+
+@pytest.mark.parametrize("scheme", ["ws", "http"])
+def test_ssl_context_with_a_ws_url_is_an_error(echo_server, scheme):
+    url = echo_server.url.replace("ws://", f"{scheme}://")
+    with pytest.raises(ValueError, match="^ssl_context argument is incompatible with a ws:// URI$"):
+        blockws.connect(url, ssl_context=ssl.create_default_context(), open_timeout=5)
+    with blockws.connect(url, ssl_context=None, timeout=5) as ws:  # None is the default: fine
+        ws.sendall("plain")
+        assert ws.recv() == "plain"
 
 
 def test_http_and_https_urls_map_to_ws_and_wss():

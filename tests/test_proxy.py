@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import ssl
 import struct
@@ -10,13 +11,17 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import blockws
-from blockws.proxy import ProxyURL, open_tunnel, proxy_from_environment
+from blockws.proxy import ProxyURL, _environment_proxies, open_tunnel, proxy_from_environment
 from blockws.utils import Deadline
 
 
@@ -182,6 +187,7 @@ def test_silent_proxy_times_out_and_garbage_is_a_proxy_error():
 
 def test_proxy_urls_and_errors():
     assert repr(ProxyURL("http://u:hunter2@p:3128")) == "ProxyURL('http://p:3128')"
+    assert repr(ProxyURL("socks5://[::1]")) == "ProxyURL('socks5://[::1]:1080')"
     assert ProxyURL("p.example").port == 8080
     with pytest.raises(blockws.ProxyError, match="unsupported proxy URL 'ftp://u:\\*\\*\\*@p'"):
         ProxyURL("ftp://u:hunter2@p")
@@ -204,10 +210,75 @@ def test_proxy_urls_and_errors():
         ({"http_proxy": "http://a", "no_proxy": "h:81"}, False, "h", "http://a"),
         ({"http_proxy": "http://a", "NO_PROXY": "*"}, False, "h", None),
         ({}, False, "h", None),
+        # As urllib.request.getproxies(): an empty lower-case name unsets the upper-case one.
+        ({"http_proxy": "", "HTTP_PROXY": "http://A"}, False, "h", None),
+        ({"http_proxy": "http://a", "no_proxy": "", "NO_PROXY": "h"}, False, "h", "http://a"),
+        # httpoxy: in a CGI script a request's "Proxy:" header sets HTTP_PROXY.
+        ({"REQUEST_METHOD": "GET", "HTTP_PROXY": "http://evil"}, False, "h", None),
+        ({"REQUEST_METHOD": "", "HTTP_PROXY": "http://evil"}, False, "h", None),
+        ({"REQUEST_METHOD": "GET", "http_proxy": "http://a", "HTTP_PROXY": "http://evil"}, False, "h", "http://a"),
+        ({"REQUEST_METHOD": "GET", "HTTPS_PROXY": "http://s"}, True, "h", "http://s"),
+        ({"REQUEST_METHOD": "GET", "HTTP_PROXY": "http://evil", "ALL_PROXY": "socks5://x"}, False, "h", "socks5://x"),
     ],
 )
 def test_proxy_from_environment_table(env, secure, host, expected):
     assert proxy_from_environment(secure, host, 80, env) == expected
+
+
+def test_httpoxy_a_cgi_script_ignores_HTTP_PROXY(pproxy, echo_server, monkeypatch):
+    # What a web server sets for a request with "Proxy: http://127.0.0.1:1" (nothing listens there).
+    monkeypatch.setenv("REQUEST_METHOD", "GET")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
+    assert proxy_from_environment(False, "127.0.0.1", echo_server.port) is None
+    with blockws.connect(echo_server.url, timeout=5) as ws:
+        echo_through(ws)
+        assert ws.remote_address[:2] == ("127.0.0.1", echo_server.port)  # direct
+    # The lower-case name can't come from a header: urllib keeps it, so do we.
+    port = pproxy("http")
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{port}")
+    with blockws.connect(echo_server.url, timeout=5) as ws:
+        echo_through(ws)
+        assert ws.remote_address[:2] == ("127.0.0.1", port)
+
+
+PROXY_VARIABLES = [
+    *(f"{scheme}_proxy" for scheme in ("http", "https", "all", "no", "ftp")),
+    *(f"{scheme}_PROXY" for scheme in ("HTTP", "HTTPS", "ALL", "NO", "Http")),
+    "http_PROXY",
+    "REQUEST_METHOD",
+    "PATH",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(PROXY_VARIABLES), st.sampled_from(["", "http://a", "http://B", "GET"])))
+def test_the_environment_is_read_as_urllib_reads_it(env):
+    with mock.patch.dict(os.environ, env, clear=True):  # the oracle reads os.environ only
+        expected = urllib.request.getproxies_environment()
+    assert _environment_proxies(env) == expected
+
+
+HOSTS = ["h", "H.example.com", "example.com", "example.com.", "10.1.2.3", "::1", "1.2.3.4.5"]
+NO_PROXY_ENTRIES = st.sampled_from(
+    ["*", "h", "example.com", ".example.com", "EXAMPLE.com", "com", "h:80", "h:81", "[::1]", "[::1]:80", "::1"]
+    + ["10.0.0.0/8", "10.1.2.3", "2.3", "example.com.", "", " h ", ":80", "3.4.5"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(NO_PROXY_ENTRIES, max_size=3).map(",".join), st.sampled_from(HOSTS))
+def test_no_proxy_bypasses_whatever_urllib_bypasses(no_proxy, host):
+    host_port = f"[{host}]:80" if ":" in host else f"{host}:80"
+    if urllib.request.proxy_bypass_environment(host_port, {"no": no_proxy}):
+        assert proxy_from_environment(False, host, 80, {"http_proxy": "http://a", "no_proxy": no_proxy}) is None
+
+
+def test_socks_proxy_at_an_ipv6_address():
+    pytest.importorskip("python_socks")
+    port = free_port()  # nothing listens there (over IPv6 either, most likely)
+    # The URL given to python-socks brackets the address: no bare ValueError.
+    with pytest.raises(blockws.ProxyError, match=r"can't connect to the SOCKS proxy \[::1\]:"):
+        open_tunnel(f"socks5://[::1]:{port}", "127.0.0.1", 80, Deadline(5))
 
 
 def test_missing_python_socks_names_the_extra():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from typing import Any
@@ -84,11 +85,18 @@ def test_default_max_redirects_is_5(run_server):
         blockws.connect(f"ws://127.0.0.1:{server.port}/0")
 
 
-def test_https_location_maps_to_wss(run_server, tls):
+def test_https_location_maps_to_wss(run_server, tls, tmp_path, monkeypatch):
     server_ctx, client_ctx = tls
     secure = run_server(ssl_context=server_ctx)
     plain = run_server(process_request=redirect_to(f"https://localhost:{secure.port}/tls"))
-    with blockws.connect(plain.url, ssl_context=client_ctx, timeout=5) as ws:
+    # ssl_context can't go with a ws:// URL: the redirect uses the default
+    # context, so make the test CA a "system" CA (OpenSSL reads SSL_CERT_FILE).
+    with pytest.raises(ssl.SSLCertVerificationError):
+        blockws.connect(plain.url, open_timeout=5)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("".join(ssl.DER_cert_to_PEM_cert(der) for der in client_ctx.get_ca_certs(binary_form=True)))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    with blockws.connect(plain.url, timeout=5) as ws:
         assert ws.url == f"wss://localhost:{secure.port}/tls"
         ws.sendall("over TLS")
         assert ws.recv() == "over TLS"
