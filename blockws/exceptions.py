@@ -21,6 +21,7 @@ Timeouts and non-blocking operations raise the builtin ``TimeoutError`` and
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -64,6 +65,12 @@ class InvalidHandshake(WebSocketError):
 class InvalidStatus(InvalidHandshake):
     """The server answered the upgrade request with a status other than 101.
 
+    The message shows the first line of the response body when it is short
+    plain text (no Content-Type or ``text/*`` other than HTML, UTF-8), as in
+    ``HTTP 400 Bad Request: "this server speaks TLS: use a wss:// URL"``:
+    cut to 200 characters, control characters removed, so a server can't
+    put escape sequences or extra lines into a terminal or a log.
+
     Attributes:
         response: the whole :class:`~blockws.http.Response`.
         status: its status code, e.g. 401.
@@ -73,7 +80,12 @@ class InvalidStatus(InvalidHandshake):
 
     def __init__(self, response: Response, message: str | None = None) -> None:
         self.response = response
-        super().__init__(message or f"server rejected WebSocket connection: HTTP {response.status} {response.reason}")
+        if message is None:
+            message = f"server rejected WebSocket connection: HTTP {response.status} {_printable(response.reason)}"
+            said = _first_line(response)
+            if said:
+                message += f': "{said}"'
+        super().__init__(message)
 
     @property
     def status(self) -> int:
@@ -86,6 +98,34 @@ class InvalidStatus(InvalidHandshake):
     @property
     def body(self) -> bytes:
         return self.response.body
+
+
+#: The longest part of a response body an InvalidStatus message quotes.
+MAX_QUOTED = 200
+
+
+def _printable(text: str) -> str:
+    """``text`` without control and format characters (escapes, bidi overrides); tabs become spaces."""
+    return "".join(" " if c == "\t" else c for c in text if c == "\t" or not unicodedata.category(c).startswith("C"))
+
+
+def _first_line(response: Response) -> str:
+    """The first non-blank line of a short plain-text body, made safe to print; "" if none."""
+    content_type = (response.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+    if content_type and (not content_type.startswith("text/") or content_type == "text/html"):
+        return ""
+    head = response.body[: 4 * MAX_QUOTED]
+    try:
+        text = head.decode()
+    except UnicodeDecodeError as exc:
+        # A character cut by the slice is fine; invalid UTF-8 is not text.
+        if len(response.body) == len(head) or exc.start < len(head) - 3:
+            return ""
+        text = head[: exc.start].decode()
+    line = next((s for s in (_printable(line).strip() for line in text.splitlines()) if s), "")
+    if line.startswith("<"):
+        return ""  # markup (an error page without a Content-Type): its first line says nothing
+    return line if len(line) <= MAX_QUOTED else line[:MAX_QUOTED] + "..."
 
 
 class TooManyRedirects(InvalidHandshake):
@@ -139,3 +179,4 @@ class ConnectionClosedOK(ConnectionClosed):
 
 class ConnectionClosedError(ConnectionClosed):
     """The connection was lost, or closed with an error code."""
+

@@ -116,3 +116,16 @@ def test_allow_bad_ports_lets_the_connection_through(server_on_a_bad_port):
                 break
     with pytest.raises(ConnectionRefusedError):
         blockws.connect(f"ws://127.0.0.1:{port}/", allow_bad_ports=True, open_timeout=5)
+
+
+# -- messages a newcomer reads ----------------------------------------------------
+
+
+def test_a_ws_url_at_a_tls_server_says_what_the_server_said(run_server, tls):
+    server_ctx, _ = tls
+    server = run_server(ssl_context=server_ctx)
+    with pytest.raises(blockws.InvalidStatus) as info:
+        blockws.connect(f"ws://127.0.0.1:{server.port}/", open_timeout=5)
+    assert str(info.value) == (
+        'server rejected WebSocket connection: HTTP 400 Bad Request: "this server speaks TLS: use a wss:// URL"'
+    )
