@@ -384,6 +384,10 @@ def connect(
     )
 
 
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _origin(uri: WebSocketURI) -> tuple[bool, str, int]:
     return uri.secure, uri.host.lower(), uri.port
 
@@ -476,6 +480,7 @@ def _connect_each(
     address refuses does not hold the slot of the one that answers.
     """
     error: OSError | None = None
+    tried: list[str] = []
     for family, kind, proto, _, address in addresses:
         with gate.connecting(_gate_key(address[0]), deadline) if gate else contextlib.nullcontext():
             sock = socket.socket(family, kind, proto)
@@ -488,10 +493,17 @@ def _connect_each(
             except OSError as exc:
                 sock.close()
                 error = exc
+                tried.append(address[0])
                 continue
             return _secure_and_handshake(sock, uri, deadline, headers, options)
     assert error is not None
-    raise error
+    # The bare "[Errno 111] Connection refused" says neither where nor which
+    # address: keep the class and errno, add both.
+    where = _hostport(uri.host, uri.port)
+    if tried != [uri.host]:
+        where += f" (tried {', '.join(tried)})"
+    message = f"can't connect to {where}: {error.strerror or error}"
+    raise (type(error)(error.errno, message) if error.errno is not None else type(error)(message)) from error
 
 
 def _gate_key(ip: str) -> str:

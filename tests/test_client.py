@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 from collections.abc import Iterator
@@ -119,6 +120,26 @@ def test_allow_bad_ports_lets_the_connection_through(server_on_a_bad_port):
 
 
 # -- messages a newcomer reads ----------------------------------------------------
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nobody listens on (bound and released: refused on connect)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_refused_connection_names_host_and_port():
+    port = closed_port()
+    with pytest.raises(ConnectionRefusedError) as info:
+        blockws.connect(f"ws://127.0.0.1:{port}/", open_timeout=5)
+    assert info.value.errno == errno.ECONNREFUSED
+    assert f"127.0.0.1:{port}" in str(info.value) and "refused" in str(info.value)
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)  # the original, for the traceback
+    # A name says which addresses it resolved to.
+    with pytest.raises(ConnectionRefusedError) as info:
+        blockws.connect(f"ws://localhost:{port}/", open_timeout=5)
+    assert f"localhost:{port}" in str(info.value) and "127.0.0.1" in str(info.value)
 
 
 def test_a_ws_url_at_a_tls_server_says_what_the_server_said(run_server, tls):
