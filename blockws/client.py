@@ -19,7 +19,14 @@ from typing import Any, NamedTuple
 from . import deflate
 from .auth import AuthOption, ClientAuth
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
-from .exceptions import BadPortError, InvalidHandshake, InvalidStatus, InvalidURI, TooManyRedirects
+from .exceptions import (
+    BadPortError,
+    CertificateVerifyError,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    TooManyRedirects,
+)
 from .handshake import check_response, client_request, make_key, parse_extensions
 from .http import MAX_HEADERS, MAX_LINE, Headers, HeadersLike, parse_response
 from .keepalive import KeepAlive
@@ -528,6 +535,9 @@ def _secure_and_handshake(
                 sock = context.wrap_socket(sock, server_hostname=options.server_hostname or uri.host)
             except socket.timeout:
                 raise TimeoutError("timed out during the TLS handshake") from None
+            except ssl.SSLCertVerificationError as exc:
+                # OpenSSL's message names neither the host nor a way out.
+                raise CertificateVerifyError.from_error(exc, uri.host, uri.port) from exc
         return _handshake(sock, uri, deadline, headers, options)
     except BaseException:
         sock.close()

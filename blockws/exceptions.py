@@ -15,12 +15,17 @@ The tree::
         ├── ConnectionClosedOK      closed by a clean closing handshake
         └── ConnectionClosedError   lost, or failed with an error close code
 
+    ssl.SSLCertVerificationError
+    └── CertificateVerifyError   names the host and what to do (not a WebSocketError:
+                                 ``except ssl.SSLError`` catches it, as before)
+
 Timeouts and non-blocking operations raise the builtin ``TimeoutError`` and
 ``BlockingIOError``, exactly as :mod:`socket` does.
 """
 
 from __future__ import annotations
 
+import ssl
 import unicodedata
 from typing import TYPE_CHECKING
 
@@ -40,6 +45,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionClosedOK",
     "ConnectionClosedError",
+    "CertificateVerifyError",
 ]
 
 
@@ -180,3 +186,55 @@ class ConnectionClosedOK(ConnectionClosed):
 class ConnectionClosedError(ConnectionClosed):
     """The connection was lost, or closed with an error code."""
 
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+_NAME_MISMATCH = frozenset({62, 64})
+
+
+class CertificateVerifyError(ssl.SSLCertVerificationError):
+    """The server's TLS certificate failed verification.
+
+    Its message names the host and port and says what to do; the original
+    :class:`ssl.SSLCertVerificationError` is its ``__cause__``, and
+    ``verify_code``, ``verify_message``, ``reason``, ``library`` and
+    ``errno`` are copied from it, so code written for the original works.
+
+    Attributes:
+        host: the host whose certificate was checked.
+        port: its port.
+    """
+
+    host: str
+    port: int
+
+    @classmethod
+    def from_error(cls, error: ssl.SSLCertVerificationError, host: str, port: int) -> CertificateVerifyError:
+        """The error for ``host:port``, with the message a library user needs."""
+        if error.verify_code in _NAME_MISMATCH:
+            advice = "connect with a name the certificate lists, or pass server_hostname= with that name"
+        else:
+            advice = (
+                "if you trust the CA that signed it, pass "
+                "ssl_context=ssl.create_default_context(cafile=...) with that CA's certificate"
+            )
+        reason = getattr(error, "reason", None) or "CERTIFICATE_VERIFY_FAILED"
+        exc = cls(error.errno, f"{_describe(host, port, error.verify_message, reason)}; {advice}")
+        exc.host, exc.port = host, port
+        exc.reason, exc.library = reason, getattr(error, "library", None) or "SSL"
+        exc.verify_code, exc.verify_message = error.verify_code, error.verify_message
+        return exc
+
+    @property
+    def mismatch(self) -> bool:
+        """The certificate was issued for another name than the one connected to."""
+        return self.verify_code in _NAME_MISMATCH
+
+    def describe(self) -> str:
+        """What failed, without the advice: for callers (the CLI) that give their own."""
+        return _describe(self.host, self.port, self.verify_message, self.reason)
+
+
+def _describe(host: str, port: int, verify_message: str | None, reason: str) -> str:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    what = (verify_message or "certificate verify failed").rstrip(".")
+    return f"can't verify the TLS certificate of {where}: {what} ({reason})"

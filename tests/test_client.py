@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import pickle
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 
@@ -11,6 +13,7 @@ import pytest
 
 import blockws
 from blockws.client import BAD_PORTS, parse_uri, redact_url
+from blockws.exceptions import CertificateVerifyError
 
 SECRET = "hunter2-s3cret"
 
@@ -150,3 +153,27 @@ def test_a_ws_url_at_a_tls_server_says_what_the_server_said(run_server, tls):
     assert str(info.value) == (
         'server rejected WebSocket connection: HTTP 400 Bad Request: "this server speaks TLS: use a wss:// URL"'
     )
+
+
+def test_a_certificate_that_fails_verification_says_which_host_and_what_to_do(run_server, tls):
+    server_ctx, client_ctx = tls
+    server = run_server(ssl_context=server_ctx)
+    with pytest.raises(ssl.SSLCertVerificationError) as info:
+        blockws.connect(f"wss://localhost:{server.port}/", open_timeout=5)  # the system CAs don't know ours
+    exc = info.value
+    assert isinstance(exc, ssl.SSLError) and isinstance(exc, CertificateVerifyError)
+    assert (exc.host, exc.port) == ("localhost", server.port)
+    assert f"localhost:{server.port}" in str(exc) and "CERTIFICATE_VERIFY_FAILED" in str(exc)
+    assert "ssl_context=ssl.create_default_context(cafile=" in str(exc)
+    original = exc.__cause__
+    assert isinstance(original, ssl.SSLCertVerificationError)
+    assert (exc.errno, exc.reason, exc.library) == (original.errno, original.reason, original.library)
+    assert (exc.verify_code, exc.verify_message) == (original.verify_code, original.verify_message)
+    assert exc.verify_message in str(exc)
+    copy = pickle.loads(pickle.dumps(exc))  # e.g. from a worker process
+    assert (str(copy), copy.host, copy.verify_code) == (str(exc), exc.host, exc.verify_code)
+    # A trusted certificate for another name: the advice is about the name, not the CA.
+    with pytest.raises(CertificateVerifyError) as info:
+        blockws.connect(f"wss://127.0.0.1:{server.port}/", ssl_context=client_ctx, open_timeout=5)
+    assert info.value.mismatch and f"127.0.0.1:{server.port}" in str(info.value)
+    assert "server_hostname=" in str(info.value) and "cafile" not in str(info.value)
