@@ -2,6 +2,11 @@
 
 One :class:`~blockws.utils.Deadline` (``open_timeout``) bounds the whole
 opening: DNS, TCP, TLS and the handshake.
+
+Connection events (connecting, TLS, redirects, auth retries, the proxy,
+open, closed) are logged at DEBUG on the ``blockws.client`` logger. Frames
+are not (``WebSocket.trace`` shows them), and neither are credentials: URLs
+are logged without their password and query string, headers not at all.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import logging
 import socket
 import ssl
 import threading
@@ -51,6 +57,8 @@ BAD_PORTS = frozenset(
 )  # fmt: skip
 
 DEFAULT_OPEN_TIMEOUT = 10.0
+
+logger = logging.getLogger("blockws.client")
 
 
 class WebSocketURI:
@@ -351,6 +359,7 @@ def connect(
             raise BadPortError(
                 f"port {uri.port} is on the Fetch standard's list of banned ports; pass allow_bad_ports=True to use it"
             )
+        logger.debug("connecting to %s", _loggable(uri))
         try:
             ws = _open(uri, deadline, sock, connect_gate, request_headers, options)
         except InvalidStatus as exc:
@@ -359,6 +368,8 @@ def connect(
                 if answer is None:
                     raise InvalidStatus(exc.response, f"authentication failed: {client_auth.failure}") from exc
                 request_headers["Authorization"] = answer
+                # The scheme only: the rest of the header is the credential.
+                logger.debug("HTTP 401 from %s: retrying with %s credentials", _loggable(uri), answer.split()[0])
                 continue
             if exc.status not in _REDIRECTS or sock is not None:
                 raise
@@ -373,10 +384,12 @@ def connect(
             redirects += 1
             if redirects > max_redirects:
                 raise TooManyRedirects(f"more than {max_redirects} redirects (max_redirects={max_redirects})") from exc
+            logger.debug("HTTP %d redirect from %s to %s", exc.status, _loggable(uri), _loggable(target))
             if _origin(target) != _origin(uri):
                 for name in _CREDENTIAL_HEADERS:
                     del request_headers[name]
                 client_auth = None  # credentials stay with their origin
+                logger.debug("credentials and cookies are not sent to %s (another origin)", _loggable(target))
             elif client_auth is not None and (answer := client_auth.preemptive("GET", target.resource)):
                 request_headers["Authorization"] = answer  # Digest covers the path: recompute it
             seen.add(target.url)
@@ -385,14 +398,36 @@ def connect(
         if connect_gate is not None and sock is None:
             ws.on_close(functools.partial(connect_gate.release_host, uri.host))
         attach_keepalive(ws, keepalive)
+        _log_open(ws, _loggable(uri))
         return ws
     raise InvalidHandshake(
         f"gave up after {attempts} requests (max_redirects={max_redirects} plus authentication retries)"
     )
 
 
+def _loggable(uri: WebSocketURI) -> str:
+    """The URL for a log: ``uri.url`` has no credentials, but a query often carries a token."""
+    url, question, _ = uri.url.partition("?")
+    return url + ("?..." if question else "")
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _log_open(ws: WebSocket, url: str) -> None:
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    extras = [f"subprotocol {ws.subprotocol}"] if ws.subprotocol else []
+    extras += [f"extensions {', '.join(ws.extensions)}"] if ws.extensions else []
+    logger.debug("connection to %s open%s", url, f" ({'; '.join(extras)})" if extras else "")
+
+    def closed() -> None:
+        reason = f" {ws.close_reason!r}" if ws.close_reason else ""
+        logger.debug("connection to %s closed: code %s%s", url, ws.close_code, reason)
+
+    # connection.py doesn't log: the close is logged through its public callback.
+    ws.on_close(closed)
 
 
 def _origin(uri: WebSocketURI) -> tuple[bool, str, int]:
@@ -451,6 +486,7 @@ def _open(
         if sock is not None:
             return _secure_and_handshake(sock, uri, deadline, headers, options)
         if isinstance(proxy, str):
+            logger.debug("tunnel to %s through the proxy %s", _hostport(uri.host, uri.port), redact_url(proxy))
             # Through a proxy we never learn the address: the host name stands for it.
             with gate.connecting(uri.host.lower(), deadline) if gate else contextlib.nullcontext():
                 proxy_auth = options.proxy_auth
@@ -499,9 +535,11 @@ def _connect_each(
                 raise TimeoutError(f"timed out connecting to {uri.host}:{uri.port}") from None
             except OSError as exc:
                 sock.close()
+                logger.debug("can't connect to %s: %s", _hostport(address[0], uri.port), exc)
                 error = exc
                 tried.append(address[0])
                 continue
+            logger.debug("TCP connection to %s", _hostport(address[0], uri.port))
             return _secure_and_handshake(sock, uri, deadline, headers, options)
     assert error is not None
     # The bare "[Errno 111] Connection refused" says neither where nor which
@@ -538,6 +576,11 @@ def _secure_and_handshake(
             except ssl.SSLCertVerificationError as exc:
                 # OpenSSL's message names neither the host nor a way out.
                 raise CertificateVerifyError.from_error(exc, uri.host, uri.port) from exc
+            if isinstance(sock, ssl.SSLSocket):
+                cipher = sock.cipher()
+                logger.debug(
+                    "TLS with %s: %s, %s", _hostport(uri.host, uri.port), sock.version(), cipher[0] if cipher else "?"
+                )
         return _handshake(sock, uri, deadline, headers, options)
     except BaseException:
         sock.close()

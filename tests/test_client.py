@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import errno
+import logging
 import pickle
 import socket
 import ssl
@@ -177,3 +179,60 @@ def test_a_certificate_that_fails_verification_says_which_host_and_what_to_do(ru
         blockws.connect(f"wss://127.0.0.1:{server.port}/", ssl_context=client_ctx, open_timeout=5)
     assert info.value.mismatch and f"127.0.0.1:{server.port}" in str(info.value)
     assert "server_hostname=" in str(info.value) and "cafile" not in str(info.value)
+
+
+def test_connection_events_are_logged_without_credentials(run_server, caplog):
+    cookie = "session-c00kie-" + SECRET
+    bearer = "Bearer t0ken-" + SECRET
+
+    def process_request(request: blockws.Request) -> blockws.Response | None:
+        if request.path.startswith("/old"):
+            return blockws.Response.redirect("/new?token=" + SECRET)
+        return None
+
+    server = run_server(process_request=process_request, auth=blockws.BasicAuth("realm", {"alice": SECRET}))
+    caplog.set_level(logging.DEBUG, logger="blockws.client")
+    url = f"ws://alice:{SECRET}@127.0.0.1:{server.port}/old?key={SECRET}"
+    with blockws.connect(url, headers={"Cookie": cookie, "X-Api-Key": bearer}, timeout=5) as ws:
+        ws.sendall("hello")
+        assert ws.recv() == "hello"
+    records = [r for r in caplog.records if r.name == "blockws.client"]
+    assert all(r.levelno == logging.DEBUG for r in records)
+    text = "\n".join(r.getMessage() for r in records)
+    for event in ("connecting to ws://", "401", "Basic", "redirect", "/new", "open", "closed"):
+        assert event in text, text
+    secrets = [SECRET, cookie, bearer, base64.b64encode(f"alice:{SECRET}".encode()).decode()]
+    for record in records:
+        shown = record.getMessage() + repr(record.args)
+        assert not any(secret in shown for secret in secrets), shown
+
+
+def test_the_proxy_is_logged_without_its_password(caplog):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        heads: list[bytes] = []
+
+        def proxy() -> None:
+            # Takes the credentials (sent with the first CONNECT) and refuses.
+            conn, _ = listener.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                    head += chunk
+                heads.append(head)
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=proxy)
+        thread.start()
+        caplog.set_level(logging.DEBUG, logger="blockws.client")
+        try:
+            with pytest.raises(blockws.ProxyError):
+                blockws.connect(
+                    "ws://example.invalid/", proxy=f"http://puser:{SECRET}@127.0.0.1:{listener.getsockname()[1]}"
+                )
+        finally:
+            thread.join(10)
+    assert b"Proxy-Authorization: Basic " in heads[0]  # the credentials did go to the proxy
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "proxy http://puser:***@127.0.0.1:" in text, text
+    assert SECRET not in text and base64.b64encode(f"puser:{SECRET}".encode()).decode() not in text
