@@ -169,6 +169,16 @@ class ConnectGate:
     to one host name are open at once (a further :func:`connect` waits for
     one to close, within its ``open_timeout``).
 
+    So parallel connections to one server open one after the other, and the
+    time each waits here counts against its own ``open_timeout``: of ten
+    threads connecting at once to a server whose handshake takes 2 s, five
+    open within the default 10 s and five fail with ``TimeoutError``
+    ("waiting for another connection to ... to finish opening"). A load
+    test or a pool that opens many connections to one server at once should
+    pass ``connect_gate=None`` (or a larger ``open_timeout``). The gate is
+    keyed by the address connected to, so ``localhost`` and ``127.0.0.1``
+    share it; through a proxy, by host name.
+
     A process-wide gate is used by default; ``connect(connect_gate=None)``
     bypasses it, ``connect(connect_gate=ConnectGate(max_per_host=4))`` uses
     another.
@@ -293,6 +303,8 @@ def connect(
             follow; more raise ``TooManyRedirects``, as does a loop. A
             redirect from ``wss`` to ``ws`` is refused.
         ssl_context: for ``wss``; default: verified against the system CAs.
+            For a server whose certificate your own CA signed:
+            ``ssl.create_default_context(cafile="ca.pem")``.
         compression: ``"deflate"`` (the default) to offer permessage-deflate,
             a :class:`~blockws.PerMessageDeflate` to choose its settings, or
             None.
@@ -300,8 +312,11 @@ def connect(
         max_fragments: the most frames a received message may come in.
         write_limit: bytes :meth:`WebSocket.send` may hold in user space.
         allow_bad_ports: allow the ports the Fetch standard bans for HTTP.
-        connect_gate: the :class:`ConnectGate` (default: one per process);
-            None: no gate.
+        connect_gate: the :class:`ConnectGate` (default: one per process):
+            connections to one IP address open one at a time, and waiting
+            for the others counts against ``open_timeout``. None: no gate,
+            for load tests and pools that open many connections to one
+            server at once.
         keepalive: a :class:`~blockws.KeepAlive` to register the connection
             with (True: the shared one), or None.
         sock: an already connected socket (a Unix socket, a tunnel) to run
@@ -318,8 +333,16 @@ def connect(
         InvalidStatus: the server answered with another status than 101.
         TooManyRedirects: more than ``max_redirects`` redirects, or a loop.
         InvalidHandshake: the server's answer is not a valid upgrade.
-        TimeoutError: the opening took longer than ``open_timeout``.
-        OSError: the connection failed (refused, unreachable, TLS error).
+        TimeoutError: the opening took longer than ``open_timeout``
+            (waiting at the connect gate included).
+        CertificateVerifyError: the server's certificate failed verification
+            (an :class:`ssl.SSLCertVerificationError`; the message names the
+            host and what to do).
+        OSError: the connection failed (refused, unreachable, TLS error);
+            the message names the host and port.
+
+    Connection events are logged at DEBUG on the ``blockws.client`` logger
+    (see the module docstring); credentials never are.
     """
     compression_settings = deflate.settings(compression)
     uri = parse_uri(url)
