@@ -439,8 +439,6 @@ def _hostport(host: str, port: int) -> str:
 
 
 def _log_open(ws: WebSocket, url: str) -> None:
-    if not logger.isEnabledFor(logging.DEBUG):
-        return
     extras = [f"subprotocol {ws.subprotocol}"] if ws.subprotocol else []
     extras += [f"extensions {', '.join(ws.extensions)}"] if ws.extensions else []
     logger.debug("connection to %s open%s", url, f" ({'; '.join(extras)})" if extras else "")
