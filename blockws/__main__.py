@@ -1,13 +1,16 @@
 """``python -m blockws`` (or ``blockws``): an interactive client, servers, a demo.
 
-    blockws ws://host:port/path [--trace] [--header "Name: value"] [--user NAME] ...
+    blockws ws://host:port/path [--trace] [--header "Name: value"] [--user NAME] [--cafile FILE] ...
     blockws serve [--host H] [--port P] [--echo | --chat | --broadcast-stdin] [--trace]
     blockws demo
+    blockws --version
 
 The client sends each line typed (or piped) as a text message and prints
-messages as they arrive. Commands: ``/ping``, ``/close [code [reason]]``,
-``/binary HEX``. ``--trace`` shows every frame in both directions and the
-handshake: the teaching view of what a WebSocket puts on the wire.
+messages as they arrive. A line starting with ``/`` is a command
+(``/help`` lists them; an unknown one gets a hint and is not sent);
+``//text`` sends ``/text``. ``--trace`` shows every frame in both
+directions and the handshake: the teaching view of what a WebSocket puts on
+the wire.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import connect, serve
+from . import __version__, connect, serve
 from .connection import WebSocket
-from .exceptions import ConnectionClosed, InvalidStatus, ProtocolError, WebSocketError
+from .exceptions import CertificateVerifyError, ConnectionClosed, InvalidStatus, ProtocolError, WebSocketError
 from .frames import FrameHeader, Opcode, encode_close
 from .http import Request, Response
 
@@ -156,6 +159,11 @@ def run_client(args: argparse.Namespace) -> int:
         options["compression"] = None
     if args.proxy:
         options["proxy"] = args.proxy
+    if args.cafile:
+        try:
+            options["ssl_context"] = ssl.create_default_context(cafile=args.cafile)
+        except OSError as exc:  # missing, unreadable, or not PEM (ssl.SSLError)
+            raise _Stop(f"can't load --cafile {args.cafile}: {exc.strerror or exc}") from None
     if args.insecure:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -187,7 +195,7 @@ def _session(ws: WebSocket, args: argparse.Namespace) -> int:
         say(f"subprotocol: {ws.subprotocol}", sys.stderr)
     interactive = sys.stdin.isatty()
     if interactive:
-        say(f"connected to {ws.url} (type messages; /ping, /close [code [reason]], /binary HEX; Ctrl-D ends)")
+        say(f"connected to {ws.url} (type messages; /help lists the commands; Ctrl-D ends)")
     done = threading.Event()
 
     def reader() -> None:
@@ -227,6 +235,15 @@ def _session(ws: WebSocket, args: argparse.Namespace) -> int:
 
 _CLOSE_USAGE = "/close [CODE [REASON]] takes 1000-1003, 1007-1014 or 3000-4999 and up to 123 bytes of reason"
 
+#: Shown by /help and at the end of --help.
+SESSION_COMMANDS = """\
+commands in a session (any other line is sent as a text message):
+  /ping                   send a ping, print the round trip
+  /close [CODE [REASON]]  close the connection (default 1000) and end
+  /binary HEX             send a binary message, e.g. /binary 00ff10
+  /help                   list these commands
+  //text                  send "/text": a line starting with one '/' is a command"""
+
 
 def _command(ws: WebSocket, line: str) -> bool:
     """Run one input line; False when the session should end.
@@ -234,9 +251,17 @@ def _command(ws: WebSocket, line: str) -> bool:
     Raises:
         _UsageError: a mistyped command; nothing was sent.
     """
+    if not line.startswith("/") or line.startswith("//"):
+        # A doubled slash escapes one: "//text" sends "/text".
+        ws.sendall(line[1:] if line.startswith("//") else line)
+        return True
     command, _, rest = line.partition(" ")
-    if command == "/ping" and not rest.strip():
+    if command == "/ping":
+        if rest.strip():
+            raise _UsageError(f"/ping takes no arguments (to send the line as a message: /{line})")
         say(f"pong in {ws.ping() * 1000:.2f} ms")
+    elif command == "/help":
+        say(SESSION_COMMANDS, sys.stderr)
     elif command == "/close":
         parts = rest.split(maxsplit=1)
         try:
@@ -254,7 +279,8 @@ def _command(ws: WebSocket, line: str) -> bool:
             raise _UsageError(f"/binary takes hex digits such as '/binary 00ff10' ({exc})") from None
         ws.sendall(data)
     else:
-        ws.sendall(line)
+        # Sending a mistyped command to the server would be a surprise.
+        raise _UsageError(f"unknown command {command}: /help lists the commands; /{line} sends the line as a message")
     return True
 
 
@@ -343,6 +369,14 @@ def demo() -> int:
     return 0
 
 
+_OTHER_COMMANDS = """\
+other commands:
+  blockws serve [--host H] [--port P] [--echo | --chat | --broadcast-stdin] [-v]
+                          run an echo (default), chat or broadcast server;
+                          its options: blockws serve --help
+  blockws demo            a server and a client in one process (blockws demo --help)"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("serve", "demo"):
@@ -364,15 +398,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = argparse.ArgumentParser(
             prog="blockws",
             description="An interactive WebSocket client (also: 'blockws serve', 'blockws demo').",
+            epilog=f"{SESSION_COMMANDS}\n\n{_OTHER_COMMANDS}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        parser.add_argument("url", help="ws:// or wss:// URL")
+        parser.add_argument("--version", action="version", version=f"blockws {__version__}")
+        parser.add_argument("url", help="ws:// or wss:// URL (http:// and https:// are taken as ws:// and wss://)")
         parser.add_argument("-v", "--trace", action="store_true", help="show the handshake and every frame")
         parser.add_argument("--header", action="append", default=[], help="'Name: value' (repeatable)")
         parser.add_argument("--subprotocol", action="append", default=[], help="offer a subprotocol (repeatable)")
         parser.add_argument("--origin")
         parser.add_argument("--user", help="user name; the password is asked for on a 401")
         parser.add_argument("--proxy", help="http://host:port, socks5://host:port, ...")
-        parser.add_argument("--insecure", action="store_true", help="don't verify TLS certificates")
+        trust = parser.add_mutually_exclusive_group()
+        trust.add_argument("--cafile", metavar="FILE", help="trust the CA certificate(s) in FILE (PEM) for wss://")
+        trust.add_argument("--insecure", action="store_true", help="don't verify TLS certificates (for testing only)")
         parser.add_argument("--no-compression", action="store_true")
         parser.add_argument("--timeout", type=float, default=10.0, help="opening timeout in seconds")
         args = parser.parse_args(argv)
@@ -384,6 +423,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130  # the shell's convention for SIGINT
     except _Stop as exc:
         say(f"blockws: {exc}", sys.stderr)
+        return 1
+    except CertificateVerifyError as exc:
+        # The library's advice (ssl_context=...) is for programs: say it in options.
+        if exc.mismatch:
+            advice = "connect with a name the certificate lists"
+        else:
+            advice = "--cafile FILE trusts the CA that signed it (--insecure skips the check: for testing only)"
+        say(f"blockws: {exc.describe()}; {advice}", sys.stderr)
         return 1
     except (WebSocketError, OSError, ValueError) as exc:
         say(f"blockws: {type(exc).__name__}: {exc}" if not str(exc) else f"blockws: {exc}", sys.stderr)

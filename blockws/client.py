@@ -2,6 +2,11 @@
 
 One :class:`~blockws.utils.Deadline` (``open_timeout``) bounds the whole
 opening: DNS, TCP, TLS and the handshake.
+
+Connection events (connecting, TLS, redirects, auth retries, the proxy,
+open, closed) are logged at DEBUG on the ``blockws.client`` logger. Frames
+are not (``WebSocket.trace`` shows them), and neither are credentials: URLs
+are logged without their password and query string, headers not at all.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import logging
 import socket
 import ssl
 import threading
@@ -19,7 +25,14 @@ from typing import Any, NamedTuple
 from . import deflate
 from .auth import AuthOption, ClientAuth
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
-from .exceptions import BadPortError, InvalidHandshake, InvalidStatus, InvalidURI, TooManyRedirects
+from .exceptions import (
+    BadPortError,
+    CertificateVerifyError,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    TooManyRedirects,
+)
 from .handshake import check_response, client_request, make_key, parse_extensions
 from .http import MAX_HEADERS, MAX_LINE, Headers, HeadersLike, parse_response
 from .keepalive import KeepAlive
@@ -44,6 +57,8 @@ BAD_PORTS = frozenset(
 )  # fmt: skip
 
 DEFAULT_OPEN_TIMEOUT = 10.0
+
+logger = logging.getLogger("blockws.client")
 
 
 class WebSocketURI:
@@ -119,6 +134,16 @@ class ConnectGate:
     ``open_timeout``. With ``max_per_host``, at most that many connections
     to one host name are open at once (a further :func:`connect` waits for
     one to close, within its ``open_timeout``).
+
+    So parallel connections to one server open one after the other, and the
+    time each waits here counts against its own ``open_timeout``: of ten
+    threads connecting at once to a server whose handshake takes 2 s, five
+    open within the default 10 s and five fail with ``TimeoutError``
+    ("waiting for another connection to ... to finish opening"). A load
+    test or a pool that opens many connections to one server at once should
+    pass ``connect_gate=None`` (or a larger ``open_timeout``). The gate is
+    keyed by the address connected to, so ``localhost`` and ``127.0.0.1``
+    share it; through a proxy, by host name.
 
     A process-wide gate is used by default; ``connect(connect_gate=None)``
     bypasses it, ``connect(connect_gate=ConnectGate(max_per_host=4))`` uses
@@ -247,7 +272,9 @@ def connect(
         ssl_context: for ``wss``; default: verified against the system CAs.
             Given with a ``ws://`` (or ``http://``) ``url``, it is a
             ``ValueError``: only ``url`` is checked, so a ``ws`` URL that
-            redirects to ``wss`` uses the default context.
+            redirects to ``wss`` uses the default context. For a server
+            whose certificate your own CA signed:
+            ``ssl.create_default_context(cafile="ca.pem")``.
         compression: ``"deflate"`` (the default) to offer permessage-deflate,
             a :class:`~blockws.PerMessageDeflate` to choose its settings, or
             None.
@@ -255,8 +282,11 @@ def connect(
         max_fragments: the most frames a received message may come in.
         write_limit: bytes :meth:`WebSocket.send` may hold in user space.
         allow_bad_ports: allow the ports the Fetch standard bans for HTTP.
-        connect_gate: the :class:`ConnectGate` (default: one per process);
-            None: no gate.
+        connect_gate: the :class:`ConnectGate` (default: one per process):
+            connections to one IP address open one at a time, and waiting
+            for the others counts against ``open_timeout``. None: no gate,
+            for load tests and pools that open many connections to one
+            server at once.
         keepalive: True (the default): the process-wide
             :meth:`KeepAlive.shared` answers the server's pings and notices
             its Close while the application isn't reading, and pings every
@@ -278,8 +308,16 @@ def connect(
         InvalidStatus: the server answered with another status than 101.
         TooManyRedirects: more than ``max_redirects`` redirects, or a loop.
         InvalidHandshake: the server's answer is not a valid upgrade.
-        TimeoutError: the opening took longer than ``open_timeout``.
-        OSError: the connection failed (refused, unreachable, TLS error).
+        TimeoutError: the opening took longer than ``open_timeout``
+            (waiting at the connect gate included).
+        CertificateVerifyError: the server's certificate failed verification
+            (an :class:`ssl.SSLCertVerificationError`; the message names the
+            host and what to do).
+        OSError: the connection failed (refused, unreachable, TLS error);
+            the message names the host and port.
+
+    Connection events are logged at DEBUG on the ``blockws.client`` logger
+    (see the module docstring); credentials never are.
     """
     compression_settings = deflate.settings(compression)
     uri = parse_uri(url)
@@ -322,6 +360,7 @@ def connect(
             raise BadPortError(
                 f"port {uri.port} is on the Fetch standard's list of banned ports; pass allow_bad_ports=True to use it"
             )
+        logger.debug("connecting to %s", _loggable(uri))
         try:
             ws = _open(uri, deadline, sock, connect_gate, request_headers, options)
         except InvalidStatus as exc:
@@ -330,6 +369,8 @@ def connect(
                 if answer is None:
                     raise InvalidStatus(exc.response, f"authentication failed: {client_auth.failure}") from exc
                 request_headers["Authorization"] = answer
+                # The scheme only: the rest of the header is the credential.
+                logger.debug("HTTP 401 from %s: retrying with %s credentials", _loggable(uri), answer.split()[0])
                 continue
             if exc.status not in _REDIRECTS or sock is not None:
                 raise
@@ -344,10 +385,12 @@ def connect(
             redirects += 1
             if redirects > max_redirects:
                 raise TooManyRedirects(f"more than {max_redirects} redirects (max_redirects={max_redirects})") from exc
+            logger.debug("HTTP %d redirect from %s to %s", exc.status, _loggable(uri), _loggable(target))
             if _origin(target) != _origin(uri):
                 for name in _CREDENTIAL_HEADERS:
                     del request_headers[name]
                 client_auth = None  # credentials stay with their origin
+                logger.debug("credentials and cookies are not sent to %s (another origin)", _loggable(target))
             elif client_auth is not None and (answer := client_auth.preemptive("GET", target.resource)):
                 request_headers["Authorization"] = answer  # Digest covers the path: recompute it
             seen.add(target.url)
@@ -356,10 +399,34 @@ def connect(
         if connect_gate is not None and sock is None:
             ws.on_close(functools.partial(connect_gate.release_host, uri.host))
         attach_keepalive(ws, keepalive)
+        _log_open(ws, _loggable(uri))
         return ws
     raise InvalidHandshake(
         f"gave up after {attempts} requests (max_redirects={max_redirects} plus authentication retries)"
     )
+
+
+def _loggable(uri: WebSocketURI) -> str:
+    """The URL for a log: ``uri.url`` has no credentials, but a query often carries a token."""
+    url, question, _ = uri.url.partition("?")
+    return url + ("?..." if question else "")
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _log_open(ws: WebSocket, url: str) -> None:
+    extras = [f"subprotocol {ws.subprotocol}"] if ws.subprotocol else []
+    extras += [f"extensions {', '.join(ws.extensions)}"] if ws.extensions else []
+    logger.debug("connection to %s open%s", url, f" ({'; '.join(extras)})" if extras else "")
+
+    def closed() -> None:
+        reason = f" {ws.close_reason!r}" if ws.close_reason else ""
+        logger.debug("connection to %s closed: code %s%s", url, ws.close_code, reason)
+
+    # connection.py doesn't log: the close is logged through its public callback.
+    ws.on_close(closed)
 
 
 def _origin(uri: WebSocketURI) -> tuple[bool, str, int]:
@@ -418,6 +485,7 @@ def _open(
         if sock is not None:
             return _secure_and_handshake(sock, uri, deadline, headers, options)
         if isinstance(proxy, str):
+            logger.debug("tunnel to %s through the proxy %s", _hostport(uri.host, uri.port), redact_url(proxy))
             # Through a proxy we never learn the address: the host name stands for it.
             with gate.connecting(uri.host.lower(), deadline) if gate else contextlib.nullcontext():
                 proxy_auth = options.proxy_auth
@@ -454,6 +522,7 @@ def _connect_each(
     address refuses does not hold the slot of the one that answers.
     """
     error: OSError | None = None
+    tried: list[str] = []
     for family, kind, proto, _, address in addresses:
         with gate.connecting(_gate_key(address[0]), deadline) if gate else contextlib.nullcontext():
             sock = socket.socket(family, kind, proto)
@@ -465,11 +534,20 @@ def _connect_each(
                 raise TimeoutError(f"timed out connecting to {uri.host}:{uri.port}") from None
             except OSError as exc:
                 sock.close()
+                logger.debug("can't connect to %s: %s", _hostport(address[0], uri.port), exc)
                 error = exc
+                tried.append(address[0])
                 continue
+            logger.debug("TCP connection to %s", _hostport(address[0], uri.port))
             return _secure_and_handshake(sock, uri, deadline, headers, options)
     assert error is not None
-    raise error
+    # The bare "[Errno 111] Connection refused" says neither where nor which
+    # address: keep the class and errno, add both.
+    where = _hostport(uri.host, uri.port)
+    if tried != [uri.host]:
+        where += f" (tried {', '.join(tried)})"
+    message = f"can't connect to {where}: {error.strerror or error}"
+    raise (type(error)(error.errno, message) if error.errno is not None else type(error)(message)) from error
 
 
 def _gate_key(ip: str) -> str:
@@ -494,6 +572,14 @@ def _secure_and_handshake(
                 sock = context.wrap_socket(sock, server_hostname=options.server_hostname or uri.host)
             except socket.timeout:
                 raise TimeoutError("timed out during the TLS handshake") from None
+            except ssl.SSLCertVerificationError as exc:
+                # OpenSSL's message names neither the host nor a way out.
+                raise CertificateVerifyError.from_error(exc, uri.host, uri.port) from exc
+            if isinstance(sock, ssl.SSLSocket):
+                cipher = sock.cipher()
+                logger.debug(
+                    "TLS with %s: %s, %s", _hostport(uri.host, uri.port), sock.version(), cipher[0] if cipher else "?"
+                )
         return _handshake(sock, uri, deadline, headers, options)
     except BaseException:
         sock.close()

@@ -15,12 +15,18 @@ The tree::
         ├── ConnectionClosedOK      closed by a clean closing handshake
         └── ConnectionClosedError   lost, or failed with an error close code
 
+    ssl.SSLCertVerificationError
+    └── CertificateVerifyError   names the host and what to do (not a WebSocketError:
+                                 ``except ssl.SSLError`` catches it, as before)
+
 Timeouts and non-blocking operations raise the builtin ``TimeoutError`` and
 ``BlockingIOError``, exactly as :mod:`socket` does.
 """
 
 from __future__ import annotations
 
+import ssl
+import unicodedata
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,6 +45,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionClosedOK",
     "ConnectionClosedError",
+    "CertificateVerifyError",
 ]
 
 
@@ -64,6 +71,12 @@ class InvalidHandshake(WebSocketError):
 class InvalidStatus(InvalidHandshake):
     """The server answered the upgrade request with a status other than 101.
 
+    The message shows the first line of the response body when it is short
+    plain text (no Content-Type or ``text/*`` other than HTML, UTF-8), as in
+    ``HTTP 400 Bad Request: "this server speaks TLS: use a wss:// URL"``:
+    cut to 200 characters, control characters removed, so a server can't
+    put escape sequences or extra lines into a terminal or a log.
+
     Attributes:
         response: the whole :class:`~blockws.http.Response`.
         status: its status code, e.g. 401.
@@ -73,7 +86,12 @@ class InvalidStatus(InvalidHandshake):
 
     def __init__(self, response: Response, message: str | None = None) -> None:
         self.response = response
-        super().__init__(message or f"server rejected WebSocket connection: HTTP {response.status} {response.reason}")
+        if message is None:
+            message = f"server rejected WebSocket connection: HTTP {response.status} {_printable(response.reason)}"
+            said = _first_line(response)
+            if said:
+                message += f': "{said}"'
+        super().__init__(message)
 
     @property
     def status(self) -> int:
@@ -86,6 +104,34 @@ class InvalidStatus(InvalidHandshake):
     @property
     def body(self) -> bytes:
         return self.response.body
+
+
+#: The longest part of a response body an InvalidStatus message quotes.
+MAX_QUOTED = 200
+
+
+def _printable(text: str) -> str:
+    """``text`` without control and format characters (escapes, bidi overrides); tabs become spaces."""
+    return "".join(" " if c == "\t" else c for c in text if c == "\t" or not unicodedata.category(c).startswith("C"))
+
+
+def _first_line(response: Response) -> str:
+    """The first non-blank line of a short plain-text body, made safe to print; "" if none."""
+    content_type = (response.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+    if content_type and (not content_type.startswith("text/") or content_type == "text/html"):
+        return ""
+    head = response.body[: 4 * MAX_QUOTED]
+    try:
+        text = head.decode()
+    except UnicodeDecodeError as exc:
+        # A character cut by the slice is fine; invalid UTF-8 is not text.
+        if len(response.body) == len(head) or exc.start < len(head) - 3:
+            return ""
+        text = head[: exc.start].decode()
+    line = next((s for s in (_printable(line).strip() for line in text.splitlines()) if s), "")
+    if line.startswith("<"):
+        return ""  # markup (an error page without a Content-Type): its first line says nothing
+    return line if len(line) <= MAX_QUOTED else line[:MAX_QUOTED] + "..."
 
 
 class TooManyRedirects(InvalidHandshake):
@@ -139,3 +185,56 @@ class ConnectionClosedOK(ConnectionClosed):
 
 class ConnectionClosedError(ConnectionClosed):
     """The connection was lost, or closed with an error code."""
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+_NAME_MISMATCH = frozenset({62, 64})
+
+
+class CertificateVerifyError(ssl.SSLCertVerificationError):
+    """The server's TLS certificate failed verification.
+
+    Its message names the host and port and says what to do; the original
+    :class:`ssl.SSLCertVerificationError` is its ``__cause__``, and
+    ``verify_code``, ``verify_message``, ``reason``, ``library`` and
+    ``errno`` are copied from it, so code written for the original works.
+
+    Attributes:
+        host: the host whose certificate was checked.
+        port: its port.
+    """
+
+    host: str
+    port: int
+
+    @classmethod
+    def from_error(cls, error: ssl.SSLCertVerificationError, host: str, port: int) -> CertificateVerifyError:
+        """The error for ``host:port``, with the message a library user needs."""
+        if error.verify_code in _NAME_MISMATCH:
+            advice = "connect with a name the certificate lists, or pass server_hostname= with that name"
+        else:
+            advice = (
+                "if you trust the CA that signed it, pass "
+                "ssl_context=ssl.create_default_context(cafile=...) with that CA's certificate"
+            )
+        reason = getattr(error, "reason", None) or "CERTIFICATE_VERIFY_FAILED"
+        exc = cls(error.errno, f"{_describe(host, port, error.verify_message, reason)}; {advice}")
+        exc.host, exc.port = host, port
+        exc.reason, exc.library = reason, getattr(error, "library", None) or "SSL"
+        exc.verify_code, exc.verify_message = error.verify_code, error.verify_message
+        return exc
+
+    @property
+    def mismatch(self) -> bool:
+        """The certificate was issued for another name than the one connected to."""
+        return self.verify_code in _NAME_MISMATCH
+
+    def describe(self) -> str:
+        """What failed, without the advice: for callers (the CLI) that give their own."""
+        return _describe(self.host, self.port, self.verify_message, self.reason)
+
+
+def _describe(host: str, port: int, verify_message: str | None, reason: str) -> str:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    what = (verify_message or "certificate verify failed").rstrip(".")
+    return f"can't verify the TLS certificate of {where}: {what} ({reason})"

@@ -160,6 +160,36 @@ def test_serve_chat_and_help():
         assert out.returncode == 0 and "usage:" in out.stdout
 
 
+def test_version_and_the_help_for_every_command():
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"blockws {blockws.__version__}"
+    out = cli("--help")
+    assert out.returncode == 0
+    # The other commands, and how to get their options.
+    assert "blockws serve" in out.stdout and "blockws demo" in out.stdout
+    assert "blockws serve --help" in out.stdout and "--cafile FILE" in out.stdout
+    assert "//text" in out.stdout and "/help" in out.stdout
+    out = cli("serve", "--help")
+    assert out.returncode == 0 and "--broadcast-stdin" in out.stdout and "--port PORT" in out.stdout
+
+
+def test_slash_commands_help_unknown_and_a_literal_slash(run_server):
+    server, seen, done = recording_server(run_server)
+    stdin = "/help\n/frobnicate now\n/pong\n/ping extra\n//etc/passwd\n//\nplain\n/close 1000 bye\n"
+    out = cli(server.url, stdin=stdin)
+    assert out.returncode == 0, out.stderr
+    # Only the plain line and the doubled slashes went out, the first slash removed.
+    assert out.stdout.splitlines() == ["< /etc/passwd", "< /", "< plain"]
+    for command in ("/ping", "/close [CODE [REASON]]", "/binary HEX", "/help", "//text"):
+        assert command in out.stderr, out.stderr
+    hints = [line for line in out.stderr.splitlines() if line.startswith("blockws: ")]
+    assert len(hints) == 3, out.stderr
+    assert "unknown command /frobnicate" in hints[0] and "/help" in hints[0] and "//frobnicate" in hints[0]
+    assert "unknown command /pong" in hints[1]
+    assert "/ping takes no arguments" in hints[2]
+    assert done.wait(10) and seen[0][1:3] == (1000, "bye")
+
+
 def test_interactive_session_through_a_pty(echo_server, terminal):
     term = terminal(echo_server.url)
     term.read_until(b"connected to")
@@ -296,6 +326,29 @@ def test_insecure_against_a_self_signed_certificate(run_server):
     out = cli("--insecure", url, stdin="over tls\n")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["< over tls"]
+
+
+def test_cafile_trusts_a_ca_and_the_error_says_so(run_server, tmp_path):
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    server = run_server(ssl_context=server_ctx)
+    url = f"wss://localhost:{server.port}/"
+    out = cli(url)
+    one_error_line(out, f"can't verify the TLS certificate of localhost:{server.port}")
+    assert "--cafile FILE" in out.stderr and "CERTIFICATE_VERIFY_FAILED" in out.stderr
+    assert "ssl_context=" not in out.stderr  # the library's advice is for programs, not for the command line
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    out = cli("--cafile", str(cafile), url, stdin="trusted\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["< trusted"]
+    # The name must match too: the advice then is about the name.
+    out = cli("--cafile", str(cafile), f"wss://127.0.0.1:{server.port}/")
+    one_error_line(out, "connect with a name the certificate lists")
+    one_error_line(cli("--cafile", str(tmp_path / "missing.pem"), url), "can't load --cafile")
+    out = cli("--cafile", str(cafile), "--insecure", url)
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
 
 
 def free_port() -> int:

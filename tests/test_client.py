@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import errno
+import logging
+import pickle
 import socket
 import ssl
 import threading
@@ -11,6 +15,7 @@ import pytest
 
 import blockws
 from blockws.client import BAD_PORTS, parse_uri, redact_url
+from blockws.exceptions import CertificateVerifyError
 
 SECRET = "hunter2-s3cret"
 
@@ -127,3 +132,117 @@ def test_allow_bad_ports_lets_the_connection_through(server_on_a_bad_port):
                 break
     with pytest.raises(ConnectionRefusedError):
         blockws.connect(f"ws://127.0.0.1:{port}/", allow_bad_ports=True, open_timeout=5)
+
+
+# -- messages a newcomer reads ----------------------------------------------------
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nobody listens on (bound and released: refused on connect)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_refused_connection_names_host_and_port():
+    port = closed_port()
+    with pytest.raises(ConnectionRefusedError) as info:
+        blockws.connect(f"ws://127.0.0.1:{port}/", open_timeout=5)
+    assert info.value.errno == errno.ECONNREFUSED
+    assert f"127.0.0.1:{port}" in str(info.value) and "refused" in str(info.value)
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)  # the original, for the traceback
+    # A name says which addresses it resolved to.
+    with pytest.raises(ConnectionRefusedError) as info:
+        blockws.connect(f"ws://localhost:{port}/", open_timeout=5)
+    assert f"localhost:{port}" in str(info.value) and "127.0.0.1" in str(info.value)
+
+
+def test_a_ws_url_at_a_tls_server_says_what_the_server_said(run_server, tls):
+    server_ctx, _ = tls
+    server = run_server(ssl_context=server_ctx)
+    with pytest.raises(blockws.InvalidStatus) as info:
+        blockws.connect(f"ws://127.0.0.1:{server.port}/", open_timeout=5)
+    assert str(info.value) == (
+        'server rejected WebSocket connection: HTTP 400 Bad Request: "this server speaks TLS: use a wss:// URL"'
+    )
+
+
+def test_a_certificate_that_fails_verification_says_which_host_and_what_to_do(run_server, tls):
+    server_ctx, client_ctx = tls
+    server = run_server(ssl_context=server_ctx)
+    with pytest.raises(ssl.SSLCertVerificationError) as info:
+        blockws.connect(f"wss://localhost:{server.port}/", open_timeout=5)  # the system CAs don't know ours
+    exc = info.value
+    assert isinstance(exc, ssl.SSLError) and isinstance(exc, CertificateVerifyError)
+    assert (exc.host, exc.port) == ("localhost", server.port)
+    assert f"localhost:{server.port}" in str(exc) and "CERTIFICATE_VERIFY_FAILED" in str(exc)
+    assert "ssl_context=ssl.create_default_context(cafile=" in str(exc)
+    original = exc.__cause__
+    assert isinstance(original, ssl.SSLCertVerificationError)
+    assert (exc.errno, exc.reason, exc.library) == (original.errno, original.reason, original.library)
+    assert (exc.verify_code, exc.verify_message) == (original.verify_code, original.verify_message)
+    assert exc.verify_message in str(exc)
+    copy = pickle.loads(pickle.dumps(exc))  # e.g. from a worker process
+    assert (str(copy), copy.host, copy.verify_code) == (str(exc), exc.host, exc.verify_code)
+    # A trusted certificate for another name: the advice is about the name, not the CA.
+    with pytest.raises(CertificateVerifyError) as info:
+        blockws.connect(f"wss://127.0.0.1:{server.port}/", ssl_context=client_ctx, open_timeout=5)
+    assert info.value.mismatch and f"127.0.0.1:{server.port}" in str(info.value)
+    assert "server_hostname=" in str(info.value) and "cafile" not in str(info.value)
+
+
+def test_connection_events_are_logged_without_credentials(run_server, caplog):
+    cookie = "session-c00kie-" + SECRET
+    bearer = "Bearer t0ken-" + SECRET
+
+    def process_request(request: blockws.Request) -> blockws.Response | None:
+        if request.path.startswith("/old"):
+            return blockws.Response.redirect("/new?token=" + SECRET)
+        return None
+
+    server = run_server(process_request=process_request, auth=blockws.BasicAuth("realm", {"alice": SECRET}))
+    caplog.set_level(logging.DEBUG, logger="blockws.client")
+    url = f"ws://alice:{SECRET}@127.0.0.1:{server.port}/old?key={SECRET}"
+    with blockws.connect(url, headers={"Cookie": cookie, "X-Api-Key": bearer}, timeout=5) as ws:
+        ws.sendall("hello")
+        assert ws.recv() == "hello"
+    records = [r for r in caplog.records if r.name == "blockws.client"]
+    assert all(r.levelno == logging.DEBUG for r in records)
+    text = "\n".join(r.getMessage() for r in records)
+    for event in ("connecting to ws://", "401", "Basic", "redirect", "/new", "open", "closed"):
+        assert event in text, text
+    secrets = [SECRET, cookie, bearer, base64.b64encode(f"alice:{SECRET}".encode()).decode()]
+    for record in records:
+        shown = record.getMessage() + repr(record.args)
+        assert not any(secret in shown for secret in secrets), shown
+
+
+def test_the_proxy_is_logged_without_its_password(caplog):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        heads: list[bytes] = []
+
+        def proxy() -> None:
+            # Takes the credentials (sent with the first CONNECT) and refuses.
+            conn, _ = listener.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                    head += chunk
+                heads.append(head)
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=proxy)
+        thread.start()
+        caplog.set_level(logging.DEBUG, logger="blockws.client")
+        try:
+            with pytest.raises(blockws.ProxyError):
+                blockws.connect(
+                    "ws://example.invalid/", proxy=f"http://puser:{SECRET}@127.0.0.1:{listener.getsockname()[1]}"
+                )
+        finally:
+            thread.join(10)
+    assert b"Proxy-Authorization: Basic " in heads[0]  # the credentials did go to the proxy
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "proxy http://puser:***@127.0.0.1:" in text, text
+    assert SECRET not in text and base64.b64encode(f"puser:{SECRET}".encode()).decode() not in text
