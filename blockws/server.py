@@ -396,6 +396,7 @@ class Server:
         self._connections: set[WebSocket] = set()
         self._active = 0
         self._refused: dict[socket.socket, float] = {}  # socket -> when to close it anyway
+        self._unsent: dict[ssl.SSLSocket, bytes] = {}  # a TLS refusal -> the 503 still to write
         self._shutdown_requested = False
         self._stopped = threading.Event()
         self._stopped.set()
@@ -523,10 +524,27 @@ class Server:
         The request is not read: the answer goes out at once (a fresh
         socket's send buffer always has room for it), then a FIN; what the
         client sends is drained and dropped until it closes or
-        ``_REFUSED_LINGER`` passes.
+        ``_REFUSED_LINGER`` passes. On a TLS server the answer waits for the
+        TLS handshake, which the accept loop's selector drives in the same
+        way (never a plaintext answer on a TLS port), within the same linger.
         """
         body = f"too many connections (max_connections={self.max_connections})\n".encode()
         data = Response(503, headers={"Retry-After": "1", "Connection": "close"}, body=body).serialize()
+        ssl_context: ssl.SSLContext | None = self.options.get("ssl_context")
+        if ssl_context is not None:
+            if len(self._refused) >= _MAX_REFUSED:
+                conn.close()  # a flood: not even a handshake
+                return
+            try:
+                conn.setblocking(False)
+                tls = ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            except OSError:
+                conn.close()
+                return
+            self._unsent[tls] = data
+            self._linger(tls)
+            self._answer_over_tls(tls)
+            return
         try:
             conn.setblocking(False)
             conn.send(data)
@@ -537,10 +555,46 @@ class Server:
         if len(self._refused) >= _MAX_REFUSED:
             conn.close()  # a flood: don't keep even the descriptors
             return
+        self._linger(conn)
+
+    def _linger(self, conn: socket.socket) -> None:
         self._refused[conn] = time.monotonic() + _REFUSED_LINGER
         self._selector.register(conn, selectors.EVENT_READ)
 
+    def _answer_over_tls(self, conn: ssl.SSLSocket) -> None:
+        """One step of a TLS refusal: handshake, write the 503, close_notify and FIN."""
+        try:
+            conn.do_handshake()  # returns at once once done
+            data = self._unsent[conn]
+            while data:
+                data = data[conn.send(data) :]
+                self._unsent[conn] = data
+        except ssl.SSLWantReadError:
+            self._selector.modify(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(conn, selectors.EVENT_WRITE)
+            return
+        except OSError:  # not TLS, reset, ...: no answer to give
+            self._forget_refused(conn)
+            return
+        del self._unsent[conn]
+        try:
+            conn.unwrap()  # sends close_notify; the client's may not have come yet
+        except OSError:
+            pass
+        try:
+            # Drops the TLS layer too: the drain reads raw bytes from now on.
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._forget_refused(conn)
+            return
+        self._selector.modify(conn, selectors.EVENT_READ)
+
     def _drain_refused(self, conn: socket.socket) -> None:
+        if isinstance(conn, ssl.SSLSocket) and conn in self._unsent:
+            self._answer_over_tls(conn)
+            return
         try:
             data = conn.recv(65536)
         except BlockingIOError:
@@ -552,6 +606,8 @@ class Server:
 
     def _forget_refused(self, conn: socket.socket) -> None:
         self._refused.pop(conn, None)
+        if isinstance(conn, ssl.SSLSocket):
+            self._unsent.pop(conn, None)
         try:
             self._selector.unregister(conn)
         except (KeyError, ValueError):

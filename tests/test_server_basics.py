@@ -375,3 +375,40 @@ def test_unix_socket_on_a_platform_without_them(monkeypatch, tmp_path):
         blockws.serve(echo, path=str(tmp_path / "ws.sock"))
     assert info.value.errno == errno.EAFNOSUPPORT
 
+
+# -- max_connections on a TLS server
+
+
+def read_until_eof(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_503_on_a_tls_server_goes_over_tls(run_server, tls):
+    server_ctx, client_ctx = tls
+    server = run_server(max_connections=1, ssl_context=server_ctx)
+    url = f"wss://localhost:{server.port}/"
+    with blockws.connect(url, ssl_context=client_ctx, timeout=5) as held:
+        # A client that says nothing yet must not stall the accept loop.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            with pytest.raises(blockws.InvalidStatus) as info:
+                blockws.connect(url, ssl_context=client_ctx, open_timeout=5)
+            assert info.value.status == 503
+            assert b"max_connections=1" in info.value.body
+            # Plain HTTP on the TLS port: never a plaintext answer.
+            raw.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert b"HTTP/1.1" not in read_until_eof(raw)
+        held.sendall("still served")
+        assert held.recv() == "still served"
+    for _ in range(50):  # the server counts the held connection out just after its close
+        try:
+            assert echo_once(url, ssl_context=client_ctx)
+            break
+        except blockws.InvalidStatus as exc:
+            assert exc.status == 503
+            time.sleep(0.1)
