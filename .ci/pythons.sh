@@ -18,7 +18,7 @@ skip=${SKIP_VERSION:-}
 
 # The slow end-to-end files (subprocess CLIs, benchmark peers, examples) stay
 # with the main step; what's left covers the library over real sockets.
-tests=(-q -x -p no:cacheprovider
+tests=(-x -rs -p no:cacheprovider
   --ignore=tests/test_bench.py --ignore=tests/test_cli.py --ignore=tests/test_examples.py)
 
 find_python() {  # prints the path of a working python$1, or fails

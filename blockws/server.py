@@ -276,6 +276,8 @@ class WebSocketHandler(socketserver.BaseRequestHandler):
 def _listen_tcp(host: str, port: int, family: int | None, dualstack_ipv6: bool | None, backlog: int) -> socket.socket:
     if family is None:
         family = socket.AF_INET6 if dualstack_ipv6 else _family_of(host, port)
+    elif family not in (socket.AF_INET, socket.AF_INET6):
+        raise ValueError(f"family={family!r}: AF_INET or AF_INET6 (path= for a Unix socket, sock= for others)")
     if dualstack_ipv6 is None:
         # "::" (or "" with AF_INET6) means every interface: IPv4 ones too,
         # where the platform can, as people expect of an "any" address.

@@ -277,6 +277,8 @@ def test_family_and_dualstack_options():
         echo_once(f"ws://[::1]:{server.port}/")
     with pytest.raises(ValueError, match="dualstack_ipv6 requires AF_INET6"):
         blockws.serve(echo, "127.0.0.1", 0, family=socket.AF_INET, dualstack_ipv6=True)
+    with pytest.raises(ValueError, match="AF_INET or AF_INET6"):
+        blockws.serve(echo, "127.0.0.1", 0, family=socket.AF_UNIX)
 
 
 def test_no_host_is_still_every_ipv4_interface():
