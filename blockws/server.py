@@ -9,12 +9,16 @@ and it tracks and joins its handler threads.
 
 from __future__ import annotations
 
+import errno
 import inspect
+import ipaddress
 import logging
+import os
 import selectors
 import socket
 import socketserver
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +48,8 @@ DEFAULT_OPEN_TIMEOUT = 10.0
 # 503 in flight. At most _MAX_REFUSED wait at once; more are closed at once.
 _REFUSED_LINGER = 2.0
 _MAX_REFUSED = 256
+# Windows before 3.10 has no AF_UNIX at all (a name, for the tests to clear).
+_HAS_AF_UNIX = hasattr(socket, "AF_UNIX")
 
 ProcessRequest = Callable[[Request], Optional[Response]]
 
@@ -277,6 +283,71 @@ class WebSocketHandler(socketserver.BaseRequestHandler):
         raise NotImplementedError
 
 
+def _listen_tcp(host: str, port: int, family: int | None, dualstack_ipv6: bool | None, backlog: int) -> socket.socket:
+    if family is None:
+        family = socket.AF_INET6 if dualstack_ipv6 else _family_of(host, port)
+    elif family not in (socket.AF_INET, socket.AF_INET6):
+        raise ValueError(f"family={family!r}: AF_INET or AF_INET6 (path= for a Unix socket, sock= for others)")
+    if dualstack_ipv6 is None:
+        # "::" (or "" with AF_INET6) means every interface: IPv4 ones too,
+        # where the platform can, as people expect of an "any" address.
+        dualstack_ipv6 = family == socket.AF_INET6 and _is_unspecified(host) and socket.has_dualstack_ipv6()
+    return socket.create_server(
+        (host, port), family=family, backlog=backlog, reuse_port=False, dualstack_ipv6=dualstack_ipv6
+    )
+
+
+def _family_of(host: str, port: int) -> int:
+    """IPv6 for an IPv6 literal; for a name, IPv4 if it has an IPv4 address.
+
+    Names kept the IPv4 address they always had (``"localhost"`` is
+    127.0.0.1, whatever order the resolver prefers); a name with only IPv6
+    addresses works now instead of failing.
+    """
+    if not host:
+        return socket.AF_INET  # all IPv4 interfaces, as before IPv6 support
+    if ":" in host:
+        return socket.AF_INET6
+    families = [info[0] for info in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)]
+    return socket.AF_INET if socket.AF_INET in families else families[0]
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host or "::").is_unspecified
+    except ValueError:
+        return False
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Make room at ``path`` for a Unix socket, like asyncio's ``create_unix_server``.
+
+    A socket file left by a server that died is removed; a file that is not
+    a socket is never removed, and neither is the socket of a server still
+    listening (asyncio removes that one too: we ask it first).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket: not replacing it", path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)  # a live server with a full backlog makes connect() wait
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    except socket.timeout:
+        pass  # alive, but busy
+    except OSError:
+        return  # can't tell (no permission, ...): bind() will say what is wrong
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "a server is listening on this Unix socket", path)
+
+
 class Server:
     """A threaded WebSocket server: one thread per connection.
 
@@ -287,9 +358,13 @@ class Server:
     def __init__(
         self,
         handler: Callable[[WebSocket], Any],
-        host: str | None,
-        port: int,
+        host: str | None = None,
+        port: int | None = None,
         *,
+        sock: socket.socket | None = None,
+        path: str | os.PathLike[str] | None = None,
+        family: int | None = None,
+        dualstack_ipv6: bool | None = None,
         max_connections: int | None = None,
         backlog: int = 128,
         **options: Any,
@@ -301,7 +376,31 @@ class Server:
         check_subprotocols(options.get("subprotocols"))
         deflate.settings(options.get("compression", "deflate"))
         self.options = options
-        self.socket = socket.create_server((host or "", port), backlog=backlog, reuse_port=False)
+        self._unix_path: str | None = None
+        self._unix_inode: tuple[int, int] | None = None
+        if sock is not None or path is not None:
+            given = {"host": host, "port": port, "family": family, "dualstack_ipv6": dualstack_ipv6}
+            extra = [name for name, value in given.items() if value is not None]
+            if sock is not None and path is not None:
+                extra.insert(0, "path")
+            if extra:
+                raise ValueError(f"serve(): {'sock' if sock is not None else 'path'} given, so not {', '.join(extra)}")
+        if sock is not None:
+            if sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"serve(sock=...) needs a SOCK_STREAM socket, not {sock.type!r}")
+            sock.listen(backlog)  # harmless if the caller already did
+            self.socket = sock
+        elif path is not None:
+            self.socket = self._listen_unix(os.fspath(path), backlog)
+        else:
+            self.socket = _listen_tcp(host or "", port or 0, family, dualstack_ipv6, backlog)
+        # A listener shared with other processes (sock=, pre-fork workers)
+        # may be taken by them between select() and accept(): never block there.
+        self.socket.setblocking(False)
+        self.address: Any = self.socket.getsockname()
+        """The address listened on, as ``socket.getsockname()`` gives it:
+        ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for
+        IPv6, the path for a Unix socket."""
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._lock = threading.Lock()
@@ -314,13 +413,40 @@ class Server:
         self._handshaking: set[socket.socket] = set()
         self._active = 0
         self._refused: dict[socket.socket, float] = {}  # socket -> when to close it anyway
+        self._unsent: dict[ssl.SSLSocket, bytes] = {}  # a TLS refusal -> the 503 still to write
         self._shutdown_requested = False
         self._stopped = threading.Event()
         self._stopped.set()
 
+    def _listen_unix(self, path: str, backlog: int) -> socket.socket:
+        if not _HAS_AF_UNIX:
+            raise OSError(errno.EAFNOSUPPORT, "serve(path=...): this platform has no Unix sockets (AF_UNIX)")
+        abstract = path.startswith("\0")  # Linux's abstract namespace: no file
+        if not abstract:
+            _remove_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(backlog)
+            if not abstract:
+                info = os.stat(path)
+                self._unix_path, self._unix_inode = path, (info.st_dev, info.st_ino)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     @property
     def port(self) -> int:
-        return int(self.socket.getsockname()[1])
+        """The TCP port listened on (the one picked for ``port=0``).
+
+        Raises:
+            ValueError: the server listens on a Unix socket (see
+                :attr:`address`).
+        """
+        if self.socket.family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"a Unix socket server has no port (its address is {self.address!r})")
+        return int(self.address[1])
 
     @property
     def connections(self) -> list[WebSocket]:
@@ -458,10 +584,27 @@ class Server:
         The request is not read: the answer goes out at once (a fresh
         socket's send buffer always has room for it), then a FIN; what the
         client sends is drained and dropped until it closes or
-        ``_REFUSED_LINGER`` passes.
+        ``_REFUSED_LINGER`` passes. On a TLS server the answer waits for the
+        TLS handshake, which the accept loop's selector drives in the same
+        way (never a plaintext answer on a TLS port), within the same linger.
         """
         body = f"too many connections (max_connections={self.max_connections})\n".encode()
         data = Response(503, headers={"Retry-After": "1", "Connection": "close"}, body=body).serialize()
+        ssl_context: ssl.SSLContext | None = self.options.get("ssl_context")
+        if ssl_context is not None:
+            if len(self._refused) >= _MAX_REFUSED:
+                conn.close()  # a flood: not even a handshake
+                return
+            try:
+                conn.setblocking(False)
+                tls = ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            except OSError:
+                conn.close()
+                return
+            self._unsent[tls] = data
+            self._linger(tls)
+            self._answer_over_tls(tls)
+            return
         try:
             conn.setblocking(False)
             conn.send(data)
@@ -472,10 +615,46 @@ class Server:
         if len(self._refused) >= _MAX_REFUSED:
             conn.close()  # a flood: don't keep even the descriptors
             return
+        self._linger(conn)
+
+    def _linger(self, conn: socket.socket) -> None:
         self._refused[conn] = time.monotonic() + _REFUSED_LINGER
         self._selector.register(conn, selectors.EVENT_READ)
 
+    def _answer_over_tls(self, conn: ssl.SSLSocket) -> None:
+        """One step of a TLS refusal: handshake, write the 503, close_notify and FIN."""
+        try:
+            conn.do_handshake()  # returns at once once done
+            data = self._unsent[conn]
+            while data:
+                data = data[conn.send(data) :]
+                self._unsent[conn] = data
+        except ssl.SSLWantReadError:
+            self._selector.modify(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(conn, selectors.EVENT_WRITE)
+            return
+        except OSError:  # not TLS, reset, ...: no answer to give
+            self._forget_refused(conn)
+            return
+        del self._unsent[conn]
+        try:
+            conn.unwrap()  # sends close_notify; the client's may not have come yet
+        except OSError:
+            pass
+        try:
+            # Drops the TLS layer too: the drain reads raw bytes from now on.
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._forget_refused(conn)
+            return
+        self._selector.modify(conn, selectors.EVENT_READ)
+
     def _drain_refused(self, conn: socket.socket) -> None:
+        if isinstance(conn, ssl.SSLSocket) and conn in self._unsent:
+            self._answer_over_tls(conn)
+            return
         try:
             data = conn.recv(65536)
         except BlockingIOError:
@@ -487,6 +666,8 @@ class Server:
 
     def _forget_refused(self, conn: socket.socket) -> None:
         self._refused.pop(conn, None)
+        if isinstance(conn, ssl.SSLSocket):
+            self._unsent.pop(conn, None)
         try:
             self._selector.unregister(conn)
         except (KeyError, ValueError):
@@ -533,8 +714,20 @@ class Server:
         self.server_close()
 
     def server_close(self) -> None:
-        """Close the listening socket (done by :meth:`shutdown`)."""
+        """Close the listening socket (done by :meth:`shutdown`).
+
+        A Unix socket file that :func:`serve` made (``path=``) is removed,
+        unless another one replaced it meanwhile.
+        """
         self.socket.close()
+        if self._unix_path is not None:
+            path, self._unix_path = self._unix_path, None
+            try:
+                info = os.stat(path)
+                if (info.st_dev, info.st_ino) == self._unix_inode:
+                    os.unlink(path)
+            except OSError:
+                pass
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -551,10 +744,15 @@ class Server:
 def serve(
     handler: Callable[[WebSocket], Any],
     host: str | None = None,
-    port: int = 0,
+    port: int | None = None,
+    *,
+    sock: socket.socket | None = None,
+    path: str | os.PathLike[str] | None = None,
+    family: int | None = None,
+    dualstack_ipv6: bool | None = None,
     **options: Any,
 ) -> Server:
-    """Make a threaded WebSocket server listening on ``host:port``.
+    """Make a threaded WebSocket server listening on ``host:port``, ``sock`` or ``path``.
 
     ``handler(ws)`` runs in a thread of its own for each connection; the
     connection is closed when it returns. Call ``serve_forever()``::
@@ -566,10 +764,45 @@ def serve(
         with blockws.serve(echo, "localhost", 8765) as server:
             server.serve_forever()
 
-    Options: ``max_connections`` (excess connections get a 503 naming it,
-    written by the accept loop: refusals cost no thread) and ``backlog``,
-    plus those of :func:`accept` (``subprotocols``, ``origins``,
-    ``process_request``, ``open_timeout``, ``close_timeout``, ``max_size``,
-    ``max_line``, ``max_headers``, ``ssl_context``, ...). ``port=0`` picks a free port: see :attr:`Server.port`.
+    Args:
+        handler: called with each open :class:`~blockws.WebSocket`, in a
+            thread of its own.
+        host: the address or name to listen on. None or ``""``: every IPv4
+            interface (as before IPv6 support); ``"::"``: every interface,
+            IPv4 ones too where the platform has dual-stack sockets
+            (``socket.has_dualstack_ipv6()``); an IPv6 literal such as
+            ``"::1"``: IPv6; a name: its IPv4 address, or its IPv6 one if it
+            has none.
+        port: the TCP port; 0 or None picks a free one (see
+            :attr:`Server.port`).
+        sock: a bound ``SOCK_STREAM`` socket made by the caller (any family:
+            TCP, a Unix socket, one inherited from systemd); ``serve``
+            calls ``listen(backlog)`` on it and the server closes it.
+            Excludes ``host``, ``port``, ``path``, ``family`` and
+            ``dualstack_ipv6``.
+        path: listen on a Unix socket at this path (``"\\0name"``: Linux's
+            abstract namespace). A stale socket file there (no server
+            answers on it) is replaced; any other file is an error
+            (``FileExistsError``), and so is a live server's socket
+            (``OSError`` EADDRINUSE). The file is removed by
+            :meth:`Server.server_close`. Excludes ``host``, ``port``,
+            ``family`` and ``dualstack_ipv6``.
+        family: ``socket.AF_INET`` or ``socket.AF_INET6``, to choose instead
+            of guessing from ``host``.
+        dualstack_ipv6: as for ``socket.create_server``: True accepts IPv4
+            clients on an IPv6 socket (ValueError where unsupported), False
+            refuses them; None (default): True for ``"::"`` where supported.
+        options: ``max_connections`` (excess connections get a 503 naming
+            it, written by the accept loop: refusals cost no thread; over
+            TLS after the TLS handshake) and ``backlog``, plus those of
+            :func:`accept` (``subprotocols``, ``origins``,
+            ``process_request``, ``open_timeout``, ``close_timeout``,
+            ``max_size``, ``max_line``, ``max_headers``, ``ssl_context``,
+            ...).
+
+    Raises:
+        ValueError: ``sock`` or ``path`` given with an address option.
+        OSError: the address is taken or can't be bound; ``path`` on a
+            platform without Unix sockets (EAFNOSUPPORT).
     """
-    return Server(handler, host, port, **options)
+    return Server(handler, host, port, sock=sock, path=path, family=family, dualstack_ipv6=dualstack_ipv6, **options)

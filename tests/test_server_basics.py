@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import socket
 import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -139,6 +143,11 @@ def test_handler_exception_closes_with_1011(run_server):
         assert ws.recv() is None
 
 
+def echo(ws: blockws.WebSocket) -> None:
+    for message in ws:
+        ws.sendall(message)
+
+
 class Echo(blockws.WebSocketHandler):
     def handle_websocket(self, ws: blockws.WebSocket) -> None:
         for message in ws:
@@ -193,3 +202,215 @@ def test_tls_both_sides(run_server, tls):
 def test_unknown_options_fail_at_once():
     with pytest.raises(TypeError):
         blockws.serve(lambda ws: None, "127.0.0.1", 0, max_sise=10)
+
+
+# -- where the server listens: IPv6, dual-stack, the caller's socket, a Unix socket
+
+
+def _can_bind_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(
+    not _can_bind_ipv6_loopback(), reason="no IPv6 here (socket.has_ipv6 is false or ::1 can't be bound)"
+)
+needs_dualstack = pytest.mark.skipif(
+    not (_can_bind_ipv6_loopback() and socket.has_dualstack_ipv6()), reason="no dual-stack IPv6 sockets here"
+)
+needs_af_unix = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets on this platform")
+
+
+@contextlib.contextmanager
+def serving(server: blockws.Server) -> Iterator[blockws.Server]:
+    """Run ``server.serve_forever()`` in a thread for the block, then shut it down."""
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def echo_once(url: str, **options: Any) -> Any:
+    """Connect, have one message echoed, and return the client's view of the server's address."""
+    with blockws.connect(url, open_timeout=5, timeout=5, **options) as ws:
+        ws.sendall("ping?")
+        assert ws.recv() == "ping?"
+        return ws.remote_address
+
+
+@needs_ipv6
+def test_ipv6_loopback():
+    with serving(blockws.serve(echo, "::1", 0)) as server:
+        assert server.socket.family == socket.AF_INET6
+        assert server.address[:2] == ("::1", server.port)
+        assert echo_once(f"ws://[::1]:{server.port}/")[0] == "::1"
+        with pytest.raises(ConnectionRefusedError):  # ::1 alone, not 127.0.0.1
+            blockws.connect(f"ws://127.0.0.1:{server.port}/", open_timeout=5)
+
+
+@needs_dualstack
+def test_any_ipv6_address_is_dual_stack():
+    with serving(blockws.serve(echo, "::", 0)) as server:
+        assert echo_once(f"ws://[::1]:{server.port}/")[0] == "::1"
+        assert echo_once(f"ws://127.0.0.1:{server.port}/")[0] == "127.0.0.1"
+
+
+@needs_ipv6
+def test_family_and_dualstack_options():
+    # Dual-stack off: IPv6 clients only.
+    with serving(blockws.serve(echo, "::", 0, dualstack_ipv6=False)) as server:
+        echo_once(f"ws://[::1]:{server.port}/")
+        with pytest.raises(ConnectionRefusedError):
+            blockws.connect(f"ws://127.0.0.1:{server.port}/", open_timeout=5)
+    # No host and AF_INET6: every IPv6 interface.
+    with serving(blockws.serve(echo, family=socket.AF_INET6)) as server:
+        assert server.address[0] == "::"
+        echo_once(f"ws://[::1]:{server.port}/")
+    with pytest.raises(ValueError, match="dualstack_ipv6 requires AF_INET6"):
+        blockws.serve(echo, "127.0.0.1", 0, family=socket.AF_INET, dualstack_ipv6=True)
+    with pytest.raises(ValueError, match="AF_INET or AF_INET6"):
+        blockws.serve(echo, "127.0.0.1", 0, family=socket.AF_UNIX)
+
+
+def test_no_host_is_still_every_ipv4_interface():
+    with serving(blockws.serve(echo)) as server:
+        assert server.socket.family == socket.AF_INET
+        assert server.address == ("0.0.0.0", server.port)
+        echo_once(f"ws://127.0.0.1:{server.port}/")
+    # A name keeps its IPv4 address, whatever order the resolver likes.
+    with serving(blockws.serve(echo, "localhost", 0)) as server:
+        assert server.address[0] == "127.0.0.1"
+
+
+def test_serve_on_a_socket_made_by_the_caller():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))  # bound, not yet listening: serve() does that
+    with serving(blockws.serve(echo, sock=listener)) as server:
+        assert server.socket is listener
+        assert server.port == listener.getsockname()[1]
+        echo_once(f"ws://127.0.0.1:{server.port}/")
+    assert listener.fileno() == -1  # the server owned it
+
+
+def test_sock_excludes_the_address_options():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        for options in ({"host": "127.0.0.1"}, {"port": 8765}, {"family": socket.AF_INET}, {"path": "x.sock"}):
+            with pytest.raises(ValueError, match=f"sock given, so not {next(iter(options))}"):
+                blockws.serve(echo, sock=listener, **options)
+        with pytest.raises(ValueError, match="path given, so not host"):
+            blockws.serve(echo, "localhost", path="x.sock")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            with pytest.raises(ValueError, match="SOCK_STREAM"):
+                blockws.serve(echo, sock=udp)
+        assert listener.fileno() != -1  # refused, not taken
+
+
+def unix_client(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(path)
+    return sock
+
+
+@needs_af_unix
+def test_unix_socket(tmp_path):
+    path = str(tmp_path / "ws.sock")
+    with serving(blockws.serve(echo, path=path, max_connections=1)) as server:
+        assert server.address == path
+        with pytest.raises(ValueError, match="a Unix socket server has no port"):
+            server.port  # noqa: B018
+        with blockws.connect("ws://localhost/chat", sock=unix_client(path), open_timeout=5, timeout=5) as ws:
+            assert ws.remote_address == path
+            ws.sendall(b"over a Unix socket")
+            assert ws.recv() == b"over a Unix socket"
+            # The accept loop's 503 works there too.
+            with pytest.raises(blockws.InvalidStatus) as info:
+                blockws.connect("ws://localhost/", sock=unix_client(path), open_timeout=5)
+            assert info.value.status == 503
+    assert not os.path.exists(path)
+
+
+@needs_af_unix
+def test_unix_socket_path_already_taken(tmp_path):
+    # A file that isn't a socket is never removed.
+    path = tmp_path / "data.txt"
+    path.write_text("precious")
+    with pytest.raises(FileExistsError, match="not a socket"):
+        blockws.serve(echo, path=path)
+    assert path.read_text() == "precious"
+    # A stale socket, left by a server that died, is replaced.
+    stale = str(tmp_path / "stale.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(stale)
+    with serving(blockws.serve(echo, path=stale)):
+        echo_once("ws://localhost/", sock=unix_client(stale))
+        # A live server's socket is not taken from it.
+        with pytest.raises(OSError, match="a server is listening") as info:
+            blockws.serve(echo, path=stale)
+        assert info.value.errno == errno.EADDRINUSE
+        echo_once("ws://localhost/", sock=unix_client(stale))
+
+
+@needs_af_unix
+def test_unix_socket_file_replaced_meanwhile_is_left_alone(tmp_path):
+    path = str(tmp_path / "ws.sock")
+    server = blockws.serve(echo, path=path)
+    os.unlink(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(path)  # someone else's now
+        server.server_close()
+        assert os.path.exists(path)
+
+
+def test_unix_socket_on_a_platform_without_them(monkeypatch, tmp_path):
+    monkeypatch.setattr(blockws.server, "_HAS_AF_UNIX", False)
+    with pytest.raises(OSError, match="no Unix sockets") as info:
+        blockws.serve(echo, path=str(tmp_path / "ws.sock"))
+    assert info.value.errno == errno.EAFNOSUPPORT
+
+
+# -- max_connections on a TLS server
+
+
+def read_until_eof(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_503_on_a_tls_server_goes_over_tls(run_server, tls):
+    server_ctx, client_ctx = tls
+    server = run_server(max_connections=1, ssl_context=server_ctx)
+    url = f"wss://localhost:{server.port}/"
+    with blockws.connect(url, ssl_context=client_ctx, timeout=5) as held:
+        # A client that says nothing yet must not stall the accept loop.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            with pytest.raises(blockws.InvalidStatus) as info:
+                blockws.connect(url, ssl_context=client_ctx, open_timeout=5)
+            assert info.value.status == 503
+            assert b"max_connections=1" in info.value.body
+            # Plain HTTP on the TLS port: never a plaintext answer.
+            raw.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert b"HTTP/1.1" not in read_until_eof(raw)
+        held.sendall("still served")
+        assert held.recv() == "still served"
+    for _ in range(50):  # the server counts the held connection out just after its close
+        try:
+            assert echo_once(url, ssl_context=client_ctx)
+            break
+        except blockws.InvalidStatus as exc:
+            assert exc.status == 503
+            time.sleep(0.1)
