@@ -17,6 +17,7 @@ from .connection import WebSocket
 from .deflate import PerMessageDeflate
 from .exceptions import (
     BadPortError,
+    CertificateVerifyError,
     ConnectionClosed,
     ConnectionClosedError,
     ConnectionClosedOK,
@@ -69,4 +70,5 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionClosedOK",
     "ConnectionClosedError",
+    "CertificateVerifyError",
 ]

@@ -159,12 +159,15 @@ def run_client(args: argparse.Namespace) -> int:
         options["compression"] = None
     if args.proxy:
         options["proxy"] = args.proxy
-    if args.cafile:
+    # connect() refuses an ssl_context with a ws:// URL: the TLS options
+    # only matter for wss:// (a ws:// URL redirected to wss:// gets defaults).
+    secure = args.url.lower().startswith(("wss:", "https:"))
+    if args.cafile and secure:
         try:
             options["ssl_context"] = ssl.create_default_context(cafile=args.cafile)
         except OSError as exc:  # missing, unreadable, or not PEM (ssl.SSLError)
             raise _Stop(f"can't load --cafile {args.cafile}: {exc.strerror or exc}") from None
-    if args.insecure:
+    if args.insecure and secure:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

@@ -328,6 +328,13 @@ def test_insecure_against_a_self_signed_certificate(run_server):
     assert out.stdout.splitlines() == ["< over tls"]
 
 
+def test_tls_options_with_a_ws_url_are_ignored(echo_server):
+    """connect() refuses ssl_context with ws://; the CLI passes it for wss:// only."""
+    out = cli("--insecure", echo_server.url, stdin="plain\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["< plain"]
+
+
 def test_cafile_trusts_a_ca_and_the_error_says_so(run_server, tmp_path):
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
