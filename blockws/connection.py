@@ -6,34 +6,31 @@ to the socket, so frames never interleave and the unsent tail of a frame
 one reader at a time; whoever holds it feeds the protocol. Pongs found by
 any reader wake the threads waiting in :meth:`WebSocket.ping`.
 
-The kernel socket stays in blocking mode for plain TCP, so the common
-blocking ``send``/``recv`` is a single system call; deadlines are kept with
-``poll`` plus ``MSG_DONTWAIT``, never by changing the socket's mode under
-another thread's feet. TLS sockets can't take flags, so they are put in
-non-blocking mode once and every wait goes through ``poll``; so are plain
-sockets where the platform has no ``MSG_DONTWAIT`` (Windows).
-
-Platform assumptions, each with its fallback: ``select.poll`` (``select``
-where it is missing: Windows), ``MSG_DONTWAIT`` (a non-blocking socket),
-``sendmsg`` (header and payload joined), ``TCP_NODELAY`` (skipped for
-sockets that aren't TCP, such as ``AF_UNIX``).
+The pieces that own their own state live beside this module: the socket
+with its deadlines (:mod:`blockws.transport`), the outstanding pings
+(:mod:`blockws.pings`), the message being put together
+(:mod:`blockws.assembly`); how the connection ended is recorded by the
+protocol. The keepalive thread sees a connection only through
+:class:`_KeepAliveLink` (the interface :class:`blockws.keepalive.Watched`).
 """
 
 from __future__ import annotations
 
 import os
-import select
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
-from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, ProtocolError
+from .assembly import ABANDONED, Assembly
+from .exceptions import ConnectionClosed, ConnectionClosedError, ProtocolError
 from .frames import CloseCode, FrameHeader, Opcode
+from .pings import Pings
 from .protocol import Close, Data, Protocol, Side, State
+from .transport import LARGE_READ_SIZE, READ_SIZE, Transport, poll_ms
 from .utils import Deadline
 
 if TYPE_CHECKING:
@@ -43,9 +40,6 @@ __all__ = ["WebSocket", "DEFAULT_WRITE_LIMIT", "DEFAULT_CLOSE_TIMEOUT"]
 
 DEFAULT_WRITE_LIMIT = 64 * 1024
 DEFAULT_CLOSE_TIMEOUT = 10.0
-_READ_SIZE = 64 * 1024
-_LARGE_READ_SIZE = 256 * 1024
-_MSG_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 # Messages smaller than this are joined to their header and written in one
 # call; larger ones go out with sendmsg (no copy of the payload).
 _JOIN_BELOW = 16384
@@ -53,9 +47,10 @@ _JOIN_BELOW = 16384
 Message = Union[str, bytes]
 BytesLike = Union[bytes, bytearray, memoryview]
 
-
 _FOREVER = Deadline(None)
-_ABANDONED = object()
+# Errors that already say what happened: a send path lets them through
+# instead of reporting the connection lost.
+_NOT_A_LOSS = (ConnectionClosed, TimeoutError, BlockingIOError)
 
 
 def _utf8_length(lead: int) -> int:
@@ -63,58 +58,13 @@ def _utf8_length(lead: int) -> int:
     return 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
 
 
-def _poll_ms(deadline: Deadline) -> int:
-    remaining = deadline.remaining()
-    return -1 if remaining is None else int(remaining * 1000 + 0.999)
-
-
-class _Waiter:
-    """Waits until one descriptor is readable or writable, in milliseconds (-1: for ever).
-
-    ``poll`` where the platform has it (no ``FD_SETSIZE`` limit); ``select``
-    where it doesn't (Windows). An error or hang-up counts as readable: the
-    read that follows reports it.
-    """
-
-    __slots__ = ("_fd", "_rpoll", "_wpoll", "_rwpoll")
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        poll = getattr(select, "poll", None)
-        if poll is None:
-            self._rpoll = self._wpoll = self._rwpoll = None
-            return
-        self._rpoll = poll()
-        self._rpoll.register(fd, select.POLLIN)
-        self._wpoll = poll()
-        self._wpoll.register(fd, select.POLLOUT)
-        self._rwpoll = poll()
-        self._rwpoll.register(fd, select.POLLIN | select.POLLOUT)
-
-    def _select(self, read: bool, write: bool, ms: int) -> tuple[bool, bool]:
-        fds = [self._fd]
-        r, w, x = select.select(fds if read else [], fds if write else [], fds, None if ms < 0 else ms / 1000)
-        return bool(r or x), bool(w)
-
-    def readable(self, ms: int) -> bool:
-        if self._rpoll is None:
-            return self._select(True, False, ms)[0]
-        return bool(self._rpoll.poll(ms))
-
-    def writable(self, ms: int) -> bool:
-        if self._wpoll is None:
-            return any(self._select(False, True, ms))
-        return bool(self._wpoll.poll(ms))
-
-    def either(self, ms: int) -> tuple[bool, bool]:
-        """(readable or failed, writable); both False when the time ran out."""
-        if self._rwpoll is None:
-            return self._select(True, True, ms)
-        events = self._rwpoll.poll(ms)
-        if not events:
-            return False, False
-        mask = events[0][1]
-        return bool(mask & ~select.POLLOUT), bool(mask & select.POLLOUT)
+def _payload(data: str | BytesLike) -> tuple[bool, BytesLike]:
+    """(text, bytes to send) for what the application gave :meth:`WebSocket.send`."""
+    if isinstance(data, str):
+        return True, data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return False, data
+    raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
 
 
 class WebSocket:
@@ -141,7 +91,7 @@ class WebSocket:
         close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
         write_limit: int = DEFAULT_WRITE_LIMIT,
     ) -> None:
-        self._sock = sock
+        self._transport = Transport(sock)
         self._proto = protocol
         self.request = request
         self.response = response
@@ -155,98 +105,48 @@ class WebSocket:
         #: The last measured ping round trip, in seconds.
         self.latency: float | None = None
         self._timeout = timeout
-        self._tls = isinstance(sock, ssl.SSLSocket)
-        # Flags can't make a TLS socket's calls non-blocking, and some
-        # platforms have no MSG_DONTWAIT: such sockets are non-blocking for
-        # good and every wait goes through the waiter. The others stay in
-        # blocking mode: a blocking send or recv is then one system call.
-        self._nonblocking = self._tls or not _MSG_DONTWAIT
-        if self._nonblocking:
-            sock.setblocking(False)
-        else:
-            sock.settimeout(None)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass  # not TCP (a Unix socket given as sock=)
-        self._fd = sock.fileno()
-        self._waiter = _Waiter(self._fd)
-        try:
-            self.local_address: Any = sock.getsockname()
-            self.remote_address: Any = sock.getpeername()
-        except OSError:
-            self.local_address = self.remote_address = None
+        self.local_address: Any
+        self.remote_address: Any
+        self.local_address, self.remote_address = self._transport.addresses()
         self._send_cond = threading.Condition(threading.Lock())
         self._recv_lock = threading.Lock()
         self._wbuf = bytearray()
+        # The thread whose message is open (sent in part), and its type.
         self._msg_owner: int | None = None
         self._msg_text = False
-        self._parts: list[Any] = []
-        # The recv_fragments() iterator in the middle of a message (its
-        # token), or _ABANDONED: the rest of that message is to be skipped.
-        self._fragments: object | None = None
-        self._pings: dict[bytes, list[Any]] = {}
-        self._ping_lock = threading.Lock()
+        self._assembly = Assembly()
+        self._pings = Pings()
         self._close_rcvd_event = threading.Event()
         # Whether the application took the peer's Close (recv() returned
         # None), and how often it called recv(): the keepalive answers a
         # Close only for an application that stopped reading.
         self._close_taken = False
         self._recv_calls = 0
-        self._tcp_closed = False
-        self._lost_code: int | None = None
-        self._lost_reason = ""
+        self._last_received = time.monotonic()
         self._on_close: list[Callable[[], None]] = []
-        # Set by a KeepAlive: called when a reader releases the connection
-        # after the keepalive thread found it busy (keepalive_wanted).
-        self._keepalive_hook: Callable[[WebSocket], None] | None = None
-        self.keepalive_wanted = False
-        self._servicing = False
-        self.last_received = time.monotonic()
-        # Write progress the keepalive counts as a sign of life: bytes the
-        # kernel took after it had refused some (its buffer was full, so room
-        # came back only because the peer read). Bytes written into a buffer
-        # with room prove nothing: a dead peer's buffer takes them too.
-        self._drained = 0
-        self._congested = False
+        self._keepalive = _KeepAliveLink(self)
         if leftover:
             protocol.receive_data(leftover)
             if protocol.has_output:
-                with self._send_cond:
-                    self._flush(Deadline(0))
+                self._flush_when_free(Deadline(0))
 
     # -- properties ----------------------------------------------------------
 
     @property
     def state(self) -> State:
         """``State.OPEN``, ``CLOSING`` (a Close was sent or received) or ``CLOSED``."""
-        if self._tcp_closed or self._lost_code is not None:
-            return State.CLOSED
-        proto = self._proto
-        if proto.close_sent is not None and proto.close_rcvd is not None:
-            return State.CLOSED
-        if proto.close_sent is not None or proto.close_rcvd is not None:
-            return State.CLOSING
-        return State.OPEN
+        return self._proto.state
 
     @property
     def close_code(self) -> int | None:
         """Why the connection ended: the peer's close code; the code we failed
         the connection with (1002, 1007, 1009, 1011); 1006 when it was lost
         without a Close; None while it is open."""
-        rcvd = self._proto.close_rcvd
-        if rcvd is not None:
-            return rcvd.code
-        if self._lost_code is not None:
-            return self._lost_code
-        return None
+        return self._proto.close_code
 
     @property
     def close_reason(self) -> str | None:
-        rcvd = self._proto.close_rcvd
-        if rcvd is not None:
-            return rcvd.reason
-        return self._lost_reason if self._lost_code is not None else None
+        return self._proto.close_reason
 
     @property
     def buffered_amount(self) -> int:
@@ -292,12 +192,12 @@ class WebSocket:
             # A read the keepalive thread began before this call is
             # non-blocking and short: once it has fed the protocol,
             # pending() counts what it took from the kernel.
-            while self._servicing:
+            while self._keepalive.servicing:
                 time.sleep(0.0005)
         elif was == 0 and timeout != 0:
-            hook = self._keepalive_hook
-            if hook is not None:
-                hook(self)  # the keepalive may read for us again
+            wake = self._keepalive.wake
+            if wake is not None:
+                wake()  # the keepalive may read for us again
 
     def gettimeout(self) -> float | None:
         return self._timeout
@@ -310,7 +210,7 @@ class WebSocket:
 
         -1 once the connection is closed, as :meth:`socket.socket.fileno`.
         """
-        return -1 if self._tcp_closed else self._fd
+        return -1 if self._proto.finished else self._transport.fd
 
     def pending(self) -> int:
         """Bytes already read from the kernel but not yet returned by :meth:`recv`.
@@ -319,126 +219,26 @@ class WebSocket:
         something to work on without reading the socket.
         """
         proto = self._proto
-        total = len(proto._buf) + sum(len(p) for p in self._parts)
+        total = len(proto._buf) + self._assembly.held()
         for event in proto.events:
             total += len(event.payload) if type(event) is Data else 1
         if proto.failure is not None:
             total += 1
-        if self._tls:
-            total += self._sock.pending()  # type: ignore[attr-defined]
-        return total
+        return total + self._transport.buffered()
 
     def _timeout_error(self, what: str) -> OSError:
         if self._timeout == 0:
             return BlockingIOError(f"{what} would block")
         return TimeoutError(f"{what} timed out")
 
-    # -- low-level I/O ------------------------------------------------------
-
-    def _recv_some(self, deadline: Deadline) -> bytes:
-        """Read what the kernel has (b"" at EOF); TimeoutError when the deadline passes."""
-        sock = self._sock
-        waiter = self._waiter
-        if self._nonblocking:
-            tls = self._tls
-            size = _READ_SIZE if tls else min(max(self._proto._remaining, _READ_SIZE), _LARGE_READ_SIZE)
-            while True:
-                if not (tls and sock.pending()) and not waiter.readable(_poll_ms(deadline)):  # type: ignore[attr-defined]
-                    raise TimeoutError
-                try:
-                    return sock.recv(size)
-                except (ssl.SSLWantReadError, BlockingIOError):
-                    if deadline.expired():
-                        raise TimeoutError from None
-                except ssl.SSLWantWriteError:
-                    waiter.writable(_poll_ms(deadline))
-        # In the middle of a large frame, read more at once: fewer passes
-        # through the parser per megabyte.
-        size = min(max(self._proto._remaining, _READ_SIZE), _LARGE_READ_SIZE)
-        if deadline.when is None:
-            return sock.recv(size)
-        while True:
-            if not waiter.readable(_poll_ms(deadline)):
-                raise TimeoutError
-            try:
-                return sock.recv(size, _MSG_DONTWAIT)
-            except BlockingIOError:
-                if deadline.expired():
-                    raise TimeoutError from None
-
-    def _send_some(self, data: BytesLike, deadline: Deadline) -> int:
-        """Write a prefix of ``data`` without waiting past the deadline (maybe 0 bytes)."""
-        sock = self._sock
-        while True:
-            try:
-                n = sock.send(data) if self._nonblocking else sock.send(data, _MSG_DONTWAIT)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                self._congested = True
-            else:
-                if self._congested:
-                    self._drained += n
-                self._congested = n < len(data)
-                return n
-            if deadline.expired() or not self._waiter.writable(_poll_ms(deadline)):
-                return 0
-
-    def _send_all(self, data: BytesLike, deadline: Deadline) -> None:
-        """Write all of ``data``; TimeoutError if the deadline passes first.
-
-        Even without a deadline this waits in ``poll`` rather than in a
-        blocking ``sendall``, so that the keepalive thread sees the progress
-        of a long write to a slow peer (``_drained``).
-        """
-        view = memoryview(data)
-        while view:
-            n = self._send_some(view, deadline)
-            if not n and deadline.expired():
-                raise TimeoutError
-            view = view[n:]
-
-    # -- sending ----------------------------------------------------------------
-
-    def _closed_error(self) -> ConnectionClosed:
-        proto = self._proto
-        code = self.close_code
-        if code is None:
-            code = proto.close_sent.code if proto.close_sent is not None else CloseCode.ABNORMAL_CLOSURE
-        reason = self.close_reason or ""
-        sent = proto.close_sent
-        clean = self._lost_code is None and (
-            code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD)
-            and (
-                sent is None or sent.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD)
-            )
-        )
-        cls = ConnectionClosedOK if clean else ConnectionClosedError
-        return cls(code, reason)
-
-    def _check_open_for_sending(self) -> None:
-        """Raise ConnectionClosed unless data may still be sent; hold the send lock.
-
-        The peer's Close is answered at once (the protocol queues our Close),
-        so ``close_sent`` covers both ways of closing.
-        """
-        proto = self._proto
-        if proto.close_sent is not None or self._lost_code is not None or self._tcp_closed:
-            if proto.has_output and self._lost_code is None and not self._tcp_closed:
-                # Our answer to the peer's Close, queued by a reader that
-                # couldn't take the send lock: nobody else may write it.
-                try:
-                    self._flush(Deadline(0))
-                except ConnectionClosed:
-                    pass
-            raise self._closed_error()
+    # -- writing -----------------------------------------------------------------
 
     def _lose(
         self, exc: BaseException | None, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = ""
     ) -> ConnectionClosedError:
         """The connection is gone without a closing handshake: shut it down."""
-        if self._lost_code is None and self._proto.close_rcvd is None:
-            self._lost_code = code
-            self._lost_reason = reason or (str(exc) if exc else "connection lost")
-        self._shutdown_socket()
+        self._proto.lose(code, reason or (str(exc) if exc else "connection lost"))
+        self._transport.shutdown()
         err = ConnectionClosedError(self.close_code or code, self.close_reason or "")
         if exc is not None:
             err.__cause__ = exc
@@ -460,9 +260,10 @@ class WebSocket:
         """
         self._queue()
         wbuf = self._wbuf
+        send_some = self._transport.send_some
         try:
             while wbuf:
-                n = self._send_some(wbuf, deadline)
+                n = send_some(wbuf, deadline)
                 if not n:
                     return False
                 del wbuf[:n]
@@ -470,14 +271,37 @@ class WebSocket:
             raise self._lose(exc) from exc
         return True
 
+    def _flush_when_free(self, deadline: Deadline) -> None:
+        """Flush once the send lock is free, before the deadline (``Deadline(0)``:
+        only if it is free now; the sender holding it writes what is queued)."""
+        if self._send_cond.acquire(timeout=deadline.lock_timeout()):
+            try:
+                self._flush(deadline)
+            finally:
+                self._send_cond.release()
+
+    def _check_open_for_sending(self) -> None:
+        """Raise ConnectionClosed unless data may still be sent; hold the send lock."""
+        proto = self._proto
+        if proto.output_ended:
+            if proto.has_output and proto.lost is None and not proto.finished:
+                # Our answer to the peer's Close, queued by a reader that
+                # couldn't take the send lock: nobody else may write it.
+                try:
+                    self._flush(Deadline(0))
+                except ConnectionClosed:
+                    pass
+            raise proto.closed_error()
+
     def _acquire_send(self, deadline: Deadline, text: bool | None) -> None:
-        """Take the send lock, waiting while another thread owns an open message."""
+        """Take the send lock, waiting while another thread owns an open message
+        (``text`` None: for a control frame, which may go between its frames)."""
         cond = self._send_cond
         if not cond.acquire(timeout=deadline.lock_timeout()):
             raise self._timeout_error("send")
         me = threading.get_ident()
         while self._msg_owner is not None and self._msg_owner != me and text is not None:
-            if self._lost_code is not None or self._tcp_closed:
+            if self._proto.lost is not None or self._proto.finished:
                 return  # the caller's state check raises ConnectionClosed
             # Bounded waits: the owner may die with the connection and never notify.
             remaining = deadline.remaining()
@@ -486,9 +310,33 @@ class WebSocket:
                 cond.release()
                 raise self._timeout_error("send")
 
-    def _end_message(self) -> None:
-        self._msg_owner = None
-        self._send_cond.notify_all()
+    @contextmanager
+    def _sending(self, deadline: Deadline, text: bool | None) -> Iterator[None]:
+        """Hold the send lock for a frame of a text/binary message (``text``
+        None: a control frame) on a connection that may still send; a socket
+        error inside means the connection is lost."""
+        self._acquire_send(deadline, text)
+        try:
+            self._check_open_for_sending()
+            yield
+        except _NOT_A_LOSS:
+            raise
+        except OSError as exc:
+            raise self._lose(exc) from exc
+        finally:
+            self._send_cond.release()
+
+    def _note_message(self, text: bool, fin: bool) -> None:
+        """Track the open message: its owner thread waits for nobody until it ends."""
+        if fin:
+            if self._msg_owner is not None:
+                self._msg_owner = None
+                self._send_cond.notify_all()
+        elif self._msg_owner is None:
+            self._msg_owner = threading.get_ident()
+            self._msg_text = text
+
+    # -- sending -------------------------------------------------------------------
 
     def send(self, data: str | BytesLike, fin: bool = True) -> int:
         """Send a prefix of ``data`` as frames of the current message; return its length.
@@ -508,44 +356,41 @@ class WebSocket:
             ConnectionClosed: the connection is closed or closing.
             TypeError: ``data`` continues a message of the other type.
         """
-        if fin and not self._nonblocking and self._timeout is None:
-            # The common case in one place: a whole small message, blocking,
-            # nothing queued before it. Anything else takes the general path.
-            cls = type(data)
-            if cls is str:
-                payload: bytes = data.encode("utf-8")  # type: ignore[union-attr]
-            elif cls is bytes:
-                payload = data  # type: ignore[assignment]
-            else:
-                return self._send(data, fin, False)
+        cls = type(data)
+        if fin and (cls is str or cls is bytes) and self._timeout is None and not self._transport.nonblocking:
+            # The common case, kept to one lock and one system call: a whole
+            # small message, blocking, with nothing open or queued before it.
+            # Anything else (or a closed connection) takes the general path.
+            payload: bytes = data.encode("utf-8") if cls is str else data  # type: ignore[union-attr,assignment]
             cond = self._send_cond
             cond.acquire()
             try:
                 proto = self._proto
                 if (
-                    self._msg_owner is None
+                    len(payload) < _JOIN_BELOW
+                    and self._msg_owner is None
                     and not self._wbuf
                     and not proto._out
-                    and proto.close_sent is None
-                    and self._lost_code is None
-                    and not self._tcp_closed
-                    and len(payload) < _JOIN_BELOW
+                    and not proto.output_ended
                 ):
-                    frame = proto.encode_message(payload, cls is str)
                     try:
-                        try:
-                            n = self._sock.send(frame, _MSG_DONTWAIT)
-                        except BlockingIOError:
-                            n = 0
-                        if n < len(frame):  # the kernel's buffer is full: wait in poll
-                            self._congested = True
-                            self._send_all(memoryview(frame)[n:], _FOREVER)
+                        self._transport.send_whole(proto.encode_message(payload, cls is str))
                     except OSError as exc:
                         raise self._lose(exc) from exc
                     return len(data)
             finally:
                 cond.release()
-        return self._send(data, fin, False)
+        text, payload_ = _payload(data)
+        deadline = Deadline(self._timeout)
+        with self._sending(deadline, text):
+            self._check_message_type(text)
+            if self._timeout is None:
+                self._send_whole(payload_, text, fin, deadline)
+                return len(data)
+            done = self._send_partial(payload_, text, fin, deadline)
+            if done == len(payload_):
+                return len(data)
+            return len(bytes(payload_[:done]).decode("utf-8")) if text else done
 
     def sendall(self, data: str | BytesLike) -> None:
         """Send ``data`` as the end of the current message (a whole message if none is open).
@@ -559,94 +404,43 @@ class WebSocket:
         """
         if self._timeout is None:
             self.send(data)  # blocking: send() accepts everything anyway
-        else:
-            self._send(data, True, True)
-
-    def _send(self, data: str | BytesLike, fin: bool, everything: bool) -> int:
-        text = isinstance(data, str)
-        if text:
-            payload: BytesLike = data.encode("utf-8")  # type: ignore[union-attr]
-        elif isinstance(data, (bytes, bytearray, memoryview)):
-            payload = data
-        else:
-            raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
-        timeout = self._timeout
-        deadline = Deadline(timeout)
-        self._acquire_send(deadline, text)
-        try:
-            self._check_open_for_sending()
-            if self._msg_owner is not None and self._msg_text != text:
-                kind = "text" if self._msg_text else "binary"
-                raise TypeError(f"a {kind} message is open: finish it with the same type")
-            if timeout is None:
-                self._send_whole(payload, text, fin, deadline)
-                return len(data)
-            if not everything:
-                return self._send_partial(data, payload, text, fin, deadline)
+            return
+        text, payload = _payload(data)
+        deadline = Deadline(self._timeout)
+        with self._sending(deadline, text):
+            self._check_message_type(text)
             view = memoryview(payload)
             done = 0
             while True:
                 try:
-                    n = self._send_partial(view[done:], view[done:], False, fin, deadline, text)
+                    done += self._send_partial(view[done:], text, True, deadline)
                 except (TimeoutError, BlockingIOError) as exc:
                     # Unlike socket.sendall, say how much was accepted, so the
                     # caller can finish the message with the rest.
                     exc.accepted = len(str(view[:done], "utf-8")) if text else done  # type: ignore[union-attr]
                     raise
-                done += n
                 if done == len(view):
-                    return len(data)
-        finally:
-            self._send_cond.release()
+                    return
+
+    def _check_message_type(self, text: bool) -> None:
+        if self._msg_owner is not None and self._msg_text != text:
+            kind = "text" if self._msg_text else "binary"
+            raise TypeError(f"a {kind} message is open: finish it with the same type")
 
     def _send_whole(self, payload: BytesLike, text: bool, fin: bool, deadline: Deadline) -> None:
+        """Write one frame of ``payload`` (blocking); hold the send lock."""
         header, body = self._proto.encode_data(payload, text, fin)
         self._note_message(text, fin)
-        try:
-            if self._wbuf or self._proto.has_output:
-                self._queue(header, body)
-                if not self._flush(deadline):
-                    raise self._timeout_error("send")  # pragma: no cover - blocking flush
-                return
-            if len(body) < _JOIN_BELOW or self._nonblocking:
-                self._send_all(header + body, deadline)
-            else:
-                try:
-                    n = self._sock.sendmsg([header, body], [], _MSG_DONTWAIT)
-                except BlockingIOError:
-                    n = 0
-                if n < len(header) + len(body):
-                    self._congested = True
-                    self._send_all(
-                        memoryview(header + body)[n:] if n < len(header) else memoryview(body)[n - len(header) :],
-                        deadline,
-                    )
-        except OSError as exc:
-            raise self._lose(exc) from exc
+        if self._wbuf or self._proto.has_output:
+            self._queue(header, body)
+            self._flush(deadline)  # no deadline: returns once all is written
+        elif len(body) < _JOIN_BELOW:
+            self._transport.send_all(header + body, deadline)
+        else:
+            self._transport.send_frame(header, body, deadline)
 
-    def _note_message(self, text: bool, fin: bool) -> None:
-        if fin:
-            if self._msg_owner is not None:
-                self._end_message()
-        elif self._msg_owner is None:
-            self._msg_owner = threading.get_ident()
-            self._msg_text = text
-
-    def _send_partial(
-        self,
-        data: str | BytesLike,
-        payload: BytesLike,
-        count_chars: bool,
-        fin: bool,
-        deadline: Deadline,
-        text: bool | None = None,
-    ) -> int:
-        """Accept what fits now (after waiting until the deadline for some room).
-
-        Returns the bytes accepted, or the characters when ``count_chars``.
-        """
-        if text is None:
-            text = count_chars
+    def _send_partial(self, payload: BytesLike, text: bool, fin: bool, deadline: Deadline) -> int:
+        """Accept what fits now (after waiting until the deadline for some room); return the bytes accepted."""
         limit = self.write_limit
         view = memoryview(payload)
         # Room for at least the first character: a text frame can't carry
@@ -654,11 +448,12 @@ class WebSocket:
         need = _utf8_length(view[0]) if text and view else 1
         # Wait until there is room in user space, as socket.send waits for
         # room in the kernel.
+        writable = self._transport.waiter.writable
         while True:
             self._flush(Deadline(0))
             if limit - len(self._wbuf) >= need or not self._wbuf:
                 break
-            if deadline.expired() or not self._waiter.writable(_poll_ms(deadline)):
+            if deadline.expired() or not writable(poll_ms(deadline)):
                 raise self._timeout_error("send")
         total = len(view)
         done = 0
@@ -682,19 +477,13 @@ class WebSocket:
             self._flush(Deadline(0))
             if last:
                 break
-        if not count_chars or done == total:
-            return len(data) if done == total else done
-        return len(bytes(view[:done]).decode("utf-8"))
+        return done
 
     def _send_control(self, frame: bytes, deadline: Deadline) -> None:
-        self._acquire_send(deadline, None)
-        try:
-            self._check_open_for_sending()
+        with self._sending(deadline, None):
             self._queue(frame)
             if not self._flush(deadline):
                 raise self._timeout_error("ping")
-        finally:
-            self._send_cond.release()
 
     def ping(self, data: bytes = b"") -> float:
         """Send a Ping and wait for its Pong; return the round trip in seconds.
@@ -704,191 +493,73 @@ class WebSocket:
         """
         payload = bytes(data) or os.urandom(4)
         deadline = Deadline(self._timeout)
-        wake = threading.Event()
-        with self._ping_lock:
-            if payload in self._pings:
-                raise ValueError("a ping with this payload is already waiting")
-            start = time.monotonic()
-            record: list[Any] = [wake, start, None]
-            self._pings[payload] = record
+        ping = self._pings.expect(payload)
+        wake = ping.waiter
+        assert wake is not None
         try:
             self._send_control(self._proto.encode_control(Opcode.PING, payload), deadline)
-            while record[2] is None:
+            while ping.round_trip is None:
                 if self._recv_lock.acquire(blocking=False):
                     try:
-                        if record[2] is None:
+                        if ping.round_trip is None:
                             self._read(deadline)
                     finally:
                         self._release_reader()
                 else:
                     wake.clear()
-                    if record[2] is None and not wake.wait(deadline.remaining()):
+                    if ping.round_trip is None and not wake.wait(deadline.remaining()):
                         raise self._timeout_error("ping")
-                if self._proto.close_rcvd is not None and record[2] is None:
-                    raise self._closed_error()
+                if self._proto.close_rcvd is not None and ping.round_trip is None:
+                    raise self._proto.closed_error()
         except TimeoutError:
             raise self._timeout_error("ping") from None
         finally:
-            with self._ping_lock:
-                self._pings.pop(payload, None)
-        return float(record[2])
-
-    def send_keepalive_ping(self, payload: bytes) -> bool:
-        """Queue a Ping without waiting (for the keepalive thread).
-
-        Returns False if a sender holds the connection: the ping is skipped
-        rather than blocking the thread that serves every connection. The
-        pong only updates :attr:`latency` and the time of last reception.
-        """
-        if not self._send_cond.acquire(blocking=False):
-            return False
-        try:
-            self._check_open_for_sending()
-            with self._ping_lock:
-                self._pings = {k: v for k, v in self._pings.items() if v[0] is not None}
-                self._pings[payload] = [None, time.monotonic(), None]
-            self._queue(self._proto.encode_control(Opcode.PING, payload))
-            self._flush(Deadline(0))
-            return True
-        except ConnectionClosed:
-            return False
-        finally:
-            self._send_cond.release()
-
-    def service(self, limit: int) -> bool:
-        """Read what has arrived without blocking, if no other thread is reading.
-
-        Used by the keepalive thread so that pings are answered and pongs
-        and Close frames noted while the application is busy. Messages stay
-        queued, in order, for the next :meth:`recv`; nothing is read once
-        ``limit`` bytes wait here, so a peer can't make us buffer without
-        bound. Returns False when the connection is busy or over the limit
-        (:attr:`keepalive_wanted` is then set and the keepalive hook is called
-        when the reader is done), and when its input has ended
-        (:attr:`input_ended`: stop watching it for good).
-        """
-        if self.input_ended:
-            return False
-        self._servicing = True
-        try:
-            if self._timeout == 0:
-                return False  # non-blocking: the application's select() loop reads (see settimeout)
-            return self._service(limit)
-        finally:
-            self._servicing = False
-
-    def _service(self, limit: int) -> bool:
-        if self.pending() >= limit or not self._recv_lock.acquire(blocking=False):
-            self.keepalive_wanted = True
-            # The reader may have left between the check and the flag: then
-            # nobody would call the hook, so try once more.
-            if self.pending() >= limit or not self._recv_lock.acquire(blocking=False):
-                return False
-            self.keepalive_wanted = False
-        try:
-            self._read(Deadline(0))
-        except (TimeoutError, BlockingIOError, ConnectionClosed):
-            pass
-        finally:
-            self._release_reader()
-        # At EOF (or once lost) the socket stays readable for ever: the
-        # caller must stop watching it or it would spin.
-        return not self.input_ended
-
-    @property
-    def input_ended(self) -> bool:
-        """True once nothing more will be read: the peer's Close, EOF or a
-        protocol error was seen, or the connection is lost or closed. The
-        keepalive thread then stops reading and timing the connection; the
-        next :meth:`recv` reports how it ended (1006 when lost)."""
-        proto = self._proto
-        return (
-            proto.eof
-            or proto.close_rcvd is not None
-            or proto.failure is not None
-            or self._lost_code is not None
-            or self._tcp_closed
-        )
-
-    @property
-    def _close_unanswered(self) -> bool:
-        """The peer's Close arrived, the application hasn't taken it with
-        :meth:`recv`, and we haven't closed: the keepalive's grace applies."""
-        proto = self._proto
-        return (
-            proto.close_rcvd is not None
-            and proto.close_sent is None
-            and not self._close_taken
-            and self._lost_code is None
-            and not self._tcp_closed
-        )
-
-    def _answer_close(self) -> bool:
-        """Answer the peer's Close now (for the keepalive thread, once the
-        application has stopped reading): its next :meth:`send` raises
-        ``ConnectionClosedOK``, :meth:`recv` still returns what arrived,
-        then None. An open message is finished first (RFC 6455 section
-        5.5.1). False when a sender holds the connection: try again later.
-        """
-        if not self._send_cond.acquire(blocking=False):
-            return False
-        try:
-            if self._close_unanswered:
-                self._proto.answer_close()
-                self._flush(Deadline(0))
-        except ConnectionClosed:
-            pass
-        finally:
-            self._send_cond.release()
-        return True
+            self._pings.forget(payload)
+        assert ping.round_trip is not None
+        return ping.round_trip
 
     def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited Pong (a unidirectional heartbeat)."""
         self._send_control(self._proto.encode_control(Opcode.PONG, bytes(data)), Deadline(self._timeout))
 
+    # -- receiving -------------------------------------------------------------
+
     def _release_reader(self) -> None:
         self._recv_lock.release()
-        if self._pings:
-            # Threads waiting in ping() may have to read for themselves now.
-            with self._ping_lock:
-                for record in self._pings.values():
-                    if record[0] is not None:
-                        record[0].set()
-        if self.keepalive_wanted:
+        if self._pings.waiting:
+            self._pings.wake_waiters()  # they may have to read for themselves now
+        link = self._keepalive
+        if link.wanted:
             # The keepalive thread stepped aside while we were reading.
-            self.keepalive_wanted = False
-            hook = self._keepalive_hook
-            if hook is not None:
-                hook(self)
-
-    # -- receiving -------------------------------------------------------------
+            link.wanted = False
+            wake = link.wake
+            if wake is not None:
+                wake()
 
     def _read(self, deadline: Deadline) -> None:
         """Read once and feed the protocol; hold the recv lock."""
-        if self._proto.eof:
+        proto = self._proto
+        if proto.eof:
             return
         try:
             if self._wbuf:
                 self._flush_while_waiting(deadline)
-            data = self._recv_some(deadline)
+            data = self._transport.recv_some(min(max(proto._remaining, READ_SIZE), LARGE_READ_SIZE), deadline)
         except TimeoutError:
             raise self._timeout_error("recv") from None
         except OSError as exc:
             raise self._lose(exc) from exc
-        proto = self._proto
-        self.last_received = time.monotonic()
+        self._last_received = time.monotonic()
         if data:
             proto.receive_data(data)
         else:
             proto.receive_eof()
         if proto.pongs:
-            self._pongs_received()
-        if proto.has_output and self._send_cond.acquire(blocking=False):
-            # Answer pings now; if a sender holds the lock it will flush them.
-            try:
-                self._flush(Deadline(0))
-            finally:
-                self._send_cond.release()
+            latency = self._pings.answered(proto.pongs)
+            if latency is not None:
+                self.latency = latency
+        if proto.has_output:
+            self._flush_when_free(Deadline(0))  # answer pings now, or the sender does
 
     def _flush_while_waiting(self, deadline: Deadline) -> None:
         """Write bytes accepted by a partial send while we wait to read.
@@ -898,7 +569,7 @@ class WebSocket:
         waits for. Returns when there is something to read (or a sender is
         writing, or no progress can be made); TimeoutError at the deadline.
         """
-        sock = self._sock
+        transport = self._transport
         writable = False
         while self._wbuf:
             if not self._send_cond.acquire(blocking=False):
@@ -909,28 +580,13 @@ class WebSocket:
                     return  # all written, or writable without progress (TLS): don't spin
             finally:
                 self._send_cond.release()
-            if self._tls and sock.pending():  # type: ignore[attr-defined]
+            if transport.buffered():
                 return
-            readable, writable = self._waiter.either(_poll_ms(deadline))
+            readable, writable = transport.waiter.either(poll_ms(deadline))
             if readable:
                 return  # (or an error that the read will report)
             if not writable:
                 raise TimeoutError
-
-    def _pongs_received(self) -> None:
-        now = time.monotonic()
-        pongs = self._proto.pongs
-        with self._ping_lock:
-            while pongs:
-                payload = pongs.popleft()
-                record = self._pings.get(payload)
-                if record is not None and record[2] is None:
-                    record[2] = now - record[1]
-                    self.latency = record[2]
-                    if record[0] is None:  # a keepalive ping: nobody waits for it
-                        del self._pings[payload]
-                    else:
-                        record[0].set()
 
     def _next_event(self, deadline: Deadline) -> Data | None:
         """The next data piece, reading as needed; None once the peer closed."""
@@ -943,7 +599,7 @@ class WebSocket:
             if event is None:
                 if proto.close_rcvd is not None:
                     return None  # the end of the peer's stream, every time
-                if proto.eof or self._tcp_closed or self._lost_code is not None:
+                if proto.eof or proto.finished or proto.lost is not None:
                     raise self._lose(None)
                 self._read(deadline)
                 continue
@@ -956,8 +612,7 @@ class WebSocket:
 
     def _fail(self, exc: ProtocolError) -> ConnectionClosedError:
         """The peer broke the protocol: send our Close (queued by the protocol) and end."""
-        self._lost_code = exc.close_code
-        self._lost_reason = str(exc)
+        self._proto.fail(exc)
         self._finish(Deadline(self.close_timeout), reader=True)
         return ConnectionClosedError(exc.close_code, str(exc))
 
@@ -987,9 +642,10 @@ class WebSocket:
             deadline = Deadline(self._timeout)
             self._acquire_recv(deadline)
         try:
-            if self._fragments is not None:
+            assembly = self._assembly
+            if assembly.reader is not None:
                 self._skip_abandoned(deadline)
-            parts = self._parts
+            parts = assembly.parts
             proto = self._proto
             events = proto.events
             while True:
@@ -1000,25 +656,14 @@ class WebSocket:
                             # The common case: a whole message is already parsed.
                             events.popleft()
                             return first.payload
-                elif (
-                    proto.failure is None
-                    and not proto.eof
-                    and proto.close_rcvd is None
-                    and self._lost_code is None
-                    and not self._tcp_closed
-                ):
+                elif not proto.input_ended:
                     self._read(deadline)  # nothing parsed yet and nothing ended: read
                     continue
                 event = self._next_event(deadline)
                 if event is None:
                     return None
                 if event.fin:
-                    if not parts:
-                        return event.payload
-                    parts.append(event.payload)
-                    message = ("" if event.text else b"").join(parts)
-                    parts.clear()
-                    return message
+                    return assembly.complete(event.payload)
                 parts.append(event.payload)
         finally:
             self._release_reader()
@@ -1043,66 +688,57 @@ class WebSocket:
         ``max_size=None`` to stream messages of any size.
         """
         token = object()
+        assembly = self._assembly
         try:
             while True:
                 self._recv_calls += 1
                 deadline = Deadline(self._timeout)
-                piece: Any = None
                 self._acquire_recv(deadline)
                 try:
-                    if self._fragments is not None and self._fragments is not token:
+                    if assembly.reader is not None and assembly.reader is not token:
                         self._skip_abandoned(deadline)  # another iterator's message
-                    if self._parts:
-                        # Pieces kept by a recv() that timed out: hand them
-                        # over first, after letting go of the lock.
-                        piece = ("" if isinstance(self._parts[0], str) else b"").join(self._parts)
-                        self._parts.clear()
-                        fin = False
-                    else:
+                    # Pieces kept by a recv() that timed out go first.
+                    piece = assembly.take()
+                    fin = False
+                    if piece is None:
                         event = self._next_event(deadline)
                         if event is None:
-                            self._fragments = None
+                            assembly.reader = None
                             return
                         piece, fin = event.payload, event.fin
-                    self._fragments = None if fin else token
+                    assembly.reader = None if fin else token
                 finally:
                     self._release_reader()
                 yield piece
                 if fin:
                     return
-                if self._fragments is not token:
+                if assembly.reader is not token:
                     raise RuntimeError("the rest of this message was discarded: recv() was called before it was read")
         finally:
-            if self._fragments is token:
-                self._fragments = _ABANDONED  # left part-way: skip the rest
+            if assembly.reader is token:
+                assembly.reader = ABANDONED  # left part-way: skip the rest
 
     def _skip_abandoned(self, deadline: Deadline) -> None:
         """Discard the rest of a message that recv_fragments() left part-way; hold the recv lock.
 
         A timeout keeps the skipping state, so the next call goes on with it.
         """
-        self._fragments = _ABANDONED
+        assembly = self._assembly
+        assembly.reader = ABANDONED
         while True:
             event = self._next_event(deadline)
             if event is None or event.fin:
-                self._fragments = None
+                assembly.reader = None
                 return
 
     # -- closing ----------------------------------------------------------------
 
-    def _shutdown_socket(self) -> None:
-        """Stop the socket both ways: wakes any thread blocked on it."""
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
     def _close_socket(self) -> None:
-        if self._tcp_closed:
+        proto = self._proto
+        if proto.finished:
             return
-        self._tcp_closed = True
-        self._shutdown_socket()
-        self._sock.close()
+        proto.transport_closed()
+        self._transport.close()
         self._close_rcvd_event.set()
         callbacks, self._on_close = self._on_close, []
         for callback in callbacks:
@@ -1110,7 +746,7 @@ class WebSocket:
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once, when the socket is closed (for limits and keepalive)."""
-        if self._tcp_closed:
+        if self._proto.finished:
             callback()
         else:
             self._on_close.append(callback)
@@ -1123,22 +759,18 @@ class WebSocket:
         ``reader`` says the caller already holds the recv lock.
         """
         try:
-            if self._send_cond.acquire(timeout=deadline.lock_timeout()):
-                try:
-                    self._flush(deadline)
-                finally:
-                    self._send_cond.release()
+            self._flush_when_free(deadline)
         except ConnectionClosed:
             pass
         proto = self._proto
         if reader or self._recv_lock.acquire(timeout=deadline.lock_timeout()):
             try:
                 client = proto.side is Side.CLIENT
-                while not proto.eof and not self._tcp_closed:
+                while not proto.eof and not proto.finished:
                     if not client and proto.close_rcvd is not None:
                         break  # the closing handshake is done: the server closes first
-                    if not client and self._lost_code is not None:
-                        self._linger(deadline)  # we failed the connection
+                    if not client and proto.lost is not None:
+                        self._transport.linger(deadline)  # we failed the connection
                         break
                     if proto.close_rcvd is None and proto.failure is None:
                         # Drop messages still in flight: the caller chose to close.
@@ -1157,21 +789,6 @@ class WebSocket:
             self._close_rcvd_event.wait(deadline.remaining())
         self._close_socket()
 
-    def _linger(self, deadline: Deadline) -> None:
-        """Half-close, then discard what the peer still sends until its EOF.
-
-        Closing a socket with unread data makes the kernel send RST, which
-        can destroy our Close before the peer reads it and breaks the peer's
-        sends in flight; reading to the peer's EOF (bounded by the close
-        deadline) lets it see our Close and end cleanly.
-        """
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-            while self._recv_some(deadline):
-                pass
-        except OSError:  # TimeoutError included
-            pass
-
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection with the closing handshake; idempotent.
 
@@ -1182,7 +799,7 @@ class WebSocket:
         keep reading them. When this answers the peer's Close and ``code`` is
         left at its default, the peer's code is echoed (RFC 6455 section 5.5.1).
         """
-        if self._tcp_closed:
+        if self._proto.finished:
             return
         send: int | None = code
         rcvd = self._proto.close_rcvd
@@ -1193,11 +810,11 @@ class WebSocket:
         self._finish(deadline)
 
     def _queue_close(self, code: int | None, reason: str, deadline: Deadline) -> None:
-        if self._proto.close_sent is not None or self._lost_code is not None:
+        if self._proto.close_sent is not None or self._proto.lost is not None:
             return
         if not self._send_cond.acquire(timeout=deadline.lock_timeout()):
             # A sender is stuck on a peer that does not read: give up on it.
-            self._shutdown_socket()
+            self._transport.shutdown()
             return
         try:
             self._proto.send_close(code, reason)
@@ -1215,21 +832,14 @@ class WebSocket:
         if how == socket.SHUT_WR:
             deadline = Deadline(self.close_timeout)
             self._queue_close(CloseCode.NORMAL_CLOSURE, "", deadline)
-            if self._send_cond.acquire(timeout=deadline.lock_timeout()):
-                try:
-                    self._flush(deadline)
-                finally:
-                    self._send_cond.release()
+            self._flush_when_free(deadline)
         elif how == socket.SHUT_RDWR:
-            if not self._tcp_closed:
+            if not self._proto.finished:
                 self._queue_close(CloseCode.NORMAL_CLOSURE, "", Deadline(0))
-                if self._send_cond.acquire(blocking=False):
-                    try:
-                        self._flush(Deadline(0))
-                    except ConnectionClosed:
-                        pass
-                    finally:
-                        self._send_cond.release()
+                try:
+                    self._flush_when_free(Deadline(0))
+                except ConnectionClosed:
+                    pass
                 self._close_socket()
         else:
             raise ValueError("shutdown() takes socket.SHUT_WR or socket.SHUT_RDWR")
@@ -1258,3 +868,143 @@ class WebSocket:
             if message is None:
                 return
             yield message
+
+
+class _KeepAliveLink:
+    """A connection as the keepalive thread sees it (:class:`blockws.keepalive.Watched`).
+
+    The keepalive reads the connection while the application is not inside
+    :meth:`WebSocket.recv`, sends its pings, answers a Close the application
+    left untaken, and fails a silent connection; nothing else of the
+    connection is its business.
+    """
+
+    __slots__ = ("_ws", "wanted", "wake", "servicing")
+
+    def __init__(self, ws: WebSocket) -> None:
+        self._ws = ws
+        # Set by the keepalive when it found the connection busy: the reader
+        # calls ``wake`` (set by the keepalive) when it lets go.
+        self.wanted = False
+        self.wake: Callable[[], None] | None = None
+        # The keepalive thread is reading (settimeout(0) waits for it to end).
+        self.servicing = False
+
+    def fileno(self) -> int:
+        return self._ws.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._ws._proto.finished
+
+    @property
+    def input_ended(self) -> bool:
+        return self._ws._proto.input_ended
+
+    @property
+    def last_received(self) -> float:
+        return self._ws._last_received
+
+    @property
+    def drained(self) -> int:
+        return self._ws._transport.drained
+
+    @property
+    def recv_calls(self) -> int:
+        return self._ws._recv_calls
+
+    def pending(self) -> int:
+        return self._ws.pending()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._ws.on_close(callback)
+
+    def set_tcp_keepalive(self, idle: int, interval: int, count: int) -> None:
+        self._ws._transport.set_tcp_keepalive(idle, interval, count)
+
+    def fail(self, code: int, reason: str) -> None:
+        self._ws.abort(code, reason)
+
+    def service(self, limit: int) -> bool:
+        """Read what has arrived without blocking, if no other thread is reading.
+
+        Pings get their pongs, and pongs and Close frames are noted, while
+        the application is busy; messages stay queued, in order, for its
+        next ``recv()``. Nothing is read once ``limit`` bytes wait, so a
+        peer can't make us buffer without bound. Returns False when the
+        connection is busy or over the limit (``wanted`` is then set and
+        ``wake`` is called when the reader is done), and once its input
+        has ended (stop watching it for good).
+        """
+        ws = self._ws
+        if ws._proto.input_ended:
+            return False
+        self.servicing = True
+        try:
+            if ws._timeout == 0:
+                return False  # non-blocking: the application's select() loop reads (see settimeout)
+            if ws.pending() >= limit or not ws._recv_lock.acquire(blocking=False):
+                self.wanted = True
+                # The reader may have left between the check and the flag:
+                # then nobody would call wake, so try once more.
+                if ws.pending() >= limit or not ws._recv_lock.acquire(blocking=False):
+                    return False
+                self.wanted = False
+            try:
+                ws._read(Deadline(0))
+            except (TimeoutError, BlockingIOError, ConnectionClosed):
+                pass
+            finally:
+                ws._release_reader()
+            # At EOF (or once lost) the socket stays readable for ever: the
+            # caller must stop watching it or it would spin.
+            return not ws._proto.input_ended
+        finally:
+            self.servicing = False
+
+    def send_ping(self, payload: bytes) -> bool:
+        """Queue a Ping without waiting; its Pong only updates the latency and
+        the time of last reception. False if a sender holds the connection:
+        the ping is skipped rather than blocking the thread that serves every
+        connection."""
+        ws = self._ws
+        if not ws._send_cond.acquire(blocking=False):
+            return False
+        try:
+            ws._check_open_for_sending()
+            ws._pings.expect_unwaited(payload)
+            ws._queue(ws._proto.encode_control(Opcode.PING, payload))
+            ws._flush(Deadline(0))
+            return True
+        except ConnectionClosed:
+            return False
+        finally:
+            ws._send_cond.release()
+
+    @property
+    def close_unanswered(self) -> bool:
+        """The peer's Close arrived, the application hasn't taken it with
+        ``recv()``, and we haven't closed: the keepalive's grace applies."""
+        ws = self._ws
+        proto = ws._proto
+        return proto.close_rcvd is not None and not proto.output_ended and not ws._close_taken
+
+    def answer_close(self) -> bool:
+        """Answer the peer's Close now, once the application stopped reading:
+        its next ``send()`` raises ``ConnectionClosedOK``, ``recv()`` still
+        returns what arrived, then None. An open message is finished first
+        (RFC 6455 section 5.5.1). False when a sender holds the connection:
+        try again later.
+        """
+        ws = self._ws
+        if not ws._send_cond.acquire(blocking=False):
+            return False
+        try:
+            if self.close_unanswered:
+                ws._proto.answer_close()
+                ws._flush(Deadline(0))
+        except ConnectionClosed:
+            pass
+        finally:
+            ws._send_cond.release()
+        return True

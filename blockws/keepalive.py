@@ -10,7 +10,7 @@ connection registered with it (not a thread per connection):
 * A connection shows it is alive when something arrives from the peer, or
   when a write that the kernel had refused (its buffer was full) makes
   progress: room only comes back when the peer reads, so a long send to a
-  slow but living peer counts (``WebSocket._drained``).
+  slow but living peer counts (:attr:`Watched.drained`).
 * When a connection has shown no sign of life for ``interval`` seconds, the
   thread sends a Ping (queued after any partly written frame, never inside
   one). If a sender holds the connection, the ping is skipped and tried
@@ -22,7 +22,7 @@ connection registered with it (not a thread per connection):
   clock does not run while reading is paused because the application left
   ``_READ_LIMIT`` bytes unread (the pong may wait behind them in the kernel).
 * While the application is not inside ``recv()``, the thread reads what
-  arrives (``WebSocket.service``): pings get their pongs, pongs and Close
+  arrives (:meth:`Watched.service`): pings get their pongs, pongs and Close
   frames are noted, messages wait in order for the next ``recv()``. While
   the application is inside ``recv()``, its thread does that work; the
   socket leaves the selector and comes back when the reader is done (the
@@ -32,7 +32,7 @@ connection registered with it (not a thread per connection):
   thread, which then looks at the queue again within ``_REARM_DELAY``; the
   cost per message stays a queue append, not a thread wake-up.
 * Once a connection's input has ended (the peer's Close, EOF, a reset, a
-  protocol error: ``WebSocket.input_ended``) the thread stops reading and
+  protocol error: :attr:`Watched.input_ended`) the thread stops reading and
   pinging it for good: an EOF socket stays readable for ever, and the next
   ``recv()`` reports how the connection ended (1006 when it was lost).
 * A peer's Close that the application doesn't take is answered here once
@@ -44,16 +44,22 @@ connection registered with it (not a thread per connection):
 
 Other threads never touch the selector: they queue requests and write a
 byte to a socketpair that the selector also watches.
+
+The thread sees a connection only through :class:`Watched`, which each
+:class:`~blockws.WebSocket` implements with a private object of its own.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import selectors
 import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Protocol
 
 from .connection import WebSocket
 from .frames import CloseCode
@@ -69,16 +75,77 @@ DEFAULT_CLOSE_GRACE = 1.0
 _REARM_DELAY = 0.05
 
 
-class _Timers:
+class Watched(Protocol):
+    """What the keepalive thread needs of a connection."""
+
+    #: Set when :meth:`service` found the connection busy; the reader then calls :attr:`wake`.
+    wanted: bool
+    #: Set by the keepalive while the connection is registered.
+    wake: Callable[[], None] | None
+
+    def fileno(self) -> int: ...
+
+    @property
+    def closed(self) -> bool:
+        """The socket is closed (its descriptor number may belong to another socket)."""
+
+    @property
+    def input_ended(self) -> bool:
+        """Nothing more will be read: stop reading and timing the connection for good."""
+
+    @property
+    def last_received(self) -> float:
+        """When something last arrived (``time.monotonic()``)."""
+
+    @property
+    def drained(self) -> int:
+        """Bytes written since the kernel's buffer was full: the peer is reading."""
+
+    @property
+    def recv_calls(self) -> int:
+        """How often the application called ``recv()``."""
+
+    @property
+    def close_unanswered(self) -> bool:
+        """The peer's Close arrived and neither the application nor we took it."""
+
+    def pending(self) -> int: ...
+
+    def on_close(self, callback: Callable[[], None]) -> None: ...
+
+    def set_tcp_keepalive(self, idle: int, interval: int, count: int) -> None: ...
+
+    def service(self, limit: int) -> bool:
+        """Read what arrived, unless busy or ``limit`` bytes wait; False: stop watching (for now)."""
+
+    def send_ping(self, payload: bytes) -> bool:
+        """Queue a Ping without waiting; False if a sender holds the connection."""
+
+    def answer_close(self) -> bool:
+        """Answer the peer's Close; False if a sender holds the connection."""
+
+    def fail(self, code: int, reason: str) -> None:
+        """Drop the connection, waking its blocked threads with ``code``."""
+
+
+class _Request(enum.Enum):
+    """What other threads ask of the keepalive thread."""
+
+    ADD = "add"
+    REMOVE = "remove"
+    ARM = "arm"  # watch a connection again, after its reader let go
+
+
+class _Tracking:
     """What the keepalive thread knows of one connection."""
 
     __slots__ = ("watched", "alive", "drained", "ping_at", "ping_sent", "close_at", "recv_calls")
 
-    def __init__(self, ws: WebSocket) -> None:
+    def __init__(self, conn: Watched) -> None:
         self.watched = False  # in the selector
         # The last sign of life seen from here: write progress (sampled).
         self.alive = 0.0
-        self.drained = ws._drained
+        self.drained = conn.drained
         # When a ping was first due since the last sign of life (None: not
         # due), and whether it went out (False: a sender held the connection).
         self.ping_at: float | None = None
@@ -136,7 +203,7 @@ class KeepAlive:
         self.close_grace = close_grace
         self.tcp_keepalive = tcp_keepalive
         self._lock = threading.Lock()
-        self._requests: deque[tuple[str, WebSocket]] = deque()
+        self._requests: deque[tuple[_Request, Watched]] = deque()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._wake_r: socket.socket | None = None
@@ -169,22 +236,24 @@ class KeepAlive:
         Raises:
             RuntimeError: this KeepAlive is closed.
         """
+        conn: Watched = ws._keepalive  # the connection's side of the seam
         if self.tcp_keepalive:
-            self._set_tcp_keepalive(ws)
-        ws._keepalive_hook = self._wake
+            self._set_tcp_keepalive(conn)
+        conn.wake = lambda: self._wake(conn)
         try:
-            self._request("add", ws)
+            self._request(_Request.ADD, conn)
         except RuntimeError:
-            ws._keepalive_hook = None
+            conn.wake = None
             raise
-        # After the "add": a connection closed meanwhile runs this at once,
-        # and its "remove" must come after the "add" to undo it.
-        ws.on_close(lambda: self.unregister(ws))
+        # After the ADD: a connection closed meanwhile runs this at once,
+        # and its REMOVE must come after the ADD to undo it.
+        conn.on_close(lambda: self.unregister(ws))
 
     def unregister(self, ws: WebSocket) -> None:
         """Stop keeping ``ws`` alive (done for you when it closes)."""
-        ws._keepalive_hook = None
-        self._request("remove", ws)
+        conn: Watched = ws._keepalive
+        conn.wake = None
+        self._request(_Request.REMOVE, conn)
 
     def close(self) -> None:
         """Stop the thread; registered connections are no longer kept alive.
@@ -201,17 +270,17 @@ class KeepAlive:
         if thread is not None and thread is not threading.current_thread():
             thread.join(5)
 
-    def _request(self, what: str, ws: WebSocket) -> None:
+    def _request(self, what: _Request, conn: Watched) -> None:
         with self._lock:
             if self._closed:
-                if what == "add":
+                if what is _Request.ADD:
                     raise RuntimeError("this KeepAlive is closed")
                 return
-            self._requests.append((what, ws))
-            if what == "add":
+            self._requests.append((what, conn))
+            if what is _Request.ADD:
                 self._count += 1
             if self._thread is None:
-                if what != "add":
+                if what is not _Request.ADD:
                     return
                 self._wake_r, self._wake_w = socket.socketpair()
                 self._wake_r.setblocking(False)
@@ -220,11 +289,11 @@ class KeepAlive:
             else:
                 self._notify()
 
-    def _wake(self, ws: WebSocket) -> None:
+    def _wake(self, conn: Watched) -> None:
         with self._lock:
             if self._closed or self._thread is None:
                 return
-            self._requests.append(("arm", ws))
+            self._requests.append((_Request.ARM, conn))
             now = time.monotonic()
             if now - self._arm_notified < _REARM_DELAY:
                 return  # the thread looks at the queue again within _REARM_DELAY
@@ -238,19 +307,11 @@ class KeepAlive:
             except OSError:  # pragma: no cover - the buffer is full: a wake-up is pending anyway
                 pass
 
-    def _set_tcp_keepalive(self, ws: WebSocket) -> None:
+    def _set_tcp_keepalive(self, conn: Watched) -> None:
         if isinstance(self.tcp_keepalive, tuple):
-            idle, intvl, count = self.tcp_keepalive
+            conn.set_tcp_keepalive(*self.tcp_keepalive)
         else:
-            idle, intvl, count = max(int(self.interval), 1), max(int(self.timeout / 3), 1), 3
-        sock = ws._sock
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", intvl), ("TCP_KEEPCNT", count)):
-                if hasattr(socket, name):  # not every platform has them all
-                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-        except OSError:
-            pass
+            conn.set_tcp_keepalive(max(int(self.interval), 1), max(int(self.timeout / 3), 1), 3)
 
     # -- the thread ------------------------------------------------------------
 
@@ -258,7 +319,7 @@ class KeepAlive:
         selector = selectors.DefaultSelector()
         assert self._wake_r is not None
         selector.register(self._wake_r, selectors.EVENT_READ, None)
-        conns: dict[WebSocket, _Timers] = {}
+        conns: dict[Watched, _Tracking] = {}
         try:
             while True:
                 if not self._apply_requests(selector, conns):
@@ -268,50 +329,50 @@ class KeepAlive:
                 if now - self._armed_at < _REARM_DELAY:
                     wait = min(wait, _REARM_DELAY)  # more re-arms may be queued without a wake-up
                 for key, _ in selector.select(wait):
-                    ws = key.data
-                    if ws is None:
+                    conn = key.data
+                    if conn is None:
                         try:
                             while self._wake_r.recv(4096):
                                 pass
                         except BlockingIOError:
                             pass
                         continue
-                    if ws in conns and not ws.service(_READ_LIMIT):
+                    if conn in conns and not conn.service(_READ_LIMIT):
                         # Busy (the reader re-arms it through _wake), over
                         # the read limit, or its input ended (never again).
-                        self._unwatch(selector, ws, conns[ws])
+                        self._unwatch(selector, conn, conns[conn])
         finally:
             selector.close()
 
-    def _apply_requests(self, selector: selectors.BaseSelector, conns: dict[WebSocket, _Timers]) -> bool:
+    def _apply_requests(self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking]) -> bool:
         """Take queued requests; False when the thread should end."""
         with self._lock:
             requests = list(self._requests)
             self._requests.clear()
-            for what, ws in requests:
-                if what == "add":
-                    if ws in conns:
+            for what, conn in requests:
+                if what is _Request.ADD:
+                    if conn in conns:
                         self._count -= 1  # registered twice: keep one
-                    elif ws._tcp_closed:
+                    elif conn.closed:
                         # Closed before the thread got here: its descriptor
                         # number may already belong to another socket.
                         self._count -= 1
                     else:
-                        conns[ws] = _Timers(ws)
-                        self._watch(selector, ws, conns[ws])
-                elif what == "remove":
-                    state = conns.pop(ws, None)
+                        conns[conn] = _Tracking(conn)
+                        self._watch(selector, conn, conns[conn])
+                elif what is _Request.REMOVE:
+                    state = conns.pop(conn, None)
                     if state is not None:
                         self._count -= 1
-                        self._unwatch(selector, ws, state)
-                elif ws in conns and not ws.input_ended:
+                        self._unwatch(selector, conn, state)
+                elif conn in conns and not conn.input_ended:
                     self._armed_at = time.monotonic()
-                    self._watch(selector, ws, conns[ws])
+                    self._watch(selector, conn, conns[conn])
             if self._closed or not conns:
                 # Nothing to serve: the next register() starts a new thread.
-                for ws, state in conns.items():
-                    self._unwatch(selector, ws, state)
-                    ws._keepalive_hook = None
+                for conn, state in conns.items():
+                    self._unwatch(selector, conn, state)
+                    conn.wake = None
                 self._thread = None
                 for sock in (self._wake_r, self._wake_w):
                     if sock is not None:
@@ -323,24 +384,24 @@ class KeepAlive:
         return True
 
     @staticmethod
-    def _watch(selector: selectors.BaseSelector, ws: WebSocket, state: _Timers) -> None:
+    def _watch(selector: selectors.BaseSelector, conn: Watched, state: _Tracking) -> None:
         if not state.watched:
             try:
-                selector.register(ws, selectors.EVENT_READ, ws)
+                selector.register(conn, selectors.EVENT_READ, conn)
                 state.watched = True
             except (ValueError, OSError, KeyError):
                 pass  # closed meanwhile: its on_close removes it
 
     @staticmethod
-    def _unwatch(selector: selectors.BaseSelector, ws: WebSocket, state: _Timers) -> None:
+    def _unwatch(selector: selectors.BaseSelector, conn: Watched, state: _Tracking) -> None:
         if state.watched:
             state.watched = False
             try:
-                selector.unregister(ws)  # by object: fileno() is -1 once closed
+                selector.unregister(conn)  # by object: fileno() is -1 once closed
             except (ValueError, OSError, KeyError):
                 pass
 
-    def _check_timers(self, selector: selectors.BaseSelector, conns: dict[WebSocket, _Timers], now: float) -> float:
+    def _check_timers(self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking], now: float) -> float:
         """Send due pings, fail silent connections; return seconds to the next timer."""
         interval, timeout = self.interval, self.timeout
         # Batch timers that fall close together: waking once per connection
@@ -350,17 +411,17 @@ class KeepAlive:
         grace = self.close_grace
         # Not batched: the peer waits on these.
         close_wait = float("inf")
-        for ws, state in list(conns.items()):
-            if ws.input_ended:
+        for conn, state in list(conns.items()):
+            if conn.input_ended:
                 # Nothing more will come: recv() tells how it ended.
-                if grace is not None and ws._close_unanswered:
-                    close_wait = min(close_wait, self._close_grace(ws, state, now, grace))
+                if grace is not None and conn.close_unanswered:
+                    close_wait = min(close_wait, self._close_grace(conn, state, now, grace))
                 continue
-            drained = ws._drained
+            drained = conn.drained
             if drained != state.drained:
                 state.drained = drained
                 state.alive = now
-            alive = max(ws.last_received, state.alive)
+            alive = max(conn.last_received, state.alive)
             if now - alive < interval:
                 state.ping_at = None
                 wait = min(wait, alive + interval - now)
@@ -368,22 +429,22 @@ class KeepAlive:
             if state.ping_at is None or state.ping_at < alive:
                 state.ping_at = now
                 state.ping_sent = False
-            if ws.pending() >= _READ_LIMIT:
+            if conn.pending() >= _READ_LIMIT:
                 # Reading is paused until the application catches up: the
                 # pong may be waiting behind what it left unread.
                 state.ping_at = now
                 continue
             if not state.ping_sent:
-                if ws.send_keepalive_ping(os.urandom(4)):
+                if conn.send_ping(os.urandom(4)):
                     # The clock runs from the ping actually sent.
                     state.ping_at = now
                     state.ping_sent = True
                 else:
                     wait = min(wait, retry)
             if now - state.ping_at >= timeout:
-                self._fail(ws)
-                self._unwatch(selector, ws, state)
-                del conns[ws]
+                self._fail(conn)
+                self._unwatch(selector, conn, state)
+                del conns[conn]
                 with self._lock:
                     self._count -= 1
                 continue
@@ -391,21 +452,21 @@ class KeepAlive:
         return min(max(wait, retry), close_wait)
 
     @staticmethod
-    def _close_grace(ws: WebSocket, state: _Timers, now: float, grace: float) -> float:
+    def _close_grace(conn: Watched, state: _Tracking, now: float, grace: float) -> float:
         """Answer the peer's Close once the application left it for ``grace`` seconds
         without calling recv(); return the seconds until the next check."""
-        calls = ws._recv_calls
+        calls = conn.recv_calls
         if state.close_at is None or calls != state.recv_calls:
             state.close_at = now + grace
             state.recv_calls = calls
         elif now >= state.close_at:
             # A sender holds the connection: it is writing to a peer that
             # still reads, so try again soon.
-            return float("inf") if ws._answer_close() else 0.05
+            return float("inf") if conn.answer_close() else 0.05
         return state.close_at - now
 
-    def _fail(self, ws: WebSocket) -> None:
-        ws.abort(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+    def _fail(self, conn: Watched) -> None:
+        conn.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
 
 def attach(ws: WebSocket, keepalive: KeepAlive | bool | None) -> None:

@@ -24,12 +24,19 @@ connection is queued when the application reaches the error, so messages
 that came before it are still delivered. Pings are answered at once, so a
 peer's ping gets its pong even while messages wait to be read.
 
-States (the only place they change is this module)::
+States (the only place they change is this module; the connection's
+:attr:`~blockws.WebSocket.state` is this one)::
 
-    OPEN --send_close()--> CLOSING --Close taken--> CLOSED
-    OPEN --Close taken---> CLOSING --send_close() or answer_close()--> CLOSED
+    OPEN --send_close()--> CLOSING --the peer's Close received--> CLOSED
+    OPEN --the peer's Close received--> CLOSING --send_close() or answer_close()--> CLOSED
     OPEN --protocol error reached (our Close queued)--> CLOSING
-    any --receive_eof()--> CLOSED
+    any --receive_eof(), lose(), fail() or transport_closed()--> CLOSED
+
+How the connection ended is recorded here, once: the peer's Close
+(:attr:`Protocol.close_rcvd`), ours (:attr:`Protocol.close_sent`), or
+:attr:`Protocol.lost` when it ended without the peer's Close (lost, 1006,
+or failed by us); :meth:`Protocol.closed_error` decides whether that was a
+clean end.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from collections.abc import Callable
 from typing import Union
 
 from .deflate import Compressor, Decompressor, DeflateParams, PerMessageDeflate
-from .exceptions import PayloadTooBig, ProtocolError
+from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, PayloadTooBig, ProtocolError
 from .frames import (
     CloseCode,
     FrameHeader,
@@ -58,6 +65,8 @@ from .frames import (
 __all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE"]
 
 DEFAULT_MAX_SIZE = 2**20
+# The codes of a normal end: a Close with one of them (each way) is clean.
+CLEAN_CLOSE_CODES = frozenset((CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD))
 DEFAULT_MAX_FRAGMENTS = 100_000
 TRACE_PREVIEW = 64
 
@@ -164,6 +173,14 @@ class Protocol:
         self.close_rcvd: Close | None = None
         self.failure: ProtocolError | None = None
         self.eof = False
+        # The connection ended without the peer's Close: lost (1006), failed
+        # by us (1002, 1007, 1009, 1011...) or aborted. The first cause wins.
+        self.lost: Close | None = None
+        # The I/O layer closed the socket: nothing more either way.
+        self.finished = False
+        # Nothing more may be sent: our Close is queued, or the connection
+        # is lost or closed. (Kept, not computed: every send reads it.)
+        self.output_ended = False
         self._out: list[bytes] = []
         self._mask_keys = _MaskKeys() if side is Side.CLIENT else None
         # Receiving: the leftover of the last read (a partial header or a
@@ -184,9 +201,7 @@ class Protocol:
         # permessage-deflate, when negotiated: RSV1 marks compressed messages.
         client = side is Side.CLIENT
         self.deflate = deflate
-        self._compressor = (
-            Compressor(deflate, client, compression or PerMessageDeflate()) if deflate else None
-        )
+        self._compressor = Compressor(deflate, client, compression or PerMessageDeflate()) if deflate else None
         self._decompressor = Decompressor(deflate, client, max_size) if deflate else None
         self._msg_compressed = False
         self._out_compressed = False
@@ -223,6 +238,66 @@ class Protocol:
         self.eof = True
         self._discard = True
         self.state = State.CLOSED
+
+    # -- how the connection ended -------------------------------------------
+
+    def lose(self, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = "connection lost") -> None:
+        """The connection ended without the closing handshake (lost, aborted): note why.
+
+        The first cause is kept; after the peer's Close nothing is lost.
+        """
+        if self.lost is None and self.close_rcvd is None:
+            self.lost = Close(code, reason)
+            self.state = State.CLOSED
+            self.output_ended = True
+
+    def fail(self, exc: ProtocolError) -> None:
+        """We fail the connection because the peer broke the protocol (our Close is queued)."""
+        self.lost = Close(exc.close_code, str(exc))
+        self.state = State.CLOSED
+        self.output_ended = True
+
+    def transport_closed(self) -> None:
+        """The I/O layer closed the socket."""
+        self.finished = True
+        self.state = State.CLOSED
+        self.output_ended = True
+
+    @property
+    def input_ended(self) -> bool:
+        """Nothing more will be read: the peer's Close, EOF or a protocol
+        error was seen, or the connection is lost or closed."""
+        return (
+            self.eof
+            or self.finished
+            or self.lost is not None
+            or self.close_rcvd is not None
+            or (self.failure is not None)
+        )
+
+    @property
+    def close_code(self) -> int | None:
+        """The peer's close code; else the code of the loss or of our failure; None while open."""
+        if self.close_rcvd is not None:
+            return self.close_rcvd.code
+        return None if self.lost is None else self.lost.code
+
+    @property
+    def close_reason(self) -> str | None:
+        if self.close_rcvd is not None:
+            return self.close_rcvd.reason
+        return None if self.lost is None else self.lost.reason
+
+    def closed_error(self) -> ConnectionClosed:
+        """The exception for using a connection that ended: ``ConnectionClosedOK``
+        when both Close frames (those there are) say the end was normal."""
+        sent = self.close_sent
+        code = self.close_code
+        if code is None:
+            code = sent.code if sent is not None else CloseCode.ABNORMAL_CLOSURE
+        clean = self.lost is None and code in CLEAN_CLOSE_CODES and (sent is None or sent.code in CLEAN_CLOSE_CODES)
+        cls = ConnectionClosedOK if clean else ConnectionClosedError
+        return cls(code, self.close_reason or "")
 
     def _parse(self, data: bytes) -> None:
         pos = 0
@@ -383,6 +458,8 @@ class Protocol:
         else:
             code, reason = parse_close(payload)
             self.close_rcvd = Close(code, reason)
+            if self.state is not State.CLOSED:
+                self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
             self.events.append(self.close_rcvd)
             # Nothing may follow a Close; whatever does is ignored.
             self._discard = True
@@ -421,10 +498,7 @@ class Protocol:
         """
         events = self.events
         if events:
-            event = events.popleft()
-            if type(event) is Close:
-                self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
-            return event
+            return events.popleft()
         failure = self.failure
         if failure is not None:
             self.failure = None
@@ -526,8 +600,10 @@ class Protocol:
             return
         payload = encode_close(code, reason)
         self.close_sent = Close(CloseCode.NO_STATUS_RCVD if code is None else code, reason)
+        self.output_ended = True
         self._queue_frame(Opcode.CLOSE, payload)
-        self.state = State.CLOSED if self.close_rcvd is not None else State.CLOSING
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED if self.close_rcvd is not None else State.CLOSING
 
     def data_to_send(self) -> list[bytes]:
         """Take the frames queued by the protocol itself (pongs, Close)."""

@@ -78,11 +78,27 @@ def test_one_keepalive_thread_for_one_and_for_a_hundred_connections(echo_server)
             ws.close()
 
 
-def test_keepalive_none_opts_out(echo_server):
-    with blockws.connect(echo_server.url, keepalive=None) as ws:
-        assert ws._keepalive_hook is None
-    with blockws.connect(echo_server.url) as ws:
-        assert ws._keepalive_hook is not None
+def test_keepalive_none_opts_out(run_server):
+    """A client that doesn't read (it only waits) answers the server's ping
+    only through its keepalive thread: by default it does, with
+    keepalive=None it can't."""
+    answered: list[bool] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.settimeout(0.5)
+        try:
+            ws.ping()
+            answered.append(True)
+        except TimeoutError:
+            answered.append(False)
+
+    server = run_server(handler)
+    for keepalive in (None, True):
+        with blockws.connect(server.url, keepalive=keepalive) as ws:
+            deadline = time.monotonic() + 3
+            while len(answered) < 1 + (keepalive is True) and time.monotonic() < deadline:
+                time.sleep(0.02)
+    assert answered == [False, True]
 
 
 def test_a_sender_notices_the_servers_close(run_server):
@@ -270,6 +286,7 @@ WITHOUT_POLL = textwrap.dedent(
     if hasattr(socket, "MSG_DONTWAIT"):
         del socket.MSG_DONTWAIT     # as on Windows
     import threading, blockws
+    from blockws import transport
 
     def echo(ws):
         for message in ws:
@@ -278,7 +295,7 @@ WITHOUT_POLL = textwrap.dedent(
     with blockws.serve(echo, "127.0.0.1", 0) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         ws = blockws.connect(f"ws://127.0.0.1:{server.port}/", timeout=5)
-        assert ws._nonblocking and ws._waiter._rpoll is None
+        assert transport.MSG_DONTWAIT == 0 and transport.Waiter(ws.fileno())._rpoll is None  # the fallbacks
         for message in ["hello", b"x" * 300_000, "é" * 70_000]:
             ws.sendall(message)
             assert ws.recv() == message

@@ -226,8 +226,7 @@ def test_one_thread_for_many_connections(echo_server):
 
 
 def test_keepalive_true_uses_the_shared_instance(echo_server):
-    with blockws.connect(echo_server.url, keepalive=True) as ws:
-        assert ws._keepalive_hook is not None
+    with blockws.connect(echo_server.url, keepalive=True):
         assert KeepAlive.shared().thread is not None
     KeepAlive.shared().close()
 
@@ -238,10 +237,12 @@ def test_tcp_keepalive_option(echo_server):
     keepalive = KeepAlive(interval=5, timeout=5, tcp_keepalive=(7, 3, 2))
     try:
         with blockws.connect(echo_server.url, keepalive=keepalive) as ws:
-            sock = ws._sock
+            # A duplicate descriptor: the options belong to the socket, not to the descriptor.
+            sock = socket.socket(fileno=os.dup(ws.fileno()))
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
             if hasattr(socket, "TCP_KEEPIDLE"):
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+            sock.close()
     finally:
         keepalive.close()
 
@@ -268,12 +269,12 @@ def test_peer_lost_while_application_is_busy_no_spin_and_1006(run_server, how):
         if how == "fin":
             ws.abort()  # TCP goes away without a Close
         else:
-            ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            ws._sock.close()
+            relay.reset()  # RST on both sides, as a peer's kernel does
 
     server = run_server(handler)
+    relay = Relay(server.port)
     try:
-        ws = blockws.connect(server.url, keepalive=keepalive, timeout=5)
+        ws = blockws.connect(relay.url, keepalive=keepalive, timeout=5)
         ws.sendall("go")
         start = time.monotonic()
         time.sleep(0.2)  # busy, not in recv(): the keepalive thread reads the end
@@ -293,6 +294,7 @@ def test_peer_lost_while_application_is_busy_no_spin_and_1006(run_server, how):
         ws.close()
     finally:
         keepalive.close()
+        relay.close()
 
 
 def test_long_send_to_a_slow_reader_is_not_a_dead_peer(run_server):
@@ -411,7 +413,6 @@ def test_close_ends_the_thread_and_refuses_new_connections(echo_server):
     keepalive.close()
     assert not thread.is_alive()
     assert keepalive.thread is None
-    assert ws._keepalive_hook is None
     # The connection stays open, only without pings.
     ws.sendall("still open")
     assert ws.recv() == "still open"

@@ -1,0 +1,55 @@
+"""Putting received messages together from their pieces, for ``recv`` and ``recv_fragments``.
+
+:meth:`~blockws.WebSocket.recv` gathers the pieces of a fragmented message
+here; a timeout keeps them for the next call, which may be ``recv`` again
+or ``recv_fragments`` (it hands them over as its first piece). A
+``recv_fragments`` iterator that is in the middle of a message owns the
+message (:attr:`Assembly.reader`); one left part-way marks the rest of the
+message to be skipped (:data:`ABANDONED`).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+__all__ = ["Assembly", "ABANDONED"]
+
+Message = Union[str, bytes]
+
+#: The ``reader`` of a message whose ``recv_fragments`` iterator was left part-way.
+ABANDONED = object()
+
+
+class Assembly:
+    """The message being received: its pieces so far, and which iterator reads it."""
+
+    __slots__ = ("parts", "reader")
+
+    def __init__(self) -> None:
+        self.parts: list[Message] = []
+        # The recv_fragments() iterator in the middle of a message (its
+        # token), ABANDONED (the rest of the message is to be skipped) or None.
+        self.reader: object | None = None
+
+    def held(self) -> int:
+        """Bytes (or characters) of the pieces gathered so far."""
+        return sum(len(part) for part in self.parts)
+
+    def complete(self, last: Message) -> Message:
+        """The whole message, given its last piece; empties the gathered pieces."""
+        parts = self.parts
+        if not parts:
+            return last
+        parts.append(last)
+        message = ("" if isinstance(last, str) else b"").join(parts)  # type: ignore[arg-type]
+        parts.clear()
+        return message
+
+    def take(self) -> Message | None:
+        """The pieces gathered so far as one (to hand on as a fragment), or None."""
+        parts = self.parts
+        if not parts:
+            return None
+        piece = ("" if isinstance(parts[0], str) else b"").join(parts)  # type: ignore[arg-type]
+        parts.clear()
+        return piece

@@ -1,0 +1,92 @@
+"""The Pings a connection sent and is waiting to see answered.
+
+Whoever reads the connection matches the Pongs it finds (:meth:`Pings.answered`)
+and wakes the threads waiting in :meth:`blockws.WebSocket.ping`; when that
+reader leaves, the waiters are woken too (:meth:`Pings.wake_waiters`), since
+one of them may now have to read for itself. The keepalive's pings have no
+waiter: their Pong only measures the latency.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+__all__ = ["Ping", "Pings"]
+
+
+class Ping:
+    """One Ping sent: when, who waits for its Pong, and the round trip once answered."""
+
+    __slots__ = ("sent_at", "waiter", "round_trip")
+
+    def __init__(self, waiter: threading.Event | None) -> None:
+        self.sent_at = time.monotonic()
+        self.waiter = waiter
+        self.round_trip: float | None = None
+
+
+class Pings:
+    """The table of outstanding Pings, by payload, under its own lock."""
+
+    __slots__ = ("_lock", "_table", "waiting")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._table: dict[bytes, Ping] = {}
+        #: How many threads wait for a Pong.
+        self.waiting = 0
+
+    def expect(self, payload: bytes) -> Ping:
+        """Note a Ping whose Pong a thread will wait for.
+
+        Raises:
+            ValueError: a Ping with this payload is already waiting.
+        """
+        with self._lock:
+            if payload in self._table:
+                raise ValueError("a ping with this payload is already waiting")
+            ping = self._table[payload] = Ping(threading.Event())
+            self.waiting += 1
+            return ping
+
+    def expect_unwaited(self, payload: bytes) -> None:
+        """Note a keepalive Ping (nobody waits); earlier unanswered ones are forgotten."""
+        with self._lock:
+            self._table = {key: ping for key, ping in self._table.items() if ping.waiter is not None}
+            self._table.setdefault(payload, Ping(None))
+
+    def forget(self, payload: bytes) -> None:
+        """Stop waiting for the Pong of a Ping from :meth:`expect`."""
+        with self._lock:
+            ping = self._table.pop(payload, None)
+            if ping is not None and ping.waiter is not None:
+                self.waiting -= 1
+
+    def answered(self, pongs: deque[bytes]) -> float | None:
+        """Match the Pongs received (emptying ``pongs``) and wake their waiters.
+
+        Returns the round trip of the last Ping answered, or None.
+        """
+        now = time.monotonic()
+        latency = None
+        with self._lock:
+            table = self._table
+            while pongs:
+                payload = pongs.popleft()
+                ping = table.get(payload)
+                if ping is not None and ping.round_trip is None:
+                    ping.round_trip = latency = now - ping.sent_at
+                    if ping.waiter is None:
+                        del table[payload]
+                    else:
+                        ping.waiter.set()
+        return latency
+
+    def wake_waiters(self) -> None:
+        """Wake every thread waiting for a Pong (a reader left: one of them may read now)."""
+        with self._lock:
+            for ping in self._table.values():
+                if ping.waiter is not None:
+                    ping.waiter.set()
