@@ -39,7 +39,7 @@ from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Protocol, Side
 from .proxy import ProxyURL, open_tunnel, proxy_from_environment
-from .utils import Deadline, read_http_body, read_http_head, redact_url, split_url
+from .utils import Deadline, named_timeout, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["connect", "ConnectGate", "WebSocketURI", "parse_uri", "redact_url", "BAD_PORTS"]
 
@@ -526,18 +526,18 @@ def _connect_each(
     for family, kind, proto, _, address in addresses:
         with gate.connecting(_gate_key(address[0]), deadline) if gate else contextlib.nullcontext():
             sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(deadline.remaining())
-                sock.connect(address)
-            except socket.timeout:
-                sock.close()
-                raise TimeoutError(f"timed out connecting to {uri.host}:{uri.port}") from None
-            except OSError as exc:
-                sock.close()
-                logger.debug("can't connect to %s: %s", _hostport(address[0], uri.port), exc)
-                error = exc
-                tried.append(address[0])
-                continue
+            with named_timeout(f"connecting to {uri.host}:{uri.port}"):
+                try:
+                    sock.settimeout(deadline.remaining())
+                    sock.connect(address)
+                except OSError as exc:
+                    sock.close()
+                    if isinstance(exc, socket.timeout):
+                        raise  # the deadline passed: no time for another address
+                    logger.debug("can't connect to %s: %s", _hostport(address[0], uri.port), exc)
+                    error = exc
+                    tried.append(address[0])
+                    continue
             logger.debug("TCP connection to %s", _hostport(address[0], uri.port))
             return _secure_and_handshake(sock, uri, deadline, headers, options)
     assert error is not None
@@ -569,9 +569,8 @@ def _secure_and_handshake(
             context = options.ssl_context or ssl.create_default_context()
             sock.settimeout(deadline.remaining())
             try:
-                sock = context.wrap_socket(sock, server_hostname=options.server_hostname or uri.host)
-            except socket.timeout:
-                raise TimeoutError("timed out during the TLS handshake") from None
+                with named_timeout("during the TLS handshake"):
+                    sock = context.wrap_socket(sock, server_hostname=options.server_hostname or uri.host)
             except ssl.SSLCertVerificationError as exc:
                 # OpenSSL's message names neither the host nor a way out.
                 raise CertificateVerifyError.from_error(exc, uri.host, uri.port) from exc
@@ -602,10 +601,8 @@ def _handshake(
         headers=headers,
     )
     sock.settimeout(deadline.remaining())
-    try:
+    with named_timeout("sending the opening handshake"):
         sock.sendall(request.serialize())
-    except socket.timeout:
-        raise TimeoutError("timed out sending the opening handshake") from None
     head, leftover = read_http_head(sock, deadline, "opening handshake", options.max_line)
     response = parse_response(head, max_line=options.max_line, max_headers=options.max_headers)
     if response.status != 101:

@@ -35,7 +35,7 @@ from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_request
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Protocol, Side
-from .utils import Deadline, read_http_head
+from .utils import Deadline, named_timeout, read_http_head
 
 __all__ = ["accept", "serve", "Server", "WebSocketHandler"]
 
@@ -151,16 +151,12 @@ def _accept_tls(
 ) -> WebSocket:
     if ssl_context is not None:
         sock.settimeout(deadline.remaining())
-        try:
+        with named_timeout("during the TLS handshake"):
             first = sock.recv(1, socket.MSG_PEEK)
-        except socket.timeout:
-            raise TimeoutError("timed out during the TLS handshake") from None
         if first and first not in (b"\x16", b"\x80"):  # neither a TLS nor an SSLv2-style hello
             _refuse_plaintext(sock, deadline)
-        try:
+        with named_timeout("during the TLS handshake"):
             sock = ssl_context.wrap_socket(sock, server_side=True)
-        except socket.timeout:
-            raise TimeoutError("timed out during the TLS handshake") from None
         try:
             return _accept(sock, deadline, subprotocols, origins, process_request, options)
         except BaseException:
@@ -226,10 +222,8 @@ def _accept(
     if commit is not None:
         commit()
     sock.settimeout(deadline.remaining())
-    try:
+    with named_timeout("sending the handshake response"):
         sock.sendall(response.serialize())
-    except socket.timeout:
-        raise TimeoutError("timed out sending the handshake response") from None
     ws = WebSocket(
         sock,
         Protocol(
