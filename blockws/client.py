@@ -347,6 +347,7 @@ def connect(
         proxy=proxy,
         proxy_auth=ClientAuth(proxy_credentials, proxy=True) if proxy_credentials is not None else None,
     )
+    gate = connect_gate if sock is None else None  # a socket given is connected already: nothing to gate
     seen = {uri.url}
     redirects = 0
     credentials = auth if auth is not None else (uri.user, uri.password or "") if uri.user is not None else None
@@ -362,7 +363,7 @@ def connect(
             )
         logger.debug("connecting to %s", _loggable(uri))
         try:
-            ws = _open(uri, deadline, sock, connect_gate, request_headers, settings)
+            ws = _open(uri, deadline, sock, gate, request_headers, settings)
         except InvalidStatus as exc:
             if exc.status == 401 and client_auth is not None:
                 answer = client_auth.authorize(exc.response, "GET", uri.resource)
@@ -396,8 +397,8 @@ def connect(
             seen.add(target.url)
             uri = target
             continue
-        if connect_gate is not None and sock is None:
-            ws.on_close(functools.partial(connect_gate.release_host, uri.host))
+        if gate is not None:
+            ws.on_close(functools.partial(gate.release_host, uri.host))
         attach_keepalive(ws, keepalive)
         _log_open(ws, _loggable(uri))
         return ws
@@ -469,8 +470,7 @@ def _open(
             addresses = socket.getaddrinfo(uri.host, uri.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise OSError(exc.errno, f"can't resolve {uri.host}: {exc.strerror}") from exc
-    gated = gate is not None and sock is None
-    if gated and gate is not None:
+    if gate is not None:
         gate.acquire_host(uri.host, deadline)
     try:
         if sock is not None:
@@ -494,7 +494,7 @@ def _open(
                 return _secure_and_handshake(tunnel, uri, deadline, headers, settings)
         return _connect_each(addresses, uri, deadline, gate, headers, settings)
     except BaseException:
-        if gated and gate is not None:
+        if gate is not None:
             gate.release_host(uri.host)
         raise
 
