@@ -237,6 +237,15 @@ def _accept(sock: socket.socket, deadline: Deadline, settings: _ServerSettings) 
     )
 
 
+def _accept_or_log(sock: socket.socket, address: Any, options: dict[str, Any]) -> WebSocket | None:
+    """:func:`accept`, or None once the failure is logged: a bad client is routine for a server."""
+    try:
+        return accept(sock, **options)
+    except (InvalidHandshake, TimeoutError, OSError) as exc:
+        logger.info("handshake with %s failed: %s", address, exc)
+        return None
+
+
 class WebSocketHandler(socketserver.BaseRequestHandler):
     """A :mod:`socketserver` request handler that speaks WebSocket.
 
@@ -255,10 +264,8 @@ class WebSocketHandler(socketserver.BaseRequestHandler):
     request: socket.socket
 
     def handle(self) -> None:
-        try:
-            ws = accept(self.request, **self.accept_options)
-        except (InvalidHandshake, TimeoutError, OSError) as exc:
-            logger.info("handshake with %s failed: %s", self.client_address, exc)
+        ws = _accept_or_log(self.request, self.client_address, self.accept_options)
+        if ws is None:
             return
         with ws:
             self.handle_websocket(ws)
@@ -491,13 +498,12 @@ class Server:
             watch = self._watch_handshake(conn)
             _upgrade_gate.commit = lambda: self._commit_upgrade(watch)
             try:
-                ws = accept(conn, **self.options)
-            except (InvalidHandshake, TimeoutError, OSError) as exc:
-                logger.info("handshake with %s failed: %s", addr, exc)
-                return
+                ws = _accept_or_log(conn, addr, self.options)
             finally:
                 _upgrade_gate.commit = None
                 self._unwatch_handshake(watch)
+            if ws is None:
+                return
             with self._lock:
                 self._connections.add(ws)
             if self._shutdown_requested:
