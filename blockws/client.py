@@ -20,7 +20,8 @@ import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from . import deflate
 from .auth import AuthOption, ClientAuth
@@ -37,9 +38,10 @@ from .handshake import check_response, client_request, make_key, parse_extension
 from .http import MAX_HEADERS, MAX_LINE, Headers, HeadersLike, parse_response
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
-from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Protocol, Side
+from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Side
 from .proxy import ProxyURL, open_tunnel, proxy_from_environment
-from .utils import Deadline, read_http_body, read_http_head, redact_url, split_url
+from .settings import DEFAULT_OPEN_TIMEOUT, Settings
+from .utils import Deadline, named_timeout, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["connect", "ConnectGate", "WebSocketURI", "parse_uri", "redact_url", "BAD_PORTS"]
 
@@ -55,8 +57,6 @@ BAD_PORTS = frozenset(
         6697, 10080,
     }
 )  # fmt: skip
-
-DEFAULT_OPEN_TIMEOUT = 10.0
 
 logger = logging.getLogger("blockws.client")
 
@@ -331,22 +331,23 @@ def connect(
         parsed = ProxyURL(proxy)
         if parsed.user is not None:
             proxy_credentials = (parsed.user, parsed.password or "")
-    options = _Options(
-        timeout,
-        close_timeout,
-        subprotocols,
-        origin,
-        max_size,
-        max_fragments,
-        write_limit,
-        compression_settings,
-        ssl_context,
-        server_hostname,
-        proxy,
-        ClientAuth(proxy_credentials, proxy=True) if proxy_credentials is not None else None,
-        max_line,
-        max_headers,
+    settings = _ClientSettings(
+        timeout=timeout,
+        close_timeout=close_timeout,
+        subprotocols=subprotocols,
+        compression=compression_settings,
+        ssl_context=ssl_context,
+        max_size=max_size,
+        max_fragments=max_fragments,
+        write_limit=write_limit,
+        max_line=max_line,
+        max_headers=max_headers,
+        origin=origin,
+        server_hostname=server_hostname,
+        proxy=proxy,
+        proxy_auth=ClientAuth(proxy_credentials, proxy=True) if proxy_credentials is not None else None,
     )
+    gate = connect_gate if sock is None else None  # a socket given is connected already: nothing to gate
     seen = {uri.url}
     redirects = 0
     credentials = auth if auth is not None else (uri.user, uri.password or "") if uri.user is not None else None
@@ -362,7 +363,7 @@ def connect(
             )
         logger.debug("connecting to %s", _loggable(uri))
         try:
-            ws = _open(uri, deadline, sock, connect_gate, request_headers, options)
+            ws = _open(uri, deadline, sock, gate, request_headers, settings)
         except InvalidStatus as exc:
             if exc.status == 401 and client_auth is not None:
                 answer = client_auth.authorize(exc.response, "GET", uri.resource)
@@ -396,8 +397,8 @@ def connect(
             seen.add(target.url)
             uri = target
             continue
-        if connect_gate is not None and sock is None:
-            ws.on_close(functools.partial(connect_gate.release_host, uri.host))
+        if gate is not None:
+            ws.on_close(functools.partial(gate.release_host, uri.host))
         attach_keepalive(ws, keepalive)
         _log_open(ws, _loggable(uri))
         return ws
@@ -441,23 +442,14 @@ def _redirect_target(uri: WebSocketURI, location: str) -> WebSocketURI:
     return target
 
 
-class _Options(NamedTuple):
+@dataclass(frozen=True)
+class _ClientSettings(Settings):
     """What every attempt of one connect() call shares."""
 
-    timeout: float | None
-    close_timeout: float | None
-    subprotocols: Sequence[str] | None
     origin: str | None
-    max_size: int | None
-    max_fragments: int | None
-    write_limit: int
-    compression: deflate.PerMessageDeflate | None
-    ssl_context: ssl.SSLContext | None
     server_hostname: str | None
     proxy: str | _FromEnvironment | None
     proxy_auth: ClientAuth | None
-    max_line: int
-    max_headers: int
 
 
 def _open(
@@ -466,11 +458,11 @@ def _open(
     sock: socket.socket | None,
     gate: ConnectGate | None,
     headers: Headers,
-    options: _Options,
+    settings: _ClientSettings,
 ) -> WebSocket:
     """One attempt: TCP or a proxy tunnel (through the gate), TLS, handshake."""
     addresses: list[Any] = []
-    proxy = options.proxy
+    proxy = settings.proxy
     if proxy is FROM_ENVIRONMENT:
         proxy = proxy_from_environment(uri.secure, uri.host, uri.port)
     if sock is None and proxy is None:
@@ -478,17 +470,16 @@ def _open(
             addresses = socket.getaddrinfo(uri.host, uri.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise OSError(exc.errno, f"can't resolve {uri.host}: {exc.strerror}") from exc
-    gated = gate is not None and sock is None
-    if gated and gate is not None:
+    if gate is not None:
         gate.acquire_host(uri.host, deadline)
     try:
         if sock is not None:
-            return _secure_and_handshake(sock, uri, deadline, headers, options)
+            return _secure_and_handshake(sock, uri, deadline, headers, settings)
         if isinstance(proxy, str):
             logger.debug("tunnel to %s through the proxy %s", _hostport(uri.host, uri.port), redact_url(proxy))
             # Through a proxy we never learn the address: the host name stands for it.
             with gate.connecting(uri.host.lower(), deadline) if gate else contextlib.nullcontext():
-                proxy_auth = options.proxy_auth
+                proxy_auth = settings.proxy_auth
                 tunnel = open_tunnel(
                     proxy,
                     uri.host,
@@ -497,13 +488,13 @@ def _open(
                     proxy_auth=(lambda response: proxy_auth.authorize(response, "CONNECT", uri.host_header))
                     if proxy_auth is not None
                     else None,
-                    max_line=options.max_line,
-                    max_headers=options.max_headers,
+                    max_line=settings.max_line,
+                    max_headers=settings.max_headers,
                 )
-                return _secure_and_handshake(tunnel, uri, deadline, headers, options)
-        return _connect_each(addresses, uri, deadline, gate, headers, options)
+                return _secure_and_handshake(tunnel, uri, deadline, headers, settings)
+        return _connect_each(addresses, uri, deadline, gate, headers, settings)
     except BaseException:
-        if gated and gate is not None:
+        if gate is not None:
             gate.release_host(uri.host)
         raise
 
@@ -514,7 +505,7 @@ def _connect_each(
     deadline: Deadline,
     gate: ConnectGate | None,
     headers: Headers,
-    options: _Options,
+    settings: _ClientSettings,
 ) -> WebSocket:
     """Try each address in turn; the gate is keyed by the address being tried.
 
@@ -526,20 +517,20 @@ def _connect_each(
     for family, kind, proto, _, address in addresses:
         with gate.connecting(_gate_key(address[0]), deadline) if gate else contextlib.nullcontext():
             sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(deadline.remaining())
-                sock.connect(address)
-            except socket.timeout:
-                sock.close()
-                raise TimeoutError(f"timed out connecting to {uri.host}:{uri.port}") from None
-            except OSError as exc:
-                sock.close()
-                logger.debug("can't connect to %s: %s", _hostport(address[0], uri.port), exc)
-                error = exc
-                tried.append(address[0])
-                continue
+            with named_timeout(f"connecting to {uri.host}:{uri.port}"):
+                try:
+                    sock.settimeout(deadline.remaining())
+                    sock.connect(address)
+                except OSError as exc:
+                    sock.close()
+                    if isinstance(exc, socket.timeout):
+                        raise  # the deadline passed: no time for another address
+                    logger.debug("can't connect to %s: %s", _hostport(address[0], uri.port), exc)
+                    error = exc
+                    tried.append(address[0])
+                    continue
             logger.debug("TCP connection to %s", _hostport(address[0], uri.port))
-            return _secure_and_handshake(sock, uri, deadline, headers, options)
+            return _secure_and_handshake(sock, uri, deadline, headers, settings)
     assert error is not None
     # The bare "[Errno 111] Connection refused" says neither where nor which
     # address: keep the class and errno, add both.
@@ -561,17 +552,16 @@ def _gate_key(ip: str) -> str:
 
 
 def _secure_and_handshake(
-    sock: socket.socket, uri: WebSocketURI, deadline: Deadline, headers: Headers, options: _Options
+    sock: socket.socket, uri: WebSocketURI, deadline: Deadline, headers: Headers, settings: _ClientSettings
 ) -> WebSocket:
     """TLS (for wss) and the handshake on a connected socket; closes it on failure."""
     try:
         if uri.secure:
-            context = options.ssl_context or ssl.create_default_context()
+            context = settings.ssl_context or ssl.create_default_context()
             sock.settimeout(deadline.remaining())
             try:
-                sock = context.wrap_socket(sock, server_hostname=options.server_hostname or uri.host)
-            except socket.timeout:
-                raise TimeoutError("timed out during the TLS handshake") from None
+                with named_timeout("during the TLS handshake"):
+                    sock = context.wrap_socket(sock, server_hostname=settings.server_hostname or uri.host)
             except ssl.SSLCertVerificationError as exc:
                 # OpenSSL's message names neither the host nor a way out.
                 raise CertificateVerifyError.from_error(exc, uri.host, uri.port) from exc
@@ -580,37 +570,35 @@ def _secure_and_handshake(
                 logger.debug(
                     "TLS with %s: %s, %s", _hostport(uri.host, uri.port), sock.version(), cipher[0] if cipher else "?"
                 )
-        return _handshake(sock, uri, deadline, headers, options)
+        return _handshake(sock, uri, deadline, headers, settings)
     except BaseException:
         sock.close()
         raise
 
 
 def _handshake(
-    sock: socket.socket, uri: WebSocketURI, deadline: Deadline, headers: HeadersLike, options: _Options
+    sock: socket.socket, uri: WebSocketURI, deadline: Deadline, headers: HeadersLike, settings: _ClientSettings
 ) -> WebSocket:
     key = make_key()
-    compression = options.compression
+    compression = settings.compression
     offer = compression.offer() if compression is not None else None
     request = client_request(
         uri.host_header,
         uri.resource,
         key,
-        origin=options.origin,
-        subprotocols=options.subprotocols,
+        origin=settings.origin,
+        subprotocols=settings.subprotocols,
         extensions=offer,
         headers=headers,
     )
     sock.settimeout(deadline.remaining())
-    try:
+    with named_timeout("sending the opening handshake"):
         sock.sendall(request.serialize())
-    except socket.timeout:
-        raise TimeoutError("timed out sending the opening handshake") from None
-    head, leftover = read_http_head(sock, deadline, "opening handshake", options.max_line)
-    response = parse_response(head, max_line=options.max_line, max_headers=options.max_headers)
+    head, leftover = read_http_head(sock, deadline, "opening handshake", settings.max_line)
+    response = parse_response(head, max_line=settings.max_line, max_headers=settings.max_headers)
     if response.status != 101:
         response.body = read_http_body(sock, deadline, response, leftover)
-    subprotocol = check_response(response, key, options.subprotocols)
+    subprotocol = check_response(response, key, settings.subprotocols)
     accepted = response.headers.get_all("Sec-WebSocket-Extensions")
     if offer is not None:
         params = deflate.client_accept(accepted, offer)
@@ -618,23 +606,14 @@ def _handshake(
         raise InvalidHandshake(f"server accepted extensions we did not offer: {', '.join(accepted)}")
     else:
         params = None
-    ws = WebSocket(
+    return settings.websocket(
         sock,
-        Protocol(
-            Side.CLIENT,
-            max_size=options.max_size,
-            max_fragments=options.max_fragments,
-            deflate=params,
-            compression=compression,
-        ),
-        request=request,
-        response=response,
+        Side.CLIENT,
+        request,
+        response,
         subprotocol=subprotocol,
+        deflate=params,
         extensions=accepted if params else None,
         leftover=leftover,
-        timeout=options.timeout,
-        close_timeout=options.close_timeout,
-        write_limit=options.write_limit,
+        url=uri.url,
     )
-    ws.url = uri.url
-    return ws

@@ -90,6 +90,8 @@ class WebSocket:
         timeout: float | None = None,
         close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
         write_limit: int = DEFAULT_WRITE_LIMIT,
+        url: str | None = None,
+        username: str | None = None,
     ) -> None:
         self._transport = Transport(sock)
         self._proto = protocol
@@ -99,9 +101,9 @@ class WebSocket:
         self.extensions = extensions or []
         self.close_timeout = close_timeout
         self.write_limit = write_limit
-        #: Set by the client to the URL finally connected to, by auth to the user name.
-        self.url: str | None = None
-        self.username: str | None = None
+        #: The URL finally connected to (client), the authenticated user name (server).
+        self.url = url
+        self.username = username
         #: The last measured ping round trip, in seconds.
         self.latency: float | None = None
         self._timeout = timeout

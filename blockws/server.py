@@ -22,6 +22,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Optional
 
@@ -34,14 +35,14 @@ from .handshake import HandshakeFailure, accept_response, check_request, check_s
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_request
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
-from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Protocol, Side
-from .utils import Deadline, read_http_head
+from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Side
+from .settings import DEFAULT_OPEN_TIMEOUT, Settings
+from .utils import Deadline, named_timeout, read_http_head
 
 __all__ = ["accept", "serve", "Server", "WebSocketHandler"]
 
 logger = logging.getLogger("blockws.server")
 
-DEFAULT_OPEN_TIMEOUT = 10.0
 # A connection refused by max_connections gets its 503 from the accept loop
 # (no thread); the loop then waits this long at most for the client to read
 # it and leave, so the close is a FIN and not a reset that could destroy the
@@ -56,6 +57,15 @@ ProcessRequest = Callable[[Request], Optional[Response]]
 # Set by Server for the handshake running in the current thread: called
 # just before the 101 goes out; it raises to abort the upgrade (shutdown).
 _upgrade_gate = threading.local()
+
+
+@dataclass(frozen=True)
+class _ServerSettings(Settings):
+    """What every handshake of one accept() call (or one server) checks."""
+
+    origins: Sequence[str | None] | None
+    process_request: ProcessRequest | None
+    auth: BasicAuth | DigestAuth | None
 
 
 def _reply(sock: socket.socket, response: Response, deadline: Deadline) -> None:
@@ -123,50 +133,42 @@ def accept(
             the process_request response) was already sent.
         TimeoutError: the handshake took longer than ``open_timeout``.
     """
-    subprotocols = check_subprotocols(subprotocols)
-    options = {
-        "max_size": max_size,
-        "max_fragments": max_fragments,
-        "timeout": timeout,
-        "close_timeout": close_timeout,
-        "write_limit": write_limit,
-        "compression": deflate.settings(compression),
-        "auth": auth,
-        "max_line": max_line,
-        "max_headers": max_headers,
-    }
-    ws = _accept_tls(sock, Deadline(open_timeout), ssl_context, subprotocols, origins, process_request, options)
+    settings = _ServerSettings(
+        timeout=timeout,
+        close_timeout=close_timeout,
+        subprotocols=check_subprotocols(subprotocols),
+        compression=deflate.settings(compression),
+        ssl_context=ssl_context,
+        max_size=max_size,
+        max_fragments=max_fragments,
+        write_limit=write_limit,
+        max_line=max_line,
+        max_headers=max_headers,
+        origins=origins,
+        process_request=process_request,
+        auth=auth,
+    )
+    ws = _accept_tls(sock, Deadline(open_timeout), settings)
     attach_keepalive(ws, keepalive)
     return ws
 
 
-def _accept_tls(
-    sock: socket.socket,
-    deadline: Deadline,
-    ssl_context: ssl.SSLContext | None,
-    subprotocols: Sequence[str] | None,
-    origins: Sequence[str | None] | None,
-    process_request: ProcessRequest | None,
-    options: dict[str, Any],
-) -> WebSocket:
+def _accept_tls(sock: socket.socket, deadline: Deadline, settings: _ServerSettings) -> WebSocket:
+    ssl_context = settings.ssl_context
     if ssl_context is not None:
         sock.settimeout(deadline.remaining())
-        try:
+        with named_timeout("during the TLS handshake"):
             first = sock.recv(1, socket.MSG_PEEK)
-        except socket.timeout:
-            raise TimeoutError("timed out during the TLS handshake") from None
         if first and first not in (b"\x16", b"\x80"):  # neither a TLS nor an SSLv2-style hello
             _refuse_plaintext(sock, deadline)
-        try:
+        with named_timeout("during the TLS handshake"):
             sock = ssl_context.wrap_socket(sock, server_side=True)
-        except socket.timeout:
-            raise TimeoutError("timed out during the TLS handshake") from None
         try:
-            return _accept(sock, deadline, subprotocols, origins, process_request, options)
+            return _accept(sock, deadline, settings)
         except BaseException:
             sock.close()  # the caller's socket was detached into this one
             raise
-    return _accept(sock, deadline, subprotocols, origins, process_request, options)
+    return _accept(sock, deadline, settings)
 
 
 def _refuse_plaintext(sock: socket.socket, deadline: Deadline) -> None:
@@ -183,73 +185,65 @@ def _refuse_plaintext(sock: socket.socket, deadline: Deadline) -> None:
     raise InvalidHandshake("a plain HTTP request on a TLS port (the client should use wss://)")
 
 
-def _accept(
-    sock: socket.socket,
-    deadline: Deadline,
-    subprotocols: Sequence[str] | None,
-    origins: Sequence[str | None] | None,
-    process_request: ProcessRequest | None,
-    options: dict[str, Any],
-) -> WebSocket:
+def _accept(sock: socket.socket, deadline: Deadline, settings: _ServerSettings) -> WebSocket:
     try:
-        head, leftover = read_http_head(sock, deadline, "opening handshake", options["max_line"])
-        request = parse_request(head, max_line=options["max_line"], max_headers=options["max_headers"])
+        head, leftover = read_http_head(sock, deadline, "opening handshake", settings.max_line)
+        request = parse_request(head, max_line=settings.max_line, max_headers=settings.max_headers)
     except InvalidHandshake as exc:
         _reply(sock, Response(400, body=f"{exc}\n".encode()), deadline)
         raise
     username = None
-    auth = options["auth"]
+    auth = settings.auth
     if auth is not None:
         username = auth.check(request)
         if username is None:
             _reply(sock, auth.challenge(request), deadline)
             refused = "wrong credentials" if "Authorization" in request.headers else "no credentials"
             raise InvalidHandshake(f"authentication failed: {refused}")
-    if process_request is not None:
-        answer = process_request(request)
+    if settings.process_request is not None:
+        answer = settings.process_request(request)
         if answer is not None:
             _reply(sock, answer, deadline)
             raise InvalidHandshake(f"request refused by process_request: HTTP {answer.status}")
     try:
-        if origins is not None and request.headers.get("Origin") not in origins:
+        if settings.origins is not None and request.headers.get("Origin") not in settings.origins:
             raise HandshakeFailure(f"origin {request.headers.get('Origin')!r} is not allowed", 403)
         key = check_request(request)
     except HandshakeFailure as exc:
         _reply(sock, exc.response(), deadline)
         raise
-    compression: deflate.PerMessageDeflate | None = options["compression"]
+    compression = settings.compression
     accepted = None
     if compression is not None:
         accepted = compression.accept(request.headers.get_all("Sec-WebSocket-Extensions"))
-    response = accept_response(key, select_subprotocol(request, subprotocols), accepted[0] if accepted else None)
+    subprotocol = select_subprotocol(request, settings.subprotocols)
+    response = accept_response(key, subprotocol, accepted[0] if accepted else None)
     commit: Callable[[], None] | None = getattr(_upgrade_gate, "commit", None)
     if commit is not None:
         commit()
     sock.settimeout(deadline.remaining())
-    try:
+    with named_timeout("sending the handshake response"):
         sock.sendall(response.serialize())
-    except socket.timeout:
-        raise TimeoutError("timed out sending the handshake response") from None
-    ws = WebSocket(
+    return settings.websocket(
         sock,
-        Protocol(
-            Side.SERVER,
-            max_size=options["max_size"],
-            max_fragments=options["max_fragments"],
-            deflate=accepted[1] if accepted else None,
-            compression=compression,
-        ),
-        request=request,
-        response=response,
+        Side.SERVER,
+        request,
+        response,
         subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
+        deflate=accepted[1] if accepted else None,
         extensions=[accepted[0]] if accepted else None,
         leftover=leftover,
-        timeout=options["timeout"],
-        close_timeout=options["close_timeout"],
-        write_limit=options["write_limit"],
+        username=username,
     )
-    ws.username = username
-    return ws
+
+
+def _accept_or_log(sock: socket.socket, address: Any, options: dict[str, Any]) -> WebSocket | None:
+    """:func:`accept`, or None once the failure is logged: a bad client is routine for a server."""
+    try:
+        return accept(sock, **options)
+    except (InvalidHandshake, TimeoutError, OSError) as exc:
+        logger.info("handshake with %s failed: %s", address, exc)
+        return None
 
 
 class WebSocketHandler(socketserver.BaseRequestHandler):
@@ -270,10 +264,8 @@ class WebSocketHandler(socketserver.BaseRequestHandler):
     request: socket.socket
 
     def handle(self) -> None:
-        try:
-            ws = accept(self.request, **self.accept_options)
-        except (InvalidHandshake, TimeoutError, OSError) as exc:
-            logger.info("handshake with %s failed: %s", self.client_address, exc)
+        ws = _accept_or_log(self.request, self.client_address, self.accept_options)
+        if ws is None:
             return
         with ws:
             self.handle_websocket(ws)
@@ -506,13 +498,12 @@ class Server:
             watch = self._watch_handshake(conn)
             _upgrade_gate.commit = lambda: self._commit_upgrade(watch)
             try:
-                ws = accept(conn, **self.options)
-            except (InvalidHandshake, TimeoutError, OSError) as exc:
-                logger.info("handshake with %s failed: %s", addr, exc)
-                return
+                ws = _accept_or_log(conn, addr, self.options)
             finally:
                 _upgrade_gate.commit = None
                 self._unwatch_handshake(watch)
+            if ws is None:
+                return
             with self._lock:
                 self._connections.add(ws)
             if self._shutdown_requested:

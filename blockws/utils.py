@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import urllib.parse
+from collections.abc import Iterator
 
 from .exceptions import InvalidHandshake
 from .http import MAX_BODY, Response, find_head_end
 
-__all__ = ["Deadline", "HeadCut", "read_http_head", "read_http_body", "redact_url", "split_url"]
+__all__ = ["Deadline", "HeadCut", "named_timeout", "read_http_head", "read_http_body", "redact_url", "split_url"]
 
 
 class HeadCut(InvalidHandshake):
@@ -41,6 +43,21 @@ class Deadline:
 
     def expired(self) -> bool:
         return self.when is not None and time.monotonic() >= self.when
+
+
+@contextlib.contextmanager
+def named_timeout(what: str) -> Iterator[None]:
+    """Turn a ``socket.timeout`` in the block into ``TimeoutError("timed out <what>")``.
+
+    Before Python 3.10 ``socket.timeout`` is not the builtin ``TimeoutError``
+    that callers catch, and on any version its message ("timed out") doesn't
+    say which step of a multi-step opening ran out of time. The original is
+    dropped from the context: it adds nothing to the message.
+    """
+    try:
+        yield
+    except socket.timeout:
+        raise TimeoutError(f"timed out {what}") from None
 
 
 def read_http_head(
@@ -91,10 +108,8 @@ def _recv_before(sock: socket.socket, deadline: Deadline, size: int, what: str) 
     if remaining is not None and remaining <= 0:
         raise TimeoutError(f"timed out during the {what}")
     sock.settimeout(remaining)
-    try:
+    with named_timeout(f"during the {what}"):
         return sock.recv(size)
-    except socket.timeout:
-        raise TimeoutError(f"timed out during the {what}") from None
 
 
 def _userinfo_span(url: str, no_path: bool) -> tuple[int, int] | None:
