@@ -10,8 +10,8 @@ The pieces that own their own state live beside this module: the socket
 with its deadlines (:mod:`blockws.transport`), the outstanding pings
 (:mod:`blockws.pings`), the message being put together
 (:mod:`blockws.assembly`); how the connection ended is recorded by the
-protocol. The keepalive thread sees a connection only through
-:class:`_KeepAliveLink` (the interface :class:`blockws.keepalive.Watched`).
+protocol. The keepalive thread sees a connection only through its
+:class:`~blockws.link.KeepAliveLink` (the interface :class:`blockws.keepalive.Watched`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Union
 from .assembly import ABANDONED, Assembly
 from .exceptions import ConnectionClosed, ConnectionClosedError, ProtocolError
 from .frames import CloseCode, FrameHeader, Opcode
+from .link import KeepAliveLink
 from .pings import Pings
 from .protocol import Close, Data, Protocol, Side, State
 from .transport import LARGE_READ_SIZE, READ_SIZE, Transport, poll_ms
@@ -126,7 +127,7 @@ class WebSocket:
         self._recv_calls = 0
         self._last_received = time.monotonic()
         self._on_close: list[Callable[[], None]] = []
-        self._keepalive = _KeepAliveLink(self)
+        self._keepalive = KeepAliveLink(self)
         if leftover:
             protocol.receive_data(leftover)
             if protocol.has_output:
@@ -870,143 +871,3 @@ class WebSocket:
             if message is None:
                 return
             yield message
-
-
-class _KeepAliveLink:
-    """A connection as the keepalive thread sees it (:class:`blockws.keepalive.Watched`).
-
-    The keepalive reads the connection while the application is not inside
-    :meth:`WebSocket.recv`, sends its pings, answers a Close the application
-    left untaken, and fails a silent connection; nothing else of the
-    connection is its business.
-    """
-
-    __slots__ = ("_ws", "wanted", "wake", "servicing")
-
-    def __init__(self, ws: WebSocket) -> None:
-        self._ws = ws
-        # Set by the keepalive when it found the connection busy: the reader
-        # calls ``wake`` (set by the keepalive) when it lets go.
-        self.wanted = False
-        self.wake: Callable[[], None] | None = None
-        # The keepalive thread is reading (settimeout(0) waits for it to end).
-        self.servicing = False
-
-    def fileno(self) -> int:
-        return self._ws.fileno()
-
-    @property
-    def closed(self) -> bool:
-        return self._ws._proto.finished
-
-    @property
-    def input_ended(self) -> bool:
-        return self._ws._proto.input_ended
-
-    @property
-    def last_received(self) -> float:
-        return self._ws._last_received
-
-    @property
-    def drained(self) -> int:
-        return self._ws._transport.drained
-
-    @property
-    def recv_calls(self) -> int:
-        return self._ws._recv_calls
-
-    def pending(self) -> int:
-        return self._ws.pending()
-
-    def on_close(self, callback: Callable[[], None]) -> None:
-        self._ws.on_close(callback)
-
-    def set_tcp_keepalive(self, idle: int, interval: int, count: int) -> None:
-        self._ws._transport.set_tcp_keepalive(idle, interval, count)
-
-    def fail(self, code: int, reason: str) -> None:
-        self._ws.abort(code, reason)
-
-    def service(self, limit: int) -> bool:
-        """Read what has arrived without blocking, if no other thread is reading.
-
-        Pings get their pongs, and pongs and Close frames are noted, while
-        the application is busy; messages stay queued, in order, for its
-        next ``recv()``. Nothing is read once ``limit`` bytes wait, so a
-        peer can't make us buffer without bound. Returns False when the
-        connection is busy or over the limit (``wanted`` is then set and
-        ``wake`` is called when the reader is done), and once its input
-        has ended (stop watching it for good).
-        """
-        ws = self._ws
-        if ws._proto.input_ended:
-            return False
-        self.servicing = True
-        try:
-            if ws._timeout == 0:
-                return False  # non-blocking: the application's select() loop reads (see settimeout)
-            if ws.pending() >= limit or not ws._recv_lock.acquire(blocking=False):
-                self.wanted = True
-                # The reader may have left between the check and the flag:
-                # then nobody would call wake, so try once more.
-                if ws.pending() >= limit or not ws._recv_lock.acquire(blocking=False):
-                    return False
-                self.wanted = False
-            try:
-                ws._read(Deadline(0))
-            except (TimeoutError, BlockingIOError, ConnectionClosed):
-                pass
-            finally:
-                ws._release_reader()
-            # At EOF (or once lost) the socket stays readable for ever: the
-            # caller must stop watching it or it would spin.
-            return not ws._proto.input_ended
-        finally:
-            self.servicing = False
-
-    def send_ping(self, payload: bytes) -> bool:
-        """Queue a Ping without waiting; its Pong only updates the latency and
-        the time of last reception. False if a sender holds the connection:
-        the ping is skipped rather than blocking the thread that serves every
-        connection."""
-        ws = self._ws
-        if not ws._send_cond.acquire(blocking=False):
-            return False
-        try:
-            ws._check_open_for_sending()
-            ws._pings.expect_unwaited(payload)
-            ws._queue(ws._proto.encode_control(Opcode.PING, payload))
-            ws._flush(Deadline(0))
-            return True
-        except ConnectionClosed:
-            return False
-        finally:
-            ws._send_cond.release()
-
-    @property
-    def close_unanswered(self) -> bool:
-        """The peer's Close arrived, the application hasn't taken it with
-        ``recv()``, and we haven't closed: the keepalive's grace applies."""
-        ws = self._ws
-        proto = ws._proto
-        return proto.close_rcvd is not None and not proto.output_ended and not ws._close_taken
-
-    def answer_close(self) -> bool:
-        """Answer the peer's Close now, once the application stopped reading:
-        its next ``send()`` raises ``ConnectionClosedOK``, ``recv()`` still
-        returns what arrived, then None. An open message is finished first
-        (RFC 6455 section 5.5.1). False when a sender holds the connection:
-        try again later.
-        """
-        ws = self._ws
-        if not ws._send_cond.acquire(blocking=False):
-            return False
-        try:
-            if self.close_unanswered:
-                ws._proto.answer_close()
-                ws._flush(Deadline(0))
-        except ConnectionClosed:
-            pass
-        finally:
-            ws._send_cond.release()
-        return True
