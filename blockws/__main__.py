@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import __version__, connect, serve
+from .codes import CloseCode, Opcode, is_clean_close
 from .connection import WebSocket
 from .exceptions import CertificateVerifyError, ConnectionClosed, InvalidStatus, ProtocolError, WebSocketError
-from .frames import FrameHeader, Opcode, encode_close
+from .frames import FrameHeader, encode_close
 from .http import Request, Response
 
 _print_lock = threading.Lock()
@@ -233,7 +234,7 @@ def _session(ws: WebSocket, args: argparse.Namespace) -> int:
         pass
     done.wait(ws.close_timeout)
     ws.close()
-    return 0 if ws.close_code in (None, 1000, 1001, 1005) else 1
+    return 0 if ws.close_code is None or is_clean_close(ws.close_code) else 1
 
 
 _CLOSE_USAGE = "/close [CODE [REASON]] takes 1000-1003, 1007-1014 or 3000-4999 and up to 123 bytes of reason"
@@ -268,7 +269,7 @@ def _command(ws: WebSocket, line: str) -> bool:
     elif command == "/close":
         parts = rest.split(maxsplit=1)
         try:
-            code = int(parts[0]) if parts else 1000
+            code = int(parts[0]) if parts else CloseCode.NORMAL_CLOSURE
             reason = parts[1] if len(parts) > 1 else ""
             encode_close(code, reason)  # checks code and length before anything is sent
         except (ValueError, ProtocolError) as exc:

@@ -29,6 +29,8 @@ import ssl
 import unicodedata
 from typing import TYPE_CHECKING
 
+from .codes import CloseCode
+
 if TYPE_CHECKING:
     from .http import Headers, Response
 
@@ -150,7 +152,7 @@ class ProtocolError(WebSocketError):
             (1002 protocol error, 1007 invalid data, 1009 too big, ...).
     """
 
-    def __init__(self, message: str, close_code: int = 1002) -> None:
+    def __init__(self, message: str, close_code: int = CloseCode.PROTOCOL_ERROR) -> None:
         super().__init__(message)
         self.close_code = close_code
 
@@ -159,7 +161,7 @@ class PayloadTooBig(ProtocolError):
     """A message or frame exceeded a size limit (close code 1009)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, 1009)
+        super().__init__(message, CloseCode.MESSAGE_TOO_BIG)
 
 
 class ConnectionClosed(WebSocketError, ConnectionError):

@@ -41,12 +41,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Union
 
+from .codes import CloseCode, Opcode
 from .deflate import Compressor, Decompressor, DeflateParams, PerMessageDeflate
 from .exceptions import PayloadTooBig, ProtocolError
 from .frames import (
-    CloseCode,
     FrameHeader,
-    Opcode,
     apply_mask,
     encode_close,
     encode_header,
@@ -159,7 +158,6 @@ class Protocol:
         self.events: deque[Event] = deque()
         # Pongs don't wait in line behind messages: whoever pings looks here.
         self.pongs: deque[bytes] = deque()
-        self.pings_received = 0
         self.close_sent: Close | None = None
         self.close_rcvd: Close | None = None
         self.failure: ProtocolError | None = None
@@ -271,7 +269,9 @@ class Protocol:
                         try:
                             events.append(Data(payload.decode("utf-8"), True, True))
                         except UnicodeDecodeError as exc:
-                            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from exc
+                            raise ProtocolError(
+                                f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA
+                            ) from exc
                         continue
 
             header = parse_header(data, pos)
@@ -369,13 +369,12 @@ class Protocol:
                     self._decoding = False
                     self._decoder.reset()
         except UnicodeDecodeError as exc:
-            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from exc
+            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA) from exc
         if text or fin:
             self.events.append(Data(text, True, fin))
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == Opcode.PING:
-            self.pings_received += 1
             if self.close_sent is None:
                 self._queue_frame(Opcode.PONG, payload)
         elif opcode == Opcode.PONG:
