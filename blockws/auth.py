@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Union
 
-from .http import Request, Response
+from .http import QUOTED_STRING, TCHAR, Request, Response, unquote_string
 
 __all__ = [
     "Challenge",
@@ -34,8 +34,8 @@ __all__ = [
 
 Credentials = tuple[str, str]
 
-_AUTH_PARAM = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*,?')
-_SCHEME = re.compile(r"\s*,?\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)")
+_AUTH_PARAM = re.compile(rf"\s*({TCHAR}+)\s*=\s*({QUOTED_STRING}|[^\s,]*)\s*,?")
+_SCHEME = re.compile(rf"\s*,?\s*({TCHAR}+)")
 _TOKEN68 = re.compile(r"\s*[A-Za-z0-9\-._~+/]+=*\s*(?:,|$)")
 
 
@@ -62,12 +62,6 @@ class Challenge:
         return f"Challenge({self.scheme!r}, realm={self.realm!r}, attempt={self.attempt})"
 
 
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
-
-
 def parse_challenges(values: Sequence[str]) -> list[Challenge]:
     """Parse WWW-Authenticate or Proxy-Authenticate values (RFC 7235 section 4.1).
 
@@ -90,7 +84,7 @@ def parse_challenges(values: Sequence[str]) -> list[Challenge]:
                 p = _AUTH_PARAM.match(value, pos)
                 if not p:
                     break
-                params.setdefault(p.group(1).lower(), _unquote(p.group(2)))
+                params.setdefault(p.group(1).lower(), unquote_string(p.group(2)))
                 pos = p.end()
             challenges.append(Challenge(scheme, params))
             if pos < len(value) and not _SCHEME.match(value, pos):
@@ -369,7 +363,7 @@ class DigestAuth:
         value = _authorization(request, "Digest")
         if value is None:
             return None
-        return {m.group(1).lower(): _unquote(m.group(2)) for m in _AUTH_PARAM.finditer(value)}
+        return {m.group(1).lower(): unquote_string(m.group(2)) for m in _AUTH_PARAM.finditer(value)}
 
     def check(self, request: Request) -> str | None:
         """The authenticated user name, or None (wrong, replayed, stale, malformed)."""

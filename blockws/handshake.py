@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 
 from .exceptions import InvalidHandshake, InvalidStatus
-from .http import Headers, HeadersLike, Request, Response, parse_list
+from .http import QUOTED_STRING, TOKEN, Headers, HeadersLike, Request, Response, parse_list, unquote_string
 
 __all__ = [
     "GUID",
@@ -59,10 +59,6 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
 
 
-# RFC 7230 section 3.2.6: a token is one or more tchar.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
 def check_subprotocols(subprotocols: Sequence[str] | None) -> list[str] | None:
     """Check subprotocol names before they are offered or configured.
 
@@ -83,7 +79,7 @@ def check_subprotocols(subprotocols: Sequence[str] | None) -> list[str] | None:
         raise TypeError(f"subprotocols must be a sequence of names, not a single {type(subprotocols).__name__}")
     names = list(subprotocols)
     for name in names:
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        if not isinstance(name, str) or not TOKEN.fullmatch(name):
             raise ValueError(
                 f"invalid subprotocol name {name!r}: it must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~)"
             )
@@ -213,7 +209,7 @@ def accept_response(
     return Response(101, headers=h)
 
 
-_PARAM = re.compile(r'\s*([^\s=;,"]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^\s;,"]*)\s*)?')
+_PARAM = re.compile(rf'\s*([^\s=;,"]+)\s*(?:=\s*({QUOTED_STRING}|[^\s;,"]*)\s*)?')
 
 
 def parse_extensions(values: Sequence[str]) -> list[ExtensionOffer]:
@@ -242,9 +238,7 @@ def parse_extensions(values: Sequence[str]) -> list[ExtensionOffer]:
                 if not m or not m.group(1):
                     raise InvalidHandshake(f"invalid Sec-WebSocket-Extensions header {value[:80]!r}")
                 raw = m.group(2)
-                if raw is not None and raw.startswith('"'):
-                    raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
-                params.append((m.group(1), raw))
+                params.append((m.group(1), None if raw is None else unquote_string(raw)))
                 pos = m.end()
             result.append((name, params))
             if pos < len(value):
