@@ -30,7 +30,7 @@ from .codes import CloseCode, Opcode, is_clean_close
 from .connection import WebSocket
 from .exceptions import CertificateVerifyError, ConnectionClosed, InvalidStatus, ProtocolError, WebSocketError
 from .frames import FrameHeader, encode_close
-from .http import Request, Response
+from .http import CREDENTIAL_HEADERS, Request, Response
 
 _print_lock = threading.Lock()
 
@@ -79,13 +79,9 @@ def _trace_frames(direction: str, header: FrameHeader, preview: bytes) -> None:
     say(describe_frame(direction, header, preview), sys.stderr)
 
 
-#: Headers whose values are secrets: the trace shows their scheme at most.
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
-
-
 def _mask_credential(name: str, value: str) -> str:
-    """Hide a credential so a trace can be pasted into a bug report safely."""
-    if name.lower() not in _SECRET_HEADERS:
+    """Hide a credential so a trace can be pasted into a bug report safely: its scheme at most."""
+    if name.lower() not in CREDENTIAL_HEADERS:
         return value
     if name.lower().endswith("authorization"):
         scheme, _, rest = value.partition(" ")

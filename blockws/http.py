@@ -28,6 +28,7 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_BODY",
     "check_header_value",
+    "CREDENTIAL_HEADERS",
     "TCHAR",
     "TOKEN",
     "QUOTED_STRING",
@@ -42,7 +43,8 @@ MAX_HEADERS = 128
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024
 
-# Their values are secrets: never shown in reprs or error messages.
+#: Headers whose values are secrets, in lower case: never shown in reprs,
+#: error messages or traces.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 # The grammar of header values (RFC 9110 section 5.6), defined here once for

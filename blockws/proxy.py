@@ -16,10 +16,19 @@ from .exceptions import InvalidHandshake, ProxyError
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
 from .utils import Deadline, HeadCut, read_http_body, read_http_head, redact_url, split_url
 
-__all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL"]
+__all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL", "redact_proxy_url"]
 
 ProxyAuth = Callable[[Response], "str | None"]
 _SCHEMES = {"http": 8080, "https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
+
+
+def redact_proxy_url(url: str) -> str:
+    """``url`` with its password masked, for messages and logs.
+
+    A proxy URL has no path: everything up to its last ``@`` is userinfo,
+    so a password with an unencoded ``/`` is masked whole.
+    """
+    return redact_url(url, no_path=True)
 
 
 class ProxyURL:
@@ -33,8 +42,7 @@ class ProxyURL:
 
     def __init__(self, url: str) -> None:
         full = url if "://" in url else f"http://{url}"
-        # A proxy URL has no path: everything up to its last "@" is userinfo.
-        safe = redact_url(full, no_path=True)
+        safe = redact_proxy_url(full)
         try:
             parts, port = split_url(full, no_path=True)
         except ValueError as exc:  # its message masks the password too
