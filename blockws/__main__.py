@@ -125,9 +125,8 @@ class _UsageError(ValueError):
 
 
 def _ask_password(user: str) -> Any:
+    # No count here: connect() stops asking after auth.MAX_AUTH_ATTEMPTS, the budget in one place.
     def ask(challenge: Any) -> tuple[str, str] | None:
-        if challenge.attempt > 3:
-            return None
         prompt = f"password for {user} ({challenge.scheme} realm {challenge.realm!r}): "
         try:
             with warnings.catch_warnings():

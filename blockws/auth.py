@@ -30,9 +30,28 @@ __all__ = [
     "ClientAuth",
     "BasicAuth",
     "DigestAuth",
+    "MAX_AUTH_ATTEMPTS",
+    "MAX_STALE_RETRIES",
+    "MAX_PROXY_REQUESTS",
 ]
 
 Credentials = tuple[str, str]
+
+# Retry budgets. Every loop that sends a request again after a 401 or a 407
+# is bounded by one of these, named here so the bounds are read side by side
+# (connect() also bounds its whole loop of redirects and retries by
+# ``max_redirects`` plus ClientAuth.max_answers).
+
+#: Credentials tried per connect(), so also the password prompts of
+#: ``python -m blockws --user``: a user may mistype twice, and one run can't
+#: push an account into a server's lockout.
+MAX_AUTH_ATTEMPTS = 3
+#: ``stale=true`` retries in a row with the same credentials (RFC 7616
+#: section 3.3): one covers a nonce that expired between challenge and answer.
+MAX_STALE_RETRIES = 1
+#: CONNECT requests on one proxy tunnel, 407 retries included: the budget of
+#: the proxy's own loop, which may reuse the connection between them.
+MAX_PROXY_REQUESTS = 5
 
 _AUTH_PARAM = re.compile(rf"\s*({TCHAR}+)\s*=\s*({QUOTED_STRING}|[^\s,]*)\s*,?")
 _SCHEME = re.compile(rf"\s*,?\s*({TCHAR}+)")
@@ -145,7 +164,14 @@ class ClientAuth:
             error the caller raises), or None.
     """
 
-    def __init__(self, auth: AuthOption, *, proxy: bool = False, max_attempts: int = 3, max_stale: int = 1) -> None:
+    def __init__(
+        self,
+        auth: AuthOption,
+        *,
+        proxy: bool = False,
+        max_attempts: int = MAX_AUTH_ATTEMPTS,
+        max_stale: int = MAX_STALE_RETRIES,
+    ) -> None:
         self.auth: AuthOption = auth if callable(auth) else _Secret((auth[0], auth[1]))
         self.proxy = proxy
         self.max_attempts = max_attempts
@@ -159,6 +185,11 @@ class ClientAuth:
 
     def __repr__(self) -> str:
         return f"ClientAuth(proxy={self.proxy}, attempts={self.attempts})"  # never the password
+
+    @property
+    def max_answers(self) -> int:
+        """The most header values :meth:`authorize` can return: each attempt, and its stale retries."""
+        return (1 + self.max_stale) * self.max_attempts
 
     def authorize(self, response: Response, method: str, target: str) -> str | None:
         """The header value for the retry after ``response`` (401/407), or None to give up.

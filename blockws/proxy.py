@@ -12,6 +12,7 @@ import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
 
+from .auth import MAX_PROXY_REQUESTS, basic_credentials
 from .exceptions import InvalidHandshake, ProxyError
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
 from .utils import Deadline, HeadCut, read_http_body, read_http_head, redact_url, split_url
@@ -223,11 +224,9 @@ def _connect_tunnel(
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     authorization = None
     if url.user is not None:
-        from .auth import basic_credentials  # the same code as for a 401
-
-        authorization = basic_credentials(url.user, url.password or "")
+        authorization = basic_credentials(url.user, url.password or "")  # the same code as for a 401
     sock = None
-    for _ in range(5):
+    for _ in range(MAX_PROXY_REQUESTS):
         if sock is None:
             sock = _open_to_proxy(url, deadline, ssl_context)
         request = Request("CONNECT", target, {"Host": target})
@@ -278,7 +277,7 @@ def _connect_tunnel(
         raise error
     if sock is not None:
         sock.close()
-    raise ProxyError("proxy authentication failed after 5 attempts")
+    raise ProxyError(f"proxy authentication failed after {MAX_PROXY_REQUESTS} attempts")
 
 
 def _socks(url: ProxyURL, host: str, port: int, deadline: Deadline) -> socket.socket:
