@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Sequence
 
-from .exceptions import InvalidHandshake, InvalidStatus
+from .exceptions import HandshakeFailure, InvalidHandshake, InvalidStatus
 from .http import QUOTED_STRING, TOKEN, Headers, HeadersLike, Request, Response, parse_list, unquote_string
 
 __all__ = [
@@ -29,24 +29,12 @@ __all__ = [
     "parse_extensions",
     "check_subprotocols",
     "ExtensionOffer",
-    "HandshakeFailure",
+    "HandshakeFailure",  # defined in exceptions.py with the other errors; importable from here as before
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 ExtensionOffer = tuple[str, list[tuple[str, "str | None"]]]
-
-
-class HandshakeFailure(InvalidHandshake):
-    """A request the server refuses; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 400, headers: HeadersLike | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = Headers(headers)
-
-    def response(self) -> Response:
-        return Response(self.status, headers=self.headers, body=f"{self}\n".encode())
 
 
 def make_key() -> str:

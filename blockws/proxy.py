@@ -13,9 +13,9 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 
 from .auth import MAX_PROXY_REQUESTS, basic_credentials
-from .exceptions import InvalidHandshake, ProxyError
+from .exceptions import HeadCut, InvalidHandshake, ProxyError
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
-from .utils import Deadline, HeadCut, read_http_body, read_http_head, redact_url, split_url
+from .utils import Deadline, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL", "redact_proxy_url"]
 
