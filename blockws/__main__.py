@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import __version__, connect, serve
+from . import State, __version__, connect, serve
 from .codes import CloseCode, Opcode, is_clean_close
 from .connection import WebSocket
 from .exceptions import CertificateVerifyError, ConnectionClosed, InvalidStatus, ProtocolError, WebSocketError
@@ -221,7 +221,7 @@ def _session(ws: WebSocket, args: argparse.Namespace) -> int:
                 say(f"blockws: {exc}", sys.stderr)
         else:
             # End of input: say so like shutdown(SHUT_WR) and read the rest.
-            if ws.state.name == "OPEN":
+            if ws.state is State.OPEN:
                 ws.shutdown(socket.SHUT_WR)
     except KeyboardInterrupt:
         pass

@@ -339,7 +339,7 @@ def parse_request(head: bytes, *, max_line: int = MAX_LINE, max_headers: int = M
     if len(parts) != 3 or not parts[2].upper().startswith("HTTP/"):
         raise InvalidHandshake(f"invalid HTTP request line {start[:60]!r}")
     method, target, version = parts
-    if version.upper() not in ("HTTP/1.1", "HTTP/1.0") and not version.upper().startswith("HTTP/1."):
+    if not version.upper().startswith("HTTP/1."):
         raise InvalidHandshake(f"unsupported HTTP version {version[:20]!r}")
     return Request(method.upper(), target, headers)
 

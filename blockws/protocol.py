@@ -45,6 +45,7 @@ from .codes import CloseCode, Opcode
 from .deflate import Compressor, Decompressor, DeflateParams, PerMessageDeflate
 from .exceptions import PayloadTooBig, ProtocolError
 from .frames import (
+    MAX_CONTROL_PAYLOAD,
     FrameHeader,
     apply_mask,
     encode_close,
@@ -506,8 +507,8 @@ class Protocol:
 
     def encode_control(self, opcode: Opcode, payload: bytes) -> bytes:
         """Return a whole Ping or Pong frame."""
-        if len(payload) > 125:
-            raise ValueError(f"control frame payload of {len(payload)} bytes exceeds 125 bytes")
+        if len(payload) > MAX_CONTROL_PAYLOAD:
+            raise ValueError(f"control frame payload of {len(payload)} bytes exceeds {MAX_CONTROL_PAYLOAD} bytes")
         keys = self._mask_keys
         key = None if keys is None else keys.next()
         if self.trace is not None:

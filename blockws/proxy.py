@@ -192,7 +192,7 @@ def open_tunnel(
     url = ProxyURL(proxy)
     if url.scheme.startswith("socks"):
         return _socks(url, host, port, deadline)
-    return _connect_tunnel(url, host, port, deadline, proxy_auth, ssl_context, (max_line, max_headers))
+    return _connect_tunnel(url, host, port, deadline, proxy_auth, ssl_context, max_line, max_headers)
 
 
 def _open_to_proxy(url: ProxyURL, deadline: Deadline, ssl_context: ssl.SSLContext | None) -> socket.socket:
@@ -219,7 +219,8 @@ def _connect_tunnel(
     deadline: Deadline,
     proxy_auth: ProxyAuth | None,
     ssl_context: ssl.SSLContext | None,
-    limits: tuple[int, int],
+    max_line: int,
+    max_headers: int,
 ) -> socket.socket:
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     authorization = None
@@ -235,8 +236,8 @@ def _connect_tunnel(
         try:
             sock.settimeout(deadline.remaining())
             sock.sendall(request.serialize())
-            head, extra = read_http_head(sock, deadline, "proxy's CONNECT reply", limits[0])
-            response = parse_response(head, max_line=limits[0], max_headers=limits[1])
+            head, extra = read_http_head(sock, deadline, "proxy's CONNECT reply", max_line)
+            response = parse_response(head, max_line=max_line, max_headers=max_headers)
         except HeadCut as exc:
             sock.close()
             raise ProxyError(f"proxy {url.address} closed the connection during CONNECT") from exc
