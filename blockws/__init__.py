@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .auth import BasicAuth, Challenge, DigestAuth
 from .client import ConnectGate, connect, parse_uri
+from .codes import CloseCode, Opcode
 from .connection import WebSocket
 from .deflate import PerMessageDeflate
 from .exceptions import (
@@ -30,7 +31,6 @@ from .exceptions import (
     TooManyRedirects,
     WebSocketError,
 )
-from .frames import CloseCode, Opcode
 from .http import Headers, Request, Response
 from .keepalive import KeepAlive
 from .protocol import State

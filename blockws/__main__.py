@@ -25,11 +25,12 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import __version__, connect, serve
+from . import State, __version__, connect, serve
+from .codes import CloseCode, Opcode, is_clean_close
 from .connection import WebSocket
 from .exceptions import CertificateVerifyError, ConnectionClosed, InvalidStatus, ProtocolError, WebSocketError
-from .frames import FrameHeader, Opcode, encode_close
-from .http import Request, Response
+from .frames import FrameHeader, encode_close
+from .http import CREDENTIAL_HEADERS, Request, Response
 
 _print_lock = threading.Lock()
 
@@ -78,13 +79,9 @@ def _trace_frames(direction: str, header: FrameHeader, preview: bytes) -> None:
     say(describe_frame(direction, header, preview), sys.stderr)
 
 
-#: Headers whose values are secrets: the trace shows their scheme at most.
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
-
-
 def _mask_credential(name: str, value: str) -> str:
-    """Hide a credential so a trace can be pasted into a bug report safely."""
-    if name.lower() not in _SECRET_HEADERS:
+    """Hide a credential so a trace can be pasted into a bug report safely: its scheme at most."""
+    if name.lower() not in CREDENTIAL_HEADERS:
         return value
     if name.lower().endswith("authorization"):
         scheme, _, rest = value.partition(" ")
@@ -128,9 +125,8 @@ class _UsageError(ValueError):
 
 
 def _ask_password(user: str) -> Any:
+    # No count here: connect() stops asking after auth.MAX_AUTH_ATTEMPTS, the budget in one place.
     def ask(challenge: Any) -> tuple[str, str] | None:
-        if challenge.attempt > 3:
-            return None
         prompt = f"password for {user} ({challenge.scheme} realm {challenge.realm!r}): "
         try:
             with warnings.catch_warnings():
@@ -225,7 +221,7 @@ def _session(ws: WebSocket, args: argparse.Namespace) -> int:
                 say(f"blockws: {exc}", sys.stderr)
         else:
             # End of input: say so like shutdown(SHUT_WR) and read the rest.
-            if ws.state.name == "OPEN":
+            if ws.state is State.OPEN:
                 ws.shutdown(socket.SHUT_WR)
     except KeyboardInterrupt:
         pass
@@ -233,7 +229,7 @@ def _session(ws: WebSocket, args: argparse.Namespace) -> int:
         pass
     done.wait(ws.close_timeout)
     ws.close()
-    return 0 if ws.close_code in (None, 1000, 1001, 1005) else 1
+    return 0 if ws.close_code is None or is_clean_close(ws.close_code) else 1
 
 
 _CLOSE_USAGE = "/close [CODE [REASON]] takes 1000-1003, 1007-1014 or 3000-4999 and up to 123 bytes of reason"
@@ -268,7 +264,7 @@ def _command(ws: WebSocket, line: str) -> bool:
     elif command == "/close":
         parts = rest.split(maxsplit=1)
         try:
-            code = int(parts[0]) if parts else 1000
+            code = int(parts[0]) if parts else CloseCode.NORMAL_CLOSURE
             reason = parts[1] if len(parts) > 1 else ""
             encode_close(code, reason)  # checks code and length before anything is sent
         except (ValueError, ProtocolError) as exc:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Union
 
-from .http import Request, Response
+from .http import QUOTED_STRING, TCHAR, Request, Response, unquote_string
 
 __all__ = [
     "Challenge",
@@ -30,12 +30,31 @@ __all__ = [
     "ClientAuth",
     "BasicAuth",
     "DigestAuth",
+    "MAX_AUTH_ATTEMPTS",
+    "MAX_STALE_RETRIES",
+    "MAX_PROXY_REQUESTS",
 ]
 
 Credentials = tuple[str, str]
 
-_AUTH_PARAM = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*,?')
-_SCHEME = re.compile(r"\s*,?\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)")
+# Retry budgets. Every loop that sends a request again after a 401 or a 407
+# is bounded by one of these, named here so the bounds are read side by side
+# (connect() also bounds its whole loop of redirects and retries by
+# ``max_redirects`` plus ClientAuth.max_answers).
+
+#: Credentials tried per connect(), so also the password prompts of
+#: ``python -m blockws --user``: a user may mistype twice, and one run can't
+#: push an account into a server's lockout.
+MAX_AUTH_ATTEMPTS = 3
+#: ``stale=true`` retries in a row with the same credentials (RFC 7616
+#: section 3.3): one covers a nonce that expired between challenge and answer.
+MAX_STALE_RETRIES = 1
+#: CONNECT requests on one proxy tunnel, 407 retries included: the budget of
+#: the proxy's own loop, which may reuse the connection between them.
+MAX_PROXY_REQUESTS = 5
+
+_AUTH_PARAM = re.compile(rf"\s*({TCHAR}+)\s*=\s*({QUOTED_STRING}|[^\s,]*)\s*,?")
+_SCHEME = re.compile(rf"\s*,?\s*({TCHAR}+)")
 _TOKEN68 = re.compile(r"\s*[A-Za-z0-9\-._~+/]+=*\s*(?:,|$)")
 
 
@@ -62,12 +81,6 @@ class Challenge:
         return f"Challenge({self.scheme!r}, realm={self.realm!r}, attempt={self.attempt})"
 
 
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
-
-
 def parse_challenges(values: Sequence[str]) -> list[Challenge]:
     """Parse WWW-Authenticate or Proxy-Authenticate values (RFC 7235 section 4.1).
 
@@ -90,7 +103,7 @@ def parse_challenges(values: Sequence[str]) -> list[Challenge]:
                 p = _AUTH_PARAM.match(value, pos)
                 if not p:
                     break
-                params.setdefault(p.group(1).lower(), _unquote(p.group(2)))
+                params.setdefault(p.group(1).lower(), unquote_string(p.group(2)))
                 pos = p.end()
             challenges.append(Challenge(scheme, params))
             if pos < len(value) and not _SCHEME.match(value, pos):
@@ -151,7 +164,14 @@ class ClientAuth:
             error the caller raises), or None.
     """
 
-    def __init__(self, auth: AuthOption, *, proxy: bool = False, max_attempts: int = 3, max_stale: int = 1) -> None:
+    def __init__(
+        self,
+        auth: AuthOption,
+        *,
+        proxy: bool = False,
+        max_attempts: int = MAX_AUTH_ATTEMPTS,
+        max_stale: int = MAX_STALE_RETRIES,
+    ) -> None:
         self.auth: AuthOption = auth if callable(auth) else _Secret((auth[0], auth[1]))
         self.proxy = proxy
         self.max_attempts = max_attempts
@@ -165,6 +185,11 @@ class ClientAuth:
 
     def __repr__(self) -> str:
         return f"ClientAuth(proxy={self.proxy}, attempts={self.attempts})"  # never the password
+
+    @property
+    def max_answers(self) -> int:
+        """The most header values :meth:`authorize` can return: each attempt, and its stale retries."""
+        return (1 + self.max_stale) * self.max_attempts
 
     def authorize(self, response: Response, method: str, target: str) -> str | None:
         """The header value for the retry after ``response`` (401/407), or None to give up.
@@ -369,7 +394,7 @@ class DigestAuth:
         value = _authorization(request, "Digest")
         if value is None:
             return None
-        return {m.group(1).lower(): _unquote(m.group(2)) for m in _AUTH_PARAM.finditer(value)}
+        return {m.group(1).lower(): unquote_string(m.group(2)) for m in _AUTH_PARAM.finditer(value)}
 
     def check(self, request: Request) -> str | None:
         """The authenticated user name, or None (wrong, replayed, stale, malformed)."""

@@ -26,8 +26,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
 from .assembly import ABANDONED, Assembly
+from .codes import CloseCode, Opcode
 from .exceptions import ConnectionClosed, ConnectionClosedError, ProtocolError
-from .frames import CloseCode, FrameHeader, Opcode
+from .frames import FrameHeader
 from .link import KeepAliveLink
 from .pings import Pings
 from .protocol import Close, Data, Protocol, Side, State

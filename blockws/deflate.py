@@ -18,6 +18,7 @@ import dataclasses
 import zlib
 from collections.abc import Sequence
 
+from .codes import CloseCode
 from .exceptions import InvalidHandshake, PayloadTooBig, ProtocolError
 from .handshake import parse_extensions
 
@@ -353,7 +354,7 @@ class Decompressor:
                 limit = self.max_size - self._size
                 out = self._obj.decompress(data, limit + 1)
         except zlib.error as exc:
-            raise ProtocolError(f"invalid compressed data: {exc}", 1007) from exc
+            raise ProtocolError(f"invalid compressed data: {exc}", CloseCode.INVALID_DATA) from exc
         self._size += len(out)
         if self.max_size is not None and self._size > self.max_size:
             raise PayloadTooBig(f"decompressed message exceeds max_size={self.max_size}")

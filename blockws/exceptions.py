@@ -7,6 +7,8 @@ The tree::
     ├── BadPortError (also ValueError)
     ├── InvalidHandshake
     │   ├── InvalidStatus        the peer answered with an HTTP status other than 101
+    │   ├── HandshakeFailure     (server) a request refused, with the status to answer
+    │   ├── HeadCut              the peer closed the connection inside an HTTP head
     │   ├── TooManyRedirects
     │   └── ProxyError           the proxy refused or broke the tunnel
     ├── ProtocolError            the peer broke RFC 6455 (carries the close code)
@@ -29,8 +31,10 @@ import ssl
 import unicodedata
 from typing import TYPE_CHECKING
 
+from .codes import CloseCode
+
 if TYPE_CHECKING:
-    from .http import Headers, Response
+    from .http import Headers, HeadersLike, Response
 
 __all__ = [
     "WebSocketError",
@@ -38,6 +42,8 @@ __all__ = [
     "BadPortError",
     "InvalidHandshake",
     "InvalidStatus",
+    "HandshakeFailure",
+    "HeadCut",
     "TooManyRedirects",
     "ProxyError",
     "ProtocolError",
@@ -134,6 +140,32 @@ def _first_line(response: Response) -> str:
     return line if len(line) <= MAX_QUOTED else line[:MAX_QUOTED] + "..."
 
 
+class HandshakeFailure(InvalidHandshake):
+    """A request the server refuses; ``status`` is the HTTP status to answer.
+
+    Attributes:
+        status: the status, e.g. 400, 403, 405 or 426.
+        headers: headers the answer needs (``Allow``, ``Sec-WebSocket-Version``).
+    """
+
+    def __init__(self, message: str, status: int = 400, headers: HeadersLike | None = None) -> None:
+        from .http import Headers  # here: http.py imports this module
+
+        super().__init__(message)
+        self.status = status
+        self.headers = Headers(headers)
+
+    def response(self) -> Response:
+        """The answer to send: ``status``, ``headers``, and the message as the body."""
+        from .http import Response
+
+        return Response(self.status, headers=self.headers, body=f"{self}\n".encode())
+
+
+class HeadCut(InvalidHandshake):
+    """The peer closed the connection before the end of an HTTP head."""
+
+
 class TooManyRedirects(InvalidHandshake):
     """More redirects than ``max_redirects``, or a redirect loop."""
 
@@ -150,16 +182,18 @@ class ProtocolError(WebSocketError):
             (1002 protocol error, 1007 invalid data, 1009 too big, ...).
     """
 
-    def __init__(self, message: str, close_code: int = 1002) -> None:
+    def __init__(self, message: str, close_code: int = CloseCode.PROTOCOL_ERROR) -> None:
         super().__init__(message)
-        self.close_code = close_code
+        # A plain int, as before the codes had names: str() of an IntEnum
+        # member differs between Python versions, and this one is logged.
+        self.close_code = int(close_code)
 
 
 class PayloadTooBig(ProtocolError):
     """A message or frame exceeded a size limit (close code 1009)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, 1009)
+        super().__init__(message, CloseCode.MESSAGE_TOO_BIG)
 
 
 class ConnectionClosed(WebSocketError, ConnectionError):

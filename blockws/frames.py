@@ -1,22 +1,21 @@
-"""The frame codec of RFC 6455 section 5: opcodes, close codes, headers, masking.
+"""The frame codec of RFC 6455 section 5: headers, masking, Close payloads.
 
 Pure functions over bytes; no state, no I/O. The incremental parser that
 feeds on a byte stream lives in :mod:`blockws.protocol`, which calls
-:func:`parse_header` here.
+:func:`parse_header` here. :class:`Opcode` and :class:`CloseCode` are
+defined in :mod:`blockws.codes`; importing them from here still works.
 """
 
 from __future__ import annotations
 
-import enum
 import struct
 
+from .codes import CloseCode, Opcode, may_be_sent
 from .exceptions import ProtocolError
 
 __all__ = [
     "Opcode",
     "CloseCode",
-    "DATA_OPCODES",
-    "CONTROL_OPCODES",
     "FrameHeader",
     "encode_header",
     "parse_header",
@@ -26,46 +25,7 @@ __all__ = [
     "check_close_code",
 ]
 
-
-class Opcode(enum.IntEnum):
-    """Frame opcodes (RFC 6455 section 5.2)."""
-
-    CONT = 0x0
-    TEXT = 0x1
-    BINARY = 0x2
-    CLOSE = 0x8
-    PING = 0x9
-    PONG = 0xA
-
-
-DATA_OPCODES = frozenset({Opcode.CONT, Opcode.TEXT, Opcode.BINARY})
-CONTROL_OPCODES = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
 _KNOWN_OPCODES = frozenset(int(op) for op in Opcode)
-
-
-class CloseCode(enum.IntEnum):
-    """Close status codes (RFC 6455 section 7.4 and the IANA registry)."""
-
-    NORMAL_CLOSURE = 1000
-    GOING_AWAY = 1001
-    PROTOCOL_ERROR = 1002
-    UNSUPPORTED_DATA = 1003
-    NO_STATUS_RCVD = 1005  # never on the wire: "the Close had no code"
-    ABNORMAL_CLOSURE = 1006  # never on the wire: "lost without a Close"
-    INVALID_DATA = 1007
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    MANDATORY_EXTENSION = 1010
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
-    TRY_AGAIN_LATER = 1013
-    BAD_GATEWAY = 1014
-    TLS_HANDSHAKE = 1015  # never on the wire
-
-
-# Codes a Close frame may carry: the registered ones that are not reserved
-# for local use, plus the ranges for libraries (3000-3999) and applications.
-_WIRE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
 
 MAX_CONTROL_PAYLOAD = 125
 
@@ -230,7 +190,7 @@ def encode_close(code: int | None, reason: str = "") -> bytes:
 
 def check_close_code(code: int) -> None:
     """Raise ProtocolError unless ``code`` may appear in a Close frame."""
-    if code not in _WIRE_CODES and not 3000 <= code <= 4999:
+    if not may_be_sent(code):
         raise ProtocolError(f"invalid close code {code}")
 
 
@@ -252,5 +212,5 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ProtocolError("close reason is not valid UTF-8", 1007) from exc
+        raise ProtocolError("close reason is not valid UTF-8", CloseCode.INVALID_DATA) from exc
     return code, reason

@@ -15,8 +15,8 @@ import os
 import re
 from collections.abc import Sequence
 
-from .exceptions import InvalidHandshake, InvalidStatus
-from .http import Headers, HeadersLike, Request, Response, parse_list
+from .exceptions import HandshakeFailure, InvalidHandshake, InvalidStatus
+from .http import QUOTED_STRING, TOKEN, Headers, HeadersLike, Request, Response, parse_list, unquote_string
 
 __all__ = [
     "GUID",
@@ -29,24 +29,12 @@ __all__ = [
     "parse_extensions",
     "check_subprotocols",
     "ExtensionOffer",
-    "HandshakeFailure",
+    "HandshakeFailure",  # defined in exceptions.py with the other errors; importable from here as before
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 ExtensionOffer = tuple[str, list[tuple[str, "str | None"]]]
-
-
-class HandshakeFailure(InvalidHandshake):
-    """A request the server refuses; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 400, headers: HeadersLike | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = Headers(headers)
-
-    def response(self) -> Response:
-        return Response(self.status, headers=self.headers, body=f"{self}\n".encode())
 
 
 def make_key() -> str:
@@ -57,10 +45,6 @@ def make_key() -> str:
 def accept_key(key: str) -> str:
     """The Sec-WebSocket-Accept value that answers ``key``."""
     return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
-
-
-# RFC 7230 section 3.2.6: a token is one or more tchar.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def check_subprotocols(subprotocols: Sequence[str] | None) -> list[str] | None:
@@ -83,7 +67,7 @@ def check_subprotocols(subprotocols: Sequence[str] | None) -> list[str] | None:
         raise TypeError(f"subprotocols must be a sequence of names, not a single {type(subprotocols).__name__}")
     names = list(subprotocols)
     for name in names:
-        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        if not isinstance(name, str) or not TOKEN.fullmatch(name):
             raise ValueError(
                 f"invalid subprotocol name {name!r}: it must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~)"
             )
@@ -213,7 +197,7 @@ def accept_response(
     return Response(101, headers=h)
 
 
-_PARAM = re.compile(r'\s*([^\s=;,"]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^\s;,"]*)\s*)?')
+_PARAM = re.compile(rf'\s*([^\s=;,"]+)\s*(?:=\s*({QUOTED_STRING}|[^\s;,"]*)\s*)?')
 
 
 def parse_extensions(values: Sequence[str]) -> list[ExtensionOffer]:
@@ -242,9 +226,7 @@ def parse_extensions(values: Sequence[str]) -> list[ExtensionOffer]:
                 if not m or not m.group(1):
                     raise InvalidHandshake(f"invalid Sec-WebSocket-Extensions header {value[:80]!r}")
                 raw = m.group(2)
-                if raw is not None and raw.startswith('"'):
-                    raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
-                params.append((m.group(1), raw))
+                params.append((m.group(1), None if raw is None else unquote_string(raw)))
                 pos = m.end()
             result.append((name, params))
             if pos < len(value):

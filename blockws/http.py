@@ -28,6 +28,11 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_BODY",
     "check_header_value",
+    "CREDENTIAL_HEADERS",
+    "TCHAR",
+    "TOKEN",
+    "QUOTED_STRING",
+    "unquote_string",
 ]
 
 # Defaults of the parsers' max_line and max_headers options.
@@ -38,10 +43,29 @@ MAX_HEADERS = 128
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024
 
-# Their values are secrets: never shown in reprs or error messages.
+#: Headers whose values are secrets, in lower case: never shown in reprs,
+#: error messages or traces.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# The grammar of header values (RFC 9110 section 5.6), defined here once for
+# every parser in blockws: handshake, extensions, authentication.
+
+#: One token character (tchar), for patterns that embed a token.
+TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+#: A token: header names, auth schemes and parameters, subprotocols.
+TOKEN = re.compile(TCHAR + "+")
+#: A quoted-string, quotes included (:func:`unquote_string` takes them off).
+QUOTED_STRING = r'"(?:[^"\\]|\\.)*"'
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def unquote_string(value: str) -> str:
+    """The text of a quoted-string, its backslash escapes undone; any other value unchanged."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return _QUOTED_PAIR.sub(r"\1", value[1:-1])
+    return value
+
+
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -113,7 +137,7 @@ HeadersLike = Union[Headers, Mapping[str, str], Iterable[tuple[str, str]]]
 
 def check_header_value(name: str, value: str) -> None:
     """Refuse header names and values that could inject lines (CR, LF, ...)."""
-    if not _TOKEN.fullmatch(name.encode("latin-1", "replace")):
+    if not TOKEN.fullmatch(name):
         raise ValueError(f"invalid header name {name!r}")
     bad = _BAD_VALUE.search(value)
     if bad:
@@ -241,7 +265,7 @@ def find_head_end(buf: bytes | bytearray, start: int = 0, *, max_line: int | Non
     return None
 
 
-_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TCHAR_BYTES = frozenset(byte for byte in range(128) if TOKEN.fullmatch(chr(byte)))
 
 
 def _check_start(buf: bytes | bytearray) -> None:
@@ -252,7 +276,7 @@ def _check_start(buf: bytes | bytearray) -> None:
     hang until the timeout.
     """
     first = next((b for b in buf if b not in b"\r\n"), None)
-    if first is None or first in _TOKEN_BYTES:
+    if first is None or first in _TCHAR_BYTES:
         return
     if first in (0x15, 0x16):
         raise InvalidHandshake(
@@ -283,7 +307,7 @@ def _split_head(head: bytes, max_line: int, max_headers: int) -> tuple[str, Head
             raise InvalidHandshake("obsolete line folding in HTTP headers")
         name, sep, value = line.partition(b":")
         name = name.rstrip(b" \t")  # tolerate "Name :" typed by hand
-        if not sep or not _TOKEN.fullmatch(name):
+        if not sep or not TOKEN.fullmatch(name.decode("latin-1")):
             raise InvalidHandshake(f"invalid HTTP header line {_show(line)}")
         text = value.strip(b" \t").decode("latin-1")
         if _BAD_VALUE.search(text):
@@ -315,7 +339,7 @@ def parse_request(head: bytes, *, max_line: int = MAX_LINE, max_headers: int = M
     if len(parts) != 3 or not parts[2].upper().startswith("HTTP/"):
         raise InvalidHandshake(f"invalid HTTP request line {start[:60]!r}")
     method, target, version = parts
-    if version.upper() not in ("HTTP/1.1", "HTTP/1.0") and not version.upper().startswith("HTTP/1."):
+    if not version.upper().startswith("HTTP/1."):
         raise InvalidHandshake(f"unsupported HTTP version {version[:20]!r}")
     return Request(method.upper(), target, headers)
 

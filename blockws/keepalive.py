@@ -61,8 +61,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from .codes import CloseCode
 from .connection import WebSocket
-from .frames import CloseCode
 
 __all__ = ["KeepAlive", "attach"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .codes import Opcode
 from .exceptions import ConnectionClosed
-from .frames import Opcode
 from .utils import Deadline
 
 if TYPE_CHECKING:

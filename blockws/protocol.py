@@ -48,12 +48,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Union
 
+from .codes import CloseCode, Opcode, is_clean_close
 from .deflate import Compressor, Decompressor, DeflateParams, PerMessageDeflate
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, PayloadTooBig, ProtocolError
 from .frames import (
-    CloseCode,
+    MAX_CONTROL_PAYLOAD,
     FrameHeader,
-    Opcode,
     apply_mask,
     encode_close,
     encode_header,
@@ -65,8 +65,6 @@ from .frames import (
 __all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE"]
 
 DEFAULT_MAX_SIZE = 2**20
-# The codes of a normal end: a Close with one of them (each way) is clean.
-CLEAN_CLOSE_CODES = frozenset((CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD))
 DEFAULT_MAX_FRAGMENTS = 100_000
 TRACE_PREVIEW = 64
 
@@ -168,7 +166,6 @@ class Protocol:
         self.events: deque[Event] = deque()
         # Pongs don't wait in line behind messages: whoever pings looks here.
         self.pongs: deque[bytes] = deque()
-        self.pings_received = 0
         self.close_sent: Close | None = None
         self.close_rcvd: Close | None = None
         self.failure: ProtocolError | None = None
@@ -295,7 +292,7 @@ class Protocol:
         code = self.close_code
         if code is None:
             code = sent.code if sent is not None else CloseCode.ABNORMAL_CLOSURE
-        clean = self.lost is None and code in CLEAN_CLOSE_CODES and (sent is None or sent.code in CLEAN_CLOSE_CODES)
+        clean = self.lost is None and is_clean_close(code) and (sent is None or is_clean_close(sent.code))
         cls = ConnectionClosedOK if clean else ConnectionClosedError
         return cls(code, self.close_reason or "")
 
@@ -346,7 +343,9 @@ class Protocol:
                         try:
                             events.append(Data(payload.decode("utf-8"), True, True))
                         except UnicodeDecodeError as exc:
-                            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from exc
+                            raise ProtocolError(
+                                f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA
+                            ) from exc
                         continue
 
             header = parse_header(data, pos)
@@ -444,13 +443,12 @@ class Protocol:
                     self._decoding = False
                     self._decoder.reset()
         except UnicodeDecodeError as exc:
-            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from exc
+            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA) from exc
         if text or fin:
             self.events.append(Data(text, True, fin))
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == Opcode.PING:
-            self.pings_received += 1
             if self.close_sent is None:
                 self._queue_frame(Opcode.PONG, payload)
         elif opcode == Opcode.PONG:
@@ -581,8 +579,8 @@ class Protocol:
 
     def encode_control(self, opcode: Opcode, payload: bytes) -> bytes:
         """Return a whole Ping or Pong frame."""
-        if len(payload) > 125:
-            raise ValueError(f"control frame payload of {len(payload)} bytes exceeds 125 bytes")
+        if len(payload) > MAX_CONTROL_PAYLOAD:
+            raise ValueError(f"control frame payload of {len(payload)} bytes exceeds {MAX_CONTROL_PAYLOAD} bytes")
         keys = self._mask_keys
         key = None if keys is None else keys.next()
         if self.trace is not None:

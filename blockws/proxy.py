@@ -12,14 +12,24 @@ import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
 
-from .exceptions import InvalidHandshake, ProxyError
+from .auth import MAX_PROXY_REQUESTS, basic_credentials
+from .exceptions import HeadCut, InvalidHandshake, ProxyError
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
-from .utils import Deadline, HeadCut, read_http_body, read_http_head, redact_url, split_url
+from .utils import Deadline, read_http_body, read_http_head, redact_url, split_url
 
-__all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL"]
+__all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL", "redact_proxy_url"]
 
 ProxyAuth = Callable[[Response], "str | None"]
 _SCHEMES = {"http": 8080, "https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
+
+
+def redact_proxy_url(url: str) -> str:
+    """``url`` with its password masked, for messages and logs.
+
+    A proxy URL has no path: everything up to its last ``@`` is userinfo,
+    so a password with an unencoded ``/`` is masked whole.
+    """
+    return redact_url(url, no_path=True)
 
 
 class ProxyURL:
@@ -33,8 +43,7 @@ class ProxyURL:
 
     def __init__(self, url: str) -> None:
         full = url if "://" in url else f"http://{url}"
-        # A proxy URL has no path: everything up to its last "@" is userinfo.
-        safe = redact_url(full, no_path=True)
+        safe = redact_proxy_url(full)
         try:
             parts, port = split_url(full, no_path=True)
         except ValueError as exc:  # its message masks the password too
@@ -183,7 +192,7 @@ def open_tunnel(
     url = ProxyURL(proxy)
     if url.scheme.startswith("socks"):
         return _socks(url, host, port, deadline)
-    return _connect_tunnel(url, host, port, deadline, proxy_auth, ssl_context, (max_line, max_headers))
+    return _connect_tunnel(url, host, port, deadline, proxy_auth, ssl_context, max_line, max_headers)
 
 
 def _open_to_proxy(url: ProxyURL, deadline: Deadline, ssl_context: ssl.SSLContext | None) -> socket.socket:
@@ -210,16 +219,15 @@ def _connect_tunnel(
     deadline: Deadline,
     proxy_auth: ProxyAuth | None,
     ssl_context: ssl.SSLContext | None,
-    limits: tuple[int, int],
+    max_line: int,
+    max_headers: int,
 ) -> socket.socket:
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     authorization = None
     if url.user is not None:
-        from .auth import basic_credentials  # the same code as for a 401
-
-        authorization = basic_credentials(url.user, url.password or "")
+        authorization = basic_credentials(url.user, url.password or "")  # the same code as for a 401
     sock = None
-    for _ in range(5):
+    for _ in range(MAX_PROXY_REQUESTS):
         if sock is None:
             sock = _open_to_proxy(url, deadline, ssl_context)
         request = Request("CONNECT", target, {"Host": target})
@@ -228,8 +236,8 @@ def _connect_tunnel(
         try:
             sock.settimeout(deadline.remaining())
             sock.sendall(request.serialize())
-            head, extra = read_http_head(sock, deadline, "proxy's CONNECT reply", limits[0])
-            response = parse_response(head, max_line=limits[0], max_headers=limits[1])
+            head, extra = read_http_head(sock, deadline, "proxy's CONNECT reply", max_line)
+            response = parse_response(head, max_line=max_line, max_headers=max_headers)
         except HeadCut as exc:
             sock.close()
             raise ProxyError(f"proxy {url.address} closed the connection during CONNECT") from exc
@@ -270,7 +278,7 @@ def _connect_tunnel(
         raise error
     if sock is not None:
         sock.close()
-    raise ProxyError("proxy authentication failed after 5 attempts")
+    raise ProxyError(f"proxy authentication failed after {MAX_PROXY_REQUESTS} attempts")
 
 
 def _socks(url: ProxyURL, host: str, port: int, deadline: Deadline) -> socket.socket:

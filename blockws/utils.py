@@ -8,14 +8,11 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 
-from .exceptions import InvalidHandshake
+from .exceptions import HeadCut
 from .http import MAX_BODY, Response, find_head_end
 
+# HeadCut is defined in exceptions.py with the other errors; importable from here as before.
 __all__ = ["Deadline", "HeadCut", "named_timeout", "read_http_head", "read_http_body", "redact_url", "split_url"]
-
-
-class HeadCut(InvalidHandshake):
-    """The peer closed the connection before the end of an HTTP head."""
 
 
 class Deadline:

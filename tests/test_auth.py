@@ -398,6 +398,11 @@ def test_attempts_are_capped_at_three_by_default(run_server):
     assert attempts == [1, 2, 3]
 
 
+def test_max_answers_counts_each_attempt_and_its_stale_retries():
+    assert ClientAuth(("a", "b")).max_answers == 6
+    assert ClientAuth(("a", "b"), max_attempts=2, max_stale=0).max_answers == 2
+
+
 def test_a_server_always_answering_stale_ends_with_a_401(run_server):
     """stale=true retries are bounded: a server whose fresh nonces are always stale is a 401, not a loop."""
     requests: list[Request] = []

@@ -94,7 +94,7 @@ def test_keepalive_none_opts_out(run_server):
 
     server = run_server(handler)
     for keepalive in (None, True):
-        with blockws.connect(server.url, keepalive=keepalive) as ws:
+        with blockws.connect(server.url, keepalive=keepalive):
             deadline = time.monotonic() + 3
             while len(answered) < 1 + (keepalive is True) and time.monotonic() < deadline:
                 time.sleep(0.02)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blockws import InvalidStatus, Response
+from blockws import InvalidHandshake, InvalidStatus, Response
 
 
 def message(status: int, body: bytes, content_type: str | None = None, reason: str | None = None) -> str:
@@ -63,3 +63,15 @@ def test_an_explicit_message_is_kept_and_the_body_stays_available():
     exc = InvalidStatus(Response(401, body=b"who are you?\n"), "authentication failed: no credentials")
     assert str(exc) == "authentication failed: no credentials"
     assert exc.body == b"who are you?\n" and exc.status == 401
+
+
+def test_handshake_failure_and_head_cut_are_in_the_tree_and_where_they_were():
+    from blockws import exceptions, handshake, utils
+
+    assert handshake.HandshakeFailure is exceptions.HandshakeFailure
+    assert utils.HeadCut is exceptions.HeadCut
+    assert issubclass(exceptions.HandshakeFailure, InvalidHandshake)
+    assert issubclass(exceptions.HeadCut, InvalidHandshake)
+    refused = exceptions.HandshakeFailure("method POST is not GET", 405, {"Allow": "GET"})
+    answer = refused.response()
+    assert (answer.status, answer.headers["Allow"], answer.body) == (405, "GET", b"method POST is not GET\n")

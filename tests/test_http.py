@@ -11,6 +11,7 @@ from blockws.http import (
     MAX_HEAD,
     MAX_HEADERS,
     MAX_LINE,
+    TOKEN,
     Headers,
     Request,
     Response,
@@ -18,6 +19,7 @@ from blockws.http import (
     parse_list,
     parse_request,
     parse_response,
+    unquote_string,
 )
 
 
@@ -185,3 +187,11 @@ def test_arbitrary_heads_only_raise_invalid_handshake(data):
         find_head_end(data)
     except InvalidHandshake:
         pass
+
+
+def test_the_grammar_shared_by_every_parser():
+    assert TOKEN.fullmatch("permessage-deflate") and TOKEN.fullmatch("!#$%&'*+-.^_`|~09Az")
+    assert not any(TOKEN.fullmatch(text) for text in ("", "a b", "a,b", "a\"", "caf\u00e9", "a\n"))
+    assert unquote_string('"a \\"quoted\\" \\\\ word"') == 'a "quoted" \\ word'
+    assert unquote_string("token") == "token"
+    assert unquote_string('"') == '"'

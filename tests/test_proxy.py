@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import blockws
-from blockws.proxy import ProxyURL, _environment_proxies, open_tunnel, proxy_from_environment
+from blockws.proxy import ProxyURL, _environment_proxies, open_tunnel, proxy_from_environment, redact_proxy_url
 from blockws.utils import Deadline
 
 
@@ -349,3 +349,9 @@ def test_wss_through_the_tunnel_checks_the_target_certificate(pproxy, run_server
     with pytest.raises(ssl.SSLCertVerificationError):
         # The certificate is checked against the target host, not the proxy.
         blockws.connect(f"wss://127.0.0.1:{server.port}/", proxy=proxy, ssl_context=client_ctx)
+
+
+def test_a_proxy_url_is_redacted_as_a_url_without_a_path():
+    assert redact_proxy_url("http://u:pa/ss@proxy:3128") == "http://u:***@proxy:3128"
+    assert redact_proxy_url("u:pw@proxy:3128") == "u:***@proxy:3128"
+    assert redact_proxy_url("socks5h://proxy:1080") == "socks5h://proxy:1080"
