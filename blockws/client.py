@@ -35,11 +35,11 @@ from .exceptions import (
     TooManyRedirects,
 )
 from .handshake import check_response, client_request, make_key, parse_extensions
-from .http import MAX_HEADERS, MAX_LINE, Headers, HeadersLike, parse_response
+from .http import CREDENTIAL_HEADERS, MAX_HEADERS, MAX_LINE, Headers, HeadersLike, parse_response
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Side
-from .proxy import ProxyURL, open_tunnel, proxy_from_environment
+from .proxy import ProxyURL, open_tunnel, proxy_from_environment, redact_proxy_url
 from .settings import DEFAULT_OPEN_TIMEOUT, Settings
 from .utils import Deadline, named_timeout, read_http_body, read_http_head, redact_url, split_url
 
@@ -210,8 +210,6 @@ class _FromEnvironment:
 FROM_ENVIRONMENT = _FromEnvironment()
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# Headers that carry credentials: never sent to another origin after a redirect.
-_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
 
 
 def connect(
@@ -354,7 +352,7 @@ def connect(
     client_auth = ClientAuth(credentials) if credentials is not None else None
     # Redirects and auth retries are bounded each (and raise their own
     # errors); this bounds their sum too, as a guard.
-    auth_answers = (1 + client_auth.max_stale) * client_auth.max_attempts if client_auth else 0
+    auth_answers = client_auth.max_answers if client_auth else 0
     attempts = max_redirects + auth_answers + 2
     for _ in range(attempts):
         if uri.port in BAD_PORTS and not allow_bad_ports and sock is None:
@@ -388,7 +386,7 @@ def connect(
                 raise TooManyRedirects(f"more than {max_redirects} redirects (max_redirects={max_redirects})") from exc
             logger.debug("HTTP %d redirect from %s to %s", exc.status, _loggable(uri), _loggable(target))
             if _origin(target) != _origin(uri):
-                for name in _CREDENTIAL_HEADERS:
+                for name in CREDENTIAL_HEADERS:
                     del request_headers[name]
                 client_auth = None  # credentials stay with their origin
                 logger.debug("credentials and cookies are not sent to %s (another origin)", _loggable(target))
@@ -476,7 +474,7 @@ def _open(
         if sock is not None:
             return _secure_and_handshake(sock, uri, deadline, headers, settings)
         if isinstance(proxy, str):
-            logger.debug("tunnel to %s through the proxy %s", _hostport(uri.host, uri.port), redact_url(proxy))
+            logger.debug("tunnel to %s through the proxy %s", _hostport(uri.host, uri.port), redact_proxy_url(proxy))
             # Through a proxy we never learn the address: the host name stands for it.
             with gate.connecting(uri.host.lower(), deadline) if gate else contextlib.nullcontext():
                 proxy_auth = settings.proxy_auth

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from .auth import MAX_PROXY_REQUESTS, basic_credentials
 from .exceptions import HeadCut, InvalidHandshake, ProxyError
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
-from .utils import Deadline, read_http_body, read_http_head, redact_url, split_url
+from .utils import Deadline, named_timeout, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL", "redact_proxy_url"]
 
@@ -196,12 +196,15 @@ def open_tunnel(
 
 
 def _open_to_proxy(url: ProxyURL, deadline: Deadline, ssl_context: ssl.SSLContext | None) -> socket.socket:
-    try:
-        sock = socket.create_connection((url.host, url.port), timeout=deadline.remaining())
-    except socket.timeout:
-        raise TimeoutError(f"timed out connecting to the proxy {url.address}") from None
-    except OSError as exc:
-        raise ProxyError(f"can't connect to the proxy {url.address}: {exc.strerror or exc}") from exc
+    with named_timeout(f"connecting to the proxy {url.address}"):
+        try:
+            sock = socket.create_connection((url.host, url.port), timeout=deadline.remaining())
+        except OSError as exc:
+            # Not "except TimeoutError": before Python 3.10 a kernel ETIMEDOUT
+            # is a TimeoutError but not a socket.timeout, and is a ProxyError.
+            if isinstance(exc, socket.timeout):
+                raise
+            raise ProxyError(f"can't connect to the proxy {url.address}: {exc.strerror or exc}") from exc
     if url.scheme == "https":
         context = ssl_context or ssl.create_default_context()
         try:
