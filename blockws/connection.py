@@ -1,13 +1,13 @@
 """The socket-like :class:`WebSocket`: a :class:`~blockws.protocol.Protocol` over a socket.
 
-Locks: ``_send_cond`` (a condition over the send lock) serializes every write
-to the socket, so frames never interleave and the unsent tail of a frame
-(``_wbuf``) is always written before anything else. ``_recv_lock`` admits
-one reader at a time; whoever holds it feeds the protocol. Pongs found by
-any reader wake the threads waiting in :meth:`WebSocket.ping`.
+Locks: the send lock (:attr:`Outbox.cond <blockws.outbox.Outbox.cond>`)
+serializes every write to the socket; ``_recv_lock`` admits one reader at a
+time, and whoever holds it feeds the protocol. Pongs found by any reader
+wake the threads waiting in :meth:`WebSocket.ping`.
 
 The pieces that own their own state live beside this module: the socket
-with its deadlines (:mod:`blockws.transport`), the outstanding pings
+with its deadlines (:mod:`blockws.transport`), what was accepted for
+sending and not yet written (:mod:`blockws.outbox`), the outstanding pings
 (:mod:`blockws.pings`), the message being put together
 (:mod:`blockws.assembly`); how the connection ended is recorded by the
 protocol. The keepalive thread sees a connection only through its
@@ -30,9 +30,10 @@ from .codes import CloseCode, Opcode
 from .exceptions import ConnectionClosed, ConnectionClosedError, ProtocolError
 from .frames import FrameHeader
 from .link import KeepAliveLink
+from .outbox import JOIN_BELOW, Outbox
 from .pings import Pings
 from .protocol import Close, Data, Protocol, Side, State
-from .transport import LARGE_READ_SIZE, READ_SIZE, Transport, poll_ms
+from .transport import LARGE_READ_SIZE, READ_SIZE, Transport
 from .utils import Deadline
 
 if TYPE_CHECKING:
@@ -42,9 +43,6 @@ __all__ = ["WebSocket", "DEFAULT_WRITE_LIMIT", "DEFAULT_CLOSE_TIMEOUT"]
 
 DEFAULT_WRITE_LIMIT = 64 * 1024
 DEFAULT_CLOSE_TIMEOUT = 10.0
-# Messages smaller than this are joined to their header and written in one
-# call; larger ones go out with sendmsg (no copy of the payload).
-_JOIN_BELOW = 16384
 
 Message = Union[str, bytes]
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -53,11 +51,6 @@ _FOREVER = Deadline(None)
 # Errors that already say what happened: a send path lets them through
 # instead of reporting the connection lost.
 _NOT_A_LOSS = (ConnectionClosed, TimeoutError, BlockingIOError)
-
-
-def _utf8_length(lead: int) -> int:
-    """The length of the UTF-8 sequence that starts with byte ``lead``."""
-    return 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
 
 
 def _payload(data: str | BytesLike) -> tuple[bool, BytesLike]:
@@ -102,7 +95,6 @@ class WebSocket:
         self.subprotocol = subprotocol
         self.extensions = extensions or []
         self.close_timeout = close_timeout
-        self.write_limit = write_limit
         #: The URL finally connected to (client), the authenticated user name (server).
         self.url = url
         self.username = username
@@ -112,12 +104,8 @@ class WebSocket:
         self.local_address: Any
         self.remote_address: Any
         self.local_address, self.remote_address = self._transport.addresses()
-        self._send_cond = threading.Condition(threading.Lock())
+        self._out = Outbox(self._transport, protocol, write_limit, self._lose, self._timeout_error)
         self._recv_lock = threading.Lock()
-        self._wbuf = bytearray()
-        # The thread whose message is open (sent in part), and its type.
-        self._msg_owner: int | None = None
-        self._msg_text = False
         self._assembly = Assembly()
         self._pings = Pings()
         self._close_rcvd_event = threading.Event()
@@ -132,9 +120,18 @@ class WebSocket:
         if leftover:
             protocol.receive_data(leftover)
             if protocol.has_output:
-                self._flush_when_free(Deadline(0))
+                self._out.flush_when_free(Deadline(0))
 
     # -- properties ----------------------------------------------------------
+
+    @property
+    def write_limit(self) -> int:
+        """The most bytes held here, accepted by :meth:`send` and not yet taken by the kernel."""
+        return self._out.limit
+
+    @write_limit.setter
+    def write_limit(self, limit: int) -> None:
+        self._out.limit = limit
 
     @property
     def state(self) -> State:
@@ -155,7 +152,7 @@ class WebSocket:
     @property
     def buffered_amount(self) -> int:
         """Bytes accepted by :meth:`send` and held in user space, not yet given to the kernel."""
-        return len(self._wbuf)
+        return len(self._out.buf)
 
     @property
     def trace(self) -> Callable[[str, FrameHeader, bytes], None] | None:
@@ -248,97 +245,22 @@ class WebSocket:
             err.__cause__ = exc
         return err
 
-    def _queue(self, *frames: BytesLike) -> None:
-        """Append whole frames to the user-space buffer, after the protocol's own."""
-        wbuf = self._wbuf
-        if self._proto.has_output:
-            wbuf += b"".join(self._proto.data_to_send())
-        for frame in frames:
-            wbuf += frame
-
-    def _flush(self, deadline: Deadline) -> bool:
-        """Write user-space bytes and the protocol's own frames; hold the send lock.
-
-        Returns True when everything was written; raises ConnectionClosedError
-        if the socket fails.
-        """
-        self._queue()
-        wbuf = self._wbuf
-        send_some = self._transport.send_some
-        try:
-            while wbuf:
-                n = send_some(wbuf, deadline)
-                if not n:
-                    return False
-                del wbuf[:n]
-        except OSError as exc:
-            raise self._lose(exc) from exc
-        return True
-
-    def _flush_when_free(self, deadline: Deadline) -> None:
-        """Flush once the send lock is free, before the deadline (``Deadline(0)``:
-        only if it is free now; the sender holding it writes what is queued)."""
-        if self._send_cond.acquire(timeout=deadline.lock_timeout()):
-            try:
-                self._flush(deadline)
-            finally:
-                self._send_cond.release()
-
-    def _check_open_for_sending(self) -> None:
-        """Raise ConnectionClosed unless data may still be sent; hold the send lock."""
-        proto = self._proto
-        if proto.output_ended:
-            if proto.has_output and proto.lost is None and not proto.finished:
-                # Our answer to the peer's Close, queued by a reader that
-                # couldn't take the send lock: nobody else may write it.
-                try:
-                    self._flush(Deadline(0))
-                except ConnectionClosed:
-                    pass
-            raise proto.closed_error()
-
-    def _acquire_send(self, deadline: Deadline, text: bool | None) -> None:
-        """Take the send lock, waiting while another thread owns an open message
-        (``text`` None: for a control frame, which may go between its frames)."""
-        cond = self._send_cond
-        if not cond.acquire(timeout=deadline.lock_timeout()):
-            raise self._timeout_error("send")
-        me = threading.get_ident()
-        while self._msg_owner is not None and self._msg_owner != me and text is not None:
-            if self._proto.lost is not None or self._proto.finished:
-                return  # the caller's state check raises ConnectionClosed
-            # Bounded waits: the owner may die with the connection and never notify.
-            remaining = deadline.remaining()
-            cond.wait(1.0 if remaining is None else min(remaining, 1.0))
-            if deadline.expired():
-                cond.release()
-                raise self._timeout_error("send")
-
     @contextmanager
     def _sending(self, deadline: Deadline, text: bool | None) -> Iterator[None]:
         """Hold the send lock for a frame of a text/binary message (``text``
         None: a control frame) on a connection that may still send; a socket
         error inside means the connection is lost."""
-        self._acquire_send(deadline, text)
+        out = self._out
+        out.acquire(deadline, text)
         try:
-            self._check_open_for_sending()
+            out.check_open()
             yield
         except _NOT_A_LOSS:
             raise
         except OSError as exc:
             raise self._lose(exc) from exc
         finally:
-            self._send_cond.release()
-
-    def _note_message(self, text: bool, fin: bool) -> None:
-        """Track the open message: its owner thread waits for nobody until it ends."""
-        if fin:
-            if self._msg_owner is not None:
-                self._msg_owner = None
-                self._send_cond.notify_all()
-        elif self._msg_owner is None:
-            self._msg_owner = threading.get_ident()
-            self._msg_text = text
+            out.cond.release()
 
     # -- sending -------------------------------------------------------------------
 
@@ -366,14 +288,15 @@ class WebSocket:
             # small message, blocking, with nothing open or queued before it.
             # Anything else (or a closed connection) takes the general path.
             payload: bytes = data.encode("utf-8") if cls is str else data  # type: ignore[union-attr,assignment]
-            cond = self._send_cond
+            out = self._out
+            cond = out.cond
             cond.acquire()
             try:
                 proto = self._proto
                 if (
-                    len(payload) < _JOIN_BELOW
-                    and self._msg_owner is None
-                    and not self._wbuf
+                    len(payload) < JOIN_BELOW
+                    and out.owner is None
+                    and not out.buf
                     and not proto._out
                     and not proto.output_ended
                 ):
@@ -387,11 +310,11 @@ class WebSocket:
         text, payload_ = _payload(data)
         deadline = Deadline(self._timeout)
         with self._sending(deadline, text):
-            self._check_message_type(text)
+            self._out.check_message_type(text)
             if self._timeout is None:
-                self._send_whole(payload_, text, fin, deadline)
+                self._out.write_whole(payload_, text, fin, deadline)
                 return len(data)
-            done = self._send_partial(payload_, text, fin, deadline)
+            done = self._out.write_partial(payload_, text, fin, deadline)
             if done == len(payload_):
                 return len(data)
             return len(bytes(payload_[:done]).decode("utf-8")) if text else done
@@ -412,12 +335,12 @@ class WebSocket:
         text, payload = _payload(data)
         deadline = Deadline(self._timeout)
         with self._sending(deadline, text):
-            self._check_message_type(text)
+            self._out.check_message_type(text)
             view = memoryview(payload)
             done = 0
             while True:
                 try:
-                    done += self._send_partial(view[done:], text, True, deadline)
+                    done += self._out.write_partial(view[done:], text, True, deadline)
                 except (TimeoutError, BlockingIOError) as exc:
                     # Unlike socket.sendall, say how much was accepted, so the
                     # caller can finish the message with the rest.
@@ -426,67 +349,10 @@ class WebSocket:
                 if done == len(view):
                     return
 
-    def _check_message_type(self, text: bool) -> None:
-        if self._msg_owner is not None and self._msg_text != text:
-            kind = "text" if self._msg_text else "binary"
-            raise TypeError(f"a {kind} message is open: finish it with the same type")
-
-    def _send_whole(self, payload: BytesLike, text: bool, fin: bool, deadline: Deadline) -> None:
-        """Write one frame of ``payload`` (blocking); hold the send lock."""
-        header, body = self._proto.encode_data(payload, text, fin)
-        self._note_message(text, fin)
-        if self._wbuf or self._proto.has_output:
-            self._queue(header, body)
-            self._flush(deadline)  # no deadline: returns once all is written
-        elif len(body) < _JOIN_BELOW:
-            self._transport.send_all(header + body, deadline)
-        else:
-            self._transport.send_frame(header, body, deadline)
-
-    def _send_partial(self, payload: BytesLike, text: bool, fin: bool, deadline: Deadline) -> int:
-        """Accept what fits now (after waiting until the deadline for some room); return the bytes accepted."""
-        limit = self.write_limit
-        view = memoryview(payload)
-        # Room for at least the first character: a text frame can't carry
-        # part of one, and accepting nothing must raise, as socket.send does.
-        need = _utf8_length(view[0]) if text and view else 1
-        # Wait until there is room in user space, as socket.send waits for
-        # room in the kernel.
-        writable = self._transport.waiter.writable
-        while True:
-            self._flush(Deadline(0))
-            if limit - len(self._wbuf) >= need or not self._wbuf:
-                break
-            if deadline.expired() or not writable(poll_ms(deadline)):
-                raise self._timeout_error("send")
-        total = len(view)
-        done = 0
-        while True:
-            # The first piece always fits (a write_limit below 4 bytes must
-            # still take a 4-byte character when nothing is held).
-            room = limit - len(self._wbuf) if done else max(limit - len(self._wbuf), need)
-            if room <= 0:
-                break
-            cut = min(done + room, total)
-            if text and cut < total:
-                while cut > done and (view[cut] & 0xC0) == 0x80:
-                    cut -= 1  # never split a character between frames
-                if cut == done:
-                    break
-            last = cut == total
-            header, body = self._proto.encode_data(view[done:cut], text, fin and last)
-            self._note_message(text, fin and last)
-            self._queue(header, body)
-            done = cut
-            self._flush(Deadline(0))
-            if last:
-                break
-        return done
-
     def _send_control(self, frame: bytes, deadline: Deadline) -> None:
         with self._sending(deadline, None):
-            self._queue(frame)
-            if not self._flush(deadline):
+            self._out.queue(frame)
+            if not self._out.flush(deadline):
                 raise self._timeout_error("ping")
 
     def ping(self, data: bytes = b"") -> float:
@@ -546,8 +412,8 @@ class WebSocket:
         if proto.eof:
             return
         try:
-            if self._wbuf:
-                self._flush_while_waiting(deadline)
+            if self._out.buf:
+                self._out.flush_while_waiting(deadline)
             data = self._transport.recv_some(min(max(proto._remaining, READ_SIZE), LARGE_READ_SIZE), deadline)
         except TimeoutError:
             raise self._timeout_error("recv") from None
@@ -563,34 +429,7 @@ class WebSocket:
             if latency is not None:
                 self.latency = latency
         if proto.has_output:
-            self._flush_when_free(Deadline(0))  # answer pings now, or the sender does
-
-    def _flush_while_waiting(self, deadline: Deadline) -> None:
-        """Write bytes accepted by a partial send while we wait to read.
-
-        Nothing else would write them once the senders have returned, and
-        the peer may be waiting for them before it answers what this reader
-        waits for. Returns when there is something to read (or a sender is
-        writing, or no progress can be made); TimeoutError at the deadline.
-        """
-        transport = self._transport
-        writable = False
-        while self._wbuf:
-            if not self._send_cond.acquire(blocking=False):
-                return  # a sender holds the connection: it writes them
-            try:
-                held = len(self._wbuf)
-                if self._flush(Deadline(0)) or writable and len(self._wbuf) == held:
-                    return  # all written, or writable without progress (TLS): don't spin
-            finally:
-                self._send_cond.release()
-            if transport.buffered():
-                return
-            readable, writable = transport.waiter.either(poll_ms(deadline))
-            if readable:
-                return  # (or an error that the read will report)
-            if not writable:
-                raise TimeoutError
+            self._out.flush_when_free(Deadline(0))  # answer pings now, or the sender does
 
     def _next_event(self, deadline: Deadline) -> Data | None:
         """The next data piece, reading as needed; None once the peer closed."""
@@ -763,7 +602,7 @@ class WebSocket:
         ``reader`` says the caller already holds the recv lock.
         """
         try:
-            self._flush_when_free(deadline)
+            self._out.flush_when_free(deadline)
         except ConnectionClosed:
             pass
         proto = self._proto
@@ -816,14 +655,15 @@ class WebSocket:
     def _queue_close(self, code: int | None, reason: str, deadline: Deadline) -> None:
         if self._proto.close_sent is not None or self._proto.lost is not None:
             return
-        if not self._send_cond.acquire(timeout=deadline.lock_timeout()):
+        cond = self._out.cond
+        if not cond.acquire(timeout=deadline.lock_timeout()):
             # A sender is stuck on a peer that does not read: give up on it.
             self._transport.shutdown()
             return
         try:
             self._proto.send_close(code, reason)
         finally:
-            self._send_cond.release()
+            cond.release()
 
     def shutdown(self, how: int) -> None:
         """Half-close like :meth:`socket.socket.shutdown`.
@@ -836,12 +676,12 @@ class WebSocket:
         if how == socket.SHUT_WR:
             deadline = Deadline(self.close_timeout)
             self._queue_close(CloseCode.NORMAL_CLOSURE, "", deadline)
-            self._flush_when_free(deadline)
+            self._out.flush_when_free(deadline)
         elif how == socket.SHUT_RDWR:
             if not self._proto.finished:
                 self._queue_close(CloseCode.NORMAL_CLOSURE, "", Deadline(0))
                 try:
-                    self._flush_when_free(Deadline(0))
+                    self._out.flush_when_free(Deadline(0))
                 except ConnectionClosed:
                     pass
                 self._close_socket()

@@ -119,18 +119,18 @@ class KeepAliveLink:
         the ping is skipped rather than blocking the thread that serves every
         connection."""
         ws = self._ws
-        if not ws._send_cond.acquire(blocking=False):
+        if not ws._out.cond.acquire(blocking=False):
             return False
         try:
-            ws._check_open_for_sending()
+            ws._out.check_open()
             ws._pings.expect_unwaited(payload)
-            ws._queue(ws._proto.encode_control(Opcode.PING, payload))
-            ws._flush(Deadline(0))
+            ws._out.queue(ws._proto.encode_control(Opcode.PING, payload))
+            ws._out.flush(Deadline(0))
             return True
         except ConnectionClosed:
             return False
         finally:
-            ws._send_cond.release()
+            ws._out.cond.release()
 
     @property
     def close_unanswered(self) -> bool:
@@ -148,14 +148,14 @@ class KeepAliveLink:
         try again later.
         """
         ws = self._ws
-        if not ws._send_cond.acquire(blocking=False):
+        if not ws._out.cond.acquire(blocking=False):
             return False
         try:
             if self.close_unanswered:
                 ws._proto.answer_close()
-                ws._flush(Deadline(0))
+                ws._out.flush(Deadline(0))
         except ConnectionClosed:
             pass
         finally:
-            ws._send_cond.release()
+            ws._out.cond.release()
         return True

@@ -381,12 +381,14 @@ def test_min_size_and_level_settings_over_sockets(run_server):
 
     def handler(ws: blockws.WebSocket) -> None:
         ws.trace = lambda direction, header, payload: seen.append(header.rsv) if direction == "<" else None
+        ws.sendall("tracing")  # the keepalive thread may read before trace is set: wait for it
         for message in ws:
             ws.sendall(message)
 
     server = run_server(handler)
     settings_ = blockws.PerMessageDeflate(min_size=1000, level=9)
     with blockws.connect(server.url, timeout=5, compression=settings_) as ws:
+        assert ws.recv() == "tracing"
         for message in ["x" * 999, "x" * 1000]:
             ws.sendall(message)
             assert ws.recv() == message

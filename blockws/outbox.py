@@ -1,0 +1,233 @@
+"""The sending half's own state: the send lock, the bytes accepted but not yet written, the open message.
+
+Every write to the socket happens under :attr:`Outbox.cond` (a condition
+over the send lock), so frames never interleave and the unsent tail of a
+frame (:attr:`Outbox.buf`) is always written before anything else. A thread
+that sent part of a message (``fin=False``) owns the connection's data
+frames until it ends the message; control frames may still go between its
+frames. At most ``limit`` bytes are held here (``write_limit``): beyond
+that a send with a timeout accepts only what fits, as ``socket.send`` does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Union
+
+from .exceptions import ConnectionClosed, ConnectionClosedError
+from .protocol import Protocol
+from .transport import Transport, poll_ms
+from .utils import Deadline
+
+__all__ = ["Outbox", "JOIN_BELOW"]
+
+# Payloads smaller than this are joined to their header and written in one
+# call; larger ones go out with sendmsg (no copy of the payload).
+JOIN_BELOW = 16384
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+
+def _utf8_length(lead: int) -> int:
+    """The length of the UTF-8 sequence that starts with byte ``lead``."""
+    return 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+
+
+class Outbox:
+    """What a connection has accepted to send and not yet given to the kernel.
+
+    Args:
+        lose: called when the socket fails; returns the error to raise (the
+            connection is lost).
+        timeout_error: the error for an operation that ran out of time
+            (``BlockingIOError`` in non-blocking mode).
+    """
+
+    __slots__ = ("cond", "buf", "owner", "text", "limit", "_transport", "_proto", "_lose", "_timeout_error")
+
+    def __init__(
+        self,
+        transport: Transport,
+        protocol: Protocol,
+        limit: int,
+        lose: Callable[[BaseException], ConnectionClosedError],
+        timeout_error: Callable[[str], OSError],
+    ) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.buf = bytearray()
+        # The thread whose message is open (sent in part), and its type.
+        self.owner: int | None = None
+        self.text = False
+        self.limit = limit
+        self._transport = transport
+        self._proto = protocol
+        self._lose = lose
+        self._timeout_error = timeout_error
+
+    # -- the lock ------------------------------------------------------------------
+
+    def acquire(self, deadline: Deadline, text: bool | None) -> None:
+        """Take the send lock, waiting while another thread owns an open message
+        (``text`` None: for a control frame, which may go between its frames)."""
+        cond = self.cond
+        if not cond.acquire(timeout=deadline.lock_timeout()):
+            raise self._timeout_error("send")
+        me = threading.get_ident()
+        while self.owner is not None and self.owner != me and text is not None:
+            if self._proto.lost is not None or self._proto.finished:
+                return  # the caller's state check raises ConnectionClosed
+            # Bounded waits: the owner may die with the connection and never notify.
+            remaining = deadline.remaining()
+            cond.wait(1.0 if remaining is None else min(remaining, 1.0))
+            if deadline.expired():
+                cond.release()
+                raise self._timeout_error("send")
+
+    def check_open(self) -> None:
+        """Raise ConnectionClosed unless data may still be sent; hold the send lock."""
+        proto = self._proto
+        if proto.output_ended:
+            if proto.has_output and proto.lost is None and not proto.finished:
+                # Our answer to the peer's Close, queued by a reader that
+                # couldn't take the send lock: nobody else may write it.
+                try:
+                    self.flush(Deadline(0))
+                except ConnectionClosed:
+                    pass
+            raise proto.closed_error()
+
+    def check_message_type(self, text: bool) -> None:
+        if self.owner is not None and self.text != text:
+            kind = "text" if self.text else "binary"
+            raise TypeError(f"a {kind} message is open: finish it with the same type")
+
+    def note_message(self, text: bool, fin: bool) -> None:
+        """Track the open message: its owner thread waits for nobody until it ends."""
+        if fin:
+            if self.owner is not None:
+                self.owner = None
+                self.cond.notify_all()
+        elif self.owner is None:
+            self.owner = threading.get_ident()
+            self.text = text
+
+    # -- writing ---------------------------------------------------------------------
+
+    def queue(self, *frames: BytesLike) -> None:
+        """Append whole frames to the buffer, after the protocol's own (pongs, Close)."""
+        buf = self.buf
+        if self._proto.has_output:
+            buf += b"".join(self._proto.data_to_send())
+        for frame in frames:
+            buf += frame
+
+    def flush(self, deadline: Deadline) -> bool:
+        """Write the buffer and the protocol's own frames; hold the send lock.
+
+        Returns True when everything was written; raises ConnectionClosedError
+        if the socket fails.
+        """
+        self.queue()
+        buf = self.buf
+        send_some = self._transport.send_some
+        try:
+            while buf:
+                n = send_some(buf, deadline)
+                if not n:
+                    return False
+                del buf[:n]
+        except OSError as exc:
+            raise self._lose(exc) from exc
+        return True
+
+    def flush_when_free(self, deadline: Deadline) -> None:
+        """Flush once the send lock is free, before the deadline (``Deadline(0)``:
+        only if it is free now; the sender holding it writes what is queued)."""
+        if self.cond.acquire(timeout=deadline.lock_timeout()):
+            try:
+                self.flush(deadline)
+            finally:
+                self.cond.release()
+
+    def flush_while_waiting(self, deadline: Deadline) -> None:
+        """Write what a partial send left here while a reader waits to read.
+
+        Nothing else would write it once the senders have returned, and the
+        peer may be waiting for it before it answers what the reader waits
+        for. Returns when there is something to read (or a sender is
+        writing, or no progress can be made); TimeoutError at the deadline.
+        """
+        transport = self._transport
+        writable = False
+        while self.buf:
+            if not self.cond.acquire(blocking=False):
+                return  # a sender holds the connection: it writes them
+            try:
+                held = len(self.buf)
+                if self.flush(Deadline(0)) or writable and len(self.buf) == held:
+                    return  # all written, or writable without progress (TLS): don't spin
+            finally:
+                self.cond.release()
+            if transport.buffered():
+                return
+            readable, writable = transport.waiter.either(poll_ms(deadline))
+            if readable:
+                return  # (or an error that the read will report)
+            if not writable:
+                raise TimeoutError
+
+    # -- a message's frames ------------------------------------------------------------
+
+    def write_whole(self, payload: BytesLike, text: bool, fin: bool, deadline: Deadline) -> None:
+        """Write one frame of ``payload``, blocking; hold the send lock."""
+        header, body = self._proto.encode_data(payload, text, fin)
+        self.note_message(text, fin)
+        if self.buf or self._proto.has_output:
+            self.queue(header, body)
+            self.flush(deadline)  # no deadline: returns once all is written
+        elif len(body) < JOIN_BELOW:
+            self._transport.send_all(header + body, deadline)
+        else:
+            self._transport.send_frame(header, body, deadline)
+
+    def write_partial(self, payload: BytesLike, text: bool, fin: bool, deadline: Deadline) -> int:
+        """Accept what fits now (after waiting until the deadline for some room); return the bytes accepted."""
+        limit = self.limit
+        buf = self.buf
+        view = memoryview(payload)
+        # Room for at least the first character: a text frame can't carry
+        # part of one, and accepting nothing must raise, as socket.send does.
+        need = _utf8_length(view[0]) if text and view else 1
+        # Wait until there is room in user space, as socket.send waits for
+        # room in the kernel.
+        writable = self._transport.waiter.writable
+        while True:
+            self.flush(Deadline(0))
+            if limit - len(buf) >= need or not buf:
+                break
+            if deadline.expired() or not writable(poll_ms(deadline)):
+                raise self._timeout_error("send")
+        total = len(view)
+        done = 0
+        while True:
+            # The first piece always fits (a write_limit below 4 bytes must
+            # still take a 4-byte character when nothing is held).
+            room = limit - len(buf) if done else max(limit - len(buf), need)
+            if room <= 0:
+                break
+            cut = min(done + room, total)
+            if text and cut < total:
+                while cut > done and (view[cut] & 0xC0) == 0x80:
+                    cut -= 1  # never split a character between frames
+                if cut == done:
+                    break
+            last = cut == total
+            header, body = self._proto.encode_data(view[done:cut], text, fin and last)
+            self.note_message(text, fin and last)
+            self.queue(header, body)
+            done = cut
+            self.flush(Deadline(0))
+            if last:
+                break
+        return done
