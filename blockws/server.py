@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import errno
 import inspect
-import ipaddress
 import logging
 import os
 import selectors
 import socket
 import socketserver
 import ssl
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
 from .handshake import check_subprotocols
 from .http import Response
+from .listening import listen_tcp, listen_unix, remove_socket_file
 from .settings import DEFAULT_OPEN_TIMEOUT as DEFAULT_OPEN_TIMEOUT
 from .utils import Deadline
 
@@ -88,71 +87,6 @@ class WebSocketHandler(socketserver.BaseRequestHandler):
         raise NotImplementedError
 
 
-def _listen_tcp(host: str, port: int, family: int | None, dualstack_ipv6: bool | None, backlog: int) -> socket.socket:
-    if family is None:
-        family = socket.AF_INET6 if dualstack_ipv6 else _family_of(host, port)
-    elif family not in (socket.AF_INET, socket.AF_INET6):
-        raise ValueError(f"family={family!r}: AF_INET or AF_INET6 (path= for a Unix socket, sock= for others)")
-    if dualstack_ipv6 is None:
-        # "::" (or "" with AF_INET6) means every interface: IPv4 ones too,
-        # where the platform can, as people expect of an "any" address.
-        dualstack_ipv6 = family == socket.AF_INET6 and _is_unspecified(host) and socket.has_dualstack_ipv6()
-    return socket.create_server(
-        (host, port), family=family, backlog=backlog, reuse_port=False, dualstack_ipv6=dualstack_ipv6
-    )
-
-
-def _family_of(host: str, port: int) -> int:
-    """IPv6 for an IPv6 literal; for a name, IPv4 if it has an IPv4 address.
-
-    Names kept the IPv4 address they always had (``"localhost"`` is
-    127.0.0.1, whatever order the resolver prefers); a name with only IPv6
-    addresses works now instead of failing.
-    """
-    if not host:
-        return socket.AF_INET  # all IPv4 interfaces, as before IPv6 support
-    if ":" in host:
-        return socket.AF_INET6
-    families = [info[0] for info in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)]
-    return socket.AF_INET if socket.AF_INET in families else families[0]
-
-
-def _is_unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host or "::").is_unspecified
-    except ValueError:
-        return False
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Make room at ``path`` for a Unix socket, like asyncio's ``create_unix_server``.
-
-    A socket file left by a server that died is removed; a file that is not
-    a socket is never removed, and neither is the socket of a server still
-    listening (asyncio removes that one too: we ask it first).
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FileExistsError(errno.EEXIST, "exists and is not a socket: not replacing it", path)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)  # a live server with a full backlog makes connect() wait
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens: stale
-        return
-    except socket.timeout:
-        pass  # alive, but busy
-    except OSError:
-        return  # can't tell (no permission, ...): bind() will say what is wrong
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE, "a server is listening on this Unix socket", path)
-
-
 class Server:
     """A threaded WebSocket server: one thread per connection.
 
@@ -181,8 +115,8 @@ class Server:
         check_subprotocols(options.get("subprotocols"))
         deflate.settings(options.get("compression", "deflate"))
         self.options = options
-        self._unix_path: str | None = None
-        self._unix_inode: tuple[int, int] | None = None
+        # server_close() removes the Unix socket file only if it is still ours.
+        self._unix_file: tuple[str, tuple[int, int]] | None = None
         if sock is not None or path is not None:
             given = {"host": host, "port": port, "family": family, "dualstack_ipv6": dualstack_ipv6}
             extra = [name for name, value in given.items() if value is not None]
@@ -198,7 +132,7 @@ class Server:
         elif path is not None:
             self.socket = self._listen_unix(os.fspath(path), backlog)
         else:
-            self.socket = _listen_tcp(host or "", port or 0, family, dualstack_ipv6, backlog)
+            self.socket = listen_tcp(host or "", port or 0, family, dualstack_ipv6, backlog)
         # A listener shared with other processes (sock=, pre-fork workers)
         # may be taken by them between select() and accept(): never block there.
         self.socket.setblocking(False)
@@ -226,19 +160,9 @@ class Server:
     def _listen_unix(self, path: str, backlog: int) -> socket.socket:
         if not _HAS_AF_UNIX:
             raise OSError(errno.EAFNOSUPPORT, "serve(path=...): this platform has no Unix sockets (AF_UNIX)")
-        abstract = path.startswith("\0")  # Linux's abstract namespace: no file
-        if not abstract:
-            _remove_stale_socket(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-            sock.listen(backlog)
-            if not abstract:
-                info = os.stat(path)
-                self._unix_path, self._unix_inode = path, (info.st_dev, info.st_ino)
-        except BaseException:
-            sock.close()
-            raise
+        sock, inode = listen_unix(path, backlog)
+        if inode is not None:
+            self._unix_file = (path, inode)
         return sock
 
     @property
@@ -524,14 +448,9 @@ class Server:
         unless another one replaced it meanwhile.
         """
         self.socket.close()
-        if self._unix_path is not None:
-            path, self._unix_path = self._unix_path, None
-            try:
-                info = os.stat(path)
-                if (info.st_dev, info.st_ino) == self._unix_inode:
-                    os.unlink(path)
-            except OSError:
-                pass
+        if self._unix_file is not None:
+            unix_file, self._unix_file = self._unix_file, None
+            remove_socket_file(*unix_file)
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
