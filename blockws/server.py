@@ -207,11 +207,8 @@ class Server:
                 for conn in [c for c, when in self._refused.items() if when <= now]:
                     self._forget_refused(conn)
         finally:
-            for obj in (self.socket, self._wake_r):
-                try:
-                    self._selector.unregister(obj)
-                except (KeyError, ValueError):
-                    pass
+            self._unregister(self.socket)
+            self._unregister(self._wake_r)
             for conn in list(self._refused):
                 self._forget_refused(conn)
             self._stopped.set()
@@ -396,11 +393,14 @@ class Server:
         self._refused.pop(conn, None)
         if isinstance(conn, ssl.SSLSocket):
             self._unsent.pop(conn, None)
-        try:
-            self._selector.unregister(conn)
-        except (KeyError, ValueError):
-            pass
+        self._unregister(conn)
         conn.close()
+
+    def _unregister(self, sock: socket.socket) -> None:
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):  # never registered, or closed: nothing to undo
+            pass
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, close open connections with 1001, join the threads.
