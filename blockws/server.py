@@ -5,6 +5,9 @@
 ``socketserver.ThreadingTCPServer``, but its accept loop waits on a selector
 that a socketpair wakes for :meth:`Server.shutdown` (no polling interval),
 and it tracks and joins its handler threads.
+
+The opening handshake is :mod:`blockws.accepting`'s, the listening sockets
+:mod:`blockws.listening`'s; :func:`accept` is imported from here as ever.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from .settings import DEFAULT_OPEN_TIMEOUT as DEFAULT_OPEN_TIMEOUT
 from .utils import Deadline
 
 __all__ = ["accept", "serve", "Server", "WebSocketHandler"]
+# Also imported from here by users, as before the handshake had a module of
+# its own (hence the "import X as X" above): ProcessRequest, DEFAULT_OPEN_TIMEOUT.
 
 logger = logging.getLogger("blockws.server")
 
