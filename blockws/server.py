@@ -5,41 +5,42 @@
 ``socketserver.ThreadingTCPServer``, but its accept loop waits on a selector
 that a socketpair wakes for :meth:`Server.shutdown` (no polling interval),
 and it tracks and joins its handler threads.
+
+The opening handshake is :mod:`blockws.accepting`'s, the listening sockets
+:mod:`blockws.listening`'s; :func:`accept` is imported from here as ever.
 """
 
 from __future__ import annotations
 
 import errno
 import inspect
-import ipaddress
 import logging
 import os
 import selectors
 import socket
 import socketserver
 import ssl
-import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Optional
+from typing import Any
 
 from . import deflate
-from .auth import BasicAuth, DigestAuth
-from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
+from .accepting import ProcessRequest as ProcessRequest
+from .accepting import accept, upgrade_gate
+from .connection import DEFAULT_CLOSE_TIMEOUT, WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
-from .handshake import HandshakeFailure, accept_response, check_request, check_subprotocols, select_subprotocol
-from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_request
-from .keepalive import KeepAlive
-from .keepalive import attach as attach_keepalive
-from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Side
-from .settings import DEFAULT_OPEN_TIMEOUT, Settings
-from .utils import Deadline, named_timeout, read_http_head
+from .handshake import check_subprotocols
+from .http import Response
+from .listening import listen_tcp, listen_unix, remove_socket_file
+from .settings import DEFAULT_OPEN_TIMEOUT as DEFAULT_OPEN_TIMEOUT
+from .utils import Deadline
 
 __all__ = ["accept", "serve", "Server", "WebSocketHandler"]
+# Also imported from here by users, as before the handshake had a module of
+# its own (hence the "import X as X" above): ProcessRequest, DEFAULT_OPEN_TIMEOUT.
 
 logger = logging.getLogger("blockws.server")
 
@@ -51,190 +52,6 @@ _REFUSED_LINGER = 2.0
 _MAX_REFUSED = 256
 # Windows before 3.10 has no AF_UNIX at all (a name, for the tests to clear).
 _HAS_AF_UNIX = hasattr(socket, "AF_UNIX")
-
-ProcessRequest = Callable[[Request], Optional[Response]]
-
-# Set by Server for the handshake running in the current thread: called
-# just before the 101 goes out; it raises to abort the upgrade (shutdown).
-_upgrade_gate = threading.local()
-
-
-@dataclass(frozen=True)
-class _ServerSettings(Settings):
-    """What every handshake of one accept() call (or one server) checks."""
-
-    origins: Sequence[str | None] | None
-    process_request: ProcessRequest | None
-    auth: BasicAuth | DigestAuth | None
-
-
-def _reply(sock: socket.socket, response: Response, deadline: Deadline) -> None:
-    try:
-        sock.settimeout(deadline.remaining())
-        sock.sendall(response.serialize())
-    except OSError:
-        pass
-
-
-def accept(
-    sock: socket.socket,
-    *,
-    subprotocols: Sequence[str] | None = None,
-    origins: Sequence[str | None] | None = None,
-    process_request: ProcessRequest | None = None,
-    open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
-    close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
-    timeout: float | None = None,
-    max_size: int | None = DEFAULT_MAX_SIZE,
-    max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
-    write_limit: int = DEFAULT_WRITE_LIMIT,
-    compression: str | deflate.PerMessageDeflate | None = "deflate",
-    ssl_context: ssl.SSLContext | None = None,
-    keepalive: KeepAlive | bool | None = True,
-    auth: BasicAuth | DigestAuth | None = None,
-    max_line: int = MAX_LINE,
-    max_headers: int = MAX_HEADERS,
-) -> WebSocket:
-    """Run the server side of the opening handshake on an accepted socket.
-
-    Args:
-        sock: a connected socket (for example from ``listener.accept()``).
-        subprotocols: subprotocols the server supports; the first one the
-            client offered is chosen.
-        origins: allowed Origin values (``None`` in the list allows requests
-            without one); others get 403.
-        process_request: called with the request before the upgrade; a
-            :class:`~blockws.http.Response` it returns is sent instead (to
-            reject, redirect or challenge).
-        max_size: the largest message accepted (bytes; None: no limit);
-            larger ones fail the connection with 1009.
-        max_fragments: the most frames a message may come in (1009 past it).
-        open_timeout: bounds the handshake (a client that sends nothing is
-            dropped).
-        ssl_context: wrap ``sock`` in TLS first.
-        keepalive: True (the default): the process-wide
-            :meth:`KeepAlive.shared` answers the client's pings and notices
-            its Close while the handler isn't reading, and pings every 20 s;
-            a :class:`~blockws.KeepAlive` to choose the interval and
-            timeout; None to opt out.
-        auth: :class:`~blockws.BasicAuth` or :class:`~blockws.DigestAuth`:
-            requests without valid credentials get 401 with a challenge;
-            the user name is then in ``ws.username``.
-        compression: ``"deflate"`` (the default) to accept permessage-deflate
-            when the client offers it, a :class:`~blockws.PerMessageDeflate`
-            to choose its settings, or None.
-        max_line: the longest request line or header line accepted, in
-            bytes (longer: 400 naming ``max_line``).
-        max_headers: the most header lines accepted (more: 400 naming
-            ``max_headers``).
-
-    Raises:
-        InvalidHandshake: the request was refused; the HTTP answer (4xx, or
-            the process_request response) was already sent.
-        TimeoutError: the handshake took longer than ``open_timeout``.
-    """
-    settings = _ServerSettings(
-        timeout=timeout,
-        close_timeout=close_timeout,
-        subprotocols=check_subprotocols(subprotocols),
-        compression=deflate.settings(compression),
-        ssl_context=ssl_context,
-        max_size=max_size,
-        max_fragments=max_fragments,
-        write_limit=write_limit,
-        max_line=max_line,
-        max_headers=max_headers,
-        origins=origins,
-        process_request=process_request,
-        auth=auth,
-    )
-    ws = _accept_tls(sock, Deadline(open_timeout), settings)
-    attach_keepalive(ws, keepalive)
-    return ws
-
-
-def _accept_tls(sock: socket.socket, deadline: Deadline, settings: _ServerSettings) -> WebSocket:
-    ssl_context = settings.ssl_context
-    if ssl_context is not None:
-        sock.settimeout(deadline.remaining())
-        with named_timeout("during the TLS handshake"):
-            first = sock.recv(1, socket.MSG_PEEK)
-        if first and first not in (b"\x16", b"\x80"):  # neither a TLS nor an SSLv2-style hello
-            _refuse_plaintext(sock, deadline)
-        with named_timeout("during the TLS handshake"):
-            sock = ssl_context.wrap_socket(sock, server_side=True)
-        try:
-            return _accept(sock, deadline, settings)
-        except BaseException:
-            sock.close()  # the caller's socket was detached into this one
-            raise
-    return _accept(sock, deadline, settings)
-
-
-def _refuse_plaintext(sock: socket.socket, deadline: Deadline) -> None:
-    """Answer a plain HTTP request on a TLS port in plain HTTP, so the client learns why.
-
-    (Left to OpenSSL, it ends in a bare reset.)
-    """
-    try:
-        read_http_head(sock, deadline, "opening handshake")
-    except (InvalidHandshake, TimeoutError, OSError):
-        pass  # answer anyway: the message is what matters
-    body = b"this server speaks TLS: use a wss:// URL\n"
-    _reply(sock, Response(400, headers={"Connection": "close"}, body=body), deadline)
-    raise InvalidHandshake("a plain HTTP request on a TLS port (the client should use wss://)")
-
-
-def _accept(sock: socket.socket, deadline: Deadline, settings: _ServerSettings) -> WebSocket:
-    try:
-        head, leftover = read_http_head(sock, deadline, "opening handshake", settings.max_line)
-        request = parse_request(head, max_line=settings.max_line, max_headers=settings.max_headers)
-    except InvalidHandshake as exc:
-        _reply(sock, Response(400, body=f"{exc}\n".encode()), deadline)
-        raise
-    username = None
-    auth = settings.auth
-    if auth is not None:
-        username = auth.check(request)
-        if username is None:
-            _reply(sock, auth.challenge(request), deadline)
-            refused = "wrong credentials" if "Authorization" in request.headers else "no credentials"
-            raise InvalidHandshake(f"authentication failed: {refused}")
-    if settings.process_request is not None:
-        answer = settings.process_request(request)
-        if answer is not None:
-            _reply(sock, answer, deadline)
-            raise InvalidHandshake(f"request refused by process_request: HTTP {answer.status}")
-    try:
-        if settings.origins is not None and request.headers.get("Origin") not in settings.origins:
-            raise HandshakeFailure(f"origin {request.headers.get('Origin')!r} is not allowed", 403)
-        key = check_request(request)
-    except HandshakeFailure as exc:
-        _reply(sock, exc.response(), deadline)
-        raise
-    compression = settings.compression
-    accepted = None
-    if compression is not None:
-        accepted = compression.accept(request.headers.get_all("Sec-WebSocket-Extensions"))
-    subprotocol = select_subprotocol(request, settings.subprotocols)
-    response = accept_response(key, subprotocol, accepted[0] if accepted else None)
-    commit: Callable[[], None] | None = getattr(_upgrade_gate, "commit", None)
-    if commit is not None:
-        commit()
-    sock.settimeout(deadline.remaining())
-    with named_timeout("sending the handshake response"):
-        sock.sendall(response.serialize())
-    return settings.websocket(
-        sock,
-        Side.SERVER,
-        request,
-        response,
-        subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
-        deflate=accepted[1] if accepted else None,
-        extensions=[accepted[0]] if accepted else None,
-        leftover=leftover,
-        username=username,
-    )
 
 
 def _accept_or_log(sock: socket.socket, address: Any, options: dict[str, Any]) -> WebSocket | None:
@@ -275,71 +92,6 @@ class WebSocketHandler(socketserver.BaseRequestHandler):
         raise NotImplementedError
 
 
-def _listen_tcp(host: str, port: int, family: int | None, dualstack_ipv6: bool | None, backlog: int) -> socket.socket:
-    if family is None:
-        family = socket.AF_INET6 if dualstack_ipv6 else _family_of(host, port)
-    elif family not in (socket.AF_INET, socket.AF_INET6):
-        raise ValueError(f"family={family!r}: AF_INET or AF_INET6 (path= for a Unix socket, sock= for others)")
-    if dualstack_ipv6 is None:
-        # "::" (or "" with AF_INET6) means every interface: IPv4 ones too,
-        # where the platform can, as people expect of an "any" address.
-        dualstack_ipv6 = family == socket.AF_INET6 and _is_unspecified(host) and socket.has_dualstack_ipv6()
-    return socket.create_server(
-        (host, port), family=family, backlog=backlog, reuse_port=False, dualstack_ipv6=dualstack_ipv6
-    )
-
-
-def _family_of(host: str, port: int) -> int:
-    """IPv6 for an IPv6 literal; for a name, IPv4 if it has an IPv4 address.
-
-    Names kept the IPv4 address they always had (``"localhost"`` is
-    127.0.0.1, whatever order the resolver prefers); a name with only IPv6
-    addresses works now instead of failing.
-    """
-    if not host:
-        return socket.AF_INET  # all IPv4 interfaces, as before IPv6 support
-    if ":" in host:
-        return socket.AF_INET6
-    families = [info[0] for info in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)]
-    return socket.AF_INET if socket.AF_INET in families else families[0]
-
-
-def _is_unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host or "::").is_unspecified
-    except ValueError:
-        return False
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Make room at ``path`` for a Unix socket, like asyncio's ``create_unix_server``.
-
-    A socket file left by a server that died is removed; a file that is not
-    a socket is never removed, and neither is the socket of a server still
-    listening (asyncio removes that one too: we ask it first).
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FileExistsError(errno.EEXIST, "exists and is not a socket: not replacing it", path)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)  # a live server with a full backlog makes connect() wait
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens: stale
-        return
-    except socket.timeout:
-        pass  # alive, but busy
-    except OSError:
-        return  # can't tell (no permission, ...): bind() will say what is wrong
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE, "a server is listening on this Unix socket", path)
-
-
 class Server:
     """A threaded WebSocket server: one thread per connection.
 
@@ -368,8 +120,8 @@ class Server:
         check_subprotocols(options.get("subprotocols"))
         deflate.settings(options.get("compression", "deflate"))
         self.options = options
-        self._unix_path: str | None = None
-        self._unix_inode: tuple[int, int] | None = None
+        # server_close() removes the Unix socket file only if it is still ours.
+        self._unix_file: tuple[str, tuple[int, int]] | None = None
         if sock is not None or path is not None:
             given = {"host": host, "port": port, "family": family, "dualstack_ipv6": dualstack_ipv6}
             extra = [name for name, value in given.items() if value is not None]
@@ -385,7 +137,7 @@ class Server:
         elif path is not None:
             self.socket = self._listen_unix(os.fspath(path), backlog)
         else:
-            self.socket = _listen_tcp(host or "", port or 0, family, dualstack_ipv6, backlog)
+            self.socket = listen_tcp(host or "", port or 0, family, dualstack_ipv6, backlog)
         # A listener shared with other processes (sock=, pre-fork workers)
         # may be taken by them between select() and accept(): never block there.
         self.socket.setblocking(False)
@@ -413,19 +165,9 @@ class Server:
     def _listen_unix(self, path: str, backlog: int) -> socket.socket:
         if not _HAS_AF_UNIX:
             raise OSError(errno.EAFNOSUPPORT, "serve(path=...): this platform has no Unix sockets (AF_UNIX)")
-        abstract = path.startswith("\0")  # Linux's abstract namespace: no file
-        if not abstract:
-            _remove_stale_socket(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-            sock.listen(backlog)
-            if not abstract:
-                info = os.stat(path)
-                self._unix_path, self._unix_inode = path, (info.st_dev, info.st_ino)
-        except BaseException:
-            sock.close()
-            raise
+        sock, inode = listen_unix(path, backlog)
+        if inode is not None:
+            self._unix_file = (path, inode)
         return sock
 
     @property
@@ -470,11 +212,8 @@ class Server:
                 for conn in [c for c, when in self._refused.items() if when <= now]:
                     self._forget_refused(conn)
         finally:
-            for obj in (self.socket, self._wake_r):
-                try:
-                    self._selector.unregister(obj)
-                except (KeyError, ValueError):
-                    pass
+            self._unregister(self.socket)
+            self._unregister(self._wake_r)
             for conn in list(self._refused):
                 self._forget_refused(conn)
             self._stopped.set()
@@ -496,11 +235,11 @@ class Server:
         ws = None
         try:
             watch = self._watch_handshake(conn)
-            _upgrade_gate.commit = lambda: self._commit_upgrade(watch)
+            upgrade_gate.commit = lambda: self._commit_upgrade(watch)
             try:
                 ws = _accept_or_log(conn, addr, self.options)
             finally:
-                _upgrade_gate.commit = None
+                upgrade_gate.commit = None
                 self._unwatch_handshake(watch)
             if ws is None:
                 return
@@ -659,11 +398,14 @@ class Server:
         self._refused.pop(conn, None)
         if isinstance(conn, ssl.SSLSocket):
             self._unsent.pop(conn, None)
-        try:
-            self._selector.unregister(conn)
-        except (KeyError, ValueError):
-            pass
+        self._unregister(conn)
         conn.close()
+
+    def _unregister(self, sock: socket.socket) -> None:
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):  # never registered, or closed: nothing to undo
+            pass
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, close open connections with 1001, join the threads.
@@ -711,14 +453,9 @@ class Server:
         unless another one replaced it meanwhile.
         """
         self.socket.close()
-        if self._unix_path is not None:
-            path, self._unix_path = self._unix_path, None
-            try:
-                info = os.stat(path)
-                if (info.st_dev, info.st_ino) == self._unix_inode:
-                    os.unlink(path)
-            except OSError:
-                pass
+        if self._unix_file is not None:
+            unix_file, self._unix_file = self._unix_file, None
+            remove_socket_file(*unix_file)
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()

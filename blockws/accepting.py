@@ -1,0 +1,214 @@
+"""The server side of the opening handshake: :func:`accept` on a connected socket.
+
+It reads the request, checks it (credentials, ``process_request``,
+Origin, the WebSocket headers) and answers 101, or an HTTP error that
+says why; a plain HTTP request on a TLS port gets a plain HTTP answer.
+Listening and threads are :mod:`blockws.server`'s.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+from . import deflate
+from .auth import BasicAuth, DigestAuth
+from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
+from .exceptions import InvalidHandshake
+from .handshake import HandshakeFailure, accept_response, check_request, check_subprotocols, select_subprotocol
+from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_request
+from .keepalive import KeepAlive
+from .keepalive import attach as attach_keepalive
+from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Side
+from .settings import DEFAULT_OPEN_TIMEOUT, Settings
+from .utils import Deadline, named_timeout, read_http_head
+
+__all__ = ["accept", "ProcessRequest", "upgrade_gate"]
+
+ProcessRequest = Callable[[Request], Optional[Response]]
+
+# Set by Server for the handshake running in the current thread: called
+# just before the 101 goes out; it raises to abort the upgrade (shutdown).
+upgrade_gate = threading.local()
+
+
+@dataclass(frozen=True)
+class _ServerSettings(Settings):
+    """What every handshake of one accept() call (or one server) checks."""
+
+    origins: Sequence[str | None] | None
+    process_request: ProcessRequest | None
+    auth: BasicAuth | DigestAuth | None
+
+
+def _reply(sock: socket.socket, response: Response, deadline: Deadline) -> None:
+    try:
+        sock.settimeout(deadline.remaining())
+        sock.sendall(response.serialize())
+    except OSError:
+        pass
+
+
+def accept(
+    sock: socket.socket,
+    *,
+    subprotocols: Sequence[str] | None = None,
+    origins: Sequence[str | None] | None = None,
+    process_request: ProcessRequest | None = None,
+    open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
+    close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+    timeout: float | None = None,
+    max_size: int | None = DEFAULT_MAX_SIZE,
+    max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
+    write_limit: int = DEFAULT_WRITE_LIMIT,
+    compression: str | deflate.PerMessageDeflate | None = "deflate",
+    ssl_context: ssl.SSLContext | None = None,
+    keepalive: KeepAlive | bool | None = True,
+    auth: BasicAuth | DigestAuth | None = None,
+    max_line: int = MAX_LINE,
+    max_headers: int = MAX_HEADERS,
+) -> WebSocket:
+    """Run the server side of the opening handshake on an accepted socket.
+
+    Args:
+        sock: a connected socket (for example from ``listener.accept()``).
+        subprotocols: subprotocols the server supports; the first one the
+            client offered is chosen.
+        origins: allowed Origin values (``None`` in the list allows requests
+            without one); others get 403.
+        process_request: called with the request before the upgrade; a
+            :class:`~blockws.http.Response` it returns is sent instead (to
+            reject, redirect or challenge).
+        max_size: the largest message accepted (bytes; None: no limit);
+            larger ones fail the connection with 1009.
+        max_fragments: the most frames a message may come in (1009 past it).
+        open_timeout: bounds the handshake (a client that sends nothing is
+            dropped).
+        ssl_context: wrap ``sock`` in TLS first.
+        keepalive: True (the default): the process-wide
+            :meth:`KeepAlive.shared` answers the client's pings and notices
+            its Close while the handler isn't reading, and pings every 20 s;
+            a :class:`~blockws.KeepAlive` to choose the interval and
+            timeout; None to opt out.
+        auth: :class:`~blockws.BasicAuth` or :class:`~blockws.DigestAuth`:
+            requests without valid credentials get 401 with a challenge;
+            the user name is then in ``ws.username``.
+        compression: ``"deflate"`` (the default) to accept permessage-deflate
+            when the client offers it, a :class:`~blockws.PerMessageDeflate`
+            to choose its settings, or None.
+        max_line: the longest request line or header line accepted, in
+            bytes (longer: 400 naming ``max_line``).
+        max_headers: the most header lines accepted (more: 400 naming
+            ``max_headers``).
+
+    Raises:
+        InvalidHandshake: the request was refused; the HTTP answer (4xx, or
+            the process_request response) was already sent.
+        TimeoutError: the handshake took longer than ``open_timeout``.
+    """
+    settings = _ServerSettings(
+        timeout=timeout,
+        close_timeout=close_timeout,
+        subprotocols=check_subprotocols(subprotocols),
+        compression=deflate.settings(compression),
+        ssl_context=ssl_context,
+        max_size=max_size,
+        max_fragments=max_fragments,
+        write_limit=write_limit,
+        max_line=max_line,
+        max_headers=max_headers,
+        origins=origins,
+        process_request=process_request,
+        auth=auth,
+    )
+    ws = _accept_tls(sock, Deadline(open_timeout), settings)
+    attach_keepalive(ws, keepalive)
+    return ws
+
+
+def _accept_tls(sock: socket.socket, deadline: Deadline, settings: _ServerSettings) -> WebSocket:
+    ssl_context = settings.ssl_context
+    if ssl_context is not None:
+        sock.settimeout(deadline.remaining())
+        with named_timeout("during the TLS handshake"):
+            first = sock.recv(1, socket.MSG_PEEK)
+        if first and first not in (b"\x16", b"\x80"):  # neither a TLS nor an SSLv2-style hello
+            _refuse_plaintext(sock, deadline)
+        with named_timeout("during the TLS handshake"):
+            sock = ssl_context.wrap_socket(sock, server_side=True)
+        try:
+            return _accept(sock, deadline, settings)
+        except BaseException:
+            sock.close()  # the caller's socket was detached into this one
+            raise
+    return _accept(sock, deadline, settings)
+
+
+def _refuse_plaintext(sock: socket.socket, deadline: Deadline) -> None:
+    """Answer a plain HTTP request on a TLS port in plain HTTP, so the client learns why.
+
+    (Left to OpenSSL, it ends in a bare reset.)
+    """
+    try:
+        read_http_head(sock, deadline, "opening handshake")
+    except (InvalidHandshake, TimeoutError, OSError):
+        pass  # answer anyway: the message is what matters
+    body = b"this server speaks TLS: use a wss:// URL\n"
+    _reply(sock, Response(400, headers={"Connection": "close"}, body=body), deadline)
+    raise InvalidHandshake("a plain HTTP request on a TLS port (the client should use wss://)")
+
+
+def _accept(sock: socket.socket, deadline: Deadline, settings: _ServerSettings) -> WebSocket:
+    try:
+        head, leftover = read_http_head(sock, deadline, "opening handshake", settings.max_line)
+        request = parse_request(head, max_line=settings.max_line, max_headers=settings.max_headers)
+    except InvalidHandshake as exc:
+        _reply(sock, Response(400, body=f"{exc}\n".encode()), deadline)
+        raise
+    username = None
+    auth = settings.auth
+    if auth is not None:
+        username = auth.check(request)
+        if username is None:
+            _reply(sock, auth.challenge(request), deadline)
+            refused = "wrong credentials" if "Authorization" in request.headers else "no credentials"
+            raise InvalidHandshake(f"authentication failed: {refused}")
+    if settings.process_request is not None:
+        answer = settings.process_request(request)
+        if answer is not None:
+            _reply(sock, answer, deadline)
+            raise InvalidHandshake(f"request refused by process_request: HTTP {answer.status}")
+    try:
+        if settings.origins is not None and request.headers.get("Origin") not in settings.origins:
+            raise HandshakeFailure(f"origin {request.headers.get('Origin')!r} is not allowed", 403)
+        key = check_request(request)
+    except HandshakeFailure as exc:
+        _reply(sock, exc.response(), deadline)
+        raise
+    compression = settings.compression
+    accepted = None
+    if compression is not None:
+        accepted = compression.accept(request.headers.get_all("Sec-WebSocket-Extensions"))
+    subprotocol = select_subprotocol(request, settings.subprotocols)
+    response = accept_response(key, subprotocol, accepted[0] if accepted else None)
+    commit: Callable[[], None] | None = getattr(upgrade_gate, "commit", None)
+    if commit is not None:
+        commit()
+    sock.settimeout(deadline.remaining())
+    with named_timeout("sending the handshake response"):
+        sock.sendall(response.serialize())
+    return settings.websocket(
+        sock,
+        Side.SERVER,
+        request,
+        response,
+        subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
+        deflate=accepted[1] if accepted else None,
+        extensions=[accepted[0]] if accepted else None,
+        leftover=leftover,
+        username=username,
+    )
