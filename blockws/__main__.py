@@ -170,6 +170,8 @@ def run_client(args: argparse.Namespace) -> int:
         options["ssl_context"] = context
     if args.user:
         options["auth"] = _ask_password(args.user)
+    if args.trace:
+        options["trace"] = _trace_frames  # from the first frame, which the keepalive may read
     try:
         ws = connect(args.url, **options)
     except InvalidStatus as exc:
@@ -189,7 +191,6 @@ def _session(ws: WebSocket, args: argparse.Namespace) -> int:
             _trace_http(ws.request, ">")
         if ws.response is not None:
             _trace_http(ws.response, "<")
-        ws.trace = _trace_frames
     if ws.subprotocol is not None:
         say(f"subprotocol: {ws.subprotocol}", sys.stderr)
     interactive = sys.stdin.isatty()
@@ -306,7 +307,6 @@ def run_server(args: argparse.Namespace) -> int:
                 _trace_http(ws.request, "<")
             if ws.response is not None:
                 _trace_http(ws.response, ">")
-            ws.trace = _trace_frames
         with lock:
             clients.add(ws)
         # Said once the client is in the set, so lines typed after it reach it.
@@ -322,7 +322,7 @@ def run_server(args: argparse.Namespace) -> int:
                 clients.discard(ws)
             say(f"{ws.remote_address[0]}:{ws.remote_address[1]} left ({ws.close_code})", sys.stderr)
 
-    with serve(handler, args.host, args.port) as server:
+    with serve(handler, args.host, args.port, trace=_trace_frames if args.trace else None) as server:
         say(
             f"{'chat' if args.chat else 'broadcast' if args.broadcast_stdin else 'echo'} server on ws://{args.host}:{server.port}/"
         )

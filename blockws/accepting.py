@@ -24,7 +24,7 @@ from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_request
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Side
-from .settings import DEFAULT_OPEN_TIMEOUT, Settings
+from .settings import DEFAULT_OPEN_TIMEOUT, Settings, Trace
 from .utils import Deadline, named_timeout, read_http_head
 
 __all__ = ["accept", "ProcessRequest", "upgrade_gate"]
@@ -71,6 +71,7 @@ def accept(
     auth: BasicAuth | DigestAuth | None = None,
     max_line: int = MAX_LINE,
     max_headers: int = MAX_HEADERS,
+    trace: Trace | None = None,
 ) -> WebSocket:
     """Run the server side of the opening handshake on an accepted socket.
 
@@ -104,6 +105,10 @@ def accept(
             bytes (longer: 400 naming ``max_line``).
         max_headers: the most header lines accepted (more: 400 naming
             ``max_headers``).
+        trace: a callable given every frame sent (``">"``) and received
+            (``"<"``), from the first: as :attr:`WebSocket.trace`, which,
+            set after the handshake, may miss frames the keepalive thread
+            already read.
 
     Raises:
         InvalidHandshake: the request was refused; the HTTP answer (4xx, or
@@ -121,6 +126,7 @@ def accept(
         write_limit=write_limit,
         max_line=max_line,
         max_headers=max_headers,
+        trace=trace,
         origins=origins,
         process_request=process_request,
         auth=auth,

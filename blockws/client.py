@@ -40,7 +40,7 @@ from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Side
 from .proxy import ProxyURL, open_tunnel, proxy_from_environment, redact_proxy_url
-from .settings import DEFAULT_OPEN_TIMEOUT, Settings
+from .settings import DEFAULT_OPEN_TIMEOUT, Settings, Trace
 from .utils import Deadline, named_timeout, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["connect", "ConnectGate", "WebSocketURI", "parse_uri", "redact_url", "BAD_PORTS"]
@@ -237,6 +237,7 @@ def connect(
     server_hostname: str | None = None,
     max_line: int = MAX_LINE,
     max_headers: int = MAX_HEADERS,
+    trace: Trace | None = None,
 ) -> WebSocket:
     """Open a WebSocket connection to ``url``.
 
@@ -298,6 +299,10 @@ def connect(
         max_line: the longest line accepted in the server's (or the
             proxy's) HTTP answer, in bytes.
         max_headers: the most header lines accepted in that answer.
+        trace: a callable given every frame sent (``">"``) and received
+            (``"<"``), from the first: as :attr:`WebSocket.trace`, which,
+            set after the handshake, may miss frames the keepalive thread
+            already read.
 
     Raises:
         InvalidURI: ``url`` is not a WebSocket URL.
@@ -340,6 +345,7 @@ def connect(
         write_limit=write_limit,
         max_line=max_line,
         max_headers=max_headers,
+        trace=trace,
         origin=origin,
         server_hostname=server_hostname,
         proxy=proxy,

@@ -260,7 +260,7 @@ class WebSocket:
         except OSError as exc:
             raise self._lose(exc) from exc
         finally:
-            out.cond.release()
+            out.release()
 
     # -- sending -------------------------------------------------------------------
 
@@ -306,7 +306,7 @@ class WebSocket:
                         raise self._lose(exc) from exc
                     return len(data)
             finally:
-                cond.release()
+                out.release()
         text, payload_ = _payload(data)
         deadline = Deadline(self._timeout)
         with self._sending(deadline, text):
@@ -663,7 +663,7 @@ class WebSocket:
         try:
             self._proto.send_close(code, reason)
         finally:
-            cond.release()
+            self._out.release()
 
     def shutdown(self, how: int) -> None:
         """Half-close like :meth:`socket.socket.shutdown`.

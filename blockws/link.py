@@ -130,7 +130,7 @@ class KeepAliveLink:
         except ConnectionClosed:
             return False
         finally:
-            ws._out.cond.release()
+            ws._out.release()
 
     @property
     def close_unanswered(self) -> bool:
@@ -157,5 +157,5 @@ class KeepAliveLink:
         except ConnectionClosed:
             pass
         finally:
-            ws._out.cond.release()
+            ws._out.release()
         return True

@@ -81,8 +81,28 @@ class Outbox:
             remaining = deadline.remaining()
             cond.wait(1.0 if remaining is None else min(remaining, 1.0))
             if deadline.expired():
-                cond.release()
+                self.release()
                 raise self._timeout_error("send")
+
+    def release(self) -> None:
+        """Let go of the send lock, then write what a reader queued meanwhile.
+
+        A reader that finds a ping (or the peer's Close) queues the answer
+        and tries the lock; while a sender holds it, that try fails and the
+        reader leaves the answer to the holder. The holder may have checked
+        for it already, so every holder looks again after letting go: the
+        answer is queued before the reader's try, which came before this
+        release, so it can't be missed.
+        """
+        cond = self.cond
+        cond.release()
+        while self._proto._out and cond.acquire(blocking=False):
+            try:
+                self.flush(Deadline(0))
+            except ConnectionClosed:
+                pass  # recorded: the next call on the connection reports it
+            finally:
+                cond.release()
 
     def check_open(self) -> None:
         """Raise ConnectionClosed unless data may still be sent; hold the send lock."""
@@ -148,7 +168,7 @@ class Outbox:
             try:
                 self.flush(deadline)
             finally:
-                self.cond.release()
+                self.release()
 
     def flush_while_waiting(self, deadline: Deadline) -> None:
         """Write what a partial send left here while a reader waits to read.
@@ -168,7 +188,7 @@ class Outbox:
                 if self.flush(Deadline(0)) or writable and len(self.buf) == held:
                     return  # all written, or writable without progress (TLS): don't spin
             finally:
-                self.cond.release()
+                self.release()
             if transport.buffered():
                 return
             readable, writable = transport.waiter.either(poll_ms(deadline))

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .connection import WebSocket
 from .deflate import DeflateParams, PerMessageDeflate
+from .frames import FrameHeader
 from .http import Request, Response
 from .protocol import Protocol, Side
 
-__all__ = ["DEFAULT_OPEN_TIMEOUT", "Settings"]
+__all__ = ["DEFAULT_OPEN_TIMEOUT", "Settings", "Trace"]
+
+#: Given every frame sent (">") and received ("<"): its header and the first bytes of its payload.
+Trace = Callable[[str, FrameHeader, bytes], None]
 
 DEFAULT_OPEN_TIMEOUT = 10.0
 
@@ -42,6 +46,7 @@ class Settings:
     write_limit: int
     max_line: int
     max_headers: int
+    trace: Trace | None
 
     def websocket(
         self,
@@ -71,6 +76,7 @@ class Settings:
             deflate=deflate,
             compression=self.compression,
         )
+        protocol.trace = self.trace  # before the first frame (the leftover) is parsed
         return WebSocket(
             sock,
             protocol,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import threading
 from typing import Any, Union
 
 from .utils import Deadline
@@ -100,11 +101,15 @@ class Transport:
     with room prove nothing: a dead peer's buffer takes them too.
     """
 
-    __slots__ = ("sock", "tls", "nonblocking", "fd", "waiter", "drained", "congested")
+    __slots__ = ("sock", "tls", "nonblocking", "fd", "waiter", "drained", "congested", "_tls_lock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.tls = isinstance(sock, ssl.SSLSocket)
+        # One SSL object must not read and write at once (OpenSSL's rule; the
+        # ssl module releases the GIL in both): a reader thread and a sender
+        # thread take turns here. Held only for one non-blocking call.
+        self._tls_lock = threading.Lock() if self.tls else None
         # Flags can't make a TLS socket's calls non-blocking, and some
         # platforms have no MSG_DONTWAIT: such sockets are non-blocking for
         # good and every wait goes through the waiter. The others stay in
@@ -132,7 +137,10 @@ class Transport:
 
     def buffered(self) -> int:
         """Bytes TLS decrypted and holds, which ``poll`` can't see."""
-        return self.sock.pending() if self.tls else 0  # type: ignore[attr-defined]
+        if self._tls_lock is None:
+            return 0
+        with self._tls_lock:
+            return self.sock.pending()  # type: ignore[attr-defined, no-any-return]
 
     def recv_some(self, size: int, deadline: Deadline) -> bytes:
         """Read up to ``size`` bytes the kernel has (b"" at EOF); TimeoutError when the deadline passes."""
@@ -143,10 +151,13 @@ class Transport:
             if tls:
                 size = READ_SIZE
             while True:
-                if not (tls and sock.pending()) and not waiter.readable(poll_ms(deadline)):  # type: ignore[attr-defined]
+                if not (tls and self.buffered()) and not waiter.readable(poll_ms(deadline)):
                     raise TimeoutError
                 try:
-                    return sock.recv(size)
+                    if self._tls_lock is None:
+                        return sock.recv(size)
+                    with self._tls_lock:
+                        return sock.recv(size)
                 except (ssl.SSLWantReadError, BlockingIOError):
                     if deadline.expired():
                         raise TimeoutError from None
@@ -168,7 +179,11 @@ class Transport:
         sock = self.sock
         while True:
             try:
-                n = sock.send(data) if self.nonblocking else sock.send(data, MSG_DONTWAIT)
+                if self._tls_lock is not None:
+                    with self._tls_lock:
+                        n = sock.send(data)
+                else:
+                    n = sock.send(data) if self.nonblocking else sock.send(data, MSG_DONTWAIT)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 self.congested = True
             else:
@@ -230,7 +245,7 @@ class Transport:
         deadline) lets it see that frame and end cleanly.
         """
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            self._shutdown(socket.SHUT_WR)
             while self.recv_some(READ_SIZE, deadline):
                 pass
         except OSError:  # TimeoutError included
@@ -239,9 +254,16 @@ class Transport:
     def shutdown(self) -> None:
         """Stop the socket both ways: wakes any thread blocked on it."""
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self._shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def _shutdown(self, how: int) -> None:
+        # SSLSocket.shutdown() also drops its SSL object, and a read after
+        # that returns the raw TCP bytes: the peer's ciphertext would reach
+        # the parser as frames. Shutting the descriptor down keeps the SSL
+        # object, so a later read sees the end, as on a plain socket.
+        socket.socket.shutdown(self.sock, how)
 
     def close(self) -> None:
         self.shutdown()

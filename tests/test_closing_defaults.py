@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from websockets.sync.server import serve as ws_serve
 
 import blockws
 from blockws import KeepAlive
-from blockws.frames import Opcode, encode_close, encode_header
+from blockws.frames import FrameHeader, Opcode, encode_close, encode_header
 from blockws.handshake import accept_key
 
 from .helpers import raise_fd_limit
@@ -325,3 +326,33 @@ def test_works_without_poll_and_msg_dontwait():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_trace_option_sees_frames_the_keepalive_read_first(run_server):
+    """ws.trace set after connect() may miss frames the keepalive thread
+    already read; trace= on connect() and serve() sees every frame."""
+    server_seen: list[str] = []
+    client_seen: list[str] = []
+    checked = threading.Event()
+
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.sendall("first")
+        time.sleep(0.3)  # not reading: the keepalive thread reads the client's "hello"
+        assert ws.recv() == "hello"
+        checked.set()
+
+    def tracer(seen: list[str]) -> Callable[[str, FrameHeader, bytes], None]:
+        def trace(direction: str, header: FrameHeader, preview: bytes) -> None:
+            if header.opcode == Opcode.TEXT:
+                seen.append(direction + bytes(preview).decode())
+
+        return trace
+
+    server = run_server(handler, trace=tracer(server_seen))
+    with blockws.connect(server.url, timeout=5, compression=None, trace=tracer(client_seen)) as ws:
+        ws.sendall("hello")
+        time.sleep(0.3)  # the keepalive thread reads "first"
+        assert ws.recv() == "first"
+        assert checked.wait(5)
+    assert client_seen[:2] == [">hello", "<first"] or client_seen[:2] == ["<first", ">hello"]
+    assert "<hello" in server_seen and ">first" in server_seen

@@ -509,3 +509,23 @@ def test_server_connections_threads_are_handlers_plus_one(run_server):
         for ws in conns:
             ws.close()
         keepalive.close()
+
+
+def test_pong_queued_while_a_sender_holds_the_connection_goes_out(run_server):
+    """The server's keepalive thread reads our ping while the handler sends
+    its echo: it queues the pong and can't take the send lock, so the sender
+    must write it after letting go. It used to stay queued until the
+    handler's next send, while the handler, back in recv(), waited for us:
+    ping() timed out."""
+
+    def echo(ws: blockws.WebSocket) -> None:
+        for message in ws:
+            ws.sendall(message)
+
+    server = run_server(echo, compression=None)
+    with blockws.connect(server.url, timeout=3, compression=None) as ws:
+        for i in range(300):
+            message = str(i).encode() * 50_000
+            ws.sendall(message)
+            ws.ping()
+            assert ws.recv() == message
