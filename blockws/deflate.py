@@ -62,13 +62,22 @@ class DeflateParams:
     server_max_window_bits: int = 15
     client_max_window_bits: int = 15
 
-    def response(self, client_bits_offered: bool) -> str:
+    def response(self, client_bits_offered: bool, server_bits_offered: bool = False) -> str:
+        """The server's Sec-WebSocket-Extensions answer for these parameters.
+
+        Args:
+            client_bits_offered: the offer had ``client_max_window_bits``
+                (without it the server may not send that parameter).
+            server_bits_offered: the offer had ``server_max_window_bits``;
+                the answer must then carry it even at 15 (RFC 7692 section
+                7.1.2.1), or clients refuse it as ignored.
+        """
         parts = [NAME]
         if self.server_no_context_takeover:
             parts.append("server_no_context_takeover")
         if self.client_no_context_takeover:
             parts.append("client_no_context_takeover")
-        if self.server_max_window_bits != 15:
+        if server_bits_offered or self.server_max_window_bits != 15:
             parts.append(f"server_max_window_bits={self.server_max_window_bits}")
         if client_bits_offered and self.client_max_window_bits != 15:
             parts.append(f"client_max_window_bits={self.client_max_window_bits}")
@@ -289,7 +298,7 @@ def server_accept(
             server_max_window_bits=server_bits,
             client_max_window_bits=client_bits,
         )
-        return params_.response(client_bits_offered), params_
+        return params_.response(client_bits_offered, "server_max_window_bits" in offered), params_
     return None
 
 

@@ -53,6 +53,17 @@ from .helpers import RecvErrors
             "permessage-deflate; client_no_context_takeover",
             DeflateParams(client_no_context_takeover=True),
         ),
+        # Asked for, server_max_window_bits is answered even at its default (RFC 7692 7.1.2.1).
+        (
+            "permessage-deflate; server_max_window_bits=15",
+            "permessage-deflate; server_max_window_bits=15",
+            DeflateParams(),
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=15; client_max_window_bits",
+            "permessage-deflate; server_max_window_bits=15",
+            DeflateParams(),
+        ),
         # Invalid offers are declined, the next one is taken.
         ("permessage-deflate; foo, permessage-deflate", "permessage-deflate", DeflateParams()),
         ("permessage-deflate; server_max_window_bits=7, permessage-deflate", "permessage-deflate", DeflateParams()),
@@ -524,6 +535,8 @@ def test_blockws_client_with_websockets_server_compressed():
         {"server_max_window_bits": 10},
         {"client_max_window_bits": 9},
         {"server_no_context_takeover": True, "client_no_context_takeover": True},
+        {"server_max_window_bits": 15},
+        {"server_max_window_bits": 15, "client_max_window_bits": 15},
     ],
 )
 def test_websockets_client_with_blockws_server_compressed(run_server, options):
@@ -536,6 +549,17 @@ def test_websockets_client_with_blockws_server_compressed(run_server, options):
         for message in ['{"a": 1}' * 200, b"\x01" * 70_000, "x" * 3, os.urandom(3000)] * 3:
             ws.send(message)
             assert ws.recv(timeout=5) == message
+
+
+def test_blockws_client_asking_for_server_max_window_bits_15_gets_an_answer(run_server):
+    """Both sides of blockws: the parameter asked for comes back, even at its default."""
+    server = run_server()
+    settings_ = blockws.PerMessageDeflate(server_max_window_bits=15)
+    with blockws.connect(server.url, timeout=5, compression=settings_) as ws:
+        assert "server_max_window_bits=15" in ws.extensions[0]
+        for message in ['{"a": 1}' * 300, '{"a": 1}' * 300, os.urandom(2000)]:
+            ws.sendall(message)
+            assert ws.recv() == message
 
 
 def test_partial_send_counts_uncompressed_input(run_server):
