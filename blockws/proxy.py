@@ -53,7 +53,7 @@ class ProxyURL:
             raise ProxyError(f"unsupported proxy URL {safe!r}: use http://, socks5://, socks5h://, socks4a://")
         self.scheme = scheme
         self.host = parts.hostname
-        self.port = port or _SCHEMES[scheme]
+        self.port = _SCHEMES[scheme] if port is None else port
         self.user = urllib.parse.unquote(parts.username) if parts.username else None
         self.password = urllib.parse.unquote(parts.password) if parts.password else None
 

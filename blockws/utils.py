@@ -156,7 +156,7 @@ def split_url(url: str, *, no_path: bool = False) -> tuple[urllib.parse.SplitRes
 
     Raises:
         ValueError: ``url`` can't be split, or its port is not a number in
-            range. The message masks the password, and the exception has no
+            range (0 included: nothing can be reached there). The message masks the password, and the exception has no
             context (urlsplit's own error may quote the userinfo).
     """
     if any(ord(c) < 0x20 or c == "\x7f" for c in url):
@@ -170,9 +170,15 @@ def split_url(url: str, *, no_path: bool = False) -> tuple[urllib.parse.SplitRes
     error = None
     try:
         parts = urllib.parse.urlsplit(url)
-        return parts, parts.port
+        port = parts.port
     except ValueError as exc:
         error = str(exc)
+    else:
+        if port == 0:
+            # urlsplit accepts it, and "port or default" would then quietly
+            # connect to the default port instead.
+            raise ValueError("port 0 is not a port a connection can be made to")
+        return parts, port
     user, colon, _ = userinfo.partition(":")
     if colon:
         error = error.replace(userinfo, f"{user}:***")  # its NFKC check quotes the whole netloc

@@ -355,3 +355,9 @@ def test_a_proxy_url_is_redacted_as_a_url_without_a_path():
     assert redact_proxy_url("http://u:pa/ss@proxy:3128") == "http://u:***@proxy:3128"
     assert redact_proxy_url("u:pw@proxy:3128") == "u:***@proxy:3128"
     assert redact_proxy_url("socks5h://proxy:1080") == "socks5h://proxy:1080"
+
+
+@pytest.mark.parametrize("url", ["http://proxy:0", "proxy:0", "socks5://u:pw@proxy:0"])
+def test_a_proxy_on_port_0_is_refused_not_sent_to_the_default_port(url):
+    with pytest.raises(blockws.ProxyError, match="port 0 is not a port"):
+        ProxyURL(url)
