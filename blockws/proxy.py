@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from .auth import MAX_PROXY_REQUESTS, basic_credentials
 from .exceptions import HeadCut, InvalidHandshake, ProxyError
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
-from .utils import Deadline, named_timeout, read_http_body, read_http_head, redact_url, split_url
+from .utils import Deadline, has_scheme, named_timeout, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL", "redact_proxy_url"]
 
@@ -42,7 +42,7 @@ class ProxyURL:
     """
 
     def __init__(self, url: str) -> None:
-        full = url if "://" in url else f"http://{url}"
+        full = url if has_scheme(url) else f"http://{url}"
         safe = redact_proxy_url(full)
         try:
             parts, port = split_url(full, no_path=True)

@@ -12,7 +12,16 @@ from .exceptions import HeadCut
 from .http import MAX_BODY, Response, find_head_end
 
 # HeadCut is defined in exceptions.py with the other errors; importable from here as before.
-__all__ = ["Deadline", "HeadCut", "named_timeout", "read_http_head", "read_http_body", "redact_url", "split_url"]
+__all__ = [
+    "Deadline",
+    "HeadCut",
+    "named_timeout",
+    "read_http_head",
+    "read_http_body",
+    "has_scheme",
+    "redact_url",
+    "split_url",
+]
 
 
 class Deadline:
@@ -109,6 +118,16 @@ def _recv_before(sock: socket.socket, deadline: Deadline, size: int, what: str) 
         return sock.recv(size)
 
 
+def has_scheme(url: str) -> bool:
+    """Whether ``url`` starts with ``scheme://`` (a well-formed scheme or not).
+
+    A scheme holds no ``:``, so a ``://`` after the first ``:`` is in a
+    password (``user:pa://ss@host``), not after a scheme.
+    """
+    colon = url.find(":")
+    return colon >= 0 and url.startswith("//", colon + 1)
+
+
 def _userinfo_span(url: str, no_path: bool) -> tuple[int, int] | None:
     """Where the userinfo of ``url`` is, as ``(start, index of its "@")``; None: no userinfo.
 
@@ -118,10 +137,14 @@ def _userinfo_span(url: str, no_path: bool) -> tuple[int, int] | None:
     ``/`` is masked too. A string without ``//`` starts with the authority,
     as in ``user:pw@host``.
     """
-    # Without "//", the text starts with the authority, as people type
-    # "user:pw@host" (and as a proxy URL may be given).
-    start = url.find("//")
-    start = 0 if start < 0 else start + 2
+    if url.startswith("//"):
+        start = 2
+    elif has_scheme(url):
+        start = url.index("://") + 3
+    else:
+        # The text starts with the authority, as people type "user:pw@host"
+        # (and as a proxy URL may be given), even if its password holds "//".
+        start = 0
     end = len(url)
     if not no_path:
         end = min((i for i in (url.find(c, start) for c in "/?#") if i >= 0), default=end)
