@@ -17,6 +17,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Union
 
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_AUTH_ATTEMPTS",
     "MAX_STALE_RETRIES",
     "MAX_PROXY_REQUESTS",
+    "DEFAULT_MAX_NONCES",
 ]
 
 Credentials = tuple[str, str]
@@ -52,6 +54,9 @@ MAX_STALE_RETRIES = 1
 #: CONNECT requests on one proxy tunnel, 407 retries included: the budget of
 #: the proxy's own loop, which may reuse the connection between them.
 MAX_PROXY_REQUESTS = 5
+
+#: Nonces a DigestAuth remembers the counters of (``max_nonces``).
+DEFAULT_MAX_NONCES = 10_000
 
 _AUTH_PARAM = re.compile(rf"\s*({TCHAR}+)\s*=\s*({QUOTED_STRING}|[^\s,]*)\s*,?")
 _SCHEME = re.compile(rf"\s*,?\s*({TCHAR}+)")
@@ -339,12 +344,20 @@ class BasicAuth:
 class DigestAuth:
     """Server side of HTTP Digest (RFC 7616, qop=auth).
 
+    The server remembers the highest ``nc`` of every nonce used within its
+    lifetime, so a captured request can't be replayed. That table holds at
+    most ``max_nonces`` nonces: past it the oldest is forgotten, and a login
+    with a nonce no older than the forgotten ones gets 401 with
+    ``stale=true``, so the client retries at once with a fresh nonce.
+
     Args:
         realm: the protection space.
         users: a mapping or a lookup ``users(name) -> password | None``.
         algorithms: offered in this order of preference.
         nonce_lifetime: seconds a nonce stays valid (then ``stale=true``).
         secret: signs nonces (random by default: nonces die with the process).
+        max_nonces: the most nonces remembered at once (about 200 bytes
+            each); the default holds 300 s of 33 logins per second.
     """
 
     def __init__(
@@ -355,39 +368,67 @@ class DigestAuth:
         algorithms: Sequence[str] = ("SHA-256", "MD5"),
         nonce_lifetime: float = 300.0,
         secret: bytes | None = None,
+        max_nonces: int = DEFAULT_MAX_NONCES,
     ) -> None:
         for algorithm in algorithms:
             if algorithm.upper().removesuffix("-SESS") not in _ALGORITHMS:
                 raise ValueError(f"unsupported Digest algorithm {algorithm!r}")
+        if max_nonces < 1:
+            raise ValueError(f"max_nonces must be 1 or more, not {max_nonces}")
         self.realm = realm
         self.users = users
         self.algorithms = list(algorithms)
         self.nonce_lifetime = nonce_lifetime
+        self.max_nonces = max_nonces
         self._secret = secret or secrets.token_bytes(32)
         self._dummy = secrets.token_hex(16)  # the password of users that don't exist
         self._opaque = secrets.token_hex(8)
-        self._counters: dict[str, int] = {}  # nonce -> highest nc seen
+        # nonce -> (issued, highest nc seen), in the order of first use, which
+        # is nearly the order of issue: the expired and the evicted come off
+        # the front, O(1) per login under the lock.
+        self._counters: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        # Nonces issued up to this time and not in the table may have been
+        # evicted while still valid: their counters are gone, so they are
+        # refused as stale (a replay could otherwise start again at nc=1).
+        self._forgotten_until = float("-inf")
+        self._last_issued = 0  # microseconds
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DigestAuth(realm={self.realm!r}, algorithms={self.algorithms!r})"  # never the passwords
 
     def _make_nonce(self) -> str:
-        stamp = f"{time.time():.3f}:{secrets.token_hex(8)}"
+        # Issue times are unique (to the microsecond) and increasing, so "issued
+        # no later than the last evicted nonce" never catches a fresh nonce
+        # issued in the same instant.
+        with self._lock:
+            micros = self._last_issued = max(time.time_ns() // 1000, self._last_issued + 1)
+        stamp = f"{micros // 1_000_000}.{micros % 1_000_000:06d}:{secrets.token_hex(8)}"
         sig = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
         return base64.b64encode(f"{stamp}:{sig}".encode()).decode()
 
-    def _nonce_state(self, nonce: str) -> str:
-        """ "valid", "stale" (genuine but expired) or "invalid"."""
+    def _issued(self, nonce: str) -> float | None:
+        """When we issued ``nonce``, or None if it isn't one of ours."""
         try:
             stamp, _, sig = base64.b64decode(nonce, validate=True).decode().rpartition(":")
             issued = float(stamp.split(":")[0])
         except (ValueError, UnicodeDecodeError):
-            return "invalid"
+            return None
         expected = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
         if not hmac.compare_digest(sig.encode(), expected.encode()):  # bytes: sig may be any text
+            return None
+        return issued
+
+    def _nonce_state(self, nonce: str) -> str:
+        """ "valid", "stale" (genuine but expired or forgotten) or "invalid"."""
+        issued = self._issued(nonce)
+        if issued is None:
             return "invalid"
-        return "valid" if time.time() - issued <= self.nonce_lifetime else "stale"
+        if time.time() - issued > self.nonce_lifetime:
+            return "stale"
+        with self._lock:
+            forgotten = issued <= self._forgotten_until and nonce not in self._counters
+        return "stale" if forgotten else "valid"
 
     @staticmethod
     def _params(request: Request) -> dict[str, str] | None:
@@ -428,16 +469,36 @@ class DigestAuth:
         expected = h(f"{ha1}:{nonce}:{params['nc']}:{params['cnonce']}:auth:{ha2}")
         if not hmac.compare_digest(answer.encode(), expected.encode()) or not known:
             return None
-        with self._lock:
-            if nc <= self._counters.get(nonce, 0):
-                return None  # a replay
-            self._expire_counters()
-            self._counters[nonce] = nc
-        return user
+        return user if self._count(nonce, nc) else None
 
-    def _expire_counters(self) -> None:
-        if len(self._counters) > 10_000:
-            self._counters = {n: c for n, c in self._counters.items() if self._nonce_state(n) == "valid"}
+    def _count(self, nonce: str, nc: int) -> bool:
+        """Record ``nc`` for a valid ``nonce``: False for a replay or a forgotten nonce."""
+        issued = self._issued(nonce)
+        assert issued is not None  # checked valid by the caller
+        with self._lock:
+            seen = self._counters.get(nonce)
+            if seen is None:
+                if issued <= self._forgotten_until:
+                    return False  # evicted while valid: its counter is gone
+                self._forget_expired()
+                if len(self._counters) >= self.max_nonces:
+                    _, (oldest, _) = self._counters.popitem(last=False)
+                    self._forgotten_until = max(self._forgotten_until, oldest)
+            elif nc <= seen[1]:
+                return False  # a replay
+            self._counters[nonce] = (issued, nc)  # a known nonce keeps its place
+            return True
+
+    def _forget_expired(self) -> None:
+        # Expired nonces are refused whether remembered or not: dropping them
+        # opens no replay. The front is the oldest first use; a nonce used
+        # late sits behind younger ones until they expire too.
+        deadline = time.time() - self.nonce_lifetime
+        while self._counters:
+            nonce, (issued, _) = next(iter(self._counters.items()))
+            if issued >= deadline:
+                break
+            del self._counters[nonce]
 
     def challenge(self, request: Request | None = None) -> Response:
         """The 401 response with a fresh nonce per algorithm (``stale=true`` after an expired one)."""

@@ -123,7 +123,9 @@ def parse_uri(url: str) -> WebSocketURI:
         resource += "?" + parts.query
     user = urllib.parse.unquote(parts.username) if parts.username is not None else None
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
-    return WebSocketURI(secure, parts.hostname, port or (443 if secure else 80), resource, user, password)
+    if port is None:
+        port = 443 if secure else 80
+    return WebSocketURI(secure, parts.hostname, port, resource, user, password)
 
 
 class ConnectGate:

@@ -9,7 +9,9 @@ receives.
 Decompression is bounded: a message never inflates past ``max_size`` (a
 1 KiB frame that would inflate to 1 GiB stops at the limit with
 :class:`~blockws.exceptions.PayloadTooBig`, holding at most ``max_size``
-bytes), and the context kept between messages is bounded by the window bits.
+bytes); its compressed bytes may not run far past ``max_size`` either, and
+data after the end of the deflate stream is refused (1007) rather than kept.
+The context kept between messages is bounded by the window bits.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ __all__ = [
 
 NAME = "permessage-deflate"
 _TRAILER = b"\x00\x00\xff\xff"
+# What may follow a BFINAL block (RFC 7692 section 7.2.3.3): BFINAL=0, BTYPE=00.
+_AFTER_BFINAL = b"\x00"
 # Messages shorter than this are sent uncompressed (RFC 7692 lets each
 # message choose): below it, deflate's block overhead and the CPU cost
 # outweigh the bytes saved (see CHANGES.txt for the measurement).
@@ -58,13 +62,22 @@ class DeflateParams:
     server_max_window_bits: int = 15
     client_max_window_bits: int = 15
 
-    def response(self, client_bits_offered: bool) -> str:
+    def response(self, client_bits_offered: bool, server_bits_offered: bool = False) -> str:
+        """The server's Sec-WebSocket-Extensions answer for these parameters.
+
+        Args:
+            client_bits_offered: the offer had ``client_max_window_bits``
+                (without it the server may not send that parameter).
+            server_bits_offered: the offer had ``server_max_window_bits``;
+                the answer must then carry it even at 15 (RFC 7692 section
+                7.1.2.1), or clients refuse it as ignored.
+        """
         parts = [NAME]
         if self.server_no_context_takeover:
             parts.append("server_no_context_takeover")
         if self.client_no_context_takeover:
             parts.append("client_no_context_takeover")
-        if self.server_max_window_bits != 15:
+        if server_bits_offered or self.server_max_window_bits != 15:
             parts.append(f"server_max_window_bits={self.server_max_window_bits}")
         if client_bits_offered and self.client_max_window_bits != 15:
             parts.append(f"client_max_window_bits={self.client_max_window_bits}")
@@ -285,7 +298,7 @@ def server_accept(
             server_max_window_bits=server_bits,
             client_max_window_bits=client_bits,
         )
-        return params_.response(client_bits_offered), params_
+        return params_.response(client_bits_offered, "server_max_window_bits" in offered), params_
     return None
 
 
@@ -335,16 +348,26 @@ class Decompressor:
         self._no_takeover = params.server_no_context_takeover if is_client else params.client_no_context_takeover
         self.max_size = max_size
         self._size = 0
+        self._wire = 0
         self._obj = zlib.decompressobj(-self._bits)
 
     def decompress(self, piece: bytes | bytearray | memoryview, fin: bool) -> bytes:
         """Inflate a piece of a compressed message as it arrives.
 
         Raises:
-            PayloadTooBig: the message inflates past ``max_size``; nothing
-                more is inflated.
-            ProtocolError: the data is not valid deflate (1007).
+            PayloadTooBig: the message inflates past ``max_size``, or its
+                compressed bytes exceed it by more than deflate's framing
+                can explain; nothing more is inflated.
+            ProtocolError: the data is not valid deflate, or goes on after
+                the end of the deflate stream (1007).
         """
+        self._wire += len(piece)
+        if self.max_size is not None and self._wire > _wire_limit(self.max_size):
+            # Deflate blocks that inflate to nothing (empty stored blocks)
+            # would otherwise let a message run on without counting.
+            raise PayloadTooBig(
+                f"compressed message of more than {_wire_limit(self.max_size)} bytes exceeds max_size={self.max_size}"
+            )
         data = bytes(piece) + _TRAILER if fin else piece
         try:
             if self.max_size is None:
@@ -358,8 +381,43 @@ class Decompressor:
         self._size += len(out)
         if self.max_size is not None and self._size > self.max_size:
             raise PayloadTooBig(f"decompressed message exceeds max_size={self.max_size}")
+        ended = self._obj.eof
+        if ended:
+            # zlib keeps whatever follows the end of the stream in
+            # unused_data, inflating none of it and copying it all again on
+            # every call: unchecked, junk would pile up past max_size at a
+            # quadratic cost. Failing at the first junk keeps it to a few bytes.
+            self._check_after_end(self._obj.unused_data, fin)
         if fin:
             self._size = 0
-            if self._no_takeover:
+            self._wire = 0
+            # A stream that ended can't go on: the sender's next message is a
+            # new stream (zlib resets its window after BFINAL).
+            if self._no_takeover or ended:
                 self._obj = zlib.decompressobj(-self._bits)
         return out
+
+    @staticmethod
+    def _check_after_end(extra: bytes, fin: bool) -> None:
+        # RFC 7692 section 7.2.3.3 lets a sender end a message with a BFINAL
+        # block, then one 0x00 byte (an empty stored block's header) before
+        # the trailer we append; anything else after the end is not part of
+        # the message. 1007 rather than 1002: the frames are well formed, it
+        # is the payload that is not valid permessage-deflate data, like
+        # corrupt deflate or bad UTF-8.
+        allowed = (_TRAILER, _AFTER_BFINAL + _TRAILER) if fin else (b"", _AFTER_BFINAL)
+        if extra not in allowed:
+            raise ProtocolError(
+                "invalid compressed data: data after the end of the deflate stream (BFINAL)",
+                CloseCode.INVALID_DATA,
+            )
+
+
+def _wire_limit(max_size: int) -> int:
+    """The most compressed bytes a message of ``max_size`` bytes may take.
+
+    Deflate can grow data a little: a stored block costs 5 bytes per 64 KiB
+    and every flushed frame about 5 more; an eighth plus 1 KiB covers that
+    for any sender that doesn't split a message into frames of a few bytes.
+    """
+    return max_size + max_size // 8 + 1024

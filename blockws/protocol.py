@@ -392,7 +392,8 @@ class Protocol:
                 raise PayloadTooBig(
                     f"message of more than {self.max_fragments} frames exceeds max_fragments={self.max_fragments}"
                 )
-            # A compressed message is bounded after inflating, by the Decompressor.
+            # A compressed message is bounded by the Decompressor, on every piece: its
+            # inflated size and its compressed size.
             if self.max_size is not None and self._msg_size > self.max_size and not self._msg_compressed:
                 if opcode == Opcode.CONT:
                     raise PayloadTooBig(f"message of {self._msg_size} bytes exceeds max_size={self.max_size}")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from .auth import MAX_PROXY_REQUESTS, basic_credentials
 from .exceptions import HeadCut, InvalidHandshake, ProxyError
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
-from .utils import Deadline, named_timeout, read_http_body, read_http_head, redact_url, split_url
+from .utils import Deadline, has_scheme, named_timeout, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL", "redact_proxy_url"]
 
@@ -42,7 +42,7 @@ class ProxyURL:
     """
 
     def __init__(self, url: str) -> None:
-        full = url if "://" in url else f"http://{url}"
+        full = url if has_scheme(url) else f"http://{url}"
         safe = redact_proxy_url(full)
         try:
             parts, port = split_url(full, no_path=True)
@@ -53,7 +53,7 @@ class ProxyURL:
             raise ProxyError(f"unsupported proxy URL {safe!r}: use http://, socks5://, socks5h://, socks4a://")
         self.scheme = scheme
         self.host = parts.hostname
-        self.port = port or _SCHEMES[scheme]
+        self.port = _SCHEMES[scheme] if port is None else port
         self.user = urllib.parse.unquote(parts.username) if parts.username else None
         self.password = urllib.parse.unquote(parts.password) if parts.password else None
 

@@ -12,7 +12,16 @@ from .exceptions import HeadCut
 from .http import MAX_BODY, Response, find_head_end
 
 # HeadCut is defined in exceptions.py with the other errors; importable from here as before.
-__all__ = ["Deadline", "HeadCut", "named_timeout", "read_http_head", "read_http_body", "redact_url", "split_url"]
+__all__ = [
+    "Deadline",
+    "HeadCut",
+    "named_timeout",
+    "read_http_head",
+    "read_http_body",
+    "has_scheme",
+    "redact_url",
+    "split_url",
+]
 
 
 class Deadline:
@@ -109,6 +118,16 @@ def _recv_before(sock: socket.socket, deadline: Deadline, size: int, what: str) 
         return sock.recv(size)
 
 
+def has_scheme(url: str) -> bool:
+    """Whether ``url`` starts with ``scheme://`` (a well-formed scheme or not).
+
+    A scheme holds no ``:``, so a ``://`` after the first ``:`` is in a
+    password (``user:pa://ss@host``), not after a scheme.
+    """
+    colon = url.find(":")
+    return colon >= 0 and url.startswith("//", colon + 1)
+
+
 def _userinfo_span(url: str, no_path: bool) -> tuple[int, int] | None:
     """Where the userinfo of ``url`` is, as ``(start, index of its "@")``; None: no userinfo.
 
@@ -118,10 +137,14 @@ def _userinfo_span(url: str, no_path: bool) -> tuple[int, int] | None:
     ``/`` is masked too. A string without ``//`` starts with the authority,
     as in ``user:pw@host``.
     """
-    # Without "//", the text starts with the authority, as people type
-    # "user:pw@host" (and as a proxy URL may be given).
-    start = url.find("//")
-    start = 0 if start < 0 else start + 2
+    if url.startswith("//"):
+        start = 2
+    elif has_scheme(url):
+        start = url.index("://") + 3
+    else:
+        # The text starts with the authority, as people type "user:pw@host"
+        # (and as a proxy URL may be given), even if its password holds "//".
+        start = 0
     end = len(url)
     if not no_path:
         end = min((i for i in (url.find(c, start) for c in "/?#") if i >= 0), default=end)
@@ -156,7 +179,7 @@ def split_url(url: str, *, no_path: bool = False) -> tuple[urllib.parse.SplitRes
 
     Raises:
         ValueError: ``url`` can't be split, or its port is not a number in
-            range. The message masks the password, and the exception has no
+            range (0 included: nothing can be reached there). The message masks the password, and the exception has no
             context (urlsplit's own error may quote the userinfo).
     """
     if any(ord(c) < 0x20 or c == "\x7f" for c in url):
@@ -170,9 +193,15 @@ def split_url(url: str, *, no_path: bool = False) -> tuple[urllib.parse.SplitRes
     error = None
     try:
         parts = urllib.parse.urlsplit(url)
-        return parts, parts.port
+        port = parts.port
     except ValueError as exc:
         error = str(exc)
+    else:
+        if port == 0:
+            # urlsplit accepts it, and "port or default" would then quietly
+            # connect to the default port instead.
+            raise ValueError("port 0 is not a port a connection can be made to")
+        return parts, port
     user, colon, _ = userinfo.partition(":")
     if colon:
         error = error.replace(userinfo, f"{user}:***")  # its NFKC check quotes the whole netloc

@@ -145,6 +145,53 @@ def test_replay_wrong_uri_and_stale_nonce():
     assert len(calls) == 1 and server.check(request_with(again, "/a")) == "Mufasa"
 
 
+def digest_login(server: DigestAuth, target: str = "/") -> tuple[ClientAuth, Request]:
+    """A client logged in with a fresh nonce, and the request it logged in with."""
+    client = ClientAuth(("Mufasa", "Circle of Life"))
+    request = request_with(client.authorize(server.challenge(), "GET", target), target)
+    assert server.check(request) == "Mufasa"
+    return client, request
+
+
+def test_digest_nonce_table_is_bounded_oldest_first():
+    """Each login used to scan the whole table past 10,000 nonces; now it is capped and trimmed from the front."""
+    assert blockws.auth.DEFAULT_MAX_NONCES == DigestAuth("r", USERS).max_nonces == 10_000
+    server = DigestAuth("realm", USERS, max_nonces=3)
+    logins = [digest_login(server) for _ in range(10)]
+    assert len(server._counters) == 3
+    remembered = [request.headers["Authorization"] for _, request in logins[-3:]]
+    assert [re.search(r'nonce="([^"]+)"', value).group(1) for value in remembered] == list(server._counters)  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="max_nonces must be 1 or more, not 0"):
+        DigestAuth("realm", USERS, max_nonces=0)
+
+
+def test_a_forgotten_nonce_is_stale_and_never_replayable():
+    server = DigestAuth("realm", USERS, max_nonces=2)
+    first, captured = digest_login(server)
+    assert server.check(request_with(first.preemptive("GET", "/"), "/")) == "Mufasa"  # nc 2, remembered
+    digest_login(server)
+    digest_login(server)  # the first nonce is evicted, still within its lifetime
+    assert server.check(captured) is None  # a replay with its counter gone: refused all the same
+    again = request_with(first.preemptive("GET", "/"), "/")
+    assert server.check(again) is None
+    challenge = server.challenge(again)
+    assert "stale=true" in challenge.headers["WWW-Authenticate"]
+    retry = first.authorize(challenge, "GET", "/")  # stale: same credentials, fresh nonce
+    assert retry is not None and server.check(request_with(retry, "/")) == "Mufasa"
+    # A nonce issued after the evictions, used for the first time, is fine.
+    assert digest_login(server)
+
+
+def test_expired_nonces_leave_the_table():
+    server = DigestAuth("realm", USERS, nonce_lifetime=0.2)
+    for _ in range(5):
+        digest_login(server)
+    assert len(server._counters) == 5
+    time.sleep(0.3)
+    _, request = digest_login(server)
+    assert list(server._counters) == [re.search(r'nonce="([^"]+)"', request.headers["Authorization"]).group(1)]  # type: ignore[union-attr]
+
+
 def test_proxy_challenges_are_read_from_proxy_authenticate():
     response = Response(407, headers={"Proxy-Authenticate": 'Basic realm="proxy"'})
     seen: list[Challenge] = []

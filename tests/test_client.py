@@ -95,6 +95,26 @@ def test_bad_ports_are_refused_before_connecting(port):
         blockws.connect(f"ws://127.0.0.1:{port}/", open_timeout=5)
 
 
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:0/", "wss://localhost:0/x", "ws://127.0.0.1:00/", "http://h:0"])
+def test_port_0_is_an_invalid_uri_not_the_default_port(url):
+    """urlsplit takes ":0" for a port, and it used to become 80 or 443 on the way."""
+    with pytest.raises(blockws.InvalidURI, match="port 0 is not a port"):
+        blockws.connect(url, open_timeout=5, allow_bad_ports=True)
+
+
+def test_a_redirect_to_port_0_is_an_invalid_uri(run_server):
+    seen: list[blockws.Request] = []
+
+    def redirect(request: blockws.Request) -> blockws.Response:
+        seen.append(request)
+        return blockws.Response.redirect("ws://127.0.0.1:0/elsewhere")
+
+    server = run_server(process_request=redirect)
+    with pytest.raises(blockws.InvalidURI, match=r"'ws://127.0.0.1:0/elsewhere': port 0 is not a port"):
+        blockws.connect(server.url, open_timeout=5)
+    assert len(seen) == 1
+
+
 @pytest.fixture
 def server_on_a_bad_port() -> Iterator[int | None]:
     """A blockws server on a banned port, if one can be bound here (else None)."""

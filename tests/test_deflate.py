@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -51,6 +52,17 @@ from .helpers import RecvErrors
             "permessage-deflate; client_no_context_takeover",
             "permessage-deflate; client_no_context_takeover",
             DeflateParams(client_no_context_takeover=True),
+        ),
+        # Asked for, server_max_window_bits is answered even at its default (RFC 7692 7.1.2.1).
+        (
+            "permessage-deflate; server_max_window_bits=15",
+            "permessage-deflate; server_max_window_bits=15",
+            DeflateParams(),
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=15; client_max_window_bits",
+            "permessage-deflate; server_max_window_bits=15",
+            DeflateParams(),
         ),
         # Invalid offers are declined, the next one is taken.
         ("permessage-deflate; foo, permessage-deflate", "permessage-deflate", DeflateParams()),
@@ -191,6 +203,52 @@ def test_corrupt_data_is_1007():
     with pytest.raises(ProtocolError) as info:
         Decompressor(DeflateParams(), True, None).decompress(b"\xff\xff\xff\xff", True)
     assert info.value.close_code == 1007
+
+
+# RFC 7692 section 7.2.3.3: "Hello" in a BFINAL block, then one 0x00 byte.
+HELLO_BFINAL = bytes.fromhex("f348cdc9c9070000")
+
+
+def test_data_after_the_end_of_the_deflate_stream_is_1007_at_once():
+    """Junk after a BFINAL block fails at its first byte instead of piling up uncounted."""
+    decompressor = Decompressor(DeflateParams(), False, max_size=1 << 20)
+    assert decompressor.decompress(HELLO_BFINAL[:-1], False) == b"Hello"
+    with pytest.raises(ProtocolError, match="after the end of the deflate stream") as info:
+        for _ in range(64):  # 64 MiB if nothing stopped it
+            decompressor.decompress(os.urandom(1 << 20), False)
+    assert info.value.close_code == 1007
+    # The same junk at the end of the message, or right after the end in one piece.
+    for pieces in ([HELLO_BFINAL + b"junk"], [HELLO_BFINAL, b"\x00"], [HELLO_BFINAL + b"\x00\x00\xff\xff"]):
+        fresh = Decompressor(DeflateParams(), False, max_size=None)
+        with pytest.raises(ProtocolError, match="after the end") as info:
+            for piece in pieces[:-1]:
+                fresh.decompress(piece, False)
+            fresh.decompress(pieces[-1], True)
+        assert info.value.close_code == 1007
+
+
+@pytest.mark.parametrize("pieces", [[HELLO_BFINAL], [HELLO_BFINAL[:-1], HELLO_BFINAL[-1:]], [HELLO_BFINAL[:-1], b""]])
+def test_a_message_ended_with_bfinal_is_read_and_the_next_one_too(pieces):
+    """RFC 7692 section 7.2.3.3 allows a BFINAL block; the stream after it starts afresh."""
+    decompressor = Decompressor(DeflateParams(), False, max_size=1 << 20)
+    for _ in range(3):
+        out = b"".join(decompressor.decompress(piece, False) for piece in pieces[:-1])
+        assert out + decompressor.decompress(pieces[-1], True) == b"Hello"
+    compressor = Compressor(DeflateParams(), True)
+    assert decompressor.decompress(compressor.compress(b"after BFINAL", True), True) == b"after BFINAL"
+
+
+def test_empty_deflate_blocks_count_against_max_size():
+    """Blocks that inflate to nothing can't make a message endless: the compressed size is bounded too."""
+    decompressor = Decompressor(DeflateParams(), False, max_size=1 << 16)
+    empty_blocks = b"\x00\x00\x00\xff\xff" * 1000
+    with pytest.raises(PayloadTooBig, match=r"compressed message of more than 74752 bytes exceeds max_size=65536"):
+        for _ in range(1000):  # 5 MB if nothing stopped it
+            assert decompressor.decompress(empty_blocks, False) == b""
+    # A message that only just fits, and incompressible data at the limit.
+    for data in (bytes(1 << 16), os.urandom(1 << 16)):
+        fresh = Decompressor(DeflateParams(), False, max_size=1 << 16)
+        assert fresh.decompress(Compressor(DeflateParams(), True).compress(data, True), True) == data
 
 
 # -- in the protocol -----------------------------------------------------------
@@ -359,6 +417,57 @@ def test_compressed_bomb_over_sockets_closes_with_1009_in_bounded_memory(run_ser
     assert peak < 4 << 20  # the frame is 64 KiB on the wire; nothing near 64 MiB is held
 
 
+def test_junk_after_the_deflate_stream_over_sockets_closes_with_1007_in_bounded_memory(run_server):
+    """A BFINAL first frame, then continuation frames of junk: 1007 at once, nothing piled up."""
+    handler = RecvErrors()
+    errors = handler.errors
+    server = run_server(handler, max_size=1 << 20)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    with sock:
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" in head
+        reply = head.split(b"\r\n\r\n", 1)[1]
+        key = os.urandom(4)
+        junk = os.urandom(64 << 10)
+        frames = [encode_header(Opcode.BINARY, len(HELLO_BFINAL), False, 0x40, key) + apply_mask(HELLO_BFINAL, key)]
+        frames += [encode_header(Opcode.CONT, len(junk), False, 0, key) + apply_mask(junk, key)] * 256
+        sent = 0
+        tracemalloc.start()
+        try:
+            for frame in frames:  # 16 MiB of junk against max_size 1 MiB, until the server's Close
+                if select.select([sock], [], [], 0)[0]:
+                    break
+                try:
+                    sock.sendall(frame)
+                except OSError:  # the server is gone: its Close is waiting in our buffer
+                    break
+                sent += 1
+            while len(reply) < 4 or len(reply) < 2 + (reply[1] & 0x7F):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    for _ in range(250):  # the server lingers until our EOF before its recv() raises
+        if errors:
+            break
+        time.sleep(0.02)
+    assert reply[0] == 0x88 and int.from_bytes(reply[2:4], "big") == 1007, reply[:80]
+    assert b"after the end of the deflate stream" in reply
+    assert errors and errors[0].code == 1007
+    assert sent < 64  # well before 4 MiB of junk, whatever the kernel buffers took
+    assert peak < 4 << 20
+
+
 def test_compression_settings_are_checked():
     assert deflate.settings("deflate") == blockws.PerMessageDeflate()
     assert deflate.settings(None) is None
@@ -428,6 +537,8 @@ def test_blockws_client_with_websockets_server_compressed():
         {"server_max_window_bits": 10},
         {"client_max_window_bits": 9},
         {"server_no_context_takeover": True, "client_no_context_takeover": True},
+        {"server_max_window_bits": 15},
+        {"server_max_window_bits": 15, "client_max_window_bits": 15},
     ],
 )
 def test_websockets_client_with_blockws_server_compressed(run_server, options):
@@ -440,6 +551,17 @@ def test_websockets_client_with_blockws_server_compressed(run_server, options):
         for message in ['{"a": 1}' * 200, b"\x01" * 70_000, "x" * 3, os.urandom(3000)] * 3:
             ws.send(message)
             assert ws.recv(timeout=5) == message
+
+
+def test_blockws_client_asking_for_server_max_window_bits_15_gets_an_answer(run_server):
+    """Both sides of blockws: the parameter asked for comes back, even at its default."""
+    server = run_server()
+    settings_ = blockws.PerMessageDeflate(server_max_window_bits=15)
+    with blockws.connect(server.url, timeout=5, compression=settings_) as ws:
+        assert "server_max_window_bits=15" in ws.extensions[0]
+        for message in ['{"a": 1}' * 300, '{"a": 1}' * 300, os.urandom(2000)]:
+            ws.sendall(message)
+            assert ws.recv() == message
 
 
 def test_partial_send_counts_uncompressed_input(run_server):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -354,4 +355,46 @@ def test_wss_through_the_tunnel_checks_the_target_certificate(pproxy, run_server
 def test_a_proxy_url_is_redacted_as_a_url_without_a_path():
     assert redact_proxy_url("http://u:pa/ss@proxy:3128") == "http://u:***@proxy:3128"
     assert redact_proxy_url("u:pw@proxy:3128") == "u:***@proxy:3128"
+    assert redact_proxy_url("u:p://w@proxy:3128") == "u:***@proxy:3128"  # no scheme: "://" is in the password
     assert redact_proxy_url("socks5h://proxy:1080") == "socks5h://proxy:1080"
+
+
+@pytest.mark.parametrize("url", ["http://proxy:0", "proxy:0", "socks5://u:pw@proxy:0"])
+def test_a_proxy_on_port_0_is_refused_not_sent_to_the_default_port(url):
+    with pytest.raises(blockws.ProxyError, match="port 0 is not a port"):
+        ProxyURL(url)
+
+
+PROXY_SECRET = "s3cr3t"
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        "alice:s3cr3t@host:99999",  # no scheme, bad port
+        "alice:s3cr3t@127.0.0.1:{port}",  # no scheme, nobody listening
+        "socks5://alice:s3cr3t@host:99999",
+        "socks5h://alice:s3cr3t@127.0.0.1:{port}",
+        "alice:s%33cr3t@host:99999",  # percent-encoded
+        "http://alice:%73%33%63%72%33%74@host:port",
+        "alice:x://s3cr3t@host:99999",  # a "://" in the password is no scheme
+        "alice:s3cr3t://@127.0.0.1:{port}",
+        "alice:x://s3cr3t@127.0.0.1:{port}",
+    ],
+)
+def test_proxy_passwords_stay_out_of_errors_and_logs(proxy, caplog, monkeypatch):
+    proxy = proxy.format(port=free_port())
+    caplog.set_level("DEBUG", logger="blockws")
+    errors = []
+    for how in ("argument", "environment"):
+        monkeypatch.setenv("http_proxy", proxy)
+        options: dict[str, Any] = {"proxy": proxy} if how == "argument" else {}
+        with pytest.raises(Exception) as info:  # noqa: B017 - any error: its text is what is checked
+            blockws.connect(f"ws://127.0.0.1:{free_port()}/", open_timeout=5, **options)
+        errors.append(info.value)
+    assert all(isinstance(exc, blockws.ProxyError) for exc in errors), errors
+    texts = [caplog.text]
+    for exc in errors:
+        texts += ["".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), repr(exc)]
+    for text in texts:
+        assert PROXY_SECRET not in text and "s%33cr3t" not in text, text

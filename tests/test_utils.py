@@ -91,6 +91,7 @@ PROXY_SCHEMES = ["http", "https", "HTTP", "socks5", "socks5h", "socks4a", "ftp",
 @example(("http://u:pw\u2603@[::1", "pw\u2603"))  # urlsplit's bare ValueError
 @example(("http://u:pw\u2603\uff03@h", "pw\u2603\uff03"))  # urlsplit quotes the netloc
 @example(("http://u:pa/ss\u2603@h:1", "pa/ss\u2603"))  # an unencoded "/" ends the netloc early
+@example(("u:pw://\u2603@host:99999", "pw://\u2603"))  # a "://" in the password was taken for a scheme's
 def test_proxy_urls_never_show_the_password(url_and_password: tuple[str, str]) -> None:
     url, password = url_and_password
     try:
