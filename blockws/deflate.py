@@ -417,7 +417,9 @@ def _wire_limit(max_size: int) -> int:
     """The most compressed bytes a message of ``max_size`` bytes may take.
 
     Deflate can grow data a little: a stored block costs 5 bytes per 64 KiB
-    and every flushed frame about 5 more; an eighth plus 1 KiB covers that
-    for any sender that doesn't split a message into frames of a few bytes.
+    and every flushed frame about 6 more, so a sender that splits a message
+    into many tiny frames pays up to ``max_fragments`` times that. Twice
+    ``max_size`` plus 64 KiB leaves room for any such sender; what it stops
+    is a message of empty blocks that never inflates to anything.
     """
-    return max_size + max_size // 8 + 1024
+    return 2 * max_size + 65536
