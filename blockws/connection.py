@@ -48,6 +48,9 @@ Message = Union[str, bytes]
 BytesLike = Union[bytes, bytearray, memoryview]
 
 _FOREVER = Deadline(None)
+# Reads one non-blocking call may make while the kernel has data: enough to
+# take a large message already there, bounded against a flood.
+_NONBLOCKING_READS = 16
 # Errors that already say what happened: a send path lets them through
 # instead of reporting the connection lost.
 _NOT_A_LOSS = (ConnectionClosed, TimeoutError, BlockingIOError)
@@ -57,8 +60,14 @@ def _payload(data: str | BytesLike) -> tuple[bool, BytesLike]:
     """(text, bytes to send) for what the application gave :meth:`WebSocket.send`."""
     if isinstance(data, str):
         return True, data.encode("utf-8")
-    if isinstance(data, (bytes, bytearray, memoryview)):
+    if isinstance(data, (bytes, bytearray)):
         return False, data
+    if isinstance(data, memoryview):
+        # Frames count bytes: a view of 4-byte items (array('I')) is 4 times
+        # longer than len() says, and a strided one isn't one run of bytes.
+        if data.itemsize == 1 and data.ndim == 1 and data.c_contiguous:
+            return False, data
+        return False, data.cast("B") if data.c_contiguous else memoryview(data.tobytes())
     raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
 
 
@@ -192,7 +201,7 @@ class WebSocket:
         if timeout == 0 and was != 0:
             # A read the keepalive thread began before this call is
             # non-blocking and short: once it has fed the protocol,
-            # pending() counts what it took from the kernel.
+            # pending() knows what it took from the kernel.
             while self._keepalive.servicing:
                 time.sleep(0.0005)
         elif was == 0 and timeout != 0:
@@ -214,11 +223,20 @@ class WebSocket:
         return -1 if self._proto.finished else self._transport.fd
 
     def pending(self) -> int:
-        """Bytes already read from the kernel but not yet returned by :meth:`recv`.
+        """Bytes read from the kernel that :meth:`recv` can return without reading it again.
 
-        ``select()`` can't see them: when this is non-zero, :meth:`recv` has
-        something to work on without reading the socket.
+        ``select()`` can't see them: when this is non-zero, call :meth:`recv`
+        before waiting in ``select()``. Zero while what was read is only part
+        of a message (``recv()`` would need the kernel for the rest, and
+        ``select()`` says when it comes).
         """
+        proto = self._proto
+        if proto.failure is not None or any(type(event) is not Data or event.fin for event in proto.events):
+            return self._held()
+        return self._transport.buffered()
+
+    def _held(self) -> int:
+        """Every byte read from the kernel and not yet returned by :meth:`recv` (for backpressure)."""
         proto = self._proto
         total = len(proto._buf) + self._assembly.held()
         for event in proto.events:
@@ -237,9 +255,14 @@ class WebSocket:
     def _lose(
         self, exc: BaseException | None, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = ""
     ) -> ConnectionClosedError:
-        """The connection is gone without a closing handshake: shut it down."""
+        """The connection is gone without a closing handshake: close the socket.
+
+        Closed, not only shut down, so that whatever holds resources for the
+        connection (a connect gate's slot, the keepalive) lets go at once,
+        whether or not the application calls close().
+        """
         self._proto.lose(code, reason or (str(exc) if exc else "connection lost"))
-        self._transport.shutdown()
+        self._close_socket()
         err = ConnectionClosedError(self.close_code or code, self.close_reason or "")
         if exc is not None:
             err.__cause__ = exc
@@ -311,12 +334,15 @@ class WebSocket:
         deadline = Deadline(self._timeout)
         with self._sending(deadline, text):
             self._out.check_message_type(text)
+            # Counted in characters for str, in bytes for the rest (a view
+            # of wider items included).
+            whole = len(data) if text else len(payload_)
             if self._timeout is None:
                 self._out.write_whole(payload_, text, fin, deadline)
-                return len(data)
+                return whole
             done = self._out.write_partial(payload_, text, fin, deadline)
             if done == len(payload_):
-                return len(data)
+                return whole
             return len(bytes(payload_[:done]).decode("utf-8")) if text else done
 
     def sendall(self, data: str | BytesLike) -> None:
@@ -334,20 +360,21 @@ class WebSocket:
             return
         text, payload = _payload(data)
         deadline = Deadline(self._timeout)
-        with self._sending(deadline, text):
-            self._out.check_message_type(text)
-            view = memoryview(payload)
-            done = 0
-            while True:
-                try:
+        view = memoryview(payload)
+        done = 0
+        try:
+            with self._sending(deadline, text):
+                self._out.check_message_type(text)
+                while True:
                     done += self._out.write_partial(view[done:], text, True, deadline)
-                except (TimeoutError, BlockingIOError) as exc:
-                    # Unlike socket.sendall, say how much was accepted, so the
-                    # caller can finish the message with the rest.
-                    exc.accepted = len(str(view[:done], "utf-8")) if text else done  # type: ignore[union-attr]
-                    raise
-                if done == len(view):
-                    return
+                    if done == len(view):
+                        return
+        except (TimeoutError, BlockingIOError) as exc:
+            # Unlike socket.sendall, say how much was accepted (nothing, when
+            # the time ran out waiting for another thread's message), so the
+            # caller can finish the message with the rest.
+            exc.accepted = len(str(view[:done], "utf-8")) if text else done  # type: ignore[union-attr]
+            raise
 
     def _send_control(self, frame: bytes, deadline: Deadline) -> None:
         with self._sending(deadline, None):
@@ -407,10 +434,20 @@ class WebSocket:
                 wake()
 
     def _read(self, deadline: Deadline) -> None:
-        """Read once and feed the protocol; hold the recv lock."""
+        """Read once and feed the protocol; hold the recv lock.
+
+        The deadline holds even while data keeps arriving (a peer that floods
+        pings never lets the socket go quiet): past it no further read is
+        made, except that a non-blocking call may go on while the kernel has
+        data, a few reads at most.
+        """
         proto = self._proto
         if proto.eof:
             return
+        if deadline.when is not None:
+            if deadline.reads and deadline.expired() and (self._timeout != 0 or deadline.reads >= _NONBLOCKING_READS):
+                raise self._timeout_error("recv")
+            deadline.reads += 1
         try:
             if self._out.buf:
                 self._out.flush_while_waiting(deadline)
@@ -695,7 +732,6 @@ class WebSocket:
         ``ConnectionClosedError``; :attr:`close_code` becomes ``code``.
         """
         self._lose(None, code, reason)
-        self._close_rcvd_event.set()
 
     def __enter__(self) -> WebSocket:
         return self

@@ -109,7 +109,8 @@ class Watched(Protocol):
     def close_unanswered(self) -> bool:
         """The peer's Close arrived and neither the application nor we took it."""
 
-    def pending(self) -> int: ...
+    def held(self) -> int:
+        """Bytes read and not yet taken by the application."""
 
     def on_close(self, callback: Callable[[], None]) -> None: ...
 
@@ -429,7 +430,7 @@ class KeepAlive:
             if state.ping_at is None or state.ping_at < alive:
                 state.ping_at = now
                 state.ping_sent = False
-            if conn.pending() >= _READ_LIMIT:
+            if conn.held() >= _READ_LIMIT:
                 # Reading is paused until the application catches up: the
                 # pong may be waiting behind what it left unread.
                 state.ping_at = now

@@ -64,8 +64,8 @@ class KeepAliveLink:
     def recv_calls(self) -> int:
         return self._ws._recv_calls
 
-    def pending(self) -> int:
-        return self._ws.pending()
+    def held(self) -> int:
+        return self._ws._held()
 
     def on_close(self, callback: Callable[[], None]) -> None:
         self._ws.on_close(callback)
@@ -94,11 +94,11 @@ class KeepAliveLink:
         try:
             if ws._timeout == 0:
                 return False  # non-blocking: the application's select() loop reads (see settimeout)
-            if ws.pending() >= limit or not ws._recv_lock.acquire(blocking=False):
+            if ws._held() >= limit or not ws._recv_lock.acquire(blocking=False):
                 self.wanted = True
                 # The reader may have left between the check and the flag:
                 # then nobody would call wake, so try once more.
-                if ws.pending() >= limit or not ws._recv_lock.acquire(blocking=False):
+                if ws._held() >= limit or not ws._recv_lock.acquire(blocking=False):
                     return False
                 self.wanted = False
             try:

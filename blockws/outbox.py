@@ -135,9 +135,14 @@ class Outbox:
     # -- writing ---------------------------------------------------------------------
 
     def queue(self, *frames: BytesLike) -> None:
-        """Append whole frames to the buffer, after the protocol's own (pongs, Close)."""
+        """Append whole frames to the buffer, after the protocol's own (pongs, Close).
+
+        The protocol's frames stay with it while the buffer is full: there a
+        newer pong replaces an older one, so a peer that pings and never
+        reads can't make the buffer grow.
+        """
         buf = self.buf
-        if self._proto.has_output:
+        if self._proto._out and len(buf) < self.limit:
             buf += b"".join(self._proto.data_to_send())
         for frame in frames:
             buf += frame
@@ -148,18 +153,23 @@ class Outbox:
         Returns True when everything was written; raises ConnectionClosedError
         if the socket fails.
         """
-        self.queue()
         buf = self.buf
+        proto = self._proto
         send_some = self._transport.send_some
         try:
-            while buf:
-                n = send_some(buf, deadline)
-                if not n:
-                    return False
-                del buf[:n]
+            while True:
+                self.queue()
+                if not buf:
+                    return True
+                while buf:
+                    n = send_some(buf, deadline)
+                    if not n:
+                        return False
+                    del buf[:n]
+                if not proto._out:
+                    return True
         except OSError as exc:
             raise self._lose(exc) from exc
-        return True
 
     def flush_when_free(self, deadline: Deadline) -> None:
         """Flush once the send lock is free, before the deadline (``Deadline(0)``:
@@ -204,9 +214,10 @@ class Outbox:
         header, body = self._proto.encode_data(payload, text, fin)
         self.note_message(text, fin)
         if self.buf or self._proto.has_output:
-            self.queue(header, body)
+            # What is held goes first; the frame itself streams from the
+            # caller's buffer, not copied here past write_limit.
             self.flush(deadline)  # no deadline: returns once all is written
-        elif len(body) < JOIN_BELOW:
+        if len(body) < JOIN_BELOW:
             self._transport.send_all(header + body, deadline)
         else:
             self._transport.send_frame(header, body, deadline)

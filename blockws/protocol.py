@@ -179,6 +179,8 @@ class Protocol:
         # is lost or closed. (Kept, not computed: every send reads it.)
         self.output_ended = False
         self._out: list[bytes] = []
+        # Where in _out the pong not yet taken is (a newer ping replaces it).
+        self._pong_at: int | None = None
         self._mask_keys = _MaskKeys() if side is Side.CLIENT else None
         # Receiving: the leftover of the last read (a partial header or a
         # partial control frame), and the data frame being streamed.
@@ -451,7 +453,15 @@ class Protocol:
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == Opcode.PING:
             if self.close_sent is None:
-                self._queue_frame(Opcode.PONG, payload)
+                pong = self.encode_control(Opcode.PONG, payload)
+                if self._pong_at is None:
+                    self._pong_at = len(self._out)
+                    self._out.append(pong)
+                else:
+                    # The last pong isn't taken yet (our output is stuck):
+                    # answer only the latest ping (RFC 6455 section 5.5.3),
+                    # or a peer that pings and never reads grows it for ever.
+                    self._out[self._pong_at] = pong
         elif opcode == Opcode.PONG:
             self.pongs.append(payload)
         else:
@@ -609,6 +619,7 @@ class Protocol:
         out = self._out
         if out:
             self._out = []
+            self._pong_at = None
         return out
 
     @property

@@ -31,10 +31,12 @@ class Deadline:
     which is how a non-blocking call is expressed.
     """
 
-    __slots__ = ("when",)
+    __slots__ = ("when", "reads")
 
     def __init__(self, timeout: float | None) -> None:
         self.when = None if timeout is None else time.monotonic() + timeout
+        #: Reads made against this deadline (a connection counts them).
+        self.reads = 0
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None for no limit."""
