@@ -65,6 +65,9 @@ from .frames import (
 __all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE"]
 
 DEFAULT_MAX_SIZE = 2**20
+# Pongs the protocol holds while the connection can't write them (each one
+# answers a ping; Autobahn's 2.10 sends 10 in a row and wants every answer).
+_MAX_QUEUED_PONGS = 16
 DEFAULT_MAX_FRAGMENTS = 100_000
 TRACE_PREVIEW = 64
 
@@ -179,8 +182,9 @@ class Protocol:
         # is lost or closed. (Kept, not computed: every send reads it.)
         self.output_ended = False
         self._out: list[bytes] = []
-        # Where in _out the pong not yet taken is (a newer ping replaces it).
-        self._pong_at: int | None = None
+        # Pongs in _out, and the last one (past the bound, a newer replaces it).
+        self._pongs_queued = 0
+        self._last_pong = b""
         self._mask_keys = _MaskKeys() if side is Side.CLIENT else None
         # Receiving: the leftover of the last read (a partial header or a
         # partial control frame), and the data frame being streamed.
@@ -454,14 +458,15 @@ class Protocol:
         if opcode == Opcode.PING:
             if self.close_sent is None:
                 pong = self.encode_control(Opcode.PONG, payload)
-                if self._pong_at is None:
-                    self._pong_at = len(self._out)
+                if self._pongs_queued < _MAX_QUEUED_PONGS:
+                    self._pongs_queued += 1
                     self._out.append(pong)
                 else:
-                    # The last pong isn't taken yet (our output is stuck):
-                    # answer only the latest ping (RFC 6455 section 5.5.3),
-                    # or a peer that pings and never reads grows it for ever.
-                    self._out[self._pong_at] = pong
+                    # So many pongs wait that our output must be stuck: answer
+                    # only the latest ping (RFC 6455 section 5.5.3), or a peer
+                    # that pings and never reads grows this for ever.
+                    self._out[self._out.index(self._last_pong)] = pong
+                self._last_pong = pong
         elif opcode == Opcode.PONG:
             self.pongs.append(payload)
         else:
@@ -619,7 +624,7 @@ class Protocol:
         out = self._out
         if out:
             self._out = []
-            self._pong_at = None
+            self._pongs_queued = 0
         return out
 
     @property

@@ -349,3 +349,14 @@ class ProtocolPair(RuleBasedStateMachine):
 
 TestProtocolPair = ProtocolPair.TestCase
 TestProtocolPair.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+
+
+def test_pongs_held_are_bounded_and_the_latest_ping_is_answered():
+    """Ten pings in one read get ten pongs (Autobahn 2.10); a flood that our
+    output can't keep up with keeps a bounded number, the last answering the
+    latest ping."""
+    server = client_to_server(b"".join(masked(Opcode.PING, b"%d" % i) for i in range(10)))
+    assert [frame[2:] for frame in server.data_to_send()] == [b"%d" % i for i in range(10)]
+    server = client_to_server(b"".join(masked(Opcode.PING, b"%d" % i) for i in range(1000)))
+    pongs = [frame[2:] for frame in server.data_to_send()]
+    assert len(pongs) == 16 and pongs[-1] == b"999" and pongs[:15] == [b"%d" % i for i in range(15)]
