@@ -170,6 +170,7 @@ def deflate_bomb(size: int) -> bytes:
     return (b"".join(parts) + bomb.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_stopped_with_bounded_memory():
     payload = deflate_bomb(1 << 30)
     assert len(payload) < 1100 * 1024  # about 1 MiB of deflate for 1 GiB of zeros
@@ -440,6 +441,7 @@ def test_websockets_client_with_blockws_server_compressed(run_server, options):
             assert ws.recv(timeout=5) == message
 
 
+@pytest.mark.slow
 def test_partial_send_counts_uncompressed_input(run_server):
     received: list[Any] = []
     reading = threading.Event()

@@ -205,6 +205,7 @@ def test_trace_sees_both_directions():
 messages = st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=3000)), max_size=8)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(messages, st.data())
 def test_any_split_of_the_stream_delivers_every_message_once(msgs, data):
@@ -348,5 +349,5 @@ class ProtocolPair(RuleBasedStateMachine):
             self.states[side] = proto.state
 
 
-TestProtocolPair = ProtocolPair.TestCase
+TestProtocolPair = pytest.mark.slow(ProtocolPair.TestCase)
 TestProtocolPair.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
