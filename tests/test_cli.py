@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import importlib.util
 import os
 import pty
 import select
-import shutil
 import signal
 import socket
 import ssl
@@ -371,7 +371,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.skipif(shutil.which("pproxy") is None, reason="pproxy is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("pproxy") is None, reason="pproxy is not installed")
 def test_proxy_option(echo_server):
     port = free_port()
     # A proxy that wants a password proves the connection went through it.
