@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the unit and socket tests on every CPython that setup.cfg claims
+# Run the fast tests (-m "not slow") on every CPython that setup.cfg claims
 # (3.9-3.13) and that this machine has, each in its own virtual environment
 # (.ci/venv-3.X, where the C accelerator is built for that version).
 # Called by .ci/run after its main test step; run alone to check one version:
@@ -16,10 +16,11 @@ fi
 # The main step already ran everything on this one.
 skip=${SKIP_VERSION:-}
 
-# The slow end-to-end files (subprocess CLIs, benchmark peers, examples) stay
-# with the main step; what's left covers the library over real sockets.
-tests=(-x -rs -p no:cacheprovider
-  --ignore=tests/test_bench.py --ignore=tests/test_cli.py --ignore=tests/test_examples.py)
+# The slow tests (timeouts that must expire, subprocesses, wheel builds, long
+# hypothesis runs) run in the main step only: they would take most of CI's
+# 40 minutes here, and what differs between versions, the interpreter and
+# the standard library, the fast tests exercise in every module.
+tests=(-x -rs -p no:cacheprovider -m "not slow")
 
 find_python() {  # prints the path of a working python$1, or fails
   local version=$1 candidate
@@ -46,6 +47,7 @@ for version in "${versions[@]}"; do
     continue
   fi
   echo "-- Python $version ($interpreter)"
+  start=$SECONDS
   venv=.ci/venv-$version
   "$interpreter" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
@@ -53,6 +55,7 @@ for version in "${versions[@]}"; do
   # blockws/_speedups.cpython-3X-*.so, beside the other versions' builds.
   "$venv/bin/python" -m pip install --quiet -e '.[test]'
   "$venv/bin/python" -c 'import blockws.frames as f; print("C accelerator:", f.ACCELERATED)'
+  echo "-- Python $version: installed in $((SECONDS - start)) s"
   start=$SECONDS
   if "$venv/bin/python" -m pytest "${tests[@]}"; then
     echo "-- Python $version: passed in $((SECONDS - start)) s"

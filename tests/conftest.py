@@ -22,6 +22,26 @@ if os.environ.get("BLOCKWS_TEST_NO_POLL"):
 import blockws  # noqa: E402
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--bench",
+        action="store_true",
+        help="also run the tests marked bench (they pip- and npm-install the benchmark peers and time them)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # An option rather than `-m "not bench"` in addopts: a `-m` on the
+    # command line replaces the one in addopts, so `pytest -m "not slow"`
+    # would quietly start installing packages again.
+    if config.getoption("--bench"):
+        return
+    skip = pytest.mark.skip(reason="installs packages and measures time: run with --bench")
+    for item in items:
+        if "bench" in item.keywords:
+            item.add_marker(skip)
+
+
 def _echo(ws: blockws.WebSocket) -> None:
     for message in ws:
         ws.sendall(message)

@@ -199,6 +199,7 @@ def test_proxy_challenges_are_read_from_proxy_authenticate():
     assert value and value.startswith("Basic ") and seen[0].proxy
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
 def test_arbitrary_headers_never_raise(text):

@@ -1,4 +1,8 @@
-"""The benchmark suite stays runnable: a quick client-side run exits 0 and prints its table."""
+"""The benchmark suite stays runnable: a quick client-side run exits 0 and prints its table.
+
+Opt-in (``pytest --bench``): bench/run.py installs the peers it compares
+against (pip, npm) and times them. .ci/run runs it in its own step.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = [pytest.mark.bench, pytest.mark.slow]
 
 RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
 

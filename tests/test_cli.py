@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import importlib.util
 import os
 import pty
 import select
-import shutil
 import signal
 import socket
 import ssl
@@ -119,6 +119,7 @@ def test_trace_shows_handshake_and_frames(echo_server):
     assert "CLOSE  MASK=1" in out.stderr and "code=1000" in out.stderr
 
 
+@pytest.mark.slow
 def test_close_with_a_code_and_exit_status(echo_server):
     out = cli(echo_server.url, stdin="/close 4000 bye now\n")
     assert out.returncode == 1  # not a normal closure
@@ -126,6 +127,7 @@ def test_close_with_a_code_and_exit_status(echo_server):
     assert out.returncode == 0 and "pong in" in out.stdout
 
 
+@pytest.mark.slow
 def test_errors_are_one_clear_line(run_server):
     for args, expected in [
         (["ws://127.0.0.1:1/"], "blockws: "),
@@ -142,6 +144,7 @@ def test_errors_are_one_clear_line(run_server):
     assert out.returncode == 1 and "HTTP 401" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_serve_chat_and_help():
     proc = start_server("--chat")
     try:
@@ -160,6 +163,7 @@ def test_serve_chat_and_help():
         assert out.returncode == 0 and "usage:" in out.stdout
 
 
+@pytest.mark.slow
 def test_version_and_the_help_for_every_command():
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"blockws {blockws.__version__}"
@@ -303,6 +307,7 @@ def test_trace_masks_credentials(run_server):
     assert secret not in out.stderr and "c00kie" not in out.stderr and "s3cret" not in out.stderr
 
 
+@pytest.mark.slow
 def test_header_subprotocol_and_origin(run_server):
     server, seen, done = recording_server(run_server, subprotocols=["chat.v2"], origins=["https://good.example"])
     out = cli(
@@ -321,6 +326,7 @@ def test_header_subprotocol_and_origin(run_server):
     one_error_line(cli("--header", "no colon", server.url), "--header needs 'Name: value'")
 
 
+@pytest.mark.slow
 def test_insecure_against_a_self_signed_certificate(run_server):
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -340,6 +346,7 @@ def test_tls_options_with_a_ws_url_are_ignored(echo_server):
     assert out.stdout.splitlines() == ["< plain"]
 
 
+@pytest.mark.slow
 def test_cafile_trusts_a_ca_and_the_error_says_so(run_server, tmp_path):
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -369,7 +376,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.skipif(shutil.which("pproxy") is None, reason="pproxy is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("pproxy") is None, reason="pproxy is not installed")
 def test_proxy_option(echo_server):
     port = free_port()
     # A proxy that wants a password proves the connection went through it.
@@ -391,6 +398,7 @@ def test_proxy_option(echo_server):
         proxy.wait(10)
 
 
+@pytest.mark.slow
 def test_user_answers_the_password_prompt_on_a_terminal(run_server, terminal):
     def handler(ws: blockws.WebSocket) -> None:
         ws.sendall(f"hello {ws.username}")

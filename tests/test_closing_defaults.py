@@ -30,6 +30,7 @@ def keepalive_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "blockws keepalive"]
 
 
+@pytest.mark.slow
 def test_send_only_client_answers_a_pinging_websockets_server():
     """The server pings every 0.5 s and gives up after 0.5 s without a pong;
     the client only sends. Its default keepalive answers the pings, so every
@@ -181,6 +182,7 @@ def test_close_answered_for_an_application_that_does_not_read():
         listener.close()
 
 
+@pytest.mark.slow
 def test_a_reader_keeps_its_half_open_after_the_peers_close(run_server):
     """The half-close: the application that takes the Close with recv() may
     still send, however long it takes (the grace is for non-readers only)."""
@@ -199,6 +201,7 @@ def test_a_reader_keeps_its_half_open_after_the_peers_close(run_server):
     server.server.options["keepalive"].close()
 
 
+@pytest.mark.slow
 def test_shutdown_is_bounded_by_idle_handshakes_and_clients_that_do_not_read(run_server):
     """100 clients that connected and sent nothing, 100 blockws clients whose
     application never reads: shutdown() takes < 1 s + the clients' close_grace."""

@@ -164,6 +164,7 @@ def test_recv_timeout_keeps_partial_message(run_server):
         assert ws.recv() == "first half, second half"
 
 
+@pytest.mark.slow
 def test_partial_send_under_backpressure_loses_nothing(run_server):
     """send() with a timeout accepts what fits; every accepted byte arrives once, in order."""
     handler = LateReader()
@@ -246,6 +247,7 @@ def test_partial_text_send_counts_characters(run_server):
     assert received == [text]
 
 
+@pytest.mark.slow
 def test_text_send_without_room_for_a_whole_character_raises():
     """1 to 3 bytes of room can't take a multibyte character: nothing is
     accepted, so send() raises like socket.send (it used to return 0) and a

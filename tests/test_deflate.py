@@ -182,6 +182,7 @@ def deflate_bomb(size: int) -> bytes:
     return (b"".join(parts) + bomb.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_stopped_with_bounded_memory():
     payload = deflate_bomb(1 << 30)
     assert len(payload) < 1100 * 1024  # about 1 MiB of deflate for 1 GiB of zeros
@@ -564,6 +565,7 @@ def test_blockws_client_asking_for_server_max_window_bits_15_gets_an_answer(run_
             assert ws.recv() == message
 
 
+@pytest.mark.slow
 def test_partial_send_counts_uncompressed_input(run_server):
     received: list[Any] = []
     reading = threading.Event()

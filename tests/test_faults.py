@@ -23,6 +23,7 @@ from .relay import Relay
 RANDOM_MESSAGES = int(os.environ.get("BLOCKWS_RANDOM_MESSAGES", "2000"))
 
 
+@pytest.mark.slow
 def test_one_byte_pieces_both_ways(echo_server):
     relay = Relay(echo_server.port, chunk=1)
     try:
@@ -155,6 +156,7 @@ def test_server_survives_garbage_and_broken_frames(run_server):
         assert ws.recv() == "still serving"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_randomized_partial_sends_lose_nothing(run_server):
     """Random sizes, random partial-send splits, random backpressure pauses: every accepted byte arrives once."""
@@ -304,6 +306,7 @@ def test_tls_client_against_a_plaintext_server(run_server, tls):
     still_serving(server.url)
 
 
+@pytest.mark.slow
 def test_a_client_that_does_not_read_blocks_only_its_own_thread(run_server):
     sent = [0]
     stuck = threading.Event()

@@ -114,6 +114,7 @@ def relay_to(echo_server: Any) -> Iterator[Any]:
         relay.close()
 
 
+@pytest.mark.slow
 def test_blackholed_peer_fails_blocked_recv_with_1011(ka, relay_to):
     relay = relay_to()
     ws = blockws.connect(relay.url, keepalive=ka)
@@ -131,6 +132,7 @@ def test_blackholed_peer_fails_blocked_recv_with_1011(ka, relay_to):
     ws.close()
 
 
+@pytest.mark.slow
 def test_blackholed_peer_wakes_blocked_send(ka, run_server):
     reading = threading.Event()
 
@@ -152,6 +154,7 @@ def test_blackholed_peer_wakes_blocked_send(ka, run_server):
         relay.close()
 
 
+@pytest.mark.slow
 def test_idle_connection_survives_a_proxy_idle_timeout(relay_to):
     relay = relay_to(idle_drop=1.0)
     keepalive = KeepAlive(interval=0.3, timeout=1.0)
@@ -172,6 +175,7 @@ def test_idle_connection_survives_a_proxy_idle_timeout(relay_to):
         keepalive.close()
 
 
+@pytest.mark.slow
 def test_pings_answered_while_application_is_busy(run_server):
     keepalive = KeepAlive(interval=10, timeout=10)
     got: list[Any] = []
@@ -196,6 +200,7 @@ def test_pings_answered_while_application_is_busy(run_server):
         keepalive.close()
 
 
+@pytest.mark.slow
 def test_one_thread_for_many_connections(echo_server):
     keepalive = KeepAlive(interval=0.2, timeout=1.0)
     before = threading.active_count()
@@ -256,6 +261,7 @@ def test_bad_arguments():
 # -- dead, lost and slow peers ---------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["fin", "rst"])
 def test_peer_lost_while_application_is_busy_no_spin_and_1006(run_server, how):
     """After EOF or a reset the socket stays readable for ever: the keepalive
@@ -301,6 +307,7 @@ def test_peer_lost_while_application_is_busy_no_spin_and_1006(run_server, how):
         relay.close()
 
 
+@pytest.mark.slow
 def test_long_send_to_a_slow_reader_is_not_a_dead_peer(run_server):
     """A blocking sendall() holds the connection, so no ping can go out; the
     peer reading (write progress) is the sign of life, not a 1011."""
@@ -327,6 +334,7 @@ def test_long_send_to_a_slow_reader_is_not_a_dead_peer(run_server):
         relay.close()
 
 
+@pytest.mark.slow
 def test_unread_backlog_is_not_a_dead_peer(run_server):
     """With 1 MiB unread the keepalive thread stops reading (backpressure);
     the pong waits behind the backlog, and that is no reason to fail."""
@@ -449,6 +457,7 @@ asyncio.run(main())
 
 
 
+@pytest.mark.slow
 def test_a_thousand_client_connections_one_thread():
     """1,000 kept-alive client connections add exactly one thread to the
     process (the server is the websockets package, in another process)."""
@@ -485,6 +494,7 @@ def test_a_thousand_client_connections_one_thread():
         peer.stdout.close()
 
 
+@pytest.mark.slow
 def test_server_connections_threads_are_handlers_plus_one(run_server):
     """serve(keepalive=ka): a handler thread per connection and one keepalive
     thread for all of them, nothing else."""
@@ -516,6 +526,7 @@ def test_server_connections_threads_are_handlers_plus_one(run_server):
         keepalive.close()
 
 
+@pytest.mark.slow
 def test_pong_queued_while_a_sender_holds_the_connection_goes_out(run_server):
     """The server's keepalive thread reads our ping while the handler sends
     its echo: it queues the pong and can't take the send lock, so the sender

@@ -19,6 +19,7 @@ SLOWLORIS_SOCKETS = 1000
 
 
 
+@pytest.mark.slow
 def test_slowloris_does_not_block_legitimate_clients(run_server):
     # Both ends of every socket live in this process, plus some slack.
     raise_fd_limit(2 * SLOWLORIS_SOCKETS + 512)
@@ -48,6 +49,7 @@ def test_slowloris_does_not_block_legitimate_clients(run_server):
             s.close()
 
 
+@pytest.mark.slow
 def test_unfinished_handshakes_are_dropped_after_open_timeout(run_server):
     server = run_server(open_timeout=0.5)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
@@ -173,6 +175,7 @@ def test_open_timeout_names_the_step():
         listener.close()
 
 
+@pytest.mark.slow
 def test_close_timeout_bounds_close_against_a_silent_peer():
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]

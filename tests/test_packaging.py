@@ -29,10 +29,13 @@ def _setuptools_builds_wheels() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(
-    not _setuptools_builds_wheels(),
-    reason="needs setuptools>=70.1 here (pip install -e '.[test]'): building in isolation would download it",
-)
+pytestmark = [
+    pytest.mark.slow,  # each test builds a wheel
+    pytest.mark.skipif(
+        not _setuptools_builds_wheels(),
+        reason="needs setuptools>=70.1 here (pip install -e '.[test]'): building in isolation would download it",
+    ),
+]
 
 
 def build_wheel(tmp_path: Path, **env: str) -> zipfile.ZipFile:

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from blockws.deflate import DeflateParams, PerMessageDeflate
 from blockws.exceptions import PayloadTooBig, ProtocolError
-from blockws.frames import Opcode, encode_header
+from blockws.frames import Opcode, encode_header, parse_header
 from blockws.protocol import Close, Data, Protocol, Side, State
 
 
@@ -204,6 +205,7 @@ def test_trace_sees_both_directions():
 messages = st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=3000)), max_size=8)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(messages, st.data())
 def test_any_split_of_the_stream_delivers_every_message_once(msgs, data):
@@ -347,7 +349,7 @@ class ProtocolPair(RuleBasedStateMachine):
             self.states[side] = proto.state
 
 
-TestProtocolPair = ProtocolPair.TestCase
+TestProtocolPair = pytest.mark.slow(ProtocolPair.TestCase)
 TestProtocolPair.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 
 
@@ -360,3 +362,128 @@ def test_pongs_held_are_bounded_and_the_latest_ping_is_answered():
     server = client_to_server(b"".join(masked(Opcode.PING, b"%d" % i) for i in range(1000)))
     pongs = [frame[2:] for frame in server.data_to_send()]
     assert len(pongs) == 16 and pongs[-1] == b"999" and pongs[:15] == [b"%d" % i for i in range(15)]
+
+
+# -- the fast paths give what the general paths give ---------------------------
+# Protocol takes shortcuts for the common case: _parse() reads a whole small
+# unfragmented data frame in one step, encode_message() frames a small
+# message without encode_data(). Each shortcut must be invisible: same
+# events, same errors, same bytes. A trace callback turns the parser's
+# shortcut off, so a traced Protocol is the general path to compare with.
+
+
+def payloads(longest: int) -> st.SearchStrategy[bytes | str]:
+    """Text or bytes of any length up to ``longest``, the edges of the 7-bit length often."""
+    lengths = st.one_of(st.sampled_from([0, 1, 125, 126]), st.integers(0, longest))
+    return lengths.flatmap(
+        lambda n: st.one_of(st.binary(min_size=n, max_size=n), st.text(min_size=n, max_size=n))
+    )
+
+
+# Payload lengths of the frames the parser is fed: around the 7-bit limit
+# often; empty ones rarely, as they test little.
+FRAME_LENGTHS = st.one_of(st.sampled_from([1, 125, 126]), st.integers(0, 140))
+
+
+@st.composite
+def wire_frames(draw: Any, masked: bool) -> tuple[bytes, int]:
+    """A frame and its payload's length: mostly what the fast path takes, sometimes anything but."""
+
+    # Each oddity on its own now and then: an error ends the stream, so
+    # frames that break several rules at once would test little.
+    def now_and_then(usual: Any, *odd: Any) -> Any:
+        return draw(st.sampled_from([usual] * (2 * len(odd) + 2) + list(odd)))
+
+    opcode = now_and_then(draw(st.sampled_from([0x1, 0x2])), 0x0, 0x3, 0x8, 0x9, 0xA)
+    fin = now_and_then(True, False)
+    rsv = now_and_then(0, 0x40, 0x10)
+    masked = now_and_then(masked, not masked)
+    n = draw(FRAME_LENGTHS)
+    if opcode == 0x1:
+        text = draw(st.text(min_size=min(n, 1), max_size=n)).encode()[:n].decode(errors="ignore").encode()
+        payload = now_and_then(text, text[: n - 1] + b"\xff" if n else text)
+    else:
+        payload = draw(st.binary(min_size=n, max_size=n))
+    key = draw(st.binary(min_size=4, max_size=4)) if masked else None
+    if key is not None:
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return encode_header(opcode, len(payload), fin, rsv, key) + payload, len(payload)
+
+
+def received(proto: Protocol, chunks: list[bytes]) -> tuple[Any, ...]:
+    """Everything observable after feeding ``chunks``: events, error, pongs, state, replies."""
+    outcome: list[Any] = []
+    for chunk in chunks:
+        proto.receive_data(chunk)
+        while True:
+            try:
+                event = proto.next_event()
+            except ProtocolError as exc:
+                outcome.append((type(exc), exc.close_code, str(exc)))
+                break
+            if event is None:
+                break
+            if isinstance(event, Data):
+                outcome.append(("data", event.payload, event.text, event.fin))
+            else:
+                outcome.append(("close", event.code, event.reason))
+    replies: bytes | int = b"".join(proto.data_to_send())
+    if proto.side is Side.CLIENT:
+        replies = len(replies)  # masked with random keys
+    return tuple(outcome), tuple(proto.pongs), proto.state, replies
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([Side.SERVER, Side.CLIENT]), st.booleans(), st.data())
+def test_parser_fast_path_agrees_with_the_general_path(side, deflate, data):
+    frames = data.draw(st.lists(wire_frames(masked=side is Side.SERVER), min_size=1, max_size=8))
+    wire = b"".join(frame for frame, _ in frames) + data.draw(st.binary(max_size=3))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=3)))
+    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+    # No max_size, or one right at a frame's length or one below.
+    _, length = data.draw(st.sampled_from(frames))
+    max_size = data.draw(st.sampled_from([None, None, length, max(0, length - 1)]))
+    params = DeflateParams() if deflate else None
+    for pieces in [wire], chunks:
+        fast = Protocol(side, max_size=max_size, deflate=params)
+        general = Protocol(side, max_size=max_size, deflate=params)
+        general.trace = lambda direction, header, preview: None
+        assert received(fast, pieces) == received(general, pieces)
+
+
+def one_frame(frame: bytes) -> tuple[Any, ...]:
+    """A frame's header fields and unmasked payload (the masking key is random)."""
+    header = parse_header(frame, 0)
+    assert header is not None and header.size + header.length == len(frame)
+    payload = frame[header.size :]
+    if header.mask is not None:
+        payload = bytes(b ^ header.mask[i % 4] for i, b in enumerate(payload))
+    return header.fin, header.rsv, header.opcode, header.mask is not None, payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([Side.CLIENT, Side.SERVER]),
+    st.sampled_from([None, 0, 16, 128, 1000]),
+    st.lists(st.tuples(payloads(300), st.booleans()), max_size=6),
+)
+def test_encode_message_equals_encode_data(side, deflate_min_size, messages):
+    """encode_message() frames like encode_data(fin=True), compressor state included."""
+    options: dict[str, Any] = {}
+    if deflate_min_size is not None:
+        options = {"deflate": DeflateParams(), "compression": PerMessageDeflate(min_size=deflate_min_size)}
+    shortcut = Protocol(side, **options)
+    general = Protocol(side, **options)
+    for message, after_a_fragment in messages:
+        text = isinstance(message, str)
+        payload = message.encode() if text else message
+        if after_a_fragment:  # a message left open: encode_message() must not cut in
+            assert one_frame(frames_of(shortcut, b"open", text, False)) == one_frame(
+                frames_of(general, b"open", text, False)
+            )
+        frame = shortcut.encode_message(payload, text)
+        expected = frames_of(general, payload, text)
+        assert one_frame(frame) == one_frame(expected)
+        if side is Side.SERVER:
+            assert frame == expected
+        assert shortcut.sending_message is general.sending_message is False

@@ -173,6 +173,7 @@ def test_407_then_200_with_bare_lf_on_the_same_connection():
     assert b"Proxy-Authorization: Basic dTpw" in seen[1]
 
 
+@pytest.mark.slow
 def test_silent_proxy_times_out_and_garbage_is_a_proxy_error():
     port, thread, _ = scripted_proxy([b""])
     start = time.monotonic()
@@ -251,6 +252,7 @@ PROXY_VARIABLES = [
 ]
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(PROXY_VARIABLES), st.sampled_from(["", "http://a", "http://B", "GET"])))
 def test_the_environment_is_read_as_urllib_reads_it(env):
@@ -266,6 +268,7 @@ NO_PROXY_ENTRIES = st.sampled_from(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(NO_PROXY_ENTRIES, max_size=3).map(",".join), st.sampled_from(HOSTS))
 def test_no_proxy_bypasses_whatever_urllib_bypasses(no_proxy, host):

@@ -181,6 +181,7 @@ def test_no_downgrade_from_wss_to_ws(run_server, tls):
         blockws.connect(f"wss://localhost:{secure.port}/", ssl_context=client_ctx)
 
 
+@pytest.mark.slow
 def test_gate_allows_one_connecting_per_ip(run_server):
     spans: list[tuple[float, float]] = []
     lock = threading.Lock()
@@ -254,6 +255,7 @@ def test_waiting_at_the_gate_is_bounded_by_open_timeout(run_server):
         first.join(10)
 
 
+@pytest.mark.slow
 def test_gate_max_per_host(run_server):
     server = run_server()
     gate = blockws.ConnectGate(max_per_host=1)

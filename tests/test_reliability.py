@@ -67,6 +67,7 @@ def flooder() -> Iterator[str]:
         proc.stdout.close()  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_deadlines_hold_while_a_peer_floods_pings(flooder):
     """recv(), ping() and close() keep their deadline although the socket
     never goes quiet (recv() was still blocked after 60 s, close() after 4 s);

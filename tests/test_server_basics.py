@@ -154,6 +154,7 @@ class Echo(blockws.WebSocketHandler):
             ws.sendall(message)
 
 
+@pytest.mark.slow
 def test_websocket_handler_in_socketserver():
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
     thread = threading.Thread(target=server.serve_forever)

@@ -47,6 +47,7 @@ def test_one_reader_and_one_sender_thread_over_tls(tls, timeout):
     assert received == messages
 
 
+@pytest.mark.slow
 def test_abort_over_tls_never_hands_ciphertext_to_recv(run_server, tls):
     """abort() while the peer streams: the reader ends with the abort's code,
     and every message it got is one the peer sent (after SSLSocket.shutdown()

@@ -84,6 +84,7 @@ WS_PATHS = ["", "/", "/p?q", "/#f", "/a b", "/a@b"]
 PROXY_SCHEMES = ["http", "https", "HTTP", "socks5", "socks5h", "socks4a", "ftp", "ws", "", "x"]
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(urls_with_credentials(PROXY_SCHEMES, ["", "/", "/a@b"], delimiters=""))
 @example(("http://u:p\u2603@host:99999", "p\u2603"))  # str.replace masked the "p" of "http"
@@ -103,6 +104,7 @@ def test_proxy_urls_never_show_the_password(url_and_password: tuple[str, str]) -
     assert_hidden(parsed, url, password)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(urls_with_credentials(WS_SCHEMES, WS_PATHS, delimiters="/?#"))
 @example(("ws://u:pw\u2603\uff03@h/", "pw\u2603\uff03"))  # urlsplit's error, quoting the netloc, was the context
