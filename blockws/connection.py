@@ -284,6 +284,12 @@ class WebSocket:
             raise self._lose(exc) from exc
         finally:
             out.release()
+            if out.buf:
+                # Accepted bytes wait here: the keepalive writes them when
+                # the socket can take them, whether or not we call again.
+                wake = self._keepalive.wake
+                if wake is not None:
+                    wake()
 
     # -- sending -------------------------------------------------------------------
 

@@ -125,6 +125,13 @@ class Watched(Protocol):
     def answer_close(self) -> bool:
         """Answer the peer's Close; False if a sender holds the connection."""
 
+    @property
+    def output_held(self) -> bool:
+        """Bytes accepted by a send wait in user space for the kernel."""
+
+    def flush_held(self) -> bool:
+        """Write what is held, without waiting; False if a sender holds the connection or nothing moved."""
+
     def fail(self, code: int, reason: str) -> None:
         """Drop the connection, waking its blocked threads with ``code``."""
 
@@ -140,10 +147,13 @@ class _Request(enum.Enum):
 class _Tracking:
     """What the keepalive thread knows of one connection."""
 
-    __slots__ = ("watched", "alive", "drained", "ping_at", "ping_sent", "close_at", "recv_calls")
+    __slots__ = ("reading", "events", "alive", "drained", "ping_at", "ping_sent", "close_at", "recv_calls")
 
     def __init__(self, conn: Watched) -> None:
-        self.watched = False  # in the selector
+        # Whether the thread reads it (it doesn't while the application does),
+        # and the events it is in the selector for (0: not in it).
+        self.reading = False
+        self.events = 0
         # The last sign of life seen from here: write progress (sampled).
         self.alive = 0.0
         self.drained = conn.drained
@@ -329,7 +339,7 @@ class KeepAlive:
                 wait = self._check_timers(selector, conns, now)
                 if now - self._armed_at < _REARM_DELAY:
                     wait = min(wait, _REARM_DELAY)  # more re-arms may be queued without a wake-up
-                for key, _ in selector.select(wait):
+                for key, mask in selector.select(wait):
                     conn = key.data
                     if conn is None:
                         try:
@@ -338,10 +348,19 @@ class KeepAlive:
                         except BlockingIOError:
                             pass
                         continue
-                    if conn in conns and not conn.service(_READ_LIMIT):
+                    state = conns.get(conn)
+                    if state is None:
+                        continue
+                    if mask & selectors.EVENT_WRITE and not conn.flush_held():
+                        # Busy (the sender writes, and wakes us if it leaves
+                        # bytes behind) or no progress: stop waiting to write.
+                        self._update(selector, conn, state, writing=False)
+                    elif mask & selectors.EVENT_WRITE:
+                        self._update(selector, conn, state)
+                    if mask & selectors.EVENT_READ and not conn.service(_READ_LIMIT):
                         # Busy (the reader re-arms it through _wake), over
                         # the read limit, or its input ended (never again).
-                        self._unwatch(selector, conn, conns[conn])
+                        self._unwatch(selector, conn, state)
         finally:
             selector.close()
 
@@ -365,14 +384,17 @@ class KeepAlive:
                     state = conns.pop(conn, None)
                     if state is not None:
                         self._count -= 1
-                        self._unwatch(selector, conn, state)
-                elif conn in conns and not conn.input_ended:
+                        self._forget(selector, conn, state)
+                elif conn in conns:
                     self._armed_at = time.monotonic()
-                    self._watch(selector, conn, conns[conn])
+                    if conn.input_ended:
+                        self._update(selector, conn, conns[conn])  # still writes what is held
+                    else:
+                        self._watch(selector, conn, conns[conn])
             if self._closed or not conns:
                 # Nothing to serve: the next register() starts a new thread.
                 for conn, state in conns.items():
-                    self._unwatch(selector, conn, state)
+                    self._forget(selector, conn, state)
                     conn.wake = None
                 self._thread = None
                 for sock in (self._wake_r, self._wake_w):
@@ -384,23 +406,53 @@ class KeepAlive:
                 return False
         return True
 
-    @staticmethod
-    def _watch(selector: selectors.BaseSelector, conn: Watched, state: _Tracking) -> None:
-        if not state.watched:
-            try:
-                selector.register(conn, selectors.EVENT_READ, conn)
-                state.watched = True
-            except (ValueError, OSError, KeyError):
-                pass  # closed meanwhile: its on_close removes it
+    @classmethod
+    def _watch(cls, selector: selectors.BaseSelector, conn: Watched, state: _Tracking) -> None:
+        """Read the connection (and write what it holds)."""
+        state.reading = True
+        cls._update(selector, conn, state)
+
+    @classmethod
+    def _unwatch(cls, selector: selectors.BaseSelector, conn: Watched, state: _Tracking) -> None:
+        """Stop reading the connection (it may still be written to)."""
+        state.reading = False
+        cls._update(selector, conn, state)
+
+    @classmethod
+    def _forget(cls, selector: selectors.BaseSelector, conn: Watched, state: _Tracking) -> None:
+        """Take the connection out of the selector for good."""
+        state.reading = False
+        cls._update(selector, conn, state, writing=False)
 
     @staticmethod
-    def _unwatch(selector: selectors.BaseSelector, conn: Watched, state: _Tracking) -> None:
-        if state.watched:
-            state.watched = False
-            try:
+    def _update(selector: selectors.BaseSelector, conn: Watched, state: _Tracking, writing: bool = True) -> None:
+        """Put the connection in the selector for what the thread does with it now.
+
+        Bytes a partial send left in user space go out when the socket
+        becomes writable, like bytes in a TCP send buffer, even if the
+        application doesn't call again.
+        """
+        events = selectors.EVENT_READ if state.reading else 0
+        if writing and conn.output_held and not conn.closed:
+            events |= selectors.EVENT_WRITE
+        if events == state.events:
+            return
+        try:
+            if not events:
                 selector.unregister(conn)  # by object: fileno() is -1 once closed
-            except (ValueError, OSError, KeyError):
-                pass
+            elif not state.events:
+                selector.register(conn, events, conn)
+            else:
+                selector.modify(conn, events, conn)
+            state.events = events
+        except (ValueError, OSError, KeyError):
+            # Closed meanwhile (its on_close removes it): out of the selector.
+            if state.events:
+                try:
+                    selector.unregister(conn)
+                except (ValueError, OSError, KeyError):
+                    pass
+            state.events = 0
 
     def _check_timers(self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking], now: float) -> float:
         """Send due pings, fail silent connections; return seconds to the next timer."""
@@ -444,7 +496,7 @@ class KeepAlive:
                     wait = min(wait, retry)
             if now - state.ping_at >= timeout:
                 self._fail(conn)
-                self._unwatch(selector, conn, state)
+                self._forget(selector, conn, state)
                 del conns[conn]
                 with self._lock:
                     self._count -= 1

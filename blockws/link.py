@@ -73,6 +73,28 @@ class KeepAliveLink:
     def set_tcp_keepalive(self, idle: int, interval: int, count: int) -> None:
         self._ws._transport.set_tcp_keepalive(idle, interval, count)
 
+    @property
+    def output_held(self) -> bool:
+        return bool(self._ws._out.buf)
+
+    def flush_held(self) -> bool:
+        """Write bytes a partial send left, now that the socket is writable.
+
+        False when a sender holds the connection (it writes them, and wakes
+        the keepalive if it leaves some) or nothing could be written.
+        """
+        out = self._ws._out
+        if not out.cond.acquire(blocking=False):
+            return False
+        try:
+            held = len(out.buf)
+            out.flush(Deadline(0))
+            return len(out.buf) < held
+        except ConnectionClosed:
+            return False
+        finally:
+            out.release()
+
     def fail(self, code: int, reason: str) -> None:
         self._ws.abort(code, reason)
 

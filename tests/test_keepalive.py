@@ -394,9 +394,14 @@ def test_ping_while_a_frame_tail_is_unsent(run_server):
                 pings_behind_a_tail.append(ws.buffered_amount)
 
         ws.trace = trace
-        data = os.urandom(2_000_000)
+        data = os.urandom(8_000_000)  # more than the kernels hold: the keepalive flushes what they take
         sent = ws.send(data, fin=False)  # the peer does not read: a frame's tail stays here
         assert 0 < sent < len(data)
+        while True:  # until the kernels are full: the keepalive can't write the tail either
+            try:
+                sent += ws.send(data[sent:], fin=False)
+            except TimeoutError:
+                break
         assert ws.buffered_amount > 0
         deadline = time.monotonic() + 5
         while not pings_behind_a_tail and time.monotonic() < deadline:

@@ -239,3 +239,25 @@ def test_a_lost_connection_is_closed_at_once(run_server):
         ws.recv()
     assert ws.fileno() == -1 and ws.close_code == 1006
     assert ws.state is blockws.State.CLOSED
+
+
+def test_bytes_held_after_a_partial_send_go_out_without_another_call(run_server):
+    """Like bytes in a TCP send buffer: what send() accepted into user space
+    reaches the peer once it reads, though the application makes no further
+    call (it used to wait for the next one, or a keepalive ping)."""
+    handler = LateReader()
+    server = run_server(handler, keepalive=None, max_size=None, compression=None)
+    data = os.urandom(8_000_000)  # more than the kernel's buffers on both sides
+    ws = blockws.connect(server.url, max_size=None, compression=None)
+    ws.settimeout(0)
+    accepted = ws.send(data)
+    assert 0 < accepted < len(data) and ws.buffered_amount > 0
+    handler.reading.set()
+    deadline = time.monotonic() + 5
+    while ws.buffered_amount and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ws.buffered_amount == 0
+    ws.settimeout(5)
+    ws.sendall(data[accepted:])
+    ws.close()
+    assert handler.received == [data]
