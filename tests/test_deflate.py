@@ -376,6 +376,38 @@ def test_blockws_client_settings_reach_websockets_server(settings_, expected):
         thread.join(5)
 
 
+def _deflate_handshake(sock: socket.socket) -> bytes:
+    """A raw client's handshake offering permessage-deflate; returns what was read (the head, maybe more)."""
+    sock.sendall(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" in head
+    return head
+
+
+def _read_close(sock: socket.socket, reply: bytes) -> bytes:
+    """Read on until ``reply`` holds the server's first frame (its Close), or EOF."""
+    while len(reply) < 4 or len(reply) < 2 + (reply[1] & 0x7F):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+def _wait_for(errors: list[Any]) -> None:
+    """The server lingers until our EOF before its recv() raises: give it 5 s."""
+    for _ in range(250):
+        if errors:
+            break
+        time.sleep(0.02)
+
+
 def test_compressed_bomb_over_sockets_closes_with_1009_in_bounded_memory(run_server):
     """A 64 KiB frame that would inflate to 64 MiB stops at max_size with 1009."""
     handler = RecvErrors()
@@ -387,31 +419,16 @@ def test_compressed_bomb_over_sockets_closes_with_1009_in_bounded_memory(run_ser
     frame = encode_header(Opcode.BINARY, len(payload), True, 0x40, key) + apply_mask(payload, key)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     with sock:
-        sock.sendall(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(4096)
-        assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" in head
+        head = _deflate_handshake(sock)
         tracemalloc.start()
         try:
             sock.sendall(frame)
             reply = head.split(b"\r\n\r\n", 1)[1]
-            while len(reply) < 4 or len(reply) < 2 + (reply[1] & 0x7F):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
+            reply = _read_close(sock, reply)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    for _ in range(250):  # the server lingers until our EOF before its recv() raises
-        if errors:
-            break
-        time.sleep(0.02)
+    _wait_for(errors)
     assert reply[0] == 0x88 and int.from_bytes(reply[2:4], "big") == 1009
     assert b"max_size=65536" in reply
     assert errors and errors[0].code == 1009
@@ -425,15 +442,7 @@ def test_junk_after_the_deflate_stream_over_sockets_closes_with_1007_in_bounded_
     server = run_server(handler, max_size=1 << 20)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     with sock:
-        sock.sendall(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(4096)
-        assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" in head
+        head = _deflate_handshake(sock)
         reply = head.split(b"\r\n\r\n", 1)[1]
         key = os.urandom(4)
         junk = os.urandom(64 << 10)
@@ -450,18 +459,11 @@ def test_junk_after_the_deflate_stream_over_sockets_closes_with_1007_in_bounded_
                 except OSError:  # the server is gone: its Close is waiting in our buffer
                     break
                 sent += 1
-            while len(reply) < 4 or len(reply) < 2 + (reply[1] & 0x7F):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
+            reply = _read_close(sock, reply)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    for _ in range(250):  # the server lingers until our EOF before its recv() raises
-        if errors:
-            break
-        time.sleep(0.02)
+    _wait_for(errors)
     assert reply[0] == 0x88 and int.from_bytes(reply[2:4], "big") == 1007, reply[:80]
     assert b"after the end of the deflate stream" in reply
     assert errors and errors[0].code == 1007
