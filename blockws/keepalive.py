@@ -17,7 +17,7 @@ connection registered with it (not a thread per connection):
   again soon; that sender's progress is the sign of life meanwhile.
 * When, from that moment on, there is no sign of life for ``timeout``
   seconds, the connection fails: close code 1011 ("keepalive ping
-  timeout"), the socket is shut down, and threads blocked in
+  timeout"), the socket is closed, and threads blocked in
   ``recv()``/``send()`` wake at once with ``ConnectionClosedError``. The
   clock does not run while reading is paused because the application left
   ``_READ_LIMIT`` bytes unread (the pong may wait behind them in the kernel).
@@ -41,6 +41,10 @@ connection registered with it (not a thread per connection):
   raises ``ConnectionClosedOK``) or doesn't use the connection at all. An
   application that reads takes the Close itself (``recv()`` returns None)
   and may still send until it closes: the half-close, as after a TCP FIN.
+* Bytes a partial ``send()`` left in user space (:attr:`Watched.output_held`)
+  are written here when the socket becomes writable, as the kernel writes a
+  TCP send buffer: the connection is in the selector for writing too while
+  it holds some, and a sender that leaves some behind wakes the thread.
 
 Other threads never touch the selector: they queue requests and write a
 byte to a socketpair that the selector also watches.
