@@ -355,12 +355,10 @@ class KeepAlive:
                     state = conns.get(conn)
                     if state is None:
                         continue
-                    if mask & selectors.EVENT_WRITE and not conn.flush_held():
-                        # Busy (the sender writes, and wakes us if it leaves
-                        # bytes behind) or no progress: stop waiting to write.
-                        self._update(selector, conn, state, writing=False)
-                    elif mask & selectors.EVENT_WRITE:
-                        self._update(selector, conn, state)
+                    if mask & selectors.EVENT_WRITE:
+                        # No progress, or busy (the sender writes, and wakes us
+                        # if it leaves bytes behind): stop waiting to write.
+                        self._update(selector, conn, state, writing=conn.flush_held())
                     if mask & selectors.EVENT_READ and not conn.service(_READ_LIMIT):
                         # Busy (the reader re-arms it through _wake), over
                         # the read limit, or its input ended (never again).

@@ -182,9 +182,9 @@ class Protocol:
         # is lost or closed. (Kept, not computed: every send reads it.)
         self.output_ended = False
         self._out: list[bytes] = []
-        # Pongs in _out, and the last one (past the bound, a newer replaces it).
+        # Pongs in _out, and where the last one is (past the bound, a newer replaces it).
         self._pongs_queued = 0
-        self._last_pong = b""
+        self._last_pong_at = 0
         self._mask_keys = _MaskKeys() if side is Side.CLIENT else None
         # Receiving: the leftover of the last read (a partial header or a
         # partial control frame), and the data frame being streamed.
@@ -275,7 +275,7 @@ class Protocol:
             or self.finished
             or self.lost is not None
             or self.close_rcvd is not None
-            or (self.failure is not None)
+            or self.failure is not None
         )
 
     @property
@@ -460,13 +460,13 @@ class Protocol:
                 pong = self.encode_control(Opcode.PONG, payload)
                 if self._pongs_queued < _MAX_QUEUED_PONGS:
                     self._pongs_queued += 1
+                    self._last_pong_at = len(self._out)
                     self._out.append(pong)
                 else:
                     # So many pongs wait that our output must be stuck: answer
                     # only the latest ping (RFC 6455 section 5.5.3), or a peer
                     # that pings and never reads grows this for ever.
-                    self._out[self._out.index(self._last_pong)] = pong
-                self._last_pong = pong
+                    self._out[self._last_pong_at] = pong
         elif opcode == Opcode.PONG:
             self.pongs.append(payload)
         else:
