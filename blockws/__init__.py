@@ -16,6 +16,7 @@ from .client import ConnectGate, connect, parse_uri
 from .codes import CloseCode, Opcode
 from .connection import WebSocket
 from .deflate import PerMessageDeflate
+from .embedding import accept_http, wsgi_app
 from .exceptions import (
     BadPortError,
     CertificateVerifyError,
@@ -45,6 +46,8 @@ __all__ = [
     "serve",
     "accept",
     "Server",
+    "wsgi_app",
+    "accept_http",
     "WebSocketHandler",
     "WebSocket",
     "KeepAlive",

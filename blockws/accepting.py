@@ -8,16 +8,18 @@ Listening and threads are :mod:`blockws.server`'s.
 
 from __future__ import annotations
 
+import inspect
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from . import deflate
 from .auth import BasicAuth, DigestAuth
 from .connection import DEFAULT_CLOSE_TIMEOUT, DEFAULT_WRITE_LIMIT, WebSocket
+from .deflate import DeflateParams
 from .exceptions import InvalidHandshake
 from .handshake import HandshakeFailure, accept_response, check_request, check_subprotocols, select_subprotocol
 from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_request
@@ -115,25 +117,43 @@ def accept(
             the process_request response) was already sent.
         TimeoutError: the handshake took longer than ``open_timeout``.
     """
-    settings = _ServerSettings(
-        timeout=timeout,
-        close_timeout=close_timeout,
-        subprotocols=check_subprotocols(subprotocols),
-        compression=deflate.settings(compression),
-        ssl_context=ssl_context,
-        max_size=max_size,
-        max_fragments=max_fragments,
-        write_limit=write_limit,
-        max_line=max_line,
-        max_headers=max_headers,
-        trace=trace,
-        origins=origins,
-        process_request=process_request,
-        auth=auth,
-    )
+    settings = server_settings(locals())  # first: the locals are exactly the arguments
     ws = _accept_tls(sock, Deadline(open_timeout), settings)
     attach_keepalive(ws, keepalive)
     return ws
+
+
+def server_settings(options: Mapping[str, Any]) -> _ServerSettings:
+    """The settings of :func:`accept`'s keyword arguments (all of them, defaults included)."""
+    return _ServerSettings(
+        timeout=options["timeout"],
+        close_timeout=options["close_timeout"],
+        subprotocols=check_subprotocols(options["subprotocols"]),
+        compression=deflate.settings(options["compression"]),
+        ssl_context=options["ssl_context"],
+        max_size=options["max_size"],
+        max_fragments=options["max_fragments"],
+        write_limit=options["write_limit"],
+        max_line=options["max_line"],
+        max_headers=options["max_headers"],
+        trace=options["trace"],
+        origins=options["origins"],
+        process_request=options["process_request"],
+        auth=options["auth"],
+    )
+
+
+def accept_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against :func:`accept`'s keyword arguments, with its defaults added.
+
+    Raises:
+        TypeError: an option :func:`accept` doesn't take, named.
+    """
+    bound = inspect.signature(accept).bind(None, **options)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    del arguments["sock"]
+    return arguments
 
 
 def _accept_tls(sock: socket.socket, deadline: Deadline, settings: _ServerSettings) -> WebSocket:
@@ -175,46 +195,77 @@ def _accept(sock: socket.socket, deadline: Deadline, settings: _ServerSettings) 
     except InvalidHandshake as exc:
         _reply(sock, Response(400, body=f"{exc}\n".encode()), deadline)
         raise
+    upgrade = answer(request, settings)
+    if upgrade.refusal is not None:
+        _reply(sock, upgrade.response, deadline)
+        raise upgrade.refusal
+    commit: Callable[[], None] | None = getattr(upgrade_gate, "commit", None)
+    if commit is not None:
+        commit()
+    return switch(sock, request, upgrade, leftover, deadline, settings)
+
+
+@dataclass
+class Upgrade:
+    """The server's answer to one upgrade request, decided without I/O by :func:`answer`."""
+
+    response: Response
+    #: Why the answer is not 101 (raised once ``response`` is sent); None: it is 101.
+    refusal: InvalidHandshake | None = None
+    deflate: DeflateParams | None = None
+    extension: str | None = None
+    username: str | None = None
+
+
+def answer(request: Request, settings: _ServerSettings) -> Upgrade:
+    """Check credentials, ``process_request``, Origin and the WebSocket headers, in that order."""
     username = None
     auth = settings.auth
     if auth is not None:
         username = auth.check(request)
         if username is None:
-            _reply(sock, auth.challenge(request), deadline)
             refused = "wrong credentials" if "Authorization" in request.headers else "no credentials"
-            raise InvalidHandshake(f"authentication failed: {refused}")
+            return Upgrade(auth.challenge(request), InvalidHandshake(f"authentication failed: {refused}"))
     if settings.process_request is not None:
-        answer = settings.process_request(request)
-        if answer is not None:
-            _reply(sock, answer, deadline)
-            raise InvalidHandshake(f"request refused by process_request: HTTP {answer.status}")
+        response = settings.process_request(request)
+        if response is not None:
+            return Upgrade(response, InvalidHandshake(f"request refused by process_request: HTTP {response.status}"))
     try:
         if settings.origins is not None and request.headers.get("Origin") not in settings.origins:
             raise HandshakeFailure(f"origin {request.headers.get('Origin')!r} is not allowed", 403)
         key = check_request(request)
     except HandshakeFailure as exc:
-        _reply(sock, exc.response(), deadline)
-        raise
-    compression = settings.compression
+        return Upgrade(exc.response(), exc)
     accepted = None
-    if compression is not None:
-        accepted = compression.accept(request.headers.get_all("Sec-WebSocket-Extensions"))
+    if settings.compression is not None:
+        accepted = settings.compression.accept(request.headers.get_all("Sec-WebSocket-Extensions"))
     subprotocol = select_subprotocol(request, settings.subprotocols)
-    response = accept_response(key, subprotocol, accepted[0] if accepted else None)
-    commit: Callable[[], None] | None = getattr(upgrade_gate, "commit", None)
-    if commit is not None:
-        commit()
+    extension, params = accepted if accepted else (None, None)
+    return Upgrade(accept_response(key, subprotocol, extension), None, params, extension, username)
+
+
+def switch(
+    sock: socket.socket,
+    request: Request,
+    upgrade: Upgrade,
+    leftover: bytes,
+    deadline: Deadline,
+    settings: _ServerSettings,
+    borrowed: bool = False,
+) -> WebSocket:
+    """Send the 101 of an accepted upgrade: the connection speaks WebSocket from here."""
     sock.settimeout(deadline.remaining())
     with named_timeout("sending the handshake response"):
-        sock.sendall(response.serialize())
+        sock.sendall(upgrade.response.serialize())
     return settings.websocket(
         sock,
         Side.SERVER,
         request,
-        response,
-        subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
-        deflate=accepted[1] if accepted else None,
-        extensions=[accepted[0]] if accepted else None,
+        upgrade.response,
+        subprotocol=upgrade.response.headers.get("Sec-WebSocket-Protocol"),
+        deflate=upgrade.deflate,
+        extensions=[upgrade.extension] if upgrade.extension else None,
         leftover=leftover,
-        username=username,
+        username=upgrade.username,
+        borrowed=borrowed,
     )

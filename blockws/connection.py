@@ -96,8 +96,9 @@ class WebSocket:
         write_limit: int = DEFAULT_WRITE_LIMIT,
         url: str | None = None,
         username: str | None = None,
+        borrowed: bool = False,
     ) -> None:
-        self._transport = Transport(sock)
+        self._transport = Transport(sock, borrowed)
         self._proto = protocol
         self.request = request
         self.response = response

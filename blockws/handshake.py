@@ -133,6 +133,17 @@ def check_response(response: Response, key: str, subprotocols: Sequence[str] | N
     return chosen[0]
 
 
+def not_websocket(request: Request) -> HandshakeFailure | None:
+    """The 426 refusal of a request without ``Upgrade: websocket``; None for an upgrade request."""
+    if _has_token(request.headers, "Upgrade", "websocket"):
+        return None
+    return HandshakeFailure(
+        "missing 'Upgrade: websocket' header: this is a WebSocket server",
+        426,
+        {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"},
+    )
+
+
 def check_request(request: Request) -> str:
     """Check an upgrade request; return its Sec-WebSocket-Key.
 
@@ -142,12 +153,9 @@ def check_request(request: Request) -> str:
     if request.method != "GET":
         raise HandshakeFailure(f"method {request.method} is not GET", 405, {"Allow": "GET"})
     headers = request.headers
-    if not _has_token(headers, "Upgrade", "websocket"):
-        raise HandshakeFailure(
-            "missing 'Upgrade: websocket' header: this is a WebSocket server",
-            426,
-            {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"},
-        )
+    refusal = not_websocket(request)
+    if refusal is not None:
+        raise refusal
     if not _has_token(headers, "Connection", "upgrade"):
         raise HandshakeFailure("missing 'Connection: Upgrade' header")
     version = headers.get("Sec-WebSocket-Version")

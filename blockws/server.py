@@ -63,6 +63,22 @@ def _accept_or_log(sock: socket.socket, address: Any, options: dict[str, Any]) -
         return None
 
 
+def run_handler(handler: Callable[[WebSocket], object], ws: WebSocket, address: Any) -> None:
+    """Run a connection handler; a failure is logged and closes the connection with 1011.
+
+    The peer going away or breaking the protocol is routine for a server
+    (logged at INFO); any other exception is a bug in the handler.
+    """
+    try:
+        handler(ws)
+    except ConnectionClosed as exc:
+        logger.info("connection from %s ended: %s", address, exc)
+    except Exception:
+        logger.exception("connection handler failed")
+        if ws.state is not ws.state.CLOSED:
+            ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
 class WebSocketHandler(socketserver.BaseRequestHandler):
     """A :mod:`socketserver` request handler that speaks WebSocket.
 
@@ -247,15 +263,7 @@ class Server:
                 self._connections.add(ws)
             if self._shutdown_requested:
                 return
-            try:
-                self.handler(ws)
-            except ConnectionClosed as exc:
-                # The peer went away or broke the protocol: routine, not a bug.
-                logger.info("connection from %s ended: %s", addr, exc)
-            except Exception:
-                logger.exception("connection handler failed")
-                if ws.state is not ws.state.CLOSED:
-                    ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+            run_handler(self.handler, ws, addr)
         finally:
             if ws is not None:
                 try:

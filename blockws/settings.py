@@ -61,6 +61,7 @@ class Settings:
         leftover: bytes,
         url: str | None = None,
         username: str | None = None,
+        borrowed: bool = False,
     ) -> WebSocket:
         """The connection over ``sock`` once the handshake has succeeded.
 
@@ -68,6 +69,8 @@ class Settings:
             deflate: the negotiated permessage-deflate parameters, if any.
             extensions: the Sec-WebSocket-Extensions values agreed on.
             leftover: bytes read past the handshake (the first frames).
+            borrowed: ``sock`` belongs to a web server, which closes it:
+                the connection only shuts it down.
         """
         protocol = Protocol(
             side,
@@ -90,4 +93,5 @@ class Settings:
             write_limit=self.write_limit,
             url=url,
             username=username,
+            borrowed=borrowed,
         )

@@ -101,10 +101,14 @@ class Transport:
     with room prove nothing: a dead peer's buffer takes them too.
     """
 
-    __slots__ = ("sock", "tls", "nonblocking", "fd", "waiter", "drained", "congested", "_tls_lock")
+    __slots__ = ("sock", "borrowed", "tls", "nonblocking", "fd", "waiter", "drained", "congested", "_tls_lock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, borrowed: bool = False) -> None:
         self.sock = sock
+        # A socket lent by a web server (wsgi_app, accept_http) is shut down
+        # at the end but not closed: the server still holds it, and a write
+        # of its own then fails as "client gone" instead of on a dead descriptor.
+        self.borrowed = borrowed
         self.tls = isinstance(sock, ssl.SSLSocket)
         # One SSL object must not read and write at once (OpenSSL's rule; the
         # ssl module releases the GIL in both): a reader thread and a sender
@@ -267,7 +271,8 @@ class Transport:
 
     def close(self) -> None:
         self.shutdown()
-        self.sock.close()
+        if not self.borrowed:
+            self.sock.close()
 
     def set_tcp_keepalive(self, idle: int, interval: int, count: int) -> None:
         """Turn on ``SO_KEEPALIVE`` with the options this platform has."""
