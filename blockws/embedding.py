@@ -161,6 +161,7 @@ class WSGIWebSocketApp:
     def __init__(self, handler: Callable[[WebSocket], object], options: Mapping[str, Any]) -> None:
         self.handler = handler
         self._settings, self._open_timeout, self._keepalive = _settings(options)
+        self._warned = False  # about a server that runs one request at a time
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         request = request_from_environ(environ)
@@ -174,6 +175,13 @@ class WSGIWebSocketApp:
                 f"blockws.wsgi_app: {server} does not lend the client's socket to the application"
                 f" (no {' or '.join(SOCKET_KEYS)} in the WSGI environ), so it can't carry a WebSocket:"
                 " run the app with Werkzeug, gunicorn (-k gthread) or http.server, or use blockws.serve()"
+            )
+        if not environ.get("wsgi.multithread") and not self._warned:
+            self._warned = True
+            logger.warning(
+                "%s runs one request at a time here: nothing else is served while a WebSocket is open"
+                " (Werkzeug: threaded=True; gunicorn: -k gthread)",
+                environ.get("SERVER_SOFTWARE") or "the WSGI server",
             )
         leftover = _read_buffered(environ.get("wsgi.input"), sock)
         timeout = sock.gettimeout()

@@ -103,3 +103,60 @@ def test_pings_while_the_keepalive_thread_reads_over_tls(run_server, tls):
             ws.sendall(f"message {i}")
             assert ws.ping() < 5
             assert ws.recv() == ws.recv() == f"message {i}"
+
+
+def _echo_many(url: str, client_ctx: Any) -> list[int | None]:
+    """Two connections, each echoing a small and a large message: their close codes."""
+    codes = []
+    for _ in range(2):
+        with blockws.connect(url, ssl_context=client_ctx) as ws:
+            ws.sendall("hi")
+            assert ws.recv() == "hi"
+            ws.sendall(b"z" * 500_000)
+            assert ws.recv() == b"z" * 500_000
+        codes.append(ws.close_code)
+    return codes
+
+
+def test_wsgi_app_over_werkzeug_tls(tls, caplog):
+    """Werkzeug lends its SSLSocket: the connection runs on it (TLS in
+    non-blocking mode), and Werkzeug's own write after the end fails
+    quietly (nothing logged as an error)."""
+    from werkzeug.serving import make_server
+
+    server_ctx, client_ctx = tls
+    server = make_server("127.0.0.1", 0, blockws.wsgi_app(_ws_echo), threaded=True, ssl_context=server_ctx)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        assert _echo_many(f"wss://localhost:{server.server_port}/ws", client_ctx) == [1000, 1000]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_accept_http_over_tls(tls):
+    import http.server
+
+    server_ctx, client_ctx = tls
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with blockws.accept_http(self) as ws:
+                _ws_echo(ws)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = server_ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        assert _echo_many(f"wss://localhost:{server.server_port}/ws", client_ctx) == [1000, 1000]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
