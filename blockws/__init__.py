@@ -12,6 +12,7 @@ A :class:`WebSocket` behaves like a BSD socket that carries messages::
 from __future__ import annotations
 
 from .auth import BasicAuth, Challenge, DigestAuth
+from .broadcasting import broadcast
 from .client import ConnectGate, connect, parse_uri
 from .codes import CloseCode, Opcode
 from .connection import WebSocket
@@ -46,6 +47,7 @@ __all__ = [
     "serve",
     "accept",
     "Server",
+    "broadcast",
     "wsgi_app",
     "accept_http",
     "WebSocketHandler",

@@ -383,6 +383,24 @@ class WebSocket:
             exc.accepted = len(str(view[:done], "utf-8")) if text else done  # type: ignore[union-attr]
             raise
 
+    def _offer(self, payload: bytes, text: bool, shared: dict[object, bytes]) -> bool | None:
+        """:func:`~blockws.broadcast`'s part: the whole message now, or nothing, never waiting.
+
+        False: it doesn't fit now (or another thread is sending); None: the
+        connection is closed or closing.
+        """
+        out = self._out
+        try:
+            with self._sending(Deadline(0), text):
+                if not out.room_for(len(payload)):
+                    return False
+                out.offer(self._proto.encode_shared(payload, text, shared))
+                return True
+        except ConnectionClosed:
+            return None
+        except OSError:  # TimeoutError, BlockingIOError: the send lock is taken
+            return False
+
     def _send_control(self, frame: bytes, deadline: Deadline) -> None:
         with self._sending(deadline, None):
             self._out.queue(frame)

@@ -324,6 +324,9 @@ class Compressor:
         self.min_size = settings.min_size
         self.skip_incompressible = settings.skip_incompressible
         self._obj = self._new()
+        # Compressors without context takeover make the same bytes of the
+        # same message: broadcast() compresses it once for all of them.
+        self.shared_key = ("deflate", self._bits, self._level) if self._no_takeover else None
 
     def _new(self) -> zlib._Compress:
         return zlib.compressobj(self._level, zlib.DEFLATED, -self._bits, 8)

@@ -207,6 +207,34 @@ class Outbox:
             if not writable:
                 raise TimeoutError
 
+    # -- broadcast: a whole message now, or nothing -------------------------------------
+
+    def room_for(self, size: int) -> bool:
+        """Whether a whole message of ``size`` bytes fits now; hold the send lock.
+
+        What the kernel takes now is written first. A message fits when
+        nothing is held, or when it fits under ``limit`` with what is held
+        (counted at its largest: deflate may grow incompressible data a
+        little). So at most one message beyond ``limit`` waits here, however
+        slow the peer.
+        """
+        if self.owner is not None:
+            return False  # an open message: nothing may go between its frames
+        self.flush(Deadline(0))
+        return not self.buf or len(self.buf) + size + size // 1000 + 64 <= self.limit
+
+    def offer(self, frame: bytes) -> None:
+        """Write what the kernel takes of a whole frame now and hold the rest; hold the send lock."""
+        n = 0
+        if not self.buf and not self._proto._out:
+            try:
+                n = self._transport.send_some(frame, Deadline(0))
+            except OSError as exc:
+                raise self._lose(exc) from exc
+        if n < len(frame):
+            self.buf += memoryview(frame)[n:]
+            self.flush(Deadline(0))
+
     # -- a message's frames ------------------------------------------------------------
 
     def write_whole(self, payload: BytesLike, text: bool, fin: bool, deadline: Deadline) -> None:

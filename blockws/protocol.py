@@ -593,6 +593,35 @@ class Protocol:
         key = keys.next()
         return bytes((b0, 0x80 | n)) + key + mask(payload, key)
 
+    def encode_shared(self, payload: bytes, text: bool, shared: dict[object, bytes]) -> bytes:
+        """:meth:`encode_message`, reusing the frame another protocol put in ``shared``.
+
+        For :func:`~blockws.broadcast`: an unmasked frame is the same bytes
+        for every connection that frames the message alike, uncompressed or
+        compressed with the same settings and no context takeover (so no
+        history). Masked frames (the client side), a compressor with
+        context takeover, or a trace make ours unique: encoded as usual.
+        """
+        compressor = self._compressor
+        if self._mask_keys is not None or self.trace is not None or self.sending_message:
+            return self.encode_message(payload, text)
+        if compressor is None or len(payload) < compressor.min_size or not text and self._skip_binary:
+            if compressor is not None and len(payload) >= compressor.min_size:
+                self._skip_binary -= 1  # as encode_data counts a message it didn't compress
+            key: object = "plain"
+            frame = shared.get(key)
+            if frame is None:
+                opcode = Opcode.TEXT if text else Opcode.BINARY
+                frame = shared[key] = encode_header(opcode, len(payload), True, 0) + payload
+            return frame
+        key = compressor.shared_key
+        if key is None:
+            return self.encode_message(payload, text)
+        frame = shared.get(key)
+        if frame is None:
+            frame = shared[key] = self.encode_message(payload, text)
+        return frame
+
     def encode_control(self, opcode: Opcode, payload: bytes) -> bytes:
         """Return a whole Ping or Pong frame."""
         if len(payload) > MAX_CONTROL_PAYLOAD:

@@ -1,0 +1,53 @@
+""":func:`broadcast`: one message to many connections, never waiting on a slow one.
+
+The partial-send contract makes this safe: a connection takes the whole
+message now (what its kernel buffer takes, and what fits under its
+``write_limit``), or nothing at all, and is handed back to the caller. A
+connection can't be left with half a frame or an open message, and a
+peer that stops reading costs at most its ``write_limit`` and one message,
+however many are broadcast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Union
+
+from .connection import WebSocket, _payload
+
+__all__ = ["broadcast"]
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+
+def broadcast(connections: Iterable[WebSocket], message: str | BytesLike) -> list[WebSocket]:
+    """Send ``message`` to every connection that can take all of it now; return the others.
+
+    Never blocks: a connection whose buffers are full (its peer reads
+    slowly or not at all), or that another thread is sending on, is skipped
+    untouched and returned, so the application decides what to do with it
+    (drop the message for it, close it with 1008 or 1013, try again later).
+    Connections that are closed or closing are skipped and not returned.
+    The frame is built once for all the connections that frame it alike
+    (uncompressed, or compressed without context takeover)::
+
+        with lock:
+            slow = blockws.broadcast(clients, message)
+        for ws in slow:
+            ws.close(blockws.CloseCode.TRY_AGAIN_LATER, "too slow")
+
+    Args:
+        connections: the connections (any iterable; each is tried once).
+        message: ``str`` (a text message) or bytes-like (binary).
+
+    Returns:
+        The connections that could not take the message now.
+    """
+    text, payload = _payload(message)
+    data = bytes(payload)
+    shared: dict[object, bytes] = {}
+    skipped = []
+    for ws in connections:
+        if ws._offer(data, text, shared) is False:
+            skipped.append(ws)
+    return skipped
