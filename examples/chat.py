@@ -3,7 +3,8 @@
     python examples/chat.py            (a server and three clients, in one process)
 
 Each connection has its own thread (that's what serve() does); the set of
-clients is shared, so it is guarded by a lock.
+clients is shared, so it is guarded by a lock. broadcast() sends each
+message to the others without ever waiting on one of them.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ def chat(ws: blockws.WebSocket) -> None:
         for message in ws:
             with lock:
                 others = [c for c in clients if c is not ws]
-            for other in others:
-                try:
-                    other.sendall(message)
-                except blockws.ConnectionClosed:
-                    pass  # that one just left
+            # broadcast() never waits on a slow reader: a client that can't
+            # take the whole message now is handed back, and misses it.
+            for slow in blockws.broadcast(others, message):
+                print(f"{slow.remote_address} is too slow: it misses {message!r}")
     finally:
         with lock:
             clients.discard(ws)
