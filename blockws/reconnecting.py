@@ -63,36 +63,35 @@ def reconnect(
     """Yield an open :class:`~blockws.WebSocket` to ``url``, and a new one each time one ends.
 
     Each connection is made by ``blockws.connect(url, **options)``. The loop
-    body owns the connection it is given; when the body returns to the loop,
-    the iterator closes the connection (if it is still open) and looks at
-    how it ended (:attr:`WebSocket.close_code`):
+    body owns the connection it is given. When the body returns to the
+    loop, the iterator closes the connection if it is still open, and its
+    :attr:`~blockws.WebSocket.close_code` at that moment decides:
 
-    - the connection was lost (1006), or the server closed it with 1001
-      (going away), 1011 (internal error; also our keepalive's code for a
-      server that stopped answering), 1012 (service restart), 1013 (try
-      again later) or 1014 (bad gateway): it connects again;
-    - the body returned while the connection was still open (neither side
-      had closed it): it is closed with 1000 and a new one is made, as the
-      ``websockets`` package does: returning to the loop means "done with
-      this connection", leaving it (``break``) means "done";
-    - the server closed it with any other code (1000 normal closure, 1002,
-      1003, 1007, 1008 policy violation, 1009, 1010, 4000-4999, ...), or we
-      failed it because the server broke the protocol (1002, 1007, 1009),
-      or the application closed it itself with :meth:`WebSocket.close`
-      (its code, as the server echoes it, decides: 1000 ends): the
-      iteration ends. The loop variable still holds the last connection, so
-      ``ws.close_code`` after the loop says why.
+    - lost (1006), or closed by the server with 1001 (going away), 1011
+      (internal error; also the code of a server our keepalive found
+      dead), 1012 (service restart), 1013 (try again later) or 1014 (bad
+      gateway): a new connection is made;
+    - None, the connection still open (the body returned without reading
+      to the end): it is closed with 1000 and a new one is made, as the
+      ``websockets`` package does (returning to the loop means "done with
+      this connection"; ``break`` means "done");
+    - any other code ends the iteration: the server closed with 1000, 1003,
+      1008, 4000-4999, ...; we failed the connection because the server
+      broke the protocol (1002, 1007, 1009); or the body called
+      :meth:`~blockws.WebSocket.close` (1000, as the server echoes it).
+      The loop variable still holds the last connection: ``ws.close_code``
+      after the loop says why.
 
     Leaving the loop (``break``, ``return``, an exception) closes the
-    current connection and stops: no thread or socket is left behind. (A
-    generator is closed when the ``for`` loop drops it; if you keep a
+    current connection and stops, leaving no thread or socket behind. (The
+    ``for`` statement drops the iterator, which closes it; if you keep a
     reference, call its ``close()`` or use :func:`contextlib.closing`.)
 
-    :meth:`WebSocket.recv` returns None (and ``for message in ws`` ends)
-    when the server closed the connection, whatever the code; a lost
-    connection raises :class:`~blockws.ConnectionClosedError` instead, and
-    an exception raised in the loop body leaves the loop (that is Python: it
-    never reaches the iterator). So catch it inside the body to reconnect::
+    ``for message in ws`` ends quietly when the server closes, whatever the
+    code (:meth:`~blockws.WebSocket.recv` returns None), but a lost or
+    failed connection raises :class:`~blockws.ConnectionClosedError`, and
+    an exception in the loop body leaves the loop: it never reaches the
+    iterator. So catch it in the body to reconnect::
 
         import blockws
 
@@ -102,48 +101,47 @@ def reconnect(
                 for message in ws:      # ends when the server closes (any code)
                     print(message)
             except blockws.ConnectionClosedError:
-                continue                # lost (1006, 1011, ...): the iterator decides
-        print("done:", ws.close_code)   # the server closed with a code that means "stop"
+                continue                # lost or failed: the close code decides
+        print("done:", ws.close_code)   # a code that means "stop", e.g. 1000
 
-    Connecting fails for a while (connection refused, timeouts, DNS, a
-    connection reset or cut during the handshake, a proxy that can't reach
-    the server or answers 5xx, HTTP 5xx other than 501 and 505, 429): each
-    failure is logged at INFO on the ``blockws.client`` logger with the
-    delay, and the next attempt waits. Other failures are raised at once by
-    ``next()``: :class:`~blockws.InvalidURI`, :class:`~blockws.BadPortError`,
-    ``ValueError`` (a bad option), :class:`~blockws.InvalidStatus` for 4xx
-    other than 429 (authentication given up included) and for 501, 505 and
-    3xx that aren't followed, :class:`~blockws.TooManyRedirects`, other
-    :class:`~blockws.InvalidHandshake` errors (an invalid answer),
-    :class:`~blockws.exceptions.CertificateVerifyError` (and any
+    Retried, each failure logged at INFO on the ``blockws.client`` logger
+    with the delay: connection refused or reset, timeouts, DNS errors,
+    other ``OSError`` (TLS cut short), a connection closed during the
+    handshake, HTTP 429 and 5xx (but 501 and 505), a proxy that can't be
+    reached or answers 429 or 5xx. Raised at once by ``next()``:
+    :class:`~blockws.InvalidURI`, :class:`~blockws.BadPortError`,
+    ``ValueError``, :class:`~blockws.InvalidStatus` for any other status
+    (4xx, 401 once authentication gave up, 501, 505, unfollowed 3xx),
+    :class:`~blockws.TooManyRedirects`, other
+    :class:`~blockws.InvalidHandshake` (an invalid answer, a proxy's 4xx),
+    :class:`~blockws.exceptions.CertificateVerifyError` (any
     :class:`ssl.SSLCertVerificationError`).
 
-    Delays use capped exponential backoff with full jitter: the n-th wait
-    (n = 0, 1, ...) is random between 0 and ``min(max_delay, initial_delay
-    * 2**n)``. A ``Retry-After`` header on a 429 or 503 (seconds, or an HTTP
-    date) replaces that delay, even above ``max_delay`` (up to
-    :data:`MAX_RETRY_AFTER`, an hour). Ended connections count like failed
-    attempts, so a server that accepts and closes at once is not hammered;
-    n goes back to 0 when a connection lived ``reset_after`` seconds. The
-    first attempt doesn't wait, and the waiting is ``time.sleep`` in the
-    thread iterating (Ctrl-C interrupts it).
+    Delays: capped exponential backoff with full jitter, the n-th wait
+    (n = 0, 1, ...) random between 0 and ``min(max_delay, initial_delay *
+    2**n)``. A ``Retry-After`` on a 429 or 503 (seconds or an HTTP date)
+    replaces that delay, even above ``max_delay`` (up to an hour). A
+    connection that ends counts as a failed attempt, so a server that
+    accepts and closes at once isn't hammered; n starts from 0 again after
+    a connection that lived ``reset_after`` seconds. The first attempt
+    doesn't wait; waits are ``time.sleep`` in the iterating thread.
 
     Args:
         url: as for :func:`blockws.connect`.
         initial_delay: the first backoff bound, in seconds.
         max_delay: the largest backoff bound, in seconds.
-        reset_after: how long a connection must have lived, in seconds, for
-            the backoff to start again from ``initial_delay``.
+        reset_after: how long a connection must live, in seconds, for the
+            backoff to start again from ``initial_delay``.
         options: :func:`blockws.connect`'s keyword arguments (``timeout``,
             ``open_timeout``, ``headers``, ``auth``, ...), checked now; all
             but ``sock`` (a socket can't be connected twice).
 
     Raises:
-        TypeError: an option :func:`blockws.connect` doesn't take (now, not
-            at the first ``next()``).
-        ValueError: ``sock``, or a delay that is negative (or
-            ``initial_delay`` zero, or ``max_delay`` below it).
-        InvalidURI: ``url`` is not a WebSocket URL (now).
+        TypeError: an option :func:`blockws.connect` doesn't take (at once,
+            not at the first ``next()``).
+        ValueError: ``sock``; ``initial_delay`` not positive, ``max_delay``
+            below it, ``reset_after`` negative.
+        InvalidURI: ``url`` is not a WebSocket URL (at once).
     """
     try:
         inspect.signature(connect).bind(url, **options)

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import socket
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,8 @@ import pytest
 import blockws
 from blockws import reconnecting
 from blockws.exceptions import CertificateVerifyError
+
+from .relay import Relay
 
 
 def _echo(ws: blockws.WebSocket) -> None:
@@ -127,7 +130,6 @@ def test_options_are_checked_when_reconnect_is_called():
 # -- transient failures are retried ------------------------------------------------
 
 
-@pytest.mark.slow
 def test_a_server_restarted_on_the_same_port(servers, caplog):
     caplog.set_level(logging.INFO, "blockws.client")
     server = servers().start()
@@ -263,14 +265,28 @@ def test_a_banned_port_is_raised():
         next(blockws.reconnect("ws://127.0.0.1:6000/", initial_delay=0.01))
 
 
+def test_a_proxy_that_hangs_up_or_answers_502_is_retried_and_its_403_raised(caplog):
+    caplog.set_level(logging.INFO, "blockws.client")
+    proxy = Script(None, BAD_GATEWAY, FORBIDDEN)
+    with pytest.raises(blockws.ProxyError, match="403"):
+        next(blockws.reconnect("ws://127.0.0.1:8765/", proxy=f"http://127.0.0.1:{proxy.port}", initial_delay=0.01))
+    proxy.thread.join()
+    assert len(proxy.times) == 3 and len(_delays(caplog)) == 2
+
+
 # -- backoff -----------------------------------------------------------------------
 
 
-class Hangup:
-    """A TCP listener that closes each connection at once, ``count`` times, then answers 403."""
+FORBIDDEN = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
+BAD_GATEWAY = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"
 
-    def __init__(self, count: int) -> None:
-        self.count = count
+
+class Script:
+    """A TCP listener that serves one connection per answer, in turn: None closes it at once,
+    bytes (an HTTP head) are sent after reading the request. It stops after the last."""
+
+    def __init__(self, *answers: bytes | None) -> None:
+        self.answers = answers
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.times: list[float] = []
@@ -279,23 +295,28 @@ class Hangup:
 
     def _run(self) -> None:
         with self.listener:
-            while len(self.times) <= self.count:
+            for answer in self.answers:
                 conn, _ = self.listener.accept()
                 with conn:
                     self.times.append(time.monotonic())
-                    if len(self.times) > self.count:
+                    if answer is not None:
                         conn.settimeout(5)
                         conn.recv(4096)
-                        conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                        conn.sendall(answer)
 
     def gaps(self) -> list[float]:
         return [b - a for a, b in zip(self.times, self.times[1:])]
 
 
+def hangups(count: int) -> Script:
+    """Closes ``count`` connections at once, then answers 403."""
+    return Script(*[None] * count, FORBIDDEN)
+
+
 def test_backoff_doubles_up_to_max_delay(monkeypatch, caplog):
     caplog.set_level(logging.INFO, "blockws.client")
     monkeypatch.setattr(reconnecting.random, "uniform", lambda low, high: high)  # always the bound
-    hangup = Hangup(6)
+    hangup = hangups(6)
     with pytest.raises(blockws.InvalidStatus):
         next(blockws.reconnect(f"ws://127.0.0.1:{hangup.port}/", initial_delay=0.01, max_delay=0.05))
     hangup.thread.join()
@@ -307,7 +328,7 @@ def test_backoff_doubles_up_to_max_delay(monkeypatch, caplog):
 
 def test_backoff_jitter_is_within_the_bounds(caplog):
     caplog.set_level(logging.INFO, "blockws.client")
-    hangup = Hangup(8)
+    hangup = hangups(8)
     with pytest.raises(blockws.InvalidStatus):
         next(blockws.reconnect(f"ws://127.0.0.1:{hangup.port}/", initial_delay=0.01, max_delay=0.04))
     hangup.thread.join()
@@ -391,6 +412,51 @@ def test_a_lost_connection_reconnects_with_the_documented_loop(servers):
             continue
     assert got == ["connection 1", 1006, "connection 2"]
     assert ws.close_code == 1000
+
+
+def test_a_reset_and_a_dead_server_reconnect(servers):
+    server = servers().start()
+    relay = Relay(server.port)
+    keepalive = blockws.KeepAlive(interval=0.1, timeout=0.2)
+    codes = []
+    try:
+        for ws in blockws.reconnect(relay.url, keepalive=keepalive, initial_delay=0.001):
+            ws.sendall("ping")
+            assert ws.recv() == "ping"
+            if len(codes) == 2:
+                break
+            if codes:
+                relay.blackhole()  # the server looks dead: our keepalive fails the connection with 1011
+            else:
+                relay.reset()  # RST: lost, 1006
+            with pytest.raises(blockws.ConnectionClosedError):
+                ws.recv()
+            codes.append(ws.close_code)
+            relay.forwarding = True
+    finally:
+        relay.close()
+        keepalive.close()
+    assert codes == [1006, 1011]
+
+
+def test_the_docstring_example(servers, capsys):
+    sent = iter(["news 1", "news 2", "news 3"])
+
+    def handler(ws: blockws.WebSocket) -> None:
+        assert ws.recv() == "subscribe"
+        message = next(sent)
+        ws.sendall(message)
+        if message == "news 1":
+            ws.abort()  # lost
+        else:
+            ws.close(1012 if message == "news 2" else 1000)
+
+    server = servers(handler).start()
+    doc = blockws.reconnect.__doc__ or ""
+    example = textwrap.dedent(doc.split("reconnect::\n", 1)[1].split("\n\n    Retried", 1)[0])
+    assert example.count("ws://127.0.0.1:8765/") == 1
+    exec(example.replace("ws://127.0.0.1:8765/", server.url), {})
+    assert capsys.readouterr().out == "news 1\nnews 2\nnews 3\ndone: 1000\n"
 
 
 def test_a_protocol_failure_ends_the_iteration(servers):
