@@ -531,7 +531,7 @@ def test_an_exception_in_the_body_closes_the_connection(servers):
     assert _wait_for_fds(before) == before
 
 
-def test_closing_the_iterator_while_it_waits_to_retry_connects_no_more():
+def test_an_iterator_closed_before_it_started_connects_no_more():
     port = _free_port()
     connections = blockws.reconnect(f"ws://127.0.0.1:{port}/", initial_delay=0.01)
     connections.close()  # never started
