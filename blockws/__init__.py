@@ -36,12 +36,14 @@ from .exceptions import (
 from .http import Headers, Request, Response
 from .keepalive import KeepAlive
 from .protocol import State
+from .reconnecting import reconnect
 from .server import Server, WebSocketHandler, accept, serve
 
 __version__ = "0.1.0"
 
 __all__ = [
     "connect",
+    "reconnect",
     "ConnectGate",
     "parse_uri",
     "serve",
