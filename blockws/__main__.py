@@ -385,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("serve", "demo"):
         parser = argparse.ArgumentParser(prog=f"blockws {argv[0]}")
         if argv[0] == "serve":
-            parser.description = "Run a WebSocket server: echo (default), chat, or broadcast stdin."
+            parser.description = (
+                "Run a WebSocket server: echo (default), chat, broadcast stdin, or your handler (MODULE:HANDLER)."
+            )
             parser.add_argument("--host", default="127.0.0.1")
             parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
             mode = parser.add_mutually_exclusive_group()

@@ -256,7 +256,7 @@ def run(
     if reuse_port:
         check_reuse_port()
     # The options are checked here, once, not by every worker as it starts.
-    check_options(options)
+    check_options({name: value for name, value in options.items() if name != "max_connections"})
     return _Supervisor(handler, host or "", port or 0, workers, reuse_port, backlog, options).run(on_listening)
 
 
