@@ -2,6 +2,7 @@
 
     blockws ws://host:port/path [--trace] [--header "Name: value"] [--user NAME] [--cafile FILE] ...
     blockws serve [--host H] [--port P] [--echo | --chat | --broadcast-stdin] [--trace]
+    blockws serve MODULE:HANDLER [--workers N] [--reuse-port] [--host H] [--port P] [--trace]
     blockws demo
     blockws --version
 
@@ -322,7 +323,8 @@ def run_server(args: argparse.Namespace) -> int:
                 clients.discard(ws)
             say(f"{ws.remote_address[0]}:{ws.remote_address[1]} left ({ws.close_code})", sys.stderr)
 
-    with serve(handler, args.host, args.port, trace=_trace_frames if args.trace else None) as server:
+    trace = _trace_frames if args.trace else None
+    with serve(handler, args.host, args.port, reuse_port=args.reuse_port, trace=trace) as server:
         say(
             f"{'chat' if args.chat else 'broadcast' if args.broadcast_stdin else 'echo'} server on ws://{args.host}:{server.port}/"
         )
@@ -373,6 +375,8 @@ other commands:
   blockws serve [--host H] [--port P] [--echo | --chat | --broadcast-stdin] [-v]
                           run an echo (default), chat or broadcast server;
                           its options: blockws serve --help
+  blockws serve MODULE:HANDLER [--workers N] [--reuse-port] [--host H] [--port P]
+                          run your handler, in N processes sharing the port
   blockws demo            a server and a client in one process (blockws demo --help)"""
 
 
@@ -381,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("serve", "demo"):
         parser = argparse.ArgumentParser(prog=f"blockws {argv[0]}")
         if argv[0] == "serve":
-            parser.description = "Run a WebSocket server: echo (default), chat, or broadcast stdin."
+            parser.description = (
+                "Run a WebSocket server: echo (default), chat, broadcast stdin, or your handler (MODULE:HANDLER)."
+            )
             parser.add_argument("--host", default="127.0.0.1")
             parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
             mode = parser.add_mutually_exclusive_group()
@@ -389,10 +395,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             mode.add_argument("--chat", action="store_true", help="send every message to every other client")
             mode.add_argument("--broadcast-stdin", action="store_true", help="send lines typed here to all clients")
             parser.add_argument("-v", "--trace", action="store_true", help="show every frame")
+            parser.add_argument(
+                "app",
+                nargs="?",
+                metavar="MODULE:HANDLER",
+                help="serve this callable instead (imported like gunicorn's and uvicorn's: app:handler)",
+            )
+            parser.add_argument(
+                "--workers", type=int, default=1, metavar="N", help="processes sharing the port (with MODULE:HANDLER)"
+            )
+            parser.add_argument(
+                "--reuse-port",
+                action="store_true",
+                help="SO_REUSEPORT: a listening socket per process, balanced by the kernel (Linux)",
+            )
         else:
             parser.description = "A server and a client in one process exchanging a few messages."
         args = parser.parse_args(argv[1:])
         runner: Any = run_server if argv[0] == "serve" else (lambda _: demo())
+        if argv[0] == "serve":
+            if args.app is not None and (args.echo or args.chat or args.broadcast_stdin):
+                parser.error("MODULE:HANDLER serves your handler: not with --echo, --chat or --broadcast-stdin")
+            if args.workers < 1 or (args.workers > 1 and args.app is None):
+                parser.error("--workers takes 1 or more, and more than 1 only with MODULE:HANDLER")
+            if args.app is not None:
+                from .workers import run_cli
+
+                runner = lambda a: run_cli(a, _trace_frames if a.trace else None)  # noqa: E731
     else:
         parser = argparse.ArgumentParser(
             prog="blockws",

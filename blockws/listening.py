@@ -12,11 +12,16 @@ import ipaddress
 import os
 import socket
 import stat
+import sys
 
-__all__ = ["listen_tcp", "listen_unix", "remove_socket_file"]
+__all__ = ["check_reuse_port", "listen_tcp", "listen_unix", "remove_socket_file"]
 
 
-def listen_tcp(host: str, port: int, family: int | None, dualstack_ipv6: bool | None, backlog: int) -> socket.socket:
+def listen_tcp(
+    host: str, port: int, family: int | None, dualstack_ipv6: bool | None, backlog: int, reuse_port: bool = False
+) -> socket.socket:
+    if reuse_port:
+        check_reuse_port()
     if family is None:
         family = socket.AF_INET6 if dualstack_ipv6 else _family_of(host, port)
     elif family not in (socket.AF_INET, socket.AF_INET6):
@@ -25,9 +30,25 @@ def listen_tcp(host: str, port: int, family: int | None, dualstack_ipv6: bool | 
         # "::" (or "" with AF_INET6) means every interface: IPv4 ones too,
         # where the platform can, as people expect of an "any" address.
         dualstack_ipv6 = family == socket.AF_INET6 and _is_unspecified(host) and socket.has_dualstack_ipv6()
-    return socket.create_server(
-        (host, port), family=family, backlog=backlog, reuse_port=False, dualstack_ipv6=dualstack_ipv6
-    )
+    try:
+        return socket.create_server(
+            (host, port), family=family, backlog=backlog, reuse_port=reuse_port, dualstack_ipv6=dualstack_ipv6
+        )
+    except OSError as exc:
+        if reuse_port and exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+            # The constant exists but the kernel refuses the option (Linux before 3.9, WSL 1, ...).
+            message = f"reuse_port=True: SO_REUSEPORT refused on this platform ({sys.platform}): {exc.strerror}"
+            raise OSError(exc.errno, message) from None
+        raise
+
+
+def check_reuse_port() -> None:
+    """Raise ValueError where ``socket`` has no SO_REUSEPORT (Windows, some builds)."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError(
+            f"reuse_port=True needs SO_REUSEPORT, which this platform ({sys.platform}) lacks: "
+            "share one listening socket instead (serve(sock=...))"
+        )
 
 
 def _family_of(host: str, port: int) -> int:

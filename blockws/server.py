@@ -79,6 +79,18 @@ def run_handler(handler: Callable[[WebSocket], object], ws: WebSocket, address: 
             ws.close(CloseCode.INTERNAL_ERROR, "internal error")
 
 
+def check_options(options: dict[str, Any]) -> None:
+    """Check :func:`accept`'s options once, not in every connection's thread later.
+
+    Raises:
+        TypeError: an unknown option.
+        ValueError: a bad value.
+    """
+    inspect.signature(accept).bind(None, **options)
+    check_subprotocols(options.get("subprotocols"))
+    deflate.settings(options.get("compression", "deflate"))
+
+
 class WebSocketHandler(socketserver.BaseRequestHandler):
     """A :mod:`socketserver` request handler that speaks WebSocket.
 
@@ -125,22 +137,22 @@ class Server:
         path: str | os.PathLike[str] | None = None,
         family: int | None = None,
         dualstack_ipv6: bool | None = None,
+        reuse_port: bool = False,
         max_connections: int | None = None,
         backlog: int = 128,
         **options: Any,
     ) -> None:
         self.handler = handler
         self.max_connections = max_connections
-        # Check the options now, not in every connection's thread later.
-        inspect.signature(accept).bind(None, **options)
-        check_subprotocols(options.get("subprotocols"))
-        deflate.settings(options.get("compression", "deflate"))
+        check_options(options)
         self.options = options
         # server_close() removes the Unix socket file only if it is still ours.
         self._unix_file: tuple[str, tuple[int, int]] | None = None
         if sock is not None or path is not None:
             given = {"host": host, "port": port, "family": family, "dualstack_ipv6": dualstack_ipv6}
             extra = [name for name, value in given.items() if value is not None]
+            if reuse_port:
+                extra.append("reuse_port")
             if sock is not None and path is not None:
                 extra.insert(0, "path")
             if extra:
@@ -153,7 +165,7 @@ class Server:
         elif path is not None:
             self.socket = self._listen_unix(os.fspath(path), backlog)
         else:
-            self.socket = listen_tcp(host or "", port or 0, family, dualstack_ipv6, backlog)
+            self.socket = listen_tcp(host or "", port or 0, family, dualstack_ipv6, backlog, reuse_port)
         # A listener shared with other processes (sock=, pre-fork workers)
         # may be taken by them between select() and accept(): never block there.
         self.socket.setblocking(False)
@@ -486,6 +498,7 @@ def serve(
     path: str | os.PathLike[str] | None = None,
     family: int | None = None,
     dualstack_ipv6: bool | None = None,
+    reuse_port: bool = False,
     **options: Any,
 ) -> Server:
     """Make a threaded WebSocket server listening on ``host:port``, ``sock`` or ``path``.
@@ -528,6 +541,13 @@ def serve(
         dualstack_ipv6: as for ``socket.create_server``: True accepts IPv4
             clients on an IPv6 socket (ValueError where unsupported), False
             refuses them; None (default): True for ``"::"`` where supported.
+        reuse_port: set ``SO_REUSEPORT``, so that several processes (or
+            servers) can listen on the same ``host:port``, every one
+            binding with ``reuse_port=True`` (and, on Linux, as the same
+            user). Linux spreads the incoming connections across them; other
+            platforms let them bind but may not balance. A process that
+            closes its listener drops the connections queued for it. Not
+            with ``sock`` (set the option on it yourself) or ``path``.
         options: ``max_connections`` (excess connections get a 503 naming
             it, written by the accept loop: refusals cost no thread; over
             TLS after the TLS handshake) and ``backlog``, plus those of
@@ -537,8 +557,21 @@ def serve(
             ...).
 
     Raises:
-        ValueError: ``sock`` or ``path`` given with an address option.
-        OSError: the address is taken or can't be bound; ``path`` on a
-            platform without Unix sockets (EAFNOSUPPORT).
+        ValueError: ``sock`` or ``path`` given with an address option;
+            ``reuse_port`` where the platform has no ``SO_REUSEPORT``.
+        OSError: the address is taken or can't be bound (EADDRINUSE, also
+            when the listener already there didn't set ``reuse_port``);
+            ``path`` on a platform without Unix sockets (EAFNOSUPPORT);
+            ``reuse_port`` refused by the kernel (ENOPROTOOPT).
     """
-    return Server(handler, host, port, sock=sock, path=path, family=family, dualstack_ipv6=dualstack_ipv6, **options)
+    return Server(
+        handler,
+        host,
+        port,
+        sock=sock,
+        path=path,
+        family=family,
+        dualstack_ipv6=dualstack_ipv6,
+        reuse_port=reuse_port,
+        **options,
+    )
