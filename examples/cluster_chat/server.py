@@ -38,7 +38,11 @@ def _connect_redis() -> redis.Redis:
     global _redis
     with lock:
         if _redis is None:
-            client = redis.Redis.from_url(REDIS_URL)
+            # Every handler thread publishes through this client: a blocking
+            # pool makes a burst of them wait for a connection instead of
+            # failing with "Too many connections".
+            pool = redis.BlockingConnectionPool.from_url(REDIS_URL, max_connections=16, timeout=10)
+            client = redis.Redis(connection_pool=pool)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(CHANNEL)
             pubsub.get_message(timeout=5)  # the subscription is confirmed: nothing published from now on is missed
