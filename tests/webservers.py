@@ -204,6 +204,10 @@ class Gunicorn(WebServer):
         command = [sys.executable, "-m", "gunicorn", "-k", worker, "--threads", str(threads), "-w", "1"]
         command += ["-b", f"127.0.0.1:{self.port}", "--chdir", str(directory), "--timeout", "120"]
         command += ["--graceful-timeout", "2", "app:app"]
+        from gunicorn.config import Config  # type: ignore[import-untyped]
+
+        if "control_socket_disable" in Config().settings:  # gunicorn 25+: not in the home directory
+            command.insert(-1, "--no-control-socket")
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 20
