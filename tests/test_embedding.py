@@ -63,7 +63,8 @@ def gunicorn_sync(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn
 
 @pytest.fixture
 def start() -> Iterator[Callable[..., WebServer]]:
-    """``start(name, **options)``: a server of the site, the gunicorn ones shared by the module."""
+    """``start(name, request=None, **options)``: a server of the site (the gunicorn ones: the
+    module's, through ``request``; they take no options)."""
     servers: list[WebServer] = []
 
     def starter(name: str, request: pytest.FixtureRequest | None = None, **options: Any) -> WebServer:
@@ -418,12 +419,11 @@ def test_100_concurrent_connections(start: Callable[..., WebServer], request: py
             assert 100 < threads <= 120 + 5
         else:
             assert threading.active_count() <= before + 100 + 5
-        for round_ in range(3):
-            for i, ws in enumerate(clients):
-                ws.sendall(os.urandom(1000 * round_) if i % 2 else f"{round_} {i}")
-            for i, ws in enumerate(clients):
-                got = ws.recv()
-                assert got == f"{round_} {i}" if i % 2 == 0 else isinstance(got, bytes) and len(got) == 1000 * round_
+        for round_ in range(3):  # all of them at once, text and binary
+            sent: list[Message] = [os.urandom(1000 * round_) if i % 2 else f"{round_} {i}" for i in range(100)]
+            for ws, message in zip(clients, sent):
+                ws.sendall(message)
+            assert [ws.recv() for ws in clients] == sent
     finally:
         for ws in clients:
             ws.close()
