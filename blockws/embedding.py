@@ -147,8 +147,12 @@ def request_from_environ(environ: Mapping[str, Any]) -> Request:
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer"})
 
 
-def _wsgi_answer(start_response: StartResponse, response: Response) -> list[bytes]:
-    headers = [(name, value) for name, value in response.headers.items() if name.lower() not in _HOP_BY_HOP]
+def _wsgi_answer(start_response: StartResponse, response: Response, upgrade: bool = True) -> list[bytes]:
+    # Without ``upgrade`` (a server that lends no socket, so can't switch
+    # protocols), Upgrade goes too: waitress and wsgiref reject it as
+    # hop-by-hop, and would turn the 426 into a 500.
+    drop = _HOP_BY_HOP if upgrade else _HOP_BY_HOP | {"upgrade"}
+    headers = [(name, value) for name, value in response.headers.items() if name.lower() not in drop]
     if "Content-Length" not in response.headers:
         headers.append(("Content-Length", str(len(response.body))))
     start_response(f"{response.status} {response.reason}", headers)
@@ -166,9 +170,9 @@ class WSGIWebSocketApp:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         request = request_from_environ(environ)
         upgrade = _answer(request, self._settings)
-        if upgrade.refusal is not None:
-            return _wsgi_answer(start_response, upgrade.response)
         sock = next((environ[key] for key in SOCKET_KEYS if environ.get(key) is not None), None)
+        if upgrade.refusal is not None:
+            return _wsgi_answer(start_response, upgrade.response, sock is not None)
         if sock is None:
             server = environ.get("SERVER_SOFTWARE") or "this WSGI server"
             raise RuntimeError(
