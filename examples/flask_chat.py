@@ -76,7 +76,7 @@ def chat(ws: blockws.WebSocket) -> None:
 
 # /ws goes to blockws, every other path to Flask. A plain GET of /ws gets
 # "426 Upgrade Required".
-app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/ws": blockws.wsgi_app(chat)})  # type: ignore[method-assign]
+app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/ws": blockws.wsgi_app(chat)})
 
 
 def main() -> None:

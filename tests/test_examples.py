@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import textwrap
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,3 +153,53 @@ def test_http_server_example(tmp_path: Path) -> None:
                 ws.sendall(message)
                 assert ws.recv() == message
         assert ws.close_code == 1000
+
+
+def guide_sample(containing: str) -> str:
+    """The code sample (a ``::`` literal block) of docs/servers.rst that contains ``containing``."""
+    text = (EXAMPLES.parent / "docs" / "servers.rst").read_text(encoding="utf-8")
+    blocks = [textwrap.dedent(block) for block in re.findall(r"::\n\n((?:    .*\n|\n)+)", text)]
+    [sample] = [block for block in blocks if containing in block]
+    return sample
+
+
+def test_servers_guide_flask_route_sample() -> None:
+    from werkzeug.serving import make_server
+
+    namespace: dict[str, Any] = {"__name__": "guide_sample"}
+    exec(guide_sample("websocket=True"), namespace)
+    server = make_server("127.0.0.1", 0, namespace["app"], threaded=True)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        page = f"http://127.0.0.1:{server.server_port}/"
+        assert http_get(page + "ws?token=secret")[0] == 426
+        with pytest.raises(blockws.InvalidStatus, match="403"):
+            blockws.connect(page + "ws", timeout=10)
+        with blockws.connect(page + "ws?token=secret", timeout=10) as ws:
+            ws.sendall("hello")
+            assert ws.recv() == "hello"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_servers_guide_socketserver_sample() -> None:
+    import socketserver
+
+    sample = guide_sample("WebSocketHandler")
+    namespace: dict[str, Any] = {}
+    exec(sample.partition("with socketserver")[0], namespace)  # all but serve_forever() on port 8765
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), namespace["Echo"]) as server:
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            with blockws.connect(f"ws://127.0.0.1:{server.server_address[1]}/", timeout=10) as ws:
+                ws.sendall("hello")
+                assert ws.recv() == "hello"
+                ws.sendall("x" * 2**17)  # over the sample's max_size
+                assert ws.recv() is None and ws.close_code == 1009
+        finally:
+            server.shutdown()
+            thread.join(10)
