@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,9 +89,15 @@ def browser(url: str, tmp_path: Path) -> Iterator[Page]:
     if os.geteuid() == 0:
         command.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
     log = tmp_path / "chromium.log"
+    # Its temporary files, crash reports and caches go here, not in /tmp and ~
+    # (a short path: a Unix socket's path is at most 107 bytes long).
+    home = tempfile.mkdtemp(prefix="blockws-chromium-")
+    env = {**os.environ, "HOME": home, "TMPDIR": home}
+    for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
+        env.pop(name, None)
     with open(log, "wb") as output:
         # A process group of its own: the renderers and helpers end with it.
-        process = subprocess.Popen([*command, url], stdout=output, stderr=output, start_new_session=True)
+        process = subprocess.Popen([*command, url], stdout=output, stderr=output, env=env, start_new_session=True)
     try:
         # It writes its DevTools port (and the browser's path) here once it listens.
         port_file = profile / "DevToolsActivePort"
@@ -120,6 +127,7 @@ def browser(url: str, tmp_path: Path) -> Iterator[Page]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group
         process.wait()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_flask_chat_in_a_browser(tmp_path: Path) -> None:

@@ -139,6 +139,10 @@ def test_flask_chat_example() -> None:
 def test_flask_chat_example_under_gunicorn() -> None:
     command = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "50", "-b", "127.0.0.1:0"]
     command += ["--graceful-timeout", "5", "--chdir", str(EXAMPLES), "flask_chat:app"]
+    import gunicorn.config
+
+    if hasattr(gunicorn.config, "ControlSocketDisable"):  # else gunicorn 27 listens on ~/.gunicorn/gunicorn.ctl
+        command.append("--no-control-socket")
     with running(command, r"Listening at: (http://127\.0\.0\.1:\d+)", "stderr") as address:
         chat_through(address + "/")
 
