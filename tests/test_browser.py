@@ -130,22 +130,33 @@ def browser(url: str, tmp_path: Path) -> Iterator[Page]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def type_into(page: Page, text: str) -> None:
+    """Type ``text`` into the chat page and press its button, as a user would."""
+    page.evaluate(
+        f"document.getElementById('text').value = {json.dumps(text)}; document.querySelector('button').click()"
+    )
+
+
 def test_flask_chat_in_a_browser(tmp_path: Path) -> None:
     with run_example_server("flask_chat.py") as url, browser(url, tmp_path) as page:
         page.wait_for("document.documentElement.innerText.includes('(connected)')")
+        type_into(page, "chromium here")
+        page.wait_for("document.documentElement.innerText.includes('chromium here')")  # in the chat now
         with blockws.connect(url.replace("http://", "ws://") + "ws", timeout=10) as other:
             other.sendall("python here")
-            assert other.recv() == "python here"  # in the chat now
-            # Type into the page and press its button, as a user would.
-            page.evaluate(
-                "document.getElementById('text').value = 'hello from chromium';"
-                " document.querySelector('button').click()"
-            )
+            assert other.recv() == "python here"  # in the chat too
+            type_into(page, "hello from chromium")
             assert other.recv() == "hello from chromium"
             other.sendall("hello browser, ünïcode")
             page.wait_for("document.documentElement.innerText.includes('hello browser, ünïcode')")
-        assert page.items() == ["(connected)", "python here", "hello from chromium", "hello browser, ünïcode"]
-        assert page.evaluate("document.getElementById('text').value") == ""
+        assert page.items() == [
+            "(connected)",
+            "chromium here",
+            "python here",
+            "hello from chromium",
+            "hello browser, ünïcode",
+        ]
+        assert page.evaluate("document.getElementById('text').value") == ""  # the page cleared its input
 
 
 ECHO_PAGE = """<!doctype html>
