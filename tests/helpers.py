@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import os
+import re
 import resource
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,3 +73,56 @@ def raise_fd_limit(needed: int) -> None:
         if hard != resource.RLIM_INFINITY and hard < needed:
             pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@contextlib.contextmanager
+def running(command: list[str], pattern: str, stream: str = "stdout") -> Iterator[str]:
+    """Run ``command`` (this checkout's blockws on its path) until the ``with`` ends.
+
+    Yields group 1 of ``pattern``, searched line by line in what the
+    program prints on ``stream`` ("stdout" or "stderr"): its URL.
+    """
+    pipe = {stream: subprocess.PIPE}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, text=True, env=env, **pipe)  # type: ignore[call-overload]
+    out = process.stdout if stream == "stdout" else process.stderr
+    try:
+        lines = []
+        for line in out:
+            lines.append(line)
+            match = re.search(pattern, line)
+            if match:
+                break
+        else:
+            raise AssertionError(f"{command} exited ({process.wait()}) without printing {pattern!r}: {lines}")
+        yield match.group(1)
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        out.close()
+
+
+def run_example_server(name: str, *args: str) -> contextlib.AbstractContextManager[str]:
+    """``python examples/NAME ARGS`` on port 0: the URL of its page (``http://127.0.0.1:PORT/``)."""
+    return running([sys.executable, str(EXAMPLES / name), "0", *args], r" on (http://127\.0\.0\.1:\d+/)$")
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """A plain HTTP GET of an ``http://host:port/path`` URL: the status and the body."""
+    host_port, _, path = url.removeprefix("http://").partition("/")
+    host, _, port = host_port.partition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", "/" + path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
