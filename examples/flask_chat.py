@@ -64,11 +64,9 @@ def chat(ws: blockws.WebSocket) -> None:
         for message in ws:  # until this client leaves
             with lock:
                 everyone = list(clients)  # a copy: don't send while holding the lock
-            for client in everyone:  # the sender too: its page shows what it said
-                try:
-                    client.sendall(message)
-                except blockws.ConnectionClosed:
-                    pass  # that one just left
+            # To the sender too: its page shows what it said. broadcast() never
+            # waits on a slow tab: one that can't take the message now misses it.
+            blockws.broadcast(everyone, message)
     finally:
         with lock:
             clients.discard(ws)
