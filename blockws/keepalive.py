@@ -389,6 +389,10 @@ class KeepAlive:
                     return
                 self._wake_r, self._wake_w = socket.socketpair()
                 self._wake_r.setblocking(False)
+                # Never blocks: a full buffer means a wake-up is pending. (The
+                # thread notifies itself too, holding the lock, when a failed
+                # connection unregisters: blocking there was a deadlock.)
+                self._wake_w.setblocking(False)
                 self._thread = threading.Thread(target=self._run, name="blockws keepalive", daemon=True)
                 self._thread.start()
             else:
@@ -409,7 +413,7 @@ class KeepAlive:
         if self._wake_w is not None:
             try:
                 self._wake_w.send(b"\0")
-            except OSError:  # pragma: no cover - the buffer is full: a wake-up is pending anyway
+            except OSError:  # the buffer is full: a wake-up is pending anyway
                 pass
 
     def _set_tcp_keepalive(self, conn: Watched) -> None:
