@@ -169,6 +169,13 @@ class Transport:
                     waiter.writable(poll_ms(deadline))
         if deadline.when is None:
             return sock.recv(size)
+        if deadline.expired():
+            # Nothing to wait for (a non-blocking read, the keepalive's):
+            # one system call rather than poll() and then recv().
+            try:
+                return sock.recv(size, MSG_DONTWAIT)
+            except BlockingIOError:
+                raise TimeoutError from None
         while True:
             if not waiter.readable(poll_ms(deadline)):
                 raise TimeoutError
