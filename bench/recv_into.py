@@ -1,7 +1,7 @@
 """1 MiB downloads on loopback: blockws ``recv()`` and ``recv_into()`` against raw TCP.
 
-    python bench/recv_into.py                 # 7 rounds of 64 MiB per client
-    python bench/recv_into.py --rounds 3 --mib 32
+    python bench/recv_into.py                 # 7 rounds; per round, per client, the best of 3 runs of 32 MiB
+    python bench/recv_into.py --rounds 3 --mib 16 --repeat 2
 
 A server process (this script with ``--serve``, plain sockets) answers a
 WebSocket handshake asking for N messages with N pre-built 1 MiB binary
@@ -14,7 +14,8 @@ turns, round after round, on fresh connections:
 * ``recv_into``: ``WebSocket.recv_into()`` into one preallocated bytearray.
 
 Each figure is MB/s (10⁶ bytes) from the first byte asked for to the last
-message; the ratios to raw are taken within a round (the machine is shared
+message, the best of ``--repeat`` runs (the one least disturbed by other
+work); the ratios to raw are taken within a round (the machine is shared
 and noisy: neighbouring measurements move together) and reported as their
 median and range over the rounds.
 """
@@ -99,25 +100,25 @@ def handshake(port: int, count: int) -> socket.socket:
     return sock
 
 
-def raw(port: int, count: int, buf: bytearray) -> float:
+def raw(port: int, count: int, buf: bytearray) -> tuple[float, float]:
     sock = handshake(port, count)
     total = count * (MIB + 10)
     view = memoryview(buf)
     got = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while got < total:
         n = sock.recv_into(view[: min(len(view), total - got)])
         if not n:
             raise ConnectionError("the server closed early")
         got += n
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     sock.close()
-    return elapsed
+    return elapsed, cpu
 
 
-def with_blockws(port: int, count: int, buf: bytearray, into: bool) -> float:
+def with_blockws(port: int, count: int, buf: bytearray, into: bool) -> tuple[float, float]:
     ws = blockws.connect(f"ws://127.0.0.1:{port}/{count}", compression=None, max_size=None, keepalive=None)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if into:
         recv_into = ws.recv_into
         for _ in range(count):
@@ -128,15 +129,17 @@ def with_blockws(port: int, count: int, buf: bytearray, into: bool) -> float:
         for _ in range(count):
             if len(recv()) != MIB:  # type: ignore[arg-type]
                 raise RuntimeError("bad message")
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     ws.close()
-    return elapsed
+    return elapsed, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--mib", type=int, default=64, help="MiB downloaded per client per round")
+    parser.add_argument("--mib", type=int, default=32, help="MiB downloaded per run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per client per round (the best counts)")
+    parser.add_argument("--pin", action="store_true", help="the server on one CPU, the clients on another")
     parser.add_argument("--serve", type=int, metavar="FD", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
@@ -148,6 +151,10 @@ def main() -> None:
         [sys.executable, __file__, "--serve", str(listener.fileno())], pass_fds=[listener.fileno()]
     )
     listener.close()
+    if args.pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2:
+        first, second, *_ = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(server.pid, {first})
+        os.sched_setaffinity(0, {second})
     try:
         buf = bytearray(2 * MIB)
         clients = {
@@ -158,20 +165,31 @@ def main() -> None:
         for run in clients.values():  # warm up
             run()
         rates: dict[str, list[float]] = {name: [] for name in clients}
+        cpus: dict[str, list[float]] = {name: [] for name in clients}
         for _ in range(args.rounds):
             for name, run in clients.items():
-                rates[name].append(args.mib * MIB / run() / 1e6)
+                runs = [run() for _ in range(args.repeat)]
+                rates[name].append(args.mib * MIB / min(wall for wall, _ in runs) / 1e6)
+                cpus[name].append(min(cpu for _, cpu in runs) / (args.mib * MIB) * 1e9)  # ns per byte
     finally:
         server.kill()
         server.wait()
-    print(f"blockws {blockws.__version__}, Python {sys.version.split()[0]}, {args.rounds} rounds of {args.mib} MiB")
-    for name, values in rates.items():
-        print(f"{name:>10}: median {statistics.median(values):7.0f} MB/s, best {max(values):7.0f} MB/s")
-    for name in ("recv", "recv_into"):
-        ratios = [a / b for a, b in zip(rates[name], rates["raw"])]
+    print(
+        f"blockws {blockws.__version__}, Python {sys.version.split()[0]}: {args.rounds} rounds, "
+        f"best of {args.repeat} runs of {args.mib} MiB per client per round"
+    )
+    for name in clients:
         print(
-            f"{name:>10} / raw: best/best {max(rates[name]) / max(rates['raw']):.2f}×, "
-            f"per round: median {statistics.median(ratios):.2f}×, range {min(ratios):.2f}–{max(ratios):.2f}×"
+            f"{name:>10}: {statistics.median(rates[name]):6.0f} MB/s (median; best {max(rates[name]):.0f}), "
+            f"client CPU {statistics.median(cpus[name]):.3f} ns/byte (median)"
+        )
+    for name in ("recv", "recv_into"):
+        speed = [a / b for a, b in zip(rates[name], rates["raw"])]
+        cpu = [b / a for a, b in zip(cpus[name], cpus["raw"])]
+        print(
+            f"{name:>10} vs raw: speed {statistics.median(speed):.2f}× "
+            f"(median; range {min(speed):.2f}–{max(speed):.2f}), "
+            f"CPU raw/{name} {statistics.median(cpu):.2f}× (median; range {min(cpu):.2f}–{max(cpu):.2f})"
         )
 
 
