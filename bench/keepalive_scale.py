@@ -1,13 +1,21 @@
 """The cost of keeping 1,000 idle connections alive: blockws vs the websockets sync API.
 
-    python bench/keepalive_scale.py [--connections 1000] [--interval 1] [--idle 10] [--json]
+    python bench/keepalive_scale.py [--connections 1000] [--interval 1] [--idle 10]
+                                    [--libraries blockws,websockets] [--sides client,server] [--json]
+    python bench/keepalive_scale.py --10k     # 10,000 connections, ping every 5 s
 
 A short check that it runs: ``--connections 20 --interval 0.5 --idle 1``.
+``--10k`` is ``--connections 10000 --interval 5``: each process then needs
+more than 10,000 descriptors, so the soft ``RLIMIT_NOFILE`` is raised as far
+as the hard limit allows (a note says how many connections that leaves room
+for when it is not enough), and the server side runs 10,000 handler threads.
 
 For each library, on each side (client, server), one process holds N idle
 connections with pings every ``interval`` seconds; we report its threads,
-its RSS and the CPU it burns per second of idleness. blockws uses one
-KeepAlive thread for all of them; websockets' sync API uses a keepalive
+its RSS and the CPU it burns per second of idleness, and that CPU per ping
+sent (``connections / interval`` pings a second). blockws uses one
+KeepAlive thread for all of them (its own CPU is reported too, from
+``/proc/PID/task/TID/stat``); websockets' sync API uses a keepalive
 thread per connection (and a reader thread per connection).
 """
 
@@ -34,18 +42,58 @@ def _proc_status(pid: int) -> dict[str, int]:
     return status
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU (user + system) of a process, or of one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _measure(pid: int, idle: float) -> dict[str, Any]:
+def _measure(pid: int, idle: float, pings_per_s: float, tid: int | None) -> dict[str, Any]:
     start_cpu = _cpu_seconds(pid)
+    start_thread = _cpu_seconds(pid, tid) if tid else 0.0
     time.sleep(idle)
     cpu = (_cpu_seconds(pid) - start_cpu) / idle
+    thread_cpu = (_cpu_seconds(pid, tid) - start_thread) / idle if tid else None
     status = _proc_status(pid)
-    return {"threads": status["Threads"], "rss_mib": status["VmRSS"] / 1024, "cpu_percent": cpu * 100}
+    return {
+        "threads": status["Threads"],
+        "rss_mib": status["VmRSS"] / 1024,
+        "cpu_percent": cpu * 100,
+        "us_per_ping": cpu / pings_per_s * 1e6,
+        "keepalive_cpu_percent": None if thread_cpu is None else thread_cpu * 100,
+    }
+
+
+def _ready_line(line: str) -> tuple[int, int | None]:
+    """A child's "ready CONNECTIONS [KEEPALIVE_TID]" line."""
+    words = line.split()
+    if not words or words[0] != "ready":
+        raise RuntimeError(f"a child failed to start: {line!r}")
+    return int(words[1]), int(words[2]) if len(words) > 2 else None
+
+
+def _keepalive_tid(ka: Any) -> str:
+    thread = ka.thread
+    return str(thread.native_id) if thread is not None else ""
+
+
+def raise_fd_limit(count: int) -> int:
+    """Raise the soft RLIMIT_NOFILE (children inherit it) for ``count``
+    connections; return how many connections the limit leaves room for."""
+    needed = count + 200  # the listener, pipes, the interpreter's own files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        target = needed
+    else:
+        target = hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return count
+    return max(soft - 200, 0)
 
 
 # -- children: each holds the connections and waits for "stop" on stdin ----------
@@ -63,7 +111,9 @@ def _child_server(lib: str, interval: float) -> None:
         server = blockws.serve(handler, "127.0.0.1", 0, keepalive=ka, compression=None, backlog=2048)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         print(server.port, flush=True)
-        sys.stdin.readline()
+        if sys.stdin.readline().strip() == "tid":  # the clients are connected
+            print(_keepalive_tid(ka), flush=True)
+            sys.stdin.readline()
         server.shutdown(timeout=5)
     else:
         from websockets.sync.server import serve
@@ -75,24 +125,34 @@ def _child_server(lib: str, interval: float) -> None:
         wserver = serve(ws_handler, "127.0.0.1", 0, ping_interval=interval, ping_timeout=30, compression=None)
         threading.Thread(target=wserver.serve_forever, daemon=True).start()
         print(wserver.socket.getsockname()[1], flush=True)
-        sys.stdin.readline()
+        if sys.stdin.readline().strip() == "tid":
+            print("", flush=True)
+            sys.stdin.readline()
         wserver.shutdown()
 
 
 def _child_client(lib: str, url: str, count: int, interval: float) -> None:
     conns: list[Any] = []
-    if lib == "blockws":
-        import blockws
+    tid = ""
+    try:
+        if lib == "blockws":
+            import blockws
 
-        ka = blockws.KeepAlive(interval=interval, timeout=30)
-        for _ in range(count):
-            conns.append(blockws.connect(url, keepalive=ka, compression=None, connect_gate=None))
-    else:
-        from websockets.sync.client import connect
+            ka = blockws.KeepAlive(interval=interval, timeout=30)
+            for _ in range(count):
+                # A long open_timeout: the server process starts a thread per connection.
+                conns.append(blockws.connect(url, keepalive=ka, compression=None, connect_gate=None, open_timeout=120))
+            tid = _keepalive_tid(ka)
+        else:
+            from websockets.sync.client import connect
 
-        for _ in range(count):
-            conns.append(connect(url, ping_interval=interval, ping_timeout=30, compression=None))
-    print("ready", flush=True)
+            for _ in range(count):
+                conns.append(connect(url, ping_interval=interval, ping_timeout=30, compression=None))
+    except OSError as exc:  # out of descriptors, ports or memory: measure what we have
+        print(f"after {len(conns)} connections: {exc!r}", file=sys.stderr, flush=True)
+        if lib == "blockws":
+            tid = _keepalive_tid(ka)
+    print("ready", len(conns), tid, flush=True)
     sys.stdin.readline()
     for ws in conns:
         ws.close()
@@ -103,22 +163,35 @@ def _plain_clients(url: str, count: int) -> None:
     import blockws
 
     answer_only = blockws.KeepAlive(interval=1e6, timeout=1e6)
-    conns = [blockws.connect(url, compression=None, connect_gate=None, keepalive=answer_only) for _ in range(count)]
-    print("ready", flush=True)
+    conns: list[Any] = []
+    try:
+        for _ in range(count):
+            conns.append(
+                blockws.connect(url, compression=None, connect_gate=None, keepalive=answer_only, open_timeout=120)
+            )
+    except OSError as exc:
+        print(f"after {len(conns)} connections: {exc!r}", file=sys.stderr, flush=True)
+    print("ready", len(conns), flush=True)
     sys.stdin.readline()
     for ws in conns:
         ws.abort()
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
-    # stderr is dropped: websockets logs every connection it drops at shutdown.
+    # stderr is dropped for websockets: it logs every connection it drops at shutdown.
     return subprocess.Popen(
         [sys.executable, __file__, "--child", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if "websockets" in args else None,
         text=True,
     )
+
+
+def _send(proc: subprocess.Popen[str], line: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -132,35 +205,49 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def run(count: int, interval: float, idle: float) -> list[dict[str, Any]]:
+def run(
+    count: int,
+    interval: float,
+    idle: float,
+    libraries: tuple[str, ...] = ("blockws", "websockets"),
+    sides: tuple[str, ...] = ("client", "server"),
+) -> list[dict[str, Any]]:
     rows = []
-    for lib in ("blockws", "websockets"):
-        # Client side: a blockws server without keepalive; the client process holds N kept-alive connections.
-        server = _spawn("server", "blockws", "1000000")
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        client = _spawn("client", lib, f"ws://127.0.0.1:{port}/", str(count), str(interval))
-        assert client.stdout is not None
-        client.stdout.readline()
-        rows.append({"library": lib, "side": "client", "connections": count, **_measure(client.pid, idle)})
-        _stop(client)
-        _stop(server)
-        # Server side: the server keeps N connections alive; clients are plain.
-        server = _spawn("server", lib, str(interval))
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        clients = _spawn("plain", f"ws://127.0.0.1:{port}/", str(count))
-        assert clients.stdout is not None
-        clients.stdout.readline()
-        rows.append({"library": lib, "side": "server", "connections": count, **_measure(server.pid, idle)})
-        _stop(clients)
-        _stop(server)
+    for lib in libraries:
+        if "client" in sides:
+            # Client side: a blockws server without keepalive; the client process holds N kept-alive connections.
+            server = _spawn("server", "blockws", "1000000")
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            client = _spawn("client", lib, f"ws://127.0.0.1:{port}/", str(count), str(interval))
+            assert client.stdout is not None
+            connected, tid = _ready_line(client.stdout.readline())
+            time.sleep(min(interval, 5.0))  # past the first round of pings
+            row = _measure(client.pid, idle, connected / interval, tid)
+            rows.append({"library": lib, "side": "client", "connections": connected, **row})
+            _stop(client)
+            _stop(server)
+        if "server" in sides:
+            # Server side: the server keeps N connections alive; clients are plain.
+            server = _spawn("server", lib, str(interval))
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            clients = _spawn("plain", f"ws://127.0.0.1:{port}/", str(count))
+            assert clients.stdout is not None
+            connected, _ = _ready_line(clients.stdout.readline())
+            _send(server, "tid")
+            line = server.stdout.readline().strip()
+            time.sleep(min(interval, 5.0))
+            row = _measure(server.pid, idle, connected / interval, int(line) if line else None)
+            rows.append({"library": lib, "side": "server", "connections": connected, **row})
+            _stop(clients)
+            _stop(server)
     return rows
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        resource.setrlimit(resource.RLIMIT_NOFILE, (8192, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        # The parent raised the soft limit of open files: children inherit it.
         kind, *args = sys.argv[2:]
         if kind == "server":
             _child_server(args[0], float(args[1]))
@@ -173,9 +260,36 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idleness measured")
+    parser.add_argument(
+        "--10k",
+        dest="ten_k",
+        action="store_true",
+        help="10,000 connections, ping every 5 s (--connections 10000 --interval 5)",
+    )
+    parser.add_argument("--libraries", default="blockws,websockets", help="comma-separated: blockws,websockets")
+    parser.add_argument("--sides", default="client,server", help="comma-separated: client,server")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = run(args.connections, args.interval, args.idle)
+    if args.ten_k:
+        args.connections, args.interval = 10_000, 5.0
+    room = raise_fd_limit(args.connections)
+    if room < args.connections:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        print(
+            f"note: the hard limit of open files (RLIMIT_NOFILE) is {hard}: room for about {room} connections"
+            f" per process, not {args.connections}; raise it (ulimit -Hn) to measure them all",
+            file=sys.stderr,
+        )
+    libraries = tuple(name for name in args.libraries.split(",") if name)
+    sides = tuple(name for name in args.sides.split(",") if name)
+    rows = run(args.connections, args.interval, args.idle, libraries, sides)
+    short = [row for row in rows if row["connections"] < args.connections]
+    for row in short:
+        print(
+            f"note: {row['library']} {row['side']} side: only {row['connections']} of {args.connections}"
+            " connections opened (see the error above); measured with those",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -186,16 +300,22 @@ def main() -> None:
 def side_by_side(rows: list[dict[str, Any]]) -> str:
     """One line per side and metric, one column per library."""
     libraries = list(dict.fromkeys(row["library"] for row in rows))
-    lines = [f"{'side':<7} {'':<13}" + "".join(f" {lib:>11}" for lib in libraries)]
+    lines = [f"{'side':<7} {'':<15}" + "".join(f" {lib:>11}" for lib in libraries)]
     for side in dict.fromkeys(row["side"] for row in rows):
         by_lib = {row["library"]: row for row in rows if row["side"] == side}
         for key, label, fmt in (
+            ("connections", "connections", "d"),
             ("threads", "threads", "d"),
             ("rss_mib", "RSS MiB", ".1f"),
             ("cpu_percent", "idle CPU %", ".2f"),
+            ("us_per_ping", "CPU us/ping", ".1f"),
+            ("keepalive_cpu_percent", "keepalive CPU%", ".2f"),
         ):
-            cells = "".join(f" {by_lib[lib][key]:>11{fmt}}" if lib in by_lib else f" {'-':>11}" for lib in libraries)
-            lines.append(f"{side:<7} {label:<13}{cells}")
+            cells = "".join(
+                f" {by_lib[lib][key]:>11{fmt}}" if by_lib.get(lib, {}).get(key) is not None else f" {'-':>11}"
+                for lib in libraries
+            )
+            lines.append(f"{side:<7} {label:<15}{cells}")
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from .deflate import PerMessageDeflate
 from .embedding import accept_http, wsgi_app
 from .exceptions import (
     BadPortError,
+    BufferTooSmall,
     CertificateVerifyError,
     ConnectionClosed,
     ConnectionClosedError,
@@ -74,6 +75,7 @@ __all__ = [
     "ProxyError",
     "ProtocolError",
     "PayloadTooBig",
+    "BufferTooSmall",
     "ConnectionClosed",
     "ConnectionClosedOK",
     "ConnectionClosedError",

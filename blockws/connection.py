@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from .assembly import ABANDONED, Assembly
 from .codes import CloseCode, Opcode
-from .exceptions import ConnectionClosed, ConnectionClosedError, ProtocolError
+from .exceptions import BufferTooSmall, ConnectionClosed, ConnectionClosedError, ProtocolError
 from .frames import FrameHeader
 from .link import KeepAliveLink
 from .outbox import JOIN_BELOW, Outbox
@@ -71,6 +71,26 @@ def _payload(data: str | BytesLike) -> tuple[bool, BytesLike]:
     raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
 
 
+def _writable(buffer: Any, nbytes: int) -> memoryview:
+    """The bytes of ``buffer`` that :meth:`WebSocket.recv_into` may fill, as a view of unsigned bytes."""
+    view = memoryview(buffer)
+    if view.readonly:
+        raise TypeError(f"recv_into() needs a writable buffer, not {type(buffer).__name__}")
+    if view.format != "B" or view.ndim != 1:
+        if not view.c_contiguous:
+            raise TypeError("recv_into() needs a contiguous buffer")
+        view = view.cast("B")
+    elif not view.c_contiguous:
+        raise TypeError("recv_into() needs a contiguous buffer")
+    if nbytes < 0:
+        raise ValueError("negative buffersize in recv_into")
+    if nbytes:
+        if nbytes > len(view):
+            raise ValueError("buffer too small for requested bytes")
+        view = view[:nbytes]
+    return view
+
+
 class WebSocket:
     """A WebSocket connection that behaves like a BSD socket carrying messages.
 
@@ -110,6 +130,9 @@ class WebSocket:
         self.username = username
         #: The last measured ping round trip, in seconds.
         self.latency: float | None = None
+        #: Whether the last message :meth:`recv_into` wrote was text (its
+        #: UTF-8 bytes) rather than binary.
+        self.received_text = False
         self._timeout = timeout
         self.local_address: Any
         self.remote_address: Any
@@ -458,8 +481,13 @@ class WebSocket:
             if wake is not None:
                 wake()
 
-    def _read(self, deadline: Deadline) -> None:
+    def _read(self, deadline: Deadline, into: memoryview | None = None) -> int:
         """Read once and feed the protocol; hold the recv lock.
+
+        With ``into`` (at most :meth:`Protocol.payload_to_place
+        <blockws.protocol.Protocol.payload_to_place>` bytes), read payload
+        straight into it instead and return how many bytes came (0 at EOF);
+        the caller tells the protocol (``payload_placed``).
 
         The deadline holds even while data keeps arriving (a peer that floods
         pings never lets the socket go quiet): past it no further read is
@@ -468,7 +496,7 @@ class WebSocket:
         """
         proto = self._proto
         if proto.eof:
-            return
+            return 0
         if deadline.when is not None:
             if deadline.reads and deadline.expired() and (self._timeout != 0 or deadline.reads >= _NONBLOCKING_READS):
                 raise self._timeout_error("recv")
@@ -476,12 +504,19 @@ class WebSocket:
         try:
             if self._out.buf:
                 self._out.flush_while_waiting(deadline)
-            data = self._transport.recv_some(min(max(proto._remaining, READ_SIZE), LARGE_READ_SIZE), deadline)
+            if into is not None:
+                n = self._transport.recv_into(into, deadline)
+            else:
+                data = self._transport.recv_some(min(max(proto._remaining, READ_SIZE), LARGE_READ_SIZE), deadline)
         except TimeoutError:
             raise self._timeout_error("recv") from None
         except OSError as exc:
             raise self._lose(exc) from exc
         self._last_received = time.monotonic()
+        if into is not None:
+            if not n:
+                proto.receive_eof()
+            return n
         if data:
             proto.receive_data(data)
         else:
@@ -492,6 +527,7 @@ class WebSocket:
                 self.latency = latency
         if proto.has_output:
             self._out.flush_when_free(Deadline(0))  # answer pings now, or the sender does
+        return 0
 
     def _next_event(self, deadline: Deadline) -> Data | None:
         """The next data piece, reading as needed; None once the peer closed."""
@@ -572,6 +608,126 @@ class WebSocket:
                 parts.append(event.payload)
         finally:
             self._release_reader()
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int | None:
+        """Receive the next message into ``buffer``; return its length in bytes.
+
+        Like :meth:`socket.socket.recv_into`: ``buffer`` is any writable
+        buffer (``bytearray``, ``memoryview``, ``array``, ``mmap``...), of
+        which the first ``nbytes`` bytes may be used (0, the default: all of
+        it). A binary message's bytes are written as they are; a text
+        message's as UTF-8, and :attr:`received_text` is then true (false
+        after a binary message). The bytes of the buffer past the message
+        are left alone.
+
+        Returns None once the peer has closed the connection, exactly where
+        :meth:`recv` returns None: not 0, which :meth:`socket.socket.recv_into`
+        returns at the end of a stream, because 0 is the length of an
+        empty message.
+
+        Large binary messages from a server (unmasked, uncompressed) are
+        read from the kernel straight into ``buffer``, without passing
+        through any other memory: the way to download large messages at the
+        speed of the socket. Other messages are copied into it.
+
+        A message that doesn't fit raises :exc:`~blockws.BufferTooSmall`
+        (its ``size`` and ``nbytes`` say how far off) and is not consumed:
+        the next :meth:`recv`, or ``recv_into()`` with a larger buffer,
+        returns it whole. What ``buffer`` holds after the error is
+        unspecified. Timeouts raise ``TimeoutError`` (``BlockingIOError``
+        in non-blocking mode) and lose nothing either: a message that
+        arrived in part is kept for the next call, whichever it is.
+
+        Raises:
+            BufferTooSmall: the next message is larger than the buffer.
+            ConnectionClosedError: the connection was lost without a Close,
+                or failed because the peer broke the protocol.
+            TypeError: ``buffer`` isn't a writable, contiguous buffer.
+        """
+        view = _writable(buffer, nbytes)
+        self._recv_calls += 1
+        if self._timeout is None:
+            deadline = _FOREVER
+            self._recv_lock.acquire()
+        else:
+            deadline = Deadline(self._timeout)
+            self._acquire_recv(deadline)
+        try:
+            if self._assembly.reader is not None:
+                self._skip_abandoned(deadline)
+            return self._receive_into(view, deadline)
+        finally:
+            self._release_reader()
+
+    def _receive_into(self, view: memoryview, deadline: Deadline) -> int | None:
+        """:meth:`recv_into`'s work; hold the recv lock.
+
+        Pieces the protocol parsed are copied into ``view``; when none is
+        left and the protocol says the next bytes from the peer are payload
+        that needs no work (``payload_to_place``), they are read into their
+        place. On any way out but the message's end, what was written goes
+        back to the :class:`~blockws.assembly.Assembly`, so the next call
+        starts the message over.
+        """
+        proto = self._proto
+        events = proto.events
+        assembly = self._assembly
+        size = len(view)
+        written = 0
+        text = False
+        if assembly.parts:
+            # What a recv() or recv_into() that timed out (or didn't fit) kept.
+            kept = assembly.take()
+            assert kept is not None
+            text = type(kept) is str
+            data = kept.encode("utf-8") if text else kept  # type: ignore[union-attr]
+            if len(data) > size:
+                assembly.parts.append(kept)
+                raise BufferTooSmall(len(data), size, False)
+            written = len(data)
+            view[:written] = data  # type: ignore[assignment]
+        try:
+            while True:
+                if not events and not proto.input_ended:
+                    announced = proto.announced_size
+                    if announced is not None and announced[0] > size:
+                        raise BufferTooSmall(announced[0], size, announced[1])
+                    want = proto.payload_to_place()
+                    if want:
+                        n = self._read(deadline, view[written : written + want])
+                        if n:
+                            written += n
+                            if proto.payload_placed(n):
+                                self.received_text = False
+                                return written
+                    else:
+                        self._read(deadline)
+                    continue
+                event = self._next_event(deadline)
+                if event is None:
+                    return None  # the end, as for recv() (a message the Close cut is dropped)
+                piece = event.payload
+                if event.text:
+                    text = True
+                    piece = piece.encode("utf-8")  # type: ignore[union-attr]
+                n = len(piece)
+                if written + n > size:
+                    events.appendleft(event)  # still to be received, after what was written
+                    known, exact = written + n, event.fin
+                    announced = proto.announced_size
+                    if not exact and len(events) == 1 and announced is not None and announced[0] > known:
+                        known, exact = announced  # the headers know more
+                    raise BufferTooSmall(known, size, exact)
+                view[written : written + n] = piece  # type: ignore[assignment]
+                written += n
+                if event.fin:
+                    self.received_text = text
+                    return written
+        except BaseException:
+            if written:
+                prefix = bytes(view[:written])
+                assembly.parts.insert(0, prefix.decode("utf-8") if text else prefix)
+            raise
 
     def recv_fragments(self) -> Iterator[Message]:
         """Iterate over the pieces of the next message as they arrive.

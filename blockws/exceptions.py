@@ -48,6 +48,7 @@ __all__ = [
     "ProxyError",
     "ProtocolError",
     "PayloadTooBig",
+    "BufferTooSmall",
     "ConnectionClosed",
     "ConnectionClosedOK",
     "ConnectionClosedError",
@@ -194,6 +195,27 @@ class PayloadTooBig(ProtocolError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, CloseCode.MESSAGE_TOO_BIG)
+
+
+class BufferTooSmall(WebSocketError, ValueError):
+    """The next message doesn't fit in the buffer given to
+    :meth:`~blockws.WebSocket.recv_into`; it stays receivable, whole, by
+    the next ``recv()`` or a ``recv_into()`` with a larger buffer.
+
+    Attributes:
+        size: the message's size in bytes when ``exact``; otherwise what is
+            known so far (a fragmented or compressed message): it is at
+            least that long.
+        nbytes: the room the buffer had.
+        exact: whether ``size`` is the whole message's.
+    """
+
+    def __init__(self, size: int, nbytes: int, exact: bool) -> None:
+        known = f"{size}" if exact else f"at least {size}"
+        super().__init__(f"message of {known} bytes doesn't fit in a buffer of {nbytes} bytes")
+        self.size = size
+        self.nbytes = nbytes
+        self.exact = exact
 
 
 class ConnectionClosed(WebSocketError, ConnectionError):

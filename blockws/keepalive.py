@@ -49,6 +49,23 @@ connection registered with it (not a thread per connection):
 Other threads never touch the selector: they queue requests and write a
 byte to a socketpair that the selector also watches.
 
+The thread's cost grows with what happens (pings, pongs, events), not with
+the number of connections: each connection has one timer in a heap (when
+to look at it next) and a wake-up looks only at those whose timer is due,
+never at every connection. A look reads the connection's signs of life
+(they are the connection's, sampled, never pushed to the thread), pings or
+fails it as above, and sets its next timer: when a ping becomes due, when
+its timeout expires, or when its close grace ends, and at most
+``interval`` away (so a pong that the application's ``recv()`` read, or a
+``recv()`` call that restarts a grace, is seen within ``interval``).
+Setting a timer leaves the old heap entry behind, stale, dropped when it
+comes up. Ping and timeout timers are batched: the thread wakes for them
+at most every ``interval / 20`` and then takes every one that is due;
+close graces are exact. A connection whose input ends, or whose reader
+re-arms it after its input ended, is looked at on the next pass (its
+Close's grace starts then). Ping payloads are random bytes drawn from the
+OS in bulk.
+
 The thread sees a connection only through :class:`Watched`, which each
 :class:`~blockws.WebSocket` implements with a private object of its own.
 """
@@ -56,6 +73,7 @@ The thread sees a connection only through :class:`Watched`, which each
 from __future__ import annotations
 
 import enum
+import heapq
 import os
 import selectors
 import socket
@@ -77,6 +95,8 @@ DEFAULT_CLOSE_GRACE = 1.0
 # How late a re-armed connection may come back into the selector (pings
 # and Close frames wait that much longer at most).
 _REARM_DELAY = 0.05
+# Random bytes drawn at once for ping payloads (4 bytes a ping).
+_PAYLOAD_POOL = 4096
 
 
 class Watched(Protocol):
@@ -151,9 +171,24 @@ class _Request(enum.Enum):
 class _Tracking:
     """What the keepalive thread knows of one connection."""
 
-    __slots__ = ("reading", "events", "alive", "drained", "ping_at", "ping_sent", "close_at", "recv_calls")
+    __slots__ = (
+        "conn",
+        "seq",
+        "reading",
+        "events",
+        "alive",
+        "drained",
+        "ping_at",
+        "ping_sent",
+        "close_at",
+        "recv_calls",
+    )
 
     def __init__(self, conn: Watched) -> None:
+        self.conn = conn
+        # The timer entry that is this connection's (older ones in the heaps
+        # are stale); 0: none, for good once it left.
+        self.seq = 0
         # Whether the thread reads it (it doesn't while the application does),
         # and the events it is in the selector for (0: not in it).
         self.reading = False
@@ -169,6 +204,61 @@ class _Tracking:
         # recv() count then (a call since restarts the grace).
         self.close_at: float | None = None
         self.recv_calls = 0
+
+
+class _Timers:
+    """The keepalive thread's timers: when to look at which connection next.
+
+    Two heaps of ``(when, seq, state)``: the pings' and timeouts' (batched:
+    the thread wakes for them at most every ``interval / 20``) and the close
+    graces' (exact: the peer waits on them). Setting a connection's timer
+    leaves its earlier entry in the heap, stale (``state.seq`` no longer
+    matches), to be dropped when it comes up: no search, no removal.
+    Belongs to one run of the thread (a new run starts afresh).
+    """
+
+    __slots__ = ("timers", "graces", "seq", "pool", "pool_at")
+
+    def __init__(self) -> None:
+        self.timers: list[tuple[float, int, _Tracking]] = []
+        self.graces: list[tuple[float, int, _Tracking]] = []
+        self.seq = 0
+        # Random bytes for ping payloads, drawn from the OS in bulk.
+        self.pool = b""
+        self.pool_at = 0
+
+    def set(self, state: _Tracking, when: float, grace: bool = False) -> None:
+        """Look at the connection at ``when`` (and not at its earlier time)."""
+        self.seq += 1
+        state.seq = self.seq
+        heapq.heappush(self.graces if grace else self.timers, (when, self.seq, state))
+
+    def due(self, now: float) -> list[_Tracking]:
+        """The connections whose timer is due (their timers are then unset)."""
+        found = []
+        for heap in (self.timers, self.graces):
+            while heap and heap[0][0] <= now:
+                _, seq, state = heapq.heappop(heap)
+                if seq == state.seq:
+                    state.seq = 0
+                    found.append(state)
+        return found
+
+    def wait(self, now: float, interval: float, retry: float) -> float:
+        """Seconds until the next timer: at least ``retry`` for a batched one."""
+        wait = max(self.timers[0][0] - now, retry) if self.timers else interval
+        if self.graces:
+            wait = min(wait, max(self.graces[0][0] - now, 0.0))
+        return wait
+
+    def payload(self) -> bytes:
+        """4 random bytes for a ping."""
+        at = self.pool_at
+        if at >= len(self.pool):
+            self.pool = os.urandom(_PAYLOAD_POOL)
+            at = 0
+        self.pool_at = at + 4
+        return self.pool[at : at + 4]
 
 
 class KeepAlive:
@@ -299,6 +389,10 @@ class KeepAlive:
                     return
                 self._wake_r, self._wake_w = socket.socketpair()
                 self._wake_r.setblocking(False)
+                # Never blocks: a full buffer means a wake-up is pending. (The
+                # thread notifies itself too, holding the lock, when a failed
+                # connection unregisters: blocking there was a deadlock.)
+                self._wake_w.setblocking(False)
                 self._thread = threading.Thread(target=self._run, name="blockws keepalive", daemon=True)
                 self._thread.start()
             else:
@@ -319,7 +413,7 @@ class KeepAlive:
         if self._wake_w is not None:
             try:
                 self._wake_w.send(b"\0")
-            except OSError:  # pragma: no cover - the buffer is full: a wake-up is pending anyway
+            except OSError:  # the buffer is full: a wake-up is pending anyway
                 pass
 
     def _set_tcp_keepalive(self, conn: Watched) -> None:
@@ -335,12 +429,13 @@ class KeepAlive:
         assert self._wake_r is not None
         selector.register(self._wake_r, selectors.EVENT_READ, None)
         conns: dict[Watched, _Tracking] = {}
+        timers = _Timers()
         try:
             while True:
-                if not self._apply_requests(selector, conns):
+                if not self._apply_requests(selector, conns, timers):
                     return
                 now = time.monotonic()
-                wait = self._check_timers(selector, conns, now)
+                wait = self._check_timers(selector, conns, timers, now)
                 if now - self._armed_at < _REARM_DELAY:
                     wait = min(wait, _REARM_DELAY)  # more re-arms may be queued without a wake-up
                 for key, mask in selector.select(wait):
@@ -363,10 +458,14 @@ class KeepAlive:
                         # Busy (the reader re-arms it through _wake), over
                         # the read limit, or its input ended (never again).
                         self._unwatch(selector, conn, state)
+                        if conn.input_ended:
+                            timers.set(state, time.monotonic())  # a Close may wait for its grace
         finally:
             selector.close()
 
-    def _apply_requests(self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking]) -> bool:
+    def _apply_requests(
+        self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking], timers: _Timers
+    ) -> bool:
         """Take queued requests; False when the thread should end."""
         with self._lock:
             requests = list(self._requests)
@@ -380,19 +479,23 @@ class KeepAlive:
                         # number may already belong to another socket.
                         self._count -= 1
                     else:
-                        conns[conn] = _Tracking(conn)
-                        self._watch(selector, conn, conns[conn])
+                        state = conns[conn] = _Tracking(conn)
+                        self._watch(selector, conn, state)
+                        timers.set(state, time.monotonic())  # looked at on the next pass
                 elif what is _Request.REMOVE:
-                    state = conns.pop(conn, None)
-                    if state is not None:
+                    gone = conns.pop(conn, None)
+                    if gone is not None:
                         self._count -= 1
-                        self._forget(selector, conn, state)
+                        gone.seq = 0  # its timer is stale
+                        self._forget(selector, conn, gone)
                 elif conn in conns:
                     self._armed_at = time.monotonic()
+                    state = conns[conn]
                     if conn.input_ended:
-                        self._update(selector, conn, conns[conn])  # still writes what is held
+                        self._update(selector, conn, state)  # still writes what is held
+                        timers.set(state, self._armed_at)  # its reader may have left a Close untaken
                     else:
-                        self._watch(selector, conn, conns[conn])
+                        self._watch(selector, conn, state)
             if self._closed or not conns:
                 # Nothing to serve: the next register() starts a new thread.
                 for conn, state in conns.items():
@@ -456,55 +559,81 @@ class KeepAlive:
                     pass
             state.events = 0
 
-    def _check_timers(self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking], now: float) -> float:
-        """Send due pings, fail silent connections; return seconds to the next timer."""
-        interval, timeout = self.interval, self.timeout
+    def _check_timers(
+        self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking], timers: _Timers, now: float
+    ) -> float:
+        """Send due pings, fail silent connections; return seconds to the next timer.
+
+        Only the connections whose timer is due are looked at, and each
+        look sets the connection's next timer, at most ``interval`` away:
+        the cost of a pass is that of the connections due, not of all.
+        """
+        interval = self.interval
         # Batch timers that fall close together: waking once per connection
-        # would cost O(connections) per wake-up, O(n^2) per interval.
+        # would cost a wake-up per connection, O(connections) per interval.
         retry = interval / 20
-        wait = interval
-        grace = self.close_grace
-        # Not batched: the peer waits on these.
-        close_wait = float("inf")
-        for conn, state in list(conns.items()):
-            if conn.input_ended:
-                # Nothing more will come: recv() tells how it ended.
-                if grace is not None and conn.close_unanswered:
-                    close_wait = min(close_wait, self._close_grace(conn, state, now, grace))
-                continue
-            drained = conn.drained
-            if drained != state.drained:
-                state.drained = drained
-                state.alive = now
-            alive = max(conn.last_received, state.alive)
-            if now - alive < interval:
-                state.ping_at = None
-                wait = min(wait, alive + interval - now)
-                continue
-            if state.ping_at is None or state.ping_at < alive:
+        for state in timers.due(now):
+            # A timer set now for now or earlier comes up on the next pass.
+            self._look(selector, conns, timers, state, now, interval, retry)
+        return timers.wait(now, interval, retry)
+
+    def _look(
+        self,
+        selector: selectors.BaseSelector,
+        conns: dict[Watched, _Tracking],
+        timers: _Timers,
+        state: _Tracking,
+        now: float,
+        interval: float,
+        retry: float,
+    ) -> None:
+        """Ping the connection if it is due, fail it if silent too long; set its next timer."""
+        conn = state.conn
+        if conn.input_ended:
+            # Nothing more will come: recv() tells how it ended.
+            grace = self.close_grace
+            if grace is not None and conn.close_unanswered:
+                wait = self._close_grace(conn, state, now, grace)
+                if wait != float("inf"):
+                    # Looked at again within interval: a recv() call restarts the grace.
+                    timers.set(state, now + min(wait, interval), grace=True)
+            return
+        drained = conn.drained
+        if drained != state.drained:
+            state.drained = drained
+            state.alive = now
+        alive = max(conn.last_received, state.alive)
+        if now - alive < interval:
+            state.ping_at = None
+            timers.set(state, alive + interval)
+            return
+        if state.ping_at is None or state.ping_at < alive:
+            state.ping_at = now
+            state.ping_sent = False
+        if conn.held() >= _READ_LIMIT:
+            # Reading is paused until the application catches up: the
+            # pong may be waiting behind what it left unread.
+            state.ping_at = now
+            timers.set(state, now + interval)
+            return
+        # Looked at again within interval at most: a sign of life (the pong)
+        # then moves the next ping to interval after it.
+        later = now + interval
+        if not state.ping_sent:
+            if conn.send_ping(timers.payload()):
+                # The clock runs from the ping actually sent.
                 state.ping_at = now
-                state.ping_sent = False
-            if conn.held() >= _READ_LIMIT:
-                # Reading is paused until the application catches up: the
-                # pong may be waiting behind what it left unread.
-                state.ping_at = now
-                continue
-            if not state.ping_sent:
-                if conn.send_ping(os.urandom(4)):
-                    # The clock runs from the ping actually sent.
-                    state.ping_at = now
-                    state.ping_sent = True
-                else:
-                    wait = min(wait, retry)
-            if now - state.ping_at >= timeout:
-                self._fail(conn)
-                self._forget(selector, conn, state)
-                del conns[conn]
-                with self._lock:
-                    self._count -= 1
-                continue
-            wait = min(wait, state.ping_at + timeout - now)
-        return min(max(wait, retry), close_wait)
+                state.ping_sent = True
+            else:
+                later = now + retry
+        if now - state.ping_at >= self.timeout:
+            self._fail(conn)
+            self._forget(selector, conn, state)
+            del conns[conn]
+            with self._lock:
+                self._count -= 1
+            return
+        timers.set(state, min(later, state.ping_at + self.timeout))
 
     @staticmethod
     def _close_grace(conn: Watched, state: _Tracking, now: float, grace: float) -> float:

@@ -54,7 +54,8 @@ class Pings:
     def expect_unwaited(self, payload: bytes) -> None:
         """Note a keepalive Ping (nobody waits); earlier unanswered ones are forgotten."""
         with self._lock:
-            self._table = {key: ping for key, ping in self._table.items() if ping.waiter is not None}
+            if self._table:  # usually empty: the last one was answered
+                self._table = {key: ping for key, ping in self._table.items() if ping.waiter is not None}
             self._table.setdefault(payload, Ping(None))
 
     def forget(self, payload: bytes) -> None:

@@ -414,6 +414,61 @@ class Protocol:
         if pos < end:
             self._buf = data[pos:]
 
+    # -- payload read into place by the I/O layer (recv_into) ---------------
+
+    def payload_to_place(self) -> int:
+        """Payload bytes the I/O layer may read from the peer into their final place itself.
+
+        Non-zero only in the middle of a binary data frame that needs no
+        work here (not masked, not compressed), with nothing buffered and
+        every event taken: the next bytes from the peer are then exactly
+        that many bytes of the message, in order, after every piece already
+        handed out. The I/O layer may read up to that many straight into the
+        application's buffer and report them with :meth:`payload_placed`
+        instead of :meth:`receive_data`. Zero otherwise: feed
+        :meth:`receive_data` as usual. (Text frames are not offered: their
+        UTF-8 is validated and decoded here.)
+        """
+        if (
+            self._frame_mask is not None
+            or self._msg_text
+            or self._msg_compressed
+            or self._buf
+            or self.events
+            or self._discard
+            or self.failure is not None
+        ):
+            return 0
+        return self._remaining
+
+    def payload_placed(self, n: int) -> bool:
+        """``n`` bytes of the current frame's payload (at most :meth:`payload_to_place`)
+        were read into place by the I/O layer; returns whether they ended the message.
+
+        No :class:`Data` event is made for them: the I/O layer already has them.
+        """
+        if not 0 < n <= self.payload_to_place():
+            raise ValueError(f"{n} payload bytes placed, {self.payload_to_place()} could be")
+        self._remaining -= n
+        if self._remaining or not self._frame_fin:
+            return False
+        self._in_message = False
+        return True
+
+    @property
+    def announced_size(self) -> tuple[int, bool] | None:
+        """What the frame headers of the message being received announced so far:
+        (payload bytes, whether its last frame's header was among them).
+
+        None between messages and for a compressed message (only inflating
+        tells its size). Once every event is taken, no byte of this message
+        was handed out beyond these bytes: the message is at least that long,
+        and exactly that long once its last header was seen.
+        """
+        if not self._in_message or self._msg_compressed:
+            return None
+        return self._msg_size, self._frame_fin
+
     def _trace_received(self, header: FrameHeader, data: bytes, start: int) -> None:
         assert self.trace is not None
         preview = data[start : start + min(header.length, TRACE_PREVIEW)]

@@ -169,11 +169,48 @@ class Transport:
                     waiter.writable(poll_ms(deadline))
         if deadline.when is None:
             return sock.recv(size)
+        if deadline.expired():
+            # Nothing to wait for (a non-blocking read, the keepalive's):
+            # one system call rather than poll() and then recv().
+            try:
+                return sock.recv(size, MSG_DONTWAIT)
+            except BlockingIOError:
+                raise TimeoutError from None
         while True:
             if not waiter.readable(poll_ms(deadline)):
                 raise TimeoutError
             try:
                 return sock.recv(size, MSG_DONTWAIT)
+            except BlockingIOError:
+                if deadline.expired():
+                    raise TimeoutError from None
+
+    def recv_into(self, view: memoryview, deadline: Deadline) -> int:
+        """:meth:`recv_some` reading into ``view`` (bytes, not empty) instead: how many (0 at EOF)."""
+        sock = self.sock
+        waiter = self.waiter
+        if self.nonblocking:
+            tls = self.tls
+            while True:
+                if not (tls and self.buffered()) and not waiter.readable(poll_ms(deadline)):
+                    raise TimeoutError
+                try:
+                    if self._tls_lock is None:
+                        return sock.recv_into(view)
+                    with self._tls_lock:
+                        return sock.recv_into(view)
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    if deadline.expired():
+                        raise TimeoutError from None
+                except ssl.SSLWantWriteError:
+                    waiter.writable(poll_ms(deadline))
+        if deadline.when is None:
+            return sock.recv_into(view)
+        while True:
+            if not waiter.readable(poll_ms(deadline)):
+                raise TimeoutError
+            try:
+                return sock.recv_into(view, 0, MSG_DONTWAIT)
             except BlockingIOError:
                 if deadline.expired():
                     raise TimeoutError from None

@@ -550,3 +550,26 @@ def test_pong_queued_while_a_sender_holds_the_connection_goes_out(run_server):
             ws.sendall(message)
             ws.ping()
             assert ws.recv() == message
+
+
+def test_notifying_a_busy_thread_never_blocks(echo_server):
+    """Wake-ups pile up while the thread is busy (it drains them between
+    passes): once its socketpair is full, notifying must not block. It used
+    to, and the thread itself notifies, holding the lock, when a connection
+    it failed unregisters: with a few hundred failing in one pass, it
+    deadlocked with its own wake-up socket."""
+    keepalive = KeepAlive(interval=30, timeout=30)
+    try:
+        with blockws.connect(echo_server.url, keepalive=keepalive, timeout=5):
+            done = threading.Event()
+
+            def notify() -> None:
+                for _ in range(20_000):  # far more than a socketpair buffers
+                    keepalive._notify()
+                done.set()
+
+            with keepalive._lock:  # the thread can't take requests (nor drain its wake-ups)
+                threading.Thread(target=notify, daemon=True).start()
+                assert done.wait(10), "notifying the keepalive thread blocked"
+    finally:
+        keepalive.close()

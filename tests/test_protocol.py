@@ -487,3 +487,143 @@ def test_encode_message_equals_encode_data(side, deflate_min_size, messages):
         if side is Side.SERVER:
             assert frame == expected
         assert shortcut.sending_message is general.sending_message is False
+
+
+# -- payload read into place by the I/O layer (recv_into's seam) -------------------------
+
+
+def place_or_feed(proto: Protocol, wire: bytes, chunks: list[int]) -> tuple[list[Any], int]:
+    """Play the I/O layer of recv_into: while the protocol offers payload to place, copy it
+    from ``wire`` into the message being built; otherwise feed it the next chunk. Returns
+    the messages and Close events, in order, and how many bytes were placed."""
+    out: list[Any] = []
+    message = bytearray()
+    text: bool | None = None
+    placed = 0
+    pos = 0
+    sizes = iter(chunks)
+
+    def drain() -> None:
+        nonlocal text
+        while (event := proto.next_event()) is not None:
+            if isinstance(event, Close):
+                out.append(event)
+                continue
+            text = event.text
+            message.extend(event.payload.encode() if event.text else event.payload)  # type: ignore[union-attr]
+            if event.fin:
+                out.append(message.decode() if text else bytes(message))
+                message.clear()
+
+    while pos < len(wire):
+        drain()
+        want = proto.payload_to_place()
+        size = next(sizes, 1 << 20)
+        if want:
+            n = min(want, size, len(wire) - pos)
+            message.extend(wire[pos : pos + n])
+            pos += n
+            placed += n
+            assert (announced := proto.announced_size) is not None and announced[0] >= len(message)
+            if proto.payload_placed(n):
+                assert announced[1] and announced[0] == len(message)
+                out.append(bytes(message))
+                message.clear()
+        else:
+            proto.receive_data(wire[pos : pos + size])
+            pos += size
+    drain()
+    return out, placed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.binary(max_size=3000), st.text(max_size=300)),
+            st.lists(st.integers(0, 3000), max_size=4),
+        ),
+        max_size=6,
+    ),
+    st.lists(st.integers(1, 5000), max_size=40),
+    st.booleans(),
+)
+def test_placed_payload_gives_the_same_messages(messages, chunks, pings):
+    """Reading payload into place where the protocol offers it, and feeding the rest,
+    gives the same messages as feeding everything; pings between fragments answered."""
+    server = Protocol(Side.SERVER)
+    wire = b""
+    expected: list[Any] = []
+    sent_pings = 0
+    for message, cuts in messages:
+        text = isinstance(message, str)
+        payload = message.encode() if text else message
+        bounds = sorted({min(c, len(payload)) for c in cuts})
+        pieces = [payload[a:b] for a, b in zip([0, *bounds], [*bounds, len(payload)])]
+        for i, piece in enumerate(pieces):
+            wire += frames_of(server, piece, text, i == len(pieces) - 1)
+            if pings:
+                wire += server.encode_control(Opcode.PING, b"p%d" % i)
+                sent_pings += 1
+        expected.append(message)
+    server.send_close()
+    wire += b"".join(server.data_to_send())
+    client = Protocol(Side.CLIENT, max_size=None)
+    out, placed = place_or_feed(client, wire, chunks)
+    assert out[:-1] == expected
+    assert isinstance(out[-1], Close) and out[-1].code == 1000
+    assert len(client.data_to_send()) == min(sent_pings, 16)  # every ping answered (the latest 16 kept)
+
+
+def test_payload_to_place_only_where_nothing_is_to_be_done():
+    server = Protocol(Side.SERVER)
+    client = Protocol(Side.CLIENT)
+    head, body = server.encode_data(b"x" * 1000, False, True)
+    client.receive_data(head)
+    assert client.payload_to_place() == 1000
+    assert client.announced_size == (1000, True)
+    assert not client.payload_placed(400)
+    assert client.payload_to_place() == 600
+    client.receive_data(body[400:500])  # fed as usual instead: a piece
+    assert client.payload_to_place() == 0  # an event waits: nothing may pass it
+    assert take(client) == []  # (the message is unfinished: its piece is kept here)
+    assert client.payload_to_place() == 500
+    assert client.payload_placed(500)  # the end of the message
+    assert client.payload_to_place() == 0 and client.announced_size is None
+    with pytest.raises(ValueError):
+        client.payload_placed(1)
+    # Text is decoded here, so it is never offered; nor is a masked frame to a server.
+    head, _ = server.encode_data(b"hello", True, True)
+    client.receive_data(head)
+    assert client.payload_to_place() == 0 and client.announced_size == (5, True)
+    masked_frame = Protocol(Side.CLIENT).encode_data(b"abc", False, True)[0]
+    receiver = Protocol(Side.SERVER)
+    receiver.receive_data(masked_frame)
+    assert receiver.payload_to_place() == 0
+
+
+def test_announced_size_grows_with_fragments_and_knows_the_last():
+    server = Protocol(Side.SERVER)
+    client = Protocol(Side.CLIENT)
+    client.receive_data(frames_of(server, b"a" * 10, False, False))
+    assert take(client) == [] and client.announced_size == (10, False)
+    head, _ = server.encode_data(b"b" * 20, False, True)
+    client.receive_data(head)
+    assert client.announced_size == (30, True)
+    assert client.payload_placed(20)
+    deflating = Protocol(Side.CLIENT, deflate=DeflateParams())
+    sender = Protocol(Side.SERVER, deflate=DeflateParams(), compression=PerMessageDeflate(min_size=0))
+    head, body = sender.encode_data(b"z" * 1000, False, True)
+    deflating.receive_data(head + body[:1])
+    assert deflating.announced_size is None and deflating.payload_to_place() == 0
+
+
+def test_payload_placed_respects_max_size():
+    """max_size is checked on the header, before any payload is offered."""
+    server = Protocol(Side.SERVER)
+    client = Protocol(Side.CLIENT, max_size=100)
+    head, _ = server.encode_data(b"x" * 101, False, True)
+    client.receive_data(head)
+    assert client.payload_to_place() == 0
+    with pytest.raises(PayloadTooBig):
+        client.next_event()
