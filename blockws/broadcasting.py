@@ -24,10 +24,13 @@ def broadcast(connections: Iterable[WebSocket], message: str | BytesLike) -> lis
     """Send ``message`` to every connection that can take all of it now; return the others.
 
     Never blocks: a connection whose buffers are full (its peer reads
-    slowly or not at all), or that another thread is sending on, is skipped
-    untouched and returned, so the application decides what to do with it
-    (drop the message for it, close it with 1008 or 1013, try again later).
-    Connections that are closed or closing are skipped and not returned.
+    slowly or not at all), or on which another thread is in a blocking
+    ``send()``, is skipped untouched and returned, so the application
+    decides what to do with it (drop the message for it, close it with 1008
+    or 1013, try again later). Other non-blocking senders (another
+    ``broadcast()`` in another thread, the keepalive's pings) only make it
+    wait the microseconds they hold the connection. Connections that are
+    closed or closing are skipped and not returned.
     The frame is built once for all the connections that frame it alike
     (uncompressed, or compressed without context takeover)::
 

@@ -344,6 +344,7 @@ class WebSocket:
             out = self._out
             cond = out.cond
             cond.acquire()
+            out.patient = True  # send_whole() waits for the peer
             try:
                 proto = self._proto
                 if (
@@ -409,8 +410,8 @@ class WebSocket:
     def _offer(self, payload: bytes, text: bool, shared: dict[object, bytes]) -> bool | None:
         """:func:`~blockws.broadcast`'s part: the whole message now, or nothing, never waiting.
 
-        False: it doesn't fit now (or another thread is sending); None: the
-        connection is closed or closing.
+        False: it doesn't fit now (or another thread is in a send that may
+        wait for the peer); None: the connection is closed or closing.
         """
         out = self._out
         try:

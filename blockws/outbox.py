@@ -12,6 +12,7 @@ that a send with a timeout accepts only what fits, as ``socket.send`` does.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Union
 
@@ -25,6 +26,10 @@ __all__ = ["Outbox", "JOIN_BELOW"]
 # Payloads smaller than this are joined to their header and written in one
 # call; larger ones go out with sendmsg (no copy of the payload).
 JOIN_BELOW = 16384
+
+# The longest a call that must not wait for the peer waits for the send lock
+# held by a call that doesn't either (see Outbox.patient).
+BRIEF_WAIT = 0.1
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
@@ -44,7 +49,7 @@ class Outbox:
             (``BlockingIOError`` in non-blocking mode).
     """
 
-    __slots__ = ("cond", "buf", "owner", "text", "limit", "_transport", "_proto", "_lose", "_timeout_error")
+    __slots__ = ("cond", "buf", "owner", "text", "limit", "patient", "_transport", "_proto", "_lose", "_timeout_error")
 
     def __init__(
         self,
@@ -60,6 +65,11 @@ class Outbox:
         self.owner: int | None = None
         self.text = False
         self.limit = limit
+        # Whether the lock's holder may wait for the peer (a blocking send,
+        # or one with a timeout). The others (non-blocking sends, broadcast(),
+        # the keepalive) let go within microseconds: a non-blocking caller
+        # may wait for them, or it would fail for no reason of the peer's.
+        self.patient = False
         self._transport = transport
         self._proto = protocol
         self._lose = lose
@@ -71,7 +81,8 @@ class Outbox:
         """Take the send lock, waiting while another thread owns an open message
         (``text`` None: for a control frame, which may go between its frames)."""
         cond = self.cond
-        if not cond.acquire(timeout=deadline.lock_timeout()):
+        timeout = deadline.lock_timeout()
+        if not cond.acquire(timeout=timeout) and not (timeout == 0 and self._after_brief_holder()):
             raise self._timeout_error("send")
         me = threading.get_ident()
         while self.owner is not None and self.owner != me and text is not None:
@@ -83,6 +94,21 @@ class Outbox:
             if deadline.expired():
                 self.release()
                 raise self._timeout_error("send")
+        self.patient = timeout != 0
+
+    def _after_brief_holder(self) -> bool:
+        """Take the lock after a holder that doesn't wait for the peer: True
+        once taken, False as soon as a patient holder has it (or after
+        BRIEF_WAIT, should a holder stay long, by a descheduled thread)."""
+        end = time.monotonic() + BRIEF_WAIT
+        while not self.patient:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            # In slices: a patient sender may take the lock meanwhile.
+            if self.cond.acquire(timeout=min(left, 0.005)):
+                return True
+        return False
 
     def release(self) -> None:
         """Let go of the send lock, then write what a reader queued meanwhile.
@@ -95,12 +121,16 @@ class Outbox:
         release, so it can't be missed.
         """
         cond = self.cond
+        self.patient = False
         cond.release()
         while self._proto._out and cond.acquire(blocking=False):
             try:
-                self.flush(Deadline(0))
+                if not self.flush(Deadline(0)):
+                    # The socket is full: not a loop until it drains. What
+                    # is held goes with the next send, or the keepalive's.
+                    break
             except ConnectionClosed:
-                pass  # recorded: the next call on the connection reports it
+                break  # recorded: the next call on the connection reports it
             finally:
                 cond.release()
 
@@ -175,6 +205,7 @@ class Outbox:
         """Flush once the send lock is free, before the deadline (``Deadline(0)``:
         only if it is free now; the sender holding it writes what is queued)."""
         if self.cond.acquire(timeout=deadline.lock_timeout()):
+            self.patient = deadline.lock_timeout() != 0
             try:
                 self.flush(deadline)
             finally:

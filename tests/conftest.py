@@ -4,7 +4,10 @@ import os
 import select
 import socket
 import ssl
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +24,8 @@ if os.environ.get("BLOCKWS_TEST_NO_POLL"):
 
 import blockws  # noqa: E402
 
+from . import helpers  # noqa: E402
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -28,6 +33,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="also run the tests marked bench (they pip- and npm-install the benchmark peers and time them)",
     )
+    parser.addoption(
+        "--large",
+        action="store_true",
+        help="run the tests marked large at full scale (1,000 connections, 300 cluster clients), not a tenth of it",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    helpers.LARGE = config.getoption("--large")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -101,16 +115,16 @@ def no_leaked_threads() -> Iterator[None]:
     """Every thread a test starts must be gone shortly after it ends."""
     before = set(threading.enumerate())
     yield
-    deadline = 5.0
-    import time
-
-    end = time.monotonic() + deadline
+    end = time.monotonic() + 5.0
     while time.monotonic() < end:
         leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
         if not leaked:
             return
         time.sleep(0.02)
-    pytest.fail(f"threads leaked: {leaked}")
+    # Where each one is stuck says more than its name.
+    frames = sys._current_frames()
+    stacks = [f"{t!r}:\n" + "".join(traceback.format_stack(frames[t.ident])[-8:]) for t in leaked if t.ident in frames]
+    pytest.fail("threads leaked:\n" + "\n".join(stacks or map(repr, leaked)))
 
 
 @pytest.fixture(scope="session")

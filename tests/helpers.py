@@ -75,6 +75,16 @@ def raise_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
+# Set from pytest's --large option: the tests marked large run at full scale
+# only then (CI has a step for it), a tenth of it in the everyday run.
+LARGE = False
+
+
+def at_scale(full: int) -> int:
+    """``full`` with --large, else a tenth of it."""
+    return full if LARGE else max(1, full // 10)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 

@@ -19,6 +19,8 @@ import blockws
 from blockws.deflate import DeflateParams
 from blockws.protocol import Protocol, Side
 
+from .helpers import at_scale
+
 
 class Hub:
     """A server whose handlers register their connections and read until the end."""
@@ -102,15 +104,17 @@ def read_all(conns: list[blockws.WebSocket], expected: int, deadline: float) -> 
 
 
 @pytest.mark.slow
-def test_a_thousand_connections_one_stalled(hub_factory):
-    """999 readers get every message, in order and byte-exact; the one that
-    never reads is handed back once its buffers are full, and what it got
-    is whole messages only; no call waits on it."""
+@pytest.mark.large
+def test_many_connections_one_stalled(hub_factory):
+    """999 readers (99 without --large) get every message, in order and
+    byte-exact; the one that never reads is handed back once its buffers are
+    full, and what it got is whole messages only; no call waits on it."""
+    count = at_scale(1000)
     hub = hub_factory(write_limit=16_384, compression=None)  # the keepalive writes what is held
     stalled = blockws.connect(hub.url, compression=None, keepalive=None, connect_gate=None)
-    readers = [blockws.connect(hub.url, compression=None, keepalive=None, connect_gate=None) for _ in range(999)]
+    readers = [blockws.connect(hub.url, compression=None, keepalive=None, connect_gate=None) for _ in range(count - 1)]
     try:
-        hub.wait_for(1000)
+        hub.wait_for(count)
         stalled_server = next(ws for ws in hub.clients if ws.remote_address == stalled.local_address)
         messages = random_messages(60, 1500)
         big = b"\xab" * 20_000  # fills the stalled one's buffers after a few
@@ -145,6 +149,61 @@ def test_a_thousand_connections_one_stalled(hub_factory):
     finally:
         for ws in [stalled, *readers]:
             ws.close()
+
+
+def test_broadcasts_from_several_threads_skip_no_reader(hub_factory):
+    """Each handler of a chat broadcasts what its client says: while one
+    thread writes to a connection, another's broadcast() waits the
+    microseconds that takes instead of skipping a reader that keeps up."""
+    hub = hub_factory(compression=None)
+    readers = [blockws.connect(hub.url, compression=None, connect_gate=None) for _ in range(8)]
+    try:
+        conns = hub.wait_for(len(readers))
+        skipped: list[blockws.WebSocket] = []
+
+        def broadcaster(tag: str) -> None:
+            for i in range(300):
+                skipped.extend(blockws.broadcast(conns, f"{tag}{i}"))
+
+        threads = [threading.Thread(target=broadcaster, args=(tag,)) for tag in "abc"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert skipped == []
+        got = read_all(readers, 900, time.monotonic() + 30)
+        for ws in readers:
+            for tag in "abc":
+                assert [m for m in got[id(ws)] if m[0] == tag] == [f"{tag}{i}" for i in range(300)]
+    finally:
+        for ws in readers:
+            ws.close()
+
+
+def test_a_blocking_send_in_another_thread_makes_broadcast_skip_not_wait(hub_factory):
+    """A thread stuck in a blocking send() to a peer that doesn't read holds
+    that connection: broadcast() hands it back at once."""
+    hub = hub_factory(compression=None, keepalive=None)
+    with blockws.connect(hub.url, compression=None, keepalive=None):
+        (server_side,) = hub.wait_for(1)
+        stuck = threading.Thread(target=_send_until_lost, args=(server_side,))
+        stuck.start()
+        try:
+            time.sleep(0.3)  # the kernel's buffers fill: send() waits for the peer
+            started = time.monotonic()
+            assert blockws.broadcast([server_side], "news") == [server_side]
+            assert time.monotonic() - started < 0.05
+        finally:
+            server_side.abort()
+            stuck.join(10)
+
+
+def _send_until_lost(ws: blockws.WebSocket) -> None:
+    try:
+        while True:
+            ws.sendall(b"x" * 8000)  # small: send()'s fast path
+    except blockws.ConnectionClosed:
+        pass
 
 
 def test_memory_does_not_grow_with_the_messages_for_a_stalled_peer(hub_factory):

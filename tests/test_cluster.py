@@ -1,4 +1,5 @@
-"""examples/cluster_chat end to end: redis-server, nginx, three worker processes, 300 clients.
+"""examples/cluster_chat end to end: redis-server, nginx, three worker processes, 300 clients
+(30 without --large).
 
 Each test starts its own redis-server and nginx on free ports, in a
 temporary directory, and stops them. Skipped (with the reason) where
@@ -22,6 +23,8 @@ from pathlib import Path
 import pytest
 
 import blockws
+
+from .helpers import at_scale
 
 pytestmark = pytest.mark.slow
 
@@ -158,12 +161,14 @@ def _check_in_order(received: list[str], sent: dict[str, list[str]]) -> None:
         assert messages == [m for m in sent[sender] if m in set(messages)]
 
 
+@pytest.mark.large
 def test_three_processes_behind_nginx_with_redis(cluster):
     url = cluster
     rng = random.Random(17)
-    clients = [Client(url) for _ in range(300)]
+    clients = [Client(url) for _ in range(at_scale(300))]
+    first, then = at_scale(1000), at_scale(200)
     try:
-        _wait(lambda: all(c.connected.is_set() for c in clients), 60, "300 clients connected")
+        _wait(lambda: all(c.connected.is_set() for c in clients), 60, f"{len(clients)} clients connected")
         pids = {c.pids[0] for c in clients}
         assert len(pids) >= 2, f"every connection went to one process: {pids}"
         sent: dict[str, list[str]] = {}
@@ -180,8 +185,8 @@ def test_three_processes_behind_nginx_with_redis(cluster):
                 ws.send(message)
                 total += 1
 
-        publish(1000)
-        _wait(lambda: all(len(c.received) >= 1000 for c in clients), 60, "every client got the 1000 messages")
+        publish(first)
+        _wait(lambda: all(len(c.received) >= first for c in clients), 60, f"every client got the {first} messages")
         everything = [m for messages in sent.values() for m in messages]
         for client in clients:
             assert sorted(client.received) == sorted(everything)
@@ -200,14 +205,14 @@ def test_three_processes_behind_nginx_with_redis(cluster):
         assert all(c.pids[-1] != victim for c in affected)
         mark = {id(c): len(c.received) for c in clients}
         published = total
-        publish(200)
+        publish(then)
         after = sorted(m for messages in sent.values() for m in messages if int(m.split(":")[1]) >= published)
-        _wait(lambda: all(len(c.received) - mark[id(c)] >= 200 for c in clients), 60, "the 200 messages after")
+        _wait(lambda: all(len(c.received) - mark[id(c)] >= then for c in clients), 60, f"the {then} messages after")
         for client in clients:
             assert sorted(client.received[mark[id(client)] :]) == after
             _check_in_order(client.received, sent)
             if client not in affected:
-                assert len(client.received) == 1200
+                assert len(client.received) == first + then
     finally:
         for client in clients:
             client.stop()

@@ -17,7 +17,7 @@ import blockws
 from blockws import KeepAlive
 from blockws.frames import FrameHeader, Opcode
 
-from .helpers import LateReader, raise_fd_limit
+from .helpers import LateReader, at_scale, raise_fd_limit
 from .relay import Relay
 
 
@@ -463,10 +463,12 @@ asyncio.run(main())
 
 
 @pytest.mark.slow
-def test_a_thousand_client_connections_one_thread():
-    """1,000 kept-alive client connections add exactly one thread to the
-    process (the server is the websockets package, in another process)."""
-    count = 1000
+@pytest.mark.large
+def test_many_client_connections_one_thread():
+    """1,000 kept-alive client connections (100 without --large) add exactly
+    one thread to the process (the server is the websockets package, in
+    another process)."""
+    count = at_scale(1000)
     raise_fd_limit(2 * count + 200)
     peer = subprocess.Popen(
         [sys.executable, "-c", _ECHO_PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True

@@ -12,15 +12,13 @@ import blockws
 from blockws import Response, http
 from blockws.handshake import accept_key
 
-from .helpers import RecvErrors, raise_fd_limit
-
-SLOWLORIS_SOCKETS = 1000
-
-
+from .helpers import RecvErrors, at_scale, raise_fd_limit
 
 
 @pytest.mark.slow
+@pytest.mark.large
 def test_slowloris_does_not_block_legitimate_clients(run_server):
+    SLOWLORIS_SOCKETS = at_scale(1000)
     # Both ends of every socket live in this process, plus some slack.
     raise_fd_limit(2 * SLOWLORIS_SOCKETS + 512)
     # open_timeout outlasts the time it takes to open them all (seconds, on a
