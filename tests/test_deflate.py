@@ -599,6 +599,7 @@ def test_partial_send_counts_uncompressed_input(run_server):
             continue
         assert 0 < n <= len(text) - sent
         sent += n
+    reading.set()  # if no send timed out (the server's keepalive read it all meanwhile)
     ws.close()
     server.stop()
     assert received == [text]
