@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import State, __version__, connect, serve
+from .broadcasting import broadcast
 from .codes import CloseCode, Opcode, is_clean_close
 from .connection import WebSocket
 from .exceptions import CertificateVerifyError, ConnectionClosed, InvalidStatus, ProtocolError, WebSocketError
@@ -292,14 +293,12 @@ def run_server(args: argparse.Namespace) -> int:
     clients: set[WebSocket] = set()
     lock = threading.Lock()
 
-    def broadcast(message: str | bytes, sender: WebSocket | None = None) -> None:
+    def send_to_all(message: str | bytes, sender: WebSocket | None = None) -> None:
         with lock:
             targets = [c for c in clients if c is not sender]
-        for client in targets:
-            try:
-                client.sendall(message)
-            except ConnectionClosed:
-                pass
+        # A client that doesn't read doesn't hold up the others: it misses the message.
+        for slow in broadcast(targets, message):
+            say(f"{slow.remote_address[0]}:{slow.remote_address[1]} is too slow: a message skipped", sys.stderr)
 
     def handler(ws: WebSocket) -> None:
         if args.trace:
@@ -315,7 +314,7 @@ def run_server(args: argparse.Namespace) -> int:
         try:
             for message in ws:
                 if args.chat:
-                    broadcast(message, ws)
+                    send_to_all(message, ws)
                 elif not args.broadcast_stdin:
                     ws.sendall(message)
         finally:
@@ -333,7 +332,7 @@ def run_server(args: argparse.Namespace) -> int:
         try:
             if args.broadcast_stdin:
                 for line in sys.stdin:
-                    broadcast(line.rstrip("\n"))
+                    send_to_all(line.rstrip("\n"))
             thread.join()
         except KeyboardInterrupt:
             pass

@@ -164,6 +164,33 @@ def test_serve_chat_and_help():
 
 
 @pytest.mark.slow
+def test_chat_goes_on_past_a_member_that_does_not_read():
+    """A chat member that stops reading misses messages, and the server says
+    so on stderr, instead of holding up everyone else."""
+    proc = start_server("--chat")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        url = proc.stdout.readline().split()[-1]
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", int(url.rstrip("/").rsplit(":", 1)[1])))
+        stalled.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )  # and never reads
+        with blockws.connect(url, timeout=10, compression=None) as a, blockws.connect(url, timeout=10) as b:
+            for _ in range(3):
+                assert proc.stderr.readline().startswith("connection from 127.0.0.1:")
+            for i in range(100):  # 6.5 MB: far more than the stalled member's buffers take
+                a.sendall(f"{i:3}" + "x" * 65536)
+                assert b.recv() == f"{i:3}" + "x" * 65536
+        stalled.close()
+    finally:
+        stderr = stop_server(proc)
+    assert "is too slow: a message skipped" in stderr
+
+
+@pytest.mark.slow
 def test_version_and_the_help_for_every_command():
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"blockws {blockws.__version__}"
