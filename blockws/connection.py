@@ -255,7 +255,9 @@ class WebSocket:
         ``select()`` says when it comes).
         """
         proto = self._proto
-        if proto.failure is not None or any(type(event) is not Data or event.fin for event in proto.events):
+        # A snapshot (one C call, atomic under the GIL): the reading thread
+        # may change the deque meanwhile, and iterating it would then raise.
+        if proto.failure is not None or any(type(event) is not Data or event.fin for event in tuple(proto.events)):
             return self._held()
         return self._transport.buffered()
 
@@ -263,7 +265,8 @@ class WebSocket:
         """Every byte read from the kernel and not yet returned by :meth:`recv` (for backpressure)."""
         proto = self._proto
         total = len(proto._buf) + self._assembly.held()
-        for event in proto.events:
+        # The keepalive asks without the recv lock: iterate a snapshot (see pending()).
+        for event in tuple(proto.events):
             total += len(event.payload) if type(event) is Data else 1
         if proto.failure is not None:
             total += 1

@@ -29,7 +29,7 @@ JOIN_BELOW = 16384
 
 # The longest a call that must not wait for the peer waits for the send lock
 # held by a call that doesn't either (see Outbox.patient).
-BRIEF_WAIT = 0.1
+BRIEF_WAIT = 1.0
 
 BytesLike = Union[bytes, bytearray, memoryview]
 

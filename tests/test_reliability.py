@@ -261,3 +261,39 @@ def test_bytes_held_after_a_partial_send_go_out_without_another_call(run_server)
     ws.sendall(data[accepted:])
     ws.close()
     assert handler.received == [data]
+
+
+def test_pending_while_another_thread_receives(run_server):
+    """pending() (and the keepalive's count of what is held, the same
+    code, asked without the recv lock) while another thread takes
+    messages: it used to fail now and then with "deque mutated during
+    iteration", which killed the keepalive thread."""
+    count = 20_000
+
+    def flood(ws: blockws.WebSocket) -> None:
+        for _ in range(count):
+            ws.send(b"m")
+        ws.recv()
+
+    server = run_server(flood, compression=None)
+    errors: list[BaseException] = []
+    done = threading.Event()
+    with blockws.connect(server.url, compression=None, timeout=10) as ws:
+
+        def ask() -> None:
+            try:
+                while not done.is_set():
+                    ws.pending()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        try:
+            for _ in range(count):
+                assert ws.recv() == b"m"
+        finally:
+            done.set()
+            asker.join(10)
+        ws.send("done")
+    assert errors == []
