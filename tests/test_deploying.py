@@ -13,6 +13,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -178,3 +179,43 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     # A bad value is only a warning ("... ignoring"): any line about the unit fails.
     problems = [line for line in (done.stdout + done.stderr).splitlines() if "blockws-chat.service" in line]
     assert done.returncode == 0 and not problems, done.stdout + done.stderr
+
+
+def deploying_sample(containing: str) -> str:
+    """The code sample (a ``::`` literal block) of docs/deploying.rst that contains ``containing``."""
+    text = (EXAMPLE.parent.parent / "docs" / "deploying.rst").read_text(encoding="utf-8")
+    blocks = [textwrap.dedent(block) for block in re.findall(r"::\n\n((?:    .*\n|\n)+)", text)]
+    [sample] = [block for block in blocks if containing in block]
+    return sample
+
+
+def test_deploying_guide_lean_compression_sample(run_server: Callable[..., RunningServer]) -> None:
+    sample = deploying_sample("PerMessageDeflate")
+    namespace: dict[str, Any] = {"blockws": blockws}
+    exec(sample.partition("server = ")[0], namespace)  # all but serve() on port 8001
+    server = run_server(compression=namespace["lean"])
+    with blockws.connect(server.url, timeout=5) as ws:  # offers permessage-deflate as browsers do
+        assert ws.response is not None
+        agreed = ws.response.headers["Sec-WebSocket-Extensions"]
+        assert "server_max_window_bits=11" in agreed and "client_max_window_bits=11" in agreed
+        message = '{"user": "ann", "text": "hello"} ' * 40
+        ws.sendall(message)
+        assert ws.recv() == message
+
+
+def test_deploying_guide_reconnect_sample(run_server: Callable[..., RunningServer]) -> None:
+    """The first connection is lost (1006): the sample reconnects; the second ends with 1000: it stops."""
+    served: list[int] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        served.append(1)
+        if len(served) == 1:
+            ws.abort()
+        else:
+            ws.sendall("back")
+
+    server = run_server(handler)
+    sample = deploying_sample("blockws.reconnect").replace("wss://chat.example.com/ws", server.url)
+    printed: list[str] = []
+    exec(sample, {"blockws": blockws, "print": printed.append})
+    assert printed == ["back"] and len(served) == 2
