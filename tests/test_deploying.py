@@ -24,7 +24,6 @@ import trustme
 
 import blockws
 
-from .conftest import RunningServer
 from .test_cluster import _free_port, _stop, _wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -75,7 +74,7 @@ def haproxy(tmp_path: Path) -> Iterator[Callable[..., int]]:
         _stop(process)
 
 
-def test_haproxy_spreads_connections_and_relays_messages(run_server: Callable[..., RunningServer], haproxy) -> None:
+def test_haproxy_spreads_connections_and_relays_messages(run_server, haproxy) -> None:
     servers = [run_server(_named("A")), run_server(_named("B"))]
     port = haproxy(servers[0].port, servers[1].port)
     conns = [blockws.connect(f"ws://127.0.0.1:{port}/ws", timeout=5) for _ in range(4)]
@@ -95,7 +94,7 @@ def test_haproxy_spreads_connections_and_relays_messages(run_server: Callable[..
     assert all(ws.close_code == 1000 for ws in conns)
 
 
-def test_haproxy_skips_a_server_that_is_down(run_server: Callable[..., RunningServer], haproxy) -> None:
+def test_haproxy_skips_a_server_that_is_down(run_server, haproxy) -> None:
     """Only the workers on the first port run (as in the example's README): every client still gets in."""
     port = haproxy(run_server(_named("A")).port, _free_port())
     for _ in range(4):
@@ -103,9 +102,7 @@ def test_haproxy_skips_a_server_that_is_down(run_server: Callable[..., RunningSe
             assert ws.recv() == "A 127.0.0.1"
 
 
-def test_haproxy_tunnel_timeout_spares_kept_alive_connections(
-    run_server: Callable[..., RunningServer], haproxy
-) -> None:
+def test_haproxy_tunnel_timeout_spares_kept_alive_connections(run_server, haproxy) -> None:
     """With the timeouts at 1 s, a connection idle for 2 s lives if the server pings, and is cut if not."""
     keepalive = blockws.KeepAlive(interval=0.25, timeout=2)
     try:
@@ -134,7 +131,7 @@ def test_haproxy_tunnel_timeout_spares_kept_alive_connections(
         keepalive.close()
 
 
-def test_haproxy_terminates_tls(run_server: Callable[..., RunningServer], haproxy, tmp_path: Path) -> None:
+def test_haproxy_terminates_tls(run_server, haproxy, tmp_path: Path) -> None:
     ca = trustme.CA()
     pem = tmp_path / "chat.pem"
     ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
@@ -189,7 +186,7 @@ def deploying_sample(containing: str) -> str:
     return sample
 
 
-def test_deploying_guide_lean_compression_sample(run_server: Callable[..., RunningServer]) -> None:
+def test_deploying_guide_lean_compression_sample(run_server) -> None:
     sample = deploying_sample("PerMessageDeflate")
     namespace: dict[str, Any] = {"blockws": blockws}
     exec(sample.partition("server = ")[0], namespace)  # all but serve() on port 8001
@@ -203,7 +200,7 @@ def test_deploying_guide_lean_compression_sample(run_server: Callable[..., Runni
         assert ws.recv() == message
 
 
-def test_deploying_guide_reconnect_sample(run_server: Callable[..., RunningServer]) -> None:
+def test_deploying_guide_reconnect_sample(run_server) -> None:
     """The first connection is lost (1006): the sample reconnects; the second ends with 1000: it stops."""
     served: list[int] = []
 
