@@ -33,3 +33,17 @@ def test_quick_client_benchmark() -> None:
     assert "32 B round trips/s" in table
     assert "PASS" in table or "MISS" in table
     assert "—" not in table.split("CLIENT", 1)[1].split("best peer:", 1)[0], f"a figure is missing:\n{table}"
+
+
+def test_memory_per_connection_runs() -> None:
+    """bench/memory_per_connection.py at a small scale: every row and the breakdown come out."""
+    script = RUN.parent / "memory_per_connection.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--connections", "30", "--breakdown", "30"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    for row in ("tcp ", "blockws ", "deflate ", "lean ", "zlib deflate state", "protocol.py", "total"):
+        assert row in done.stdout, done.stdout
