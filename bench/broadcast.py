@@ -70,6 +70,13 @@ def frame_header(size: int) -> bytes:
     return bytes([0x82, 127]) + size.to_bytes(8, "big")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU (user + system) of a process, all its threads, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _reply(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
@@ -447,6 +454,7 @@ class Run:
     held: int  # bytes the server still held at the end of its broadcast loop
     rss_growth: int  # of the server process over the run
     handed_back: int = 0
+    cpu_per_delivery: float = 0.0  # seconds of the server's CPU (all threads) per delivery
 
 
 class Bench:
@@ -512,11 +520,13 @@ class Bench:
         try:
             self.ask(self.receiver, f"expect {group} {size} {count}")
             rss0 = rss_bytes(server.pid)
+            cpu0 = cpu_seconds(server.pid)
             self._send(server, f"run {count} {size} {self.settings.catch_up}")
             timeout = 60 + 20 * self.settings.duration
             done = self.receiver.read_json(timeout)
             if "error" in done:
                 raise ChildError(done["error"])
+            cpu1 = cpu_seconds(server.pid)
             result = self.ask(server, "end")
             rss1 = rss_bytes(server.pid)
         finally:
@@ -526,7 +536,9 @@ class Bench:
         elapsed = (done["done"] - result["t0"]) / 1e9
         if done["cpu"] > RECEIVER_SATURATED:
             log(f"  ! the receiver used {done['cpu']:.0%} of a core: it may be the bottleneck")
-        return Run(conns * count / elapsed, done["cpu"], result["held"], rss1 - rss0, result.get("handed_back", 0))
+        deliveries = conns * count
+        return Run(deliveries / elapsed, done["cpu"], result["held"], rss1 - rss0, result.get("handed_back", 0),
+                   (cpu1 - cpu0) / deliveries)  # fmt: skip
 
     @staticmethod
     def _send(child: Child, line: str) -> None:
@@ -617,6 +629,16 @@ def _ratio(a: Run | None, b: Run | None) -> str:
     return fmt_ratio(a.rate / b.rate if a is not None and b is not None and b.rate > 0 else None)
 
 
+def _us(run: Run | None) -> str:
+    return "—" if run is None or not run.cpu_per_delivery else f"{run.cpu_per_delivery * 1e6:.2f}"
+
+
+def _cpu_ratio(other: Run | None, subject: Run | None) -> str:
+    if other is None or subject is None or not other.cpu_per_delivery or not subject.cpu_per_delivery:
+        return fmt_ratio(None)
+    return fmt_ratio(other.cpu_per_delivery / subject.cpu_per_delivery)
+
+
 def _mb(value: int | None) -> str:
     return "—" if value is None else f"{value / 1e6:,.1f}"
 
@@ -691,6 +713,24 @@ def render(figures: Figures, counts: dict[tuple[int, int], int], settings: Setti
                 f"*: the receiver used over {RECEIVER_SATURATED:.0%} of a core: the server may be faster than shown.",
             ]
         out.append(_table(title, header, lines, notes))
+
+    header = ["conns", "size", *IMPLEMENTATIONS, *(f"{name} stalled" for name in IMPLEMENTATIONS),
+              "websockets/bw", "Node/bw"]  # fmt: skip
+    lines = []
+    for conns, size in keys:
+        clean_runs = [pick(conns, size, False, name) for name in IMPLEMENTATIONS]
+        stalled_runs = [pick(conns, size, True, name) for name in IMPLEMENTATIONS]
+        cells = [f"{conns:,}", _size(size)]
+        cells += [_us(run) for run in [*clean_runs, *stalled_runs]]
+        cells += [_cpu_ratio(clean_runs[1], clean_runs[0]), _cpu_ratio(clean_runs[2], clean_runs[0])]
+        lines.append(cells)
+    out.append(_table(
+        "SERVER CPU µs per delivery (user + system, all threads, over the run; same runs as above)", header, lines,
+        ["a measure of the work per delivery that the receiver's limits and the machine's noise affect less;",
+         "x/bw: x's CPU per delivery over blockws's (above 1: blockws does less work). The kernel's share is",
+         "large: a send on loopback also runs TCP's receiving side. /proc counts in ticks of 1/CLK_TCK s (10 ms):",
+         "a few % on a 0.5 s run, coarse with --quick."],
+    ))  # fmt: skip
 
     header = ["conns", "size", *(f"held MB {name}" for name in IMPLEMENTATIONS),
               *(f"RSS +MB {name}" for name in IMPLEMENTATIONS), "bw handed back"]  # fmt: skip
