@@ -309,7 +309,8 @@ def receive() -> None:
     first bytes of each run are checked to be that frame header, and a byte
     more than expected is an error. Reading is then one recv_into() per
     readable socket, whatever it holds: the more the receiver falls behind,
-    the more messages each call takes, so it stays ahead of the servers.
+    the more messages each call takes (with few connections; with many,
+    it is about a call per delivery, and the receiver nears a core).
 
     Commands on stdin, one JSON line each in reply:
       open GROUP PORT N   -> {opened}
