@@ -30,7 +30,7 @@ from .codes import CloseCode, Opcode
 from .exceptions import BufferTooSmall, ConnectionClosed, ConnectionClosedError, ProtocolError
 from .frames import FrameHeader
 from .link import KeepAliveLink
-from .outbox import JOIN_BELOW, Outbox
+from .outbox import EXPIRED, JOIN_BELOW, Outbox
 from .pings import Pings
 from .protocol import Close, Data, Protocol, Side, State
 from .transport import LARGE_READ_SIZE, READ_SIZE, Transport
@@ -416,17 +416,35 @@ class WebSocket:
         False: it doesn't fit now (or another thread is in a send that may
         wait for the peer); None: the connection is closed or closing.
         """
+        # _sending() written out: broadcast() calls this once per connection,
+        # and its generator-based context manager, with a Deadline per step,
+        # was most of the Python work of a delivery.
         out = self._out
         try:
-            with self._sending(Deadline(0), text):
-                if not out.room_for(len(payload)):
-                    return False
-                out.offer(self._proto.encode_shared(payload, text, shared))
-                return True
-        except ConnectionClosed:
-            return None
+            out.acquire(EXPIRED, text)
         except OSError:  # TimeoutError, BlockingIOError: the send lock is taken
             return False
+        try:
+            out.check_open()
+            if not out.room_for(len(payload)):
+                return False
+            out.offer(self._proto.encode_shared(payload, text, shared))
+            return True
+        except ConnectionClosed:
+            return None
+        except (TimeoutError, BlockingIOError):
+            return False
+        except OSError as exc:  # as in _sending(): a socket error is a loss
+            self._lose(exc)
+            return None
+        finally:
+            out.release()
+            if out.buf:
+                # Accepted bytes wait here: the keepalive writes them when
+                # the socket can take them, whether or not we call again.
+                wake = self._keepalive.wake
+                if wake is not None:
+                    wake()
 
     def _send_control(self, frame: bytes, deadline: Deadline) -> None:
         with self._sending(deadline, None):

@@ -21,7 +21,7 @@ from .protocol import Protocol
 from .transport import Transport, poll_ms
 from .utils import Deadline
 
-__all__ = ["Outbox", "JOIN_BELOW"]
+__all__ = ["Outbox", "JOIN_BELOW", "EXPIRED"]
 
 # Payloads smaller than this are joined to their header and written in one
 # call; larger ones go out with sendmsg (no copy of the payload).
@@ -30,6 +30,11 @@ JOIN_BELOW = 16384
 # The longest a call that must not wait for the peer waits for the send lock
 # held by a call that doesn't either (see Outbox.patient).
 BRIEF_WAIT = 1.0
+
+# One deadline that has already expired, shared by the steps of broadcast()
+# that must not wait (a Deadline(0) per step and connection showed in its
+# profile). Nothing counts reads against it: it stays read-only.
+EXPIRED = Deadline(0)
 
 BytesLike = Union[bytes, bytearray, memoryview]
 
@@ -251,7 +256,9 @@ class Outbox:
         """
         if self.owner is not None:
             return False  # an open message: nothing may go between its frames
-        self.flush(Deadline(0))
+        if not self.buf and not self._proto._out:
+            return True  # the common case: nothing held, nothing to write first
+        self.flush(EXPIRED)
         return not self.buf or len(self.buf) + size + size // 1000 + 64 <= self.limit
 
     def offer(self, frame: bytes) -> None:
@@ -259,12 +266,12 @@ class Outbox:
         n = 0
         if not self.buf and not self._proto._out:
             try:
-                n = self._transport.send_some(frame, Deadline(0))
+                n = self._transport.send_some(frame, EXPIRED)
             except OSError as exc:
                 raise self._lose(exc) from exc
         if n < len(frame):
             self.buf += memoryview(frame)[n:]
-            self.flush(Deadline(0))
+            self.flush(EXPIRED)
 
     # -- a message's frames ------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The benchmark suite stays runnable: a quick client-side run exits 0 and prints its table.
+"""The benchmark suite stays runnable: quick runs (client side, fan-out) exit 0 and print their tables.
 
 Opt-in (``pytest --bench``): bench/run.py installs the peers it compares
 against (pip, npm) and times them. .ci/run runs it in its own step.
@@ -15,7 +15,8 @@ import pytest
 
 pytestmark = [pytest.mark.bench, pytest.mark.slow]
 
-RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+RUN = BENCH / "run.py"
 
 
 def test_quick_client_benchmark() -> None:
@@ -47,3 +48,21 @@ def test_memory_per_connection_runs() -> None:
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     for row in ("tcp ", "blockws ", "deflate ", "lean ", "zlib deflate state", "protocol.py", "total"):
         assert row in done.stdout, done.stdout
+
+
+def test_quick_broadcast_benchmark() -> None:
+    if shutil.which("node") is None:
+        pytest.skip("Node.js is not installed: one of the fan-out servers is a Node script")
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "broadcast.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=50,  # well inside pytest's 60 s (a quick run takes about 10 s)
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    table = done.stdout
+    assert "FAN-OUT: deliveries/s" in table
+    assert "WITH ONE STALLED CLIENT" in table
+    assert "targets met" in table
+    rates = table.split("FAN-OUT: deliveries/s", 1)[1].split("STALLED CLIENT: what", 1)[0]
+    assert "—" not in rates, f"a figure is missing:\n{table}\nstderr:\n{done.stderr}"
