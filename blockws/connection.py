@@ -255,19 +255,31 @@ class WebSocket:
         ``select()`` says when it comes).
         """
         proto = self._proto
-        # A snapshot (one C call, atomic under the GIL): the reading thread
-        # may change the deque meanwhile, and iterating it would then raise.
-        if proto.failure is not None or any(type(event) is not Data or event.fin for event in tuple(proto.events)):
+        while True:
+            try:
+                whole = any(type(event) is not Data or event.fin for event in proto.events)
+                break
+            except RuntimeError:
+                # The reading thread changed the deque meanwhile: look again.
+                # (A snapshot with tuple() holds the GIL for the whole copy.)
+                continue
+        if proto.failure is not None or whole:
             return self._held()
         return self._transport.buffered()
 
     def _held(self) -> int:
         """Every byte read from the kernel and not yet returned by :meth:`recv` (for backpressure)."""
         proto = self._proto
-        total = len(proto._buf) + self._assembly.held()
-        # The keepalive asks without the recv lock: iterate a snapshot (see pending()).
-        for event in tuple(proto.events):
-            total += len(event.payload) if type(event) is Data else 1
+        while True:
+            # The keepalive asks without the recv lock: the reader may change
+            # the deque meanwhile, and iterating it then raises (see pending()).
+            total = len(proto._buf) + self._assembly.held()
+            try:
+                for event in proto.events:
+                    total += len(event.payload) if type(event) is Data else 1
+                break
+            except RuntimeError:
+                continue
         if proto.failure is not None:
             total += 1
         return total + self._transport.buffered()

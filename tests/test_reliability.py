@@ -263,12 +263,13 @@ def test_bytes_held_after_a_partial_send_go_out_without_another_call(run_server)
     assert handler.received == [data]
 
 
+@pytest.mark.slow
 def test_pending_while_another_thread_receives(run_server):
     """pending() (and the keepalive's count of what is held, the same
     code, asked without the recv lock) while another thread takes
     messages: it used to fail now and then with "deque mutated during
     iteration", which killed the keepalive thread."""
-    count = 20_000
+    count = 3_000
 
     def flood(ws: blockws.WebSocket) -> None:
         for _ in range(count):
