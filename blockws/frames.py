@@ -123,6 +123,29 @@ def parse_header(data: bytes | bytearray, pos: int) -> FrameHeader | None:
     return FrameHeader(fin, b0 & 0x70, opcode, length, mask, size)
 
 
+# Pure-Python masking (no C accelerator). Python has no vectorised XOR on
+# bytes; each strategy below is a few C-level passes over the payload, and
+# which few is cheapest depends on the size (measured with
+# bench/mask_python.py; CPython 3.11, figures in its docstring):
+#
+# * below _TRANSLATE_MIN: XOR as one big integer. Converting bytes to and
+#   from an int is a per-byte loop in C (about 1.3 GB/s each way), but the
+#   call overhead is the least of the three, which is what counts when small.
+# * up to _CHUNKED_MIN: four strided slices, each XORed with one key byte
+#   through a 256-byte ``bytes.translate`` table. Strided slicing goes out
+#   of the CPU cache past about 64 KiB, and then it is the slowest.
+# * above: big-integer XOR in _CHUNK pieces, which stay in cache, joined once.
+_TRANSLATE_MIN = 2048
+_CHUNKED_MIN = 128 * 1024
+_CHUNK = 32 * 1024  # a multiple of 4, so every piece starts at key byte 0
+
+# Bound once: looking ``int.from_bytes`` up at each call costs a quarter of
+# the time of masking a 64-byte message.
+_from_bytes = int.from_bytes
+# key_int * _SPREAD repeats the 32-bit key _CHUNK // 4 times (no carries: one
+# key per 32-bit lane), far cheaper than converting the repeated key's bytes.
+_SPREAD = _from_bytes(b"\x01\x00\x00\x00" * (_CHUNK // 4), "little")
+
 _XOR_TABLES: list[bytes | None] = [None] * 256
 
 
@@ -133,20 +156,50 @@ def _xor_table(k: int) -> bytes:
     return table
 
 
-def _mask_python(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+def _mask_int(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    """The payload XOR the key as one big integer (the repeated key sliced to its length)."""
     n = len(data)
-    if n == 0:
+    if not n:
         return b""
-    if n < 1024:
-        # XOR as one big integer: a few C-level passes, cheapest when small.
-        repeated = key * ((n >> 2) + 1)
-        return (int.from_bytes(data, "little") ^ int.from_bytes(repeated[:n], "little")).to_bytes(n, "little")
-    # Larger: every 4th byte shares a key byte, so XOR each of the four
-    # strided slices through a 256-byte translation table (2.5x faster).
+    return (_from_bytes(data, "little") ^ _from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little")
+
+
+def _mask_translate(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    """Every 4th byte shares a key byte: XOR each of the four strided slices through a table."""
     out = bytearray(data)
     for i in range(4):
         out[i::4] = out[i::4].translate(_xor_table(key[i]))
     return bytes(out)
+
+
+def _mask_chunked(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    """Big-integer XOR of _CHUNK pieces: in cache, with the repeated key converted once."""
+    n = len(data)
+    size = _CHUNK
+    key_int = _from_bytes(key, "little") * _SPREAD
+    view = memoryview(data)
+    # A list of pieces and one join: at most twice the payload alive at once,
+    # against three copies and more for the whole-payload big integers.
+    parts = [
+        (_from_bytes(view[p : p + size], "little") ^ key_int).to_bytes(size, "little")
+        for p in range(0, n - size + 1, size)
+    ]
+    tail = n % size
+    if tail:
+        parts.append(_mask_int(view[n - tail :], key))
+    return b"".join(parts)
+
+
+def _mask_python(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    n = len(data)
+    if n < _TRANSLATE_MIN:
+        # _mask_int inlined: the call would cost 10 % on a small message.
+        if not n:
+            return b""
+        return (_from_bytes(data, "little") ^ _from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little")
+    if n < _CHUNKED_MIN:
+        return _mask_translate(data, key)
+    return _mask_chunked(data, key)
 
 
 _mask = _mask_python

@@ -71,6 +71,69 @@ def test_python_mask_matches_accelerated_or_itself():
     assert frames._mask_python(b"", key) == b""
 
 
+def reference_mask(data: bytes, key: bytes, offset: int = 0) -> bytes:
+    """Trivially correct: byte i of the payload, at ``offset`` in its frame, XOR key byte (i + offset) % 4."""
+    return bytes(b ^ key[(i + offset) % 4] for i, b in enumerate(data))
+
+
+# Every pure-Python strategy, not only the one _mask_python picks for a size.
+PYTHON_MASKERS = [frames._mask_python, frames._mask_int, frames._mask_translate, frames._mask_chunked]
+BUFFER_TYPES = [bytes, bytearray, memoryview]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=600),
+    st.binary(min_size=4, max_size=4),
+    st.integers(0, 3),
+    st.sampled_from(BUFFER_TYPES),
+    st.sampled_from(PYTHON_MASKERS),
+)
+def test_python_masking_equals_reference(data, key, offset, buffer_type, masker):
+    expected = reference_mask(data, key, offset)
+    rotated = key[offset:] + key[:offset]  # what apply_mask does with an offset
+    result = masker(buffer_type(data), rotated)
+    assert type(result) is bytes
+    assert result == expected
+    assert apply_mask(buffer_type(data), key, offset) == expected
+
+
+def boundary_sizes() -> list[int]:
+    """Sizes either side of every threshold and piece boundary of the pure-Python masking, and large ones."""
+    edges = [
+        frames._TRANSLATE_MIN,
+        frames._CHUNKED_MIN,
+        frames._CHUNK,
+        2 * frames._CHUNK,
+        frames._CHUNKED_MIN + frames._CHUNK,
+    ]
+    sizes = {0, 1, 2, 3, 4, 5, 7, 8, 125, 126, 127, 1024, 65535, 65536, 65537, (1 << 20) + 3}
+    sizes.update(edge + d for edge in edges for d in (-1, 0, 1, 2))  # every length mod 4 at each edge
+    return sorted(sizes)
+
+
+@pytest.mark.parametrize("size", boundary_sizes())
+def test_python_masking_boundary_and_large_sizes(size):
+    data = os.urandom(size)
+    key = os.urandom(4)
+    for offset in range(4):
+        expected = reference_mask(data, key, offset)
+        rotated = key[offset:] + key[:offset]
+        for buffer_type in BUFFER_TYPES:
+            for masker in PYTHON_MASKERS:
+                assert masker(buffer_type(data), rotated) == expected, (masker.__name__, buffer_type, offset)
+            assert apply_mask(buffer_type(data), key, offset) == expected
+
+
+def test_python_masking_of_a_slice_of_a_memoryview():
+    # The receive path unmasks slices; a memoryview that does not start at 0 of its buffer too.
+    data = os.urandom(frames._CHUNKED_MIN + 5)
+    key = os.urandom(4)
+    view = memoryview(bytearray(b"xyz" + data))[3:]
+    for masker in PYTHON_MASKERS:
+        assert masker(view, key) == reference_mask(data, key)
+
+
 @pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999])
 def test_valid_close_codes(code):
     assert parse_close(encode_close(code, "bye")) == (code, "bye")
