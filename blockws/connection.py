@@ -322,13 +322,18 @@ class WebSocket:
         except OSError as exc:
             raise self._lose(exc) from exc
         finally:
-            out.release()
-            if out.buf:
-                # Accepted bytes wait here: the keepalive writes them when
-                # the socket can take them, whether or not we call again.
-                wake = self._keepalive.wake
-                if wake is not None:
-                    wake()
+            self._done_sending()
+
+    def _done_sending(self) -> None:
+        """Let go of the send lock taken by :meth:`_sending` or :meth:`_offer`."""
+        out = self._out
+        out.release()
+        if out.buf:
+            # Accepted bytes wait here: the keepalive writes them when
+            # the socket can take them, whether or not we call again.
+            wake = self._keepalive.wake
+            if wake is not None:
+                wake()
 
     # -- sending -------------------------------------------------------------------
 
@@ -450,13 +455,7 @@ class WebSocket:
             self._lose(exc)
             return None
         finally:
-            out.release()
-            if out.buf:
-                # Accepted bytes wait here: the keepalive writes them when
-                # the socket can take them, whether or not we call again.
-                wake = self._keepalive.wake
-                if wake is not None:
-                    wake()
+            self._done_sending()
 
     def _send_control(self, frame: bytes, deadline: Deadline) -> None:
         with self._sending(deadline, None):

@@ -282,8 +282,11 @@ def test_pending_while_another_thread_receives(run_server):
     with blockws.connect(server.url, compression=None, timeout=10) as ws:
 
         def ask() -> None:
+            # For 0.3 s at most: asked without a pause, the count starts
+            # again at each change and holds the receiving thread back.
+            stop = time.monotonic() + 0.3
             try:
-                while not done.is_set():
+                while not done.is_set() and time.monotonic() < stop:
                     ws.pending()
             except BaseException as exc:  # reported below
                 errors.append(exc)
