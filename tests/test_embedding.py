@@ -361,7 +361,7 @@ def test_keepalive_keeps_an_idle_connection_through_a_proxy(
         # The websockets client answers pings in its own thread and pings
         # nothing itself: only the server's pings keep the relay busy.
         with Peer("websockets", f"ws://127.0.0.1:{relay.port}/ws") as client:
-            time.sleep(2.0)  # idle: more than twice the relay's limit
+            time.sleep(1.4)  # idle: well past the relay's limit (and 5 ping intervals)
             client.send("still here")
             assert client.recv() == "still here"
         assert relay.dropped == 0

@@ -19,8 +19,8 @@ from blockws.handshake import accept_key
 
 from .relay import Relay
 
-# 500 in the normal run; BLOCKWS_RANDOM_MESSAGES=10000 for the long version (CI runs both).
-RANDOM_MESSAGES = int(os.environ.get("BLOCKWS_RANDOM_MESSAGES", "500"))
+# 250 in the normal run; BLOCKWS_RANDOM_MESSAGES=10000 for the long version (CI runs both).
+RANDOM_MESSAGES = int(os.environ.get("BLOCKWS_RANDOM_MESSAGES", "250"))
 
 
 @pytest.mark.slow
