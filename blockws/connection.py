@@ -428,7 +428,7 @@ class WebSocket:
             raise
 
     def _offer(self, payload: bytes, text: bool, shared: dict[object, bytes]) -> bool | None:
-        """:func:`~blockws.broadcast`'s part: the whole message now, or nothing, never waiting.
+        """:func:`~blockws.broadcast`'s part: the whole message now, or nothing, never waiting for the peer.
 
         False: it doesn't fit now (or another thread is in a send that may
         wait for the peer); None: the connection is closed or closing.
