@@ -228,7 +228,8 @@ def test_memory_does_not_grow_with_the_messages_for_a_stalled_peer(hub_factory):
         finally:
             tracemalloc.stop()
         assert skipped > 1900
-        assert grown < 65_536 + 2 * 4096  # write_limit and a message, at most
+        # write_limit and a message, and a little bookkeeping (the 8 MB offered must not show)
+        assert grown < 65_536 + 4 * 4096
 
 
 def test_closed_connections_are_skipped_and_not_returned(hub_factory):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import inspect
 import logging
 import os
 import re
@@ -452,8 +453,9 @@ def test_the_docstring_example(servers, capsys):
             ws.close(1012 if message == "news 2" else 1000)
 
     server = servers(handler).start()
-    doc = blockws.reconnect.__doc__ or ""
-    example = textwrap.dedent(doc.split("reconnect::\n", 1)[1].split("\n\n    Retried", 1)[0])
+    # cleandoc: Python 3.13 strips a docstring's indentation, earlier ones don't.
+    doc = inspect.cleandoc(blockws.reconnect.__doc__ or "")
+    example = textwrap.dedent(doc.split("reconnect::\n", 1)[1].split("\n\nRetried", 1)[0])
     assert example.count("ws://127.0.0.1:8765/") == 1
     exec(example.replace("ws://127.0.0.1:8765/", server.url), {})
     assert capsys.readouterr().out == "news 1\nnews 2\nnews 3\ndone: 1000\n"
