@@ -143,6 +143,9 @@ class Watched(Protocol):
     def service(self, limit: int) -> bool:
         """Read what arrived, unless busy or ``limit`` bytes wait; False: stop watching (for now)."""
 
+    def reader_busy(self) -> bool:
+        """Another thread is in ``recv()`` (then :attr:`wake` is called when it lets go)."""
+
     def send_ping(self, payload: bytes) -> bool:
         """Queue a Ping without waiting; False if a sender holds the connection."""
 
@@ -314,6 +317,9 @@ class KeepAlive:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._count = 0
+        # Servers accepting now (hold()): the thread stays for their next
+        # connection even when none is registered.
+        self._holders = 0
         # When a re-arm last woke the thread, and when the thread last
         # applied one (it looks again within _REARM_DELAY of that).
         self._arm_notified = 0.0
@@ -359,6 +365,24 @@ class KeepAlive:
         conn: Watched = ws._keepalive
         conn.wake = None
         self._request(_Request.REMOVE, conn)
+
+    def hold(self) -> None:
+        """Keep the thread running while nothing is registered, until :meth:`release`.
+
+        A :class:`~blockws.server.Server` holds its KeepAlive while it
+        accepts: otherwise a server whose connections come one at a time
+        would start and end a thread (with its selector and wake-up
+        sockets) for each.
+        """
+        with self._lock:
+            self._holders += 1
+
+    def release(self) -> None:
+        """Undo one :meth:`hold`: the thread ends once nothing is registered or held."""
+        with self._lock:
+            self._holders -= 1
+            if not self._holders:
+                self._notify()
 
     def close(self) -> None:
         """Stop the thread; registered connections are no longer kept alive.
@@ -494,9 +518,14 @@ class KeepAlive:
                     if conn.input_ended:
                         self._update(selector, conn, state)  # still writes what is held
                         timers.set(state, self._armed_at)  # its reader may have left a Close untaken
+                    elif conn.reader_busy():
+                        # A reader back in recv() by now (a server echoing)
+                        # reads for itself: watching it would only wake this
+                        # thread at its next message, to step aside again.
+                        self._update(selector, conn, state)  # writes what a sender left
                     else:
                         self._watch(selector, conn, state)
-            if self._closed or not conns:
+            if self._closed or not (conns or self._holders):
                 # Nothing to serve: the next register() starts a new thread.
                 for conn, state in conns.items():
                     self._forget(selector, conn, state)

@@ -135,6 +135,18 @@ class KeepAliveLink:
         finally:
             self.servicing = False
 
+    def reader_busy(self) -> bool:
+        """True while another thread is in ``recv()``; ``wake`` is then called when it lets go."""
+        lock = self._ws._recv_lock
+        if not lock.locked():
+            return False
+        self.wanted = True
+        # As in service(): the reader may have let go before seeing the flag.
+        if lock.locked():
+            return True
+        self.wanted = False
+        return False
+
     def send_ping(self, payload: bytes) -> bool:
         """Queue a Ping without waiting; its Pong only updates the latency and
         the time of last reception. False if a sender holds the connection:

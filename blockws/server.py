@@ -34,6 +34,7 @@ from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
 from .handshake import check_subprotocols
 from .http import Response
+from .keepalive import KeepAlive
 from .listening import listen_tcp, listen_unix, remove_socket_file
 from .settings import DEFAULT_OPEN_TIMEOUT as DEFAULT_OPEN_TIMEOUT
 from .utils import Deadline
@@ -219,6 +220,11 @@ class Server:
     def serve_forever(self) -> None:
         """Accept connections until :meth:`shutdown` is called."""
         self._stopped.clear()
+        keepalive = self.options.get("keepalive", True)
+        if keepalive is True:
+            keepalive = KeepAlive.shared()
+        if isinstance(keepalive, KeepAlive):
+            keepalive.hold()
         try:
             self._selector.register(self.socket, selectors.EVENT_READ)
             self._selector.register(self._wake_r, selectors.EVENT_READ)
@@ -244,6 +250,8 @@ class Server:
             self._unregister(self._wake_r)
             for conn in list(self._refused):
                 self._forget_refused(conn)
+            if isinstance(keepalive, KeepAlive):
+                keepalive.release()
             self._stopped.set()
 
     def _start(self, conn: socket.socket, addr: Any) -> None:

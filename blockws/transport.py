@@ -17,10 +17,12 @@ This module knows nothing of WebSocket frames; the caller holds the locks.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any, Union
 
 from .utils import Deadline
@@ -35,6 +37,20 @@ LARGE_READ_SIZE = 256 * 1024
 
 BytesLike = Union[bytes, bytearray, memoryview]
 _FOREVER = Deadline(None)
+
+# send(fd, data) that never waits and keeps the GIL (bytes sent, 0 when the
+# kernel has no room): the C accelerator's, where it is built. With many
+# threads busy, taking the GIL back after socket.send() costs a wait and a
+# thread switch, more than the send itself.
+_send_now: Callable[[int, BytesLike], int] | None = None
+if MSG_DONTWAIT and not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
+    try:
+        from ._speedups import send_now as _send_now  # type: ignore[no-redef,import-not-found,unused-ignore]
+    except ImportError:  # pragma: no cover - the accelerator wasn't built
+        pass
+# Larger writes let the GIL go: copying them into the kernel takes long
+# enough for other threads to want it.
+KEEP_GIL_BELOW = 64 * 1024
 
 
 def poll_ms(deadline: Deadline) -> int:
@@ -223,15 +239,20 @@ class Transport:
                 if self._tls_lock is not None:
                     with self._tls_lock:
                         n = sock.send(data)
+                elif self.nonblocking:
+                    n = sock.send(data)
+                elif _send_now is not None and len(data) < KEEP_GIL_BELOW:
+                    n = _send_now(sock.fileno(), data)
                 else:
-                    n = sock.send(data) if self.nonblocking else sock.send(data, MSG_DONTWAIT)
+                    n = sock.send(data, MSG_DONTWAIT)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                self.congested = True
-            else:
+                n = 0
+            if n or not data:
                 if self.congested:
                     self.drained += n
                 self.congested = n < len(data)
                 return n
+            self.congested = True
             if deadline.expired() or not self.waiter.writable(poll_ms(deadline)):
                 return 0
 
@@ -255,10 +276,13 @@ class Transport:
         One system call when the kernel has room; when it hasn't, the wait is
         in ``poll``, as in :meth:`send_all`.
         """
-        try:
-            n = self.sock.send(frame, MSG_DONTWAIT)
-        except BlockingIOError:
-            n = 0
+        if _send_now is not None and len(frame) < KEEP_GIL_BELOW:
+            n = _send_now(self.sock.fileno(), frame)
+        else:
+            try:
+                n = self.sock.send(frame, MSG_DONTWAIT)
+            except BlockingIOError:
+                n = 0
         if n < len(frame):
             self.congested = True
             self.send_all(memoryview(frame)[n:], _FOREVER)

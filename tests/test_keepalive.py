@@ -575,3 +575,77 @@ def test_notifying_a_busy_thread_never_blocks(echo_server):
                 assert done.wait(10), "notifying the keepalive thread blocked"
     finally:
         keepalive.close()
+
+
+@pytest.mark.slow
+def test_a_handler_in_recv_costs_the_keepalive_thread_nothing_per_message(run_server):
+    """A server echoing on busy connections reads for itself: the keepalive
+    thread used to be woken for every burst of messages, to find the
+    handler reading and step aside (0.2 s of its CPU for these 10,000
+    echoes, here a tick or two). Then, once the handler stops reading, the
+    keepalive thread reads for it again: the client's ping is answered."""
+    keepalive = KeepAlive(interval=10, timeout=10)
+    stop_reading = threading.Event()
+
+    def handler(ws: blockws.WebSocket) -> None:
+        for message in ws:
+            ws.send(message)
+            if message == b"last":
+                stop_reading.wait(10)  # busy: not in recv()
+                break
+
+    server = run_server(handler, keepalive=keepalive, compression=None)
+    conns = [blockws.connect(server.url, keepalive=None, compression=None, timeout=5) for _ in range(10)]
+    try:
+        for ws in conns:  # every handler running, the keepalive thread started
+            ws.send(b"x")
+            assert ws.recv() == b"x"
+        thread = keepalive.thread
+        assert thread is not None
+        used = thread_cpu_seconds(thread)
+
+        def echo_many(ws: blockws.WebSocket) -> None:
+            for _ in range(1000):
+                ws.send(b"x" * 32)
+                assert ws.recv() == b"x" * 32
+
+        threads = [threading.Thread(target=echo_many, args=(ws,)) for ws in conns]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        used = thread_cpu_seconds(thread) - used
+        assert used < 0.06, f"the keepalive thread used {used:.2f} s of CPU for 10,000 echoes"
+        for ws in conns:
+            ws.send(b"last")
+            assert ws.recv() == b"last"
+            assert ws.ping() < 1.0  # the handler isn't reading: the keepalive thread answers
+    finally:
+        stop_reading.set()
+        for ws in conns:
+            ws.close()
+        keepalive.close()
+
+
+def test_a_server_keeps_its_keepalive_thread_between_connections(run_server):
+    """Connections that come one at a time share one keepalive thread (it
+    used to start and end with each); it ends when the server stops."""
+    keepalive = KeepAlive()
+    server = run_server(keepalive=keepalive)
+    threads = set()
+    for _ in range(5):
+        with blockws.connect(server.url, keepalive=None) as ws:
+            ws.send("x")
+            assert ws.recv() == "x"
+            threads.add(keepalive.thread)
+        deadline = time.monotonic() + 1
+        while server.server.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not server.server.connections
+    assert len(threads) == 1 and None not in threads
+    thread = threads.pop()
+    time.sleep(0.1)
+    assert keepalive.thread is thread and thread.is_alive()  # nothing registered, still there
+    server.stop()
+    thread.join(2)
+    assert not thread.is_alive() and keepalive.thread is None

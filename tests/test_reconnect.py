@@ -510,7 +510,9 @@ def test_break_leaves_no_thread_or_socket_behind(servers):
         _echo(ws)
         closed.append(ws.close_code)
 
-    server = servers(handler).start()
+    # No keepalive on the server: it would hold its KeepAlive's thread (and
+    # its sockets) while it runs; the client's must go with the connection.
+    server = servers(handler, keepalive=None).start()
     before = _fds()
     for ws in blockws.reconnect(server.url):
         ws.sendall("one")
@@ -523,7 +525,7 @@ def test_break_leaves_no_thread_or_socket_behind(servers):
 
 
 def test_an_exception_in_the_body_closes_the_connection(servers):
-    server = servers().start()
+    server = servers(keepalive=None).start()  # as above
     before = _fds()
     with pytest.raises(ZeroDivisionError):
         for ws in blockws.reconnect(server.url):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import subprocess
 import sys
 
@@ -46,10 +48,42 @@ def test_c_mask_rejects_bad_keys() -> None:
 
 
 def test_environment_variable_forces_pure_python() -> None:
-    code = "import blockws.frames as f; print(f.ACCELERATED)"
+    code = "import blockws.frames as f, blockws.transport as t; print(f.ACCELERATED and t._send_now is not None)"
     env = {**os.environ, "BLOCKWS_NO_EXTENSIONS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     env.pop("BLOCKWS_NO_EXTENSIONS")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+@pytest.mark.skipif(not hasattr(speedups, "send_now"), reason="no MSG_DONTWAIT on this platform")
+def test_send_now_writes_what_fits_and_reports_errors() -> None:
+    """send(fd, data, MSG_DONTWAIT) keeping the GIL: bytes taken, 0 when the
+    kernel has no room (never waits), OSError subclasses like socket.send."""
+    a, b = socket.socketpair()
+    with a, b:
+        assert speedups.send_now(a.fileno(), b"hello") == 5
+        assert b.recv(10) == b"hello"
+        assert speedups.send_now(a.fileno(), memoryview(b"xhello")[1:]) == 5
+        assert b.recv(10) == b"hello"
+        assert speedups.send_now(a.fileno(), b"") == 0
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        taken = 0
+        chunk = os.urandom(8192)
+        while True:  # a blocking socket: only a call that never waits ends this loop
+            n = speedups.send_now(a.fileno(), chunk)
+            if not n:
+                break
+            taken += n
+        assert 4096 <= taken < 10_000_000
+        received = bytearray()
+        while len(received) < taken:
+            received += b.recv(65536)
+        assert bytes(received) == (chunk * (taken // len(chunk) + 1))[:taken]
+        b.close()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            speedups.send_now(a.fileno(), b"x")  # no SIGPIPE: the error, as socket.send gives it
+    with pytest.raises(OSError) as info:
+        speedups.send_now(a.fileno(), b"x")  # closed: fileno() is -1
+    assert info.value.errno == errno.EBADF

@@ -221,6 +221,8 @@ class Timeouts:
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
 def test_close_racing_send_and_recv(echo_server):
     rng = random.Random(14)
+    with blockws.connect(echo_server.url):
+        pass  # the server's keepalive thread starts, and stays (with its sockets) while it serves
     baseline = open_fds()
     unexpected: list[tuple[int, str, BaseException]] = []
     seen: Counter[str] = Counter()
