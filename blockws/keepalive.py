@@ -26,11 +26,12 @@ connection registered with it (not a thread per connection):
   frames are noted, messages wait in order for the next ``recv()``. While
   the application is inside ``recv()``, its thread does that work; the
   socket leaves the selector and comes back when the reader is done (the
-  connection calls :meth:`KeepAlive._wake`), so the thread never spins.
-  Those re-arms are coalesced: a busy connection (an echo loop) re-arms
-  after every message, so only the first in ``_REARM_DELAY`` wakes the
-  thread, which then looks at the queue again within ``_REARM_DELAY``; the
-  cost per message stays a queue append, not a thread wake-up.
+  connection calls :meth:`KeepAlive._wake`) and hasn't come back to
+  ``recv()`` meanwhile, so the thread never spins. Requests (re-arms,
+  connections opened and closed) are coalesced: only the first in
+  ``_REARM_DELAY`` wakes the thread, which then looks at the queue again
+  within ``_REARM_DELAY``; the cost per message or per connection stays a
+  queue append, not a thread wake-up.
 * Once a connection's input has ended (the peer's Close, EOF, a reset, a
   protocol error: :attr:`Watched.input_ended`) the thread stops reading and
   pinging it for good: an EOF socket stays readable for ever, and the next
@@ -320,8 +321,10 @@ class KeepAlive:
         # Servers accepting now (hold()): the thread stays for their next
         # connection even when none is registered.
         self._holders = 0
-        # When a re-arm last woke the thread, and when the thread last
-        # applied one (it looks again within _REARM_DELAY of that).
+        # A wake-up byte is on its way that the thread hasn't acted on.
+        self._notified = False
+        # When a request last woke the thread, and when the thread last
+        # took some (it looks again within _REARM_DELAY of that).
         self._arm_notified = 0.0
         self._armed_at = 0.0
 
@@ -417,24 +420,31 @@ class KeepAlive:
                 # thread notifies itself too, holding the lock, when a failed
                 # connection unregisters: blocking there was a deadlock.)
                 self._wake_w.setblocking(False)
+                self._notified = False
                 self._thread = threading.Thread(target=self._run, name="blockws keepalive", daemon=True)
                 self._thread.start()
             else:
-                self._notify()
+                self._notify_soon()
 
     def _wake(self, conn: Watched) -> None:
         with self._lock:
             if self._closed or self._thread is None:
                 return
             self._requests.append((_Request.ARM, conn))
-            now = time.monotonic()
-            if now - self._arm_notified < _REARM_DELAY:
-                return  # the thread looks at the queue again within _REARM_DELAY
-            self._arm_notified = now
-            self._notify()
+            self._notify_soon()
+
+    def _notify_soon(self) -> None:
+        """Have a queued request taken within _REARM_DELAY (the caller holds the lock)."""
+        now = time.monotonic()
+        if now - self._arm_notified < _REARM_DELAY:
+            return  # the thread looks at the queue again within _REARM_DELAY
+        self._arm_notified = now
+        self._notify()
 
     def _notify(self) -> None:
-        if self._wake_w is not None:
+        """Wake the thread (the caller holds the lock): one byte per pass at most."""
+        if self._wake_w is not None and not self._notified:
+            self._notified = True
             try:
                 self._wake_w.send(b"\0")
             except OSError:  # the buffer is full: a wake-up is pending anyway
@@ -461,7 +471,7 @@ class KeepAlive:
                 now = time.monotonic()
                 wait = self._check_timers(selector, conns, timers, now)
                 if now - self._armed_at < _REARM_DELAY:
-                    wait = min(wait, _REARM_DELAY)  # more re-arms may be queued without a wake-up
+                    wait = min(wait, _REARM_DELAY)  # more requests may be queued without a wake-up
                 for key, mask in selector.select(wait):
                     conn = key.data
                     if conn is None:
@@ -494,38 +504,45 @@ class KeepAlive:
         with self._lock:
             requests = list(self._requests)
             self._requests.clear()
-            for what, conn in requests:
-                if what is _Request.ADD:
-                    if conn in conns:
-                        self._count -= 1  # registered twice: keep one
-                    elif conn.closed:
-                        # Closed before the thread got here: its descriptor
-                        # number may already belong to another socket.
-                        self._count -= 1
-                    else:
-                        state = conns[conn] = _Tracking(conn)
-                        self._watch(selector, conn, state)
-                        timers.set(state, time.monotonic())  # looked at on the next pass
-                elif what is _Request.REMOVE:
-                    gone = conns.pop(conn, None)
-                    if gone is not None:
-                        self._count -= 1
-                        gone.seq = 0  # its timer is stale
-                        self._forget(selector, conn, gone)
-                elif conn in conns:
-                    self._armed_at = time.monotonic()
-                    state = conns[conn]
-                    if conn.input_ended:
-                        self._update(selector, conn, state)  # still writes what is held
-                        timers.set(state, self._armed_at)  # its reader may have left a Close untaken
-                    elif conn.reader_busy():
-                        # A reader back in recv() by now (a server echoing)
-                        # reads for itself: watching it would only wake this
-                        # thread at its next message, to step aside again.
-                        self._update(selector, conn, state)  # writes what a sender left
-                    else:
-                        self._watch(selector, conn, state)
-            if self._closed or not (conns or self._holders):
+            self._notified = False  # later requests wake the thread again
+        if requests:
+            self._armed_at = time.monotonic()  # and it looks again within _REARM_DELAY
+        # Served without the lock: threads opening and closing connections
+        # wait for it, and this part makes system calls (the selector's).
+        dropped = 0
+        for what, conn in requests:
+            if what is _Request.ADD:
+                if conn in conns:
+                    dropped += 1  # registered twice: keep one
+                elif conn.closed:
+                    # Closed before the thread got here: its descriptor
+                    # number may already belong to another socket.
+                    dropped += 1
+                else:
+                    state = conns[conn] = _Tracking(conn)
+                    self._watch(selector, conn, state)
+                    timers.set(state, time.monotonic())  # looked at on the next pass
+            elif what is _Request.REMOVE:
+                gone = conns.pop(conn, None)
+                if gone is not None:
+                    dropped += 1
+                    gone.seq = 0  # its timer is stale
+                    self._forget(selector, conn, gone)
+            elif conn in conns:
+                state = conns[conn]
+                if conn.input_ended:
+                    self._update(selector, conn, state)  # still writes what is held
+                    timers.set(state, self._armed_at)  # its reader may have left a Close untaken
+                elif conn.reader_busy():
+                    # A reader back in recv() by now (a server echoing)
+                    # reads for itself: watching it would only wake this
+                    # thread at its next message, to step aside again.
+                    self._update(selector, conn, state)  # writes what a sender left
+                else:
+                    self._watch(selector, conn, state)
+        with self._lock:
+            self._count -= dropped
+            if self._closed or not (conns or self._holders or self._requests):
                 # Nothing to serve: the next register() starts a new thread.
                 for conn, state in conns.items():
                     self._forget(selector, conn, state)
