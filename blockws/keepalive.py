@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import logging
 import os
 import selectors
 import socket
@@ -88,6 +89,8 @@ from .codes import CloseCode
 from .connection import WebSocket
 
 __all__ = ["KeepAlive", "attach"]
+
+logger = logging.getLogger("blockws.keepalive")
 
 # Bytes a connection may hold for the application before the keepalive
 # thread stops reading it (backpressure reaches the peer again).
@@ -288,7 +291,7 @@ class KeepAlive:
     default of :func:`blockws.connect`, :func:`blockws.accept` and
     :func:`blockws.serve`, uses :meth:`shared` (one thread for the whole
     process, started when the first connection registers, ended when the
-    last one closes). Pass a ``KeepAlive`` as ``keepalive=`` to choose the
+    last one closes and no server that uses it is running). Pass a ``KeepAlive`` as ``keepalive=`` to choose the
     interval and timeout, or ``keepalive=None`` to opt out.
     """
 
@@ -484,18 +487,37 @@ class KeepAlive:
                     state = conns.get(conn)
                     if state is None:
                         continue
-                    if mask & selectors.EVENT_WRITE:
-                        # No progress, or busy (the sender writes, and wakes us
-                        # if it leaves bytes behind): stop waiting to write.
-                        self._update(selector, conn, state, writing=conn.flush_held())
-                    if mask & selectors.EVENT_READ and not conn.service(_READ_LIMIT):
-                        # Busy (the reader re-arms it through _wake), over
-                        # the read limit, or its input ended (never again).
-                        self._unwatch(selector, conn, state)
-                        if conn.input_ended:
-                            timers.set(state, time.monotonic())  # a Close may wait for its grace
+                    try:
+                        if mask & selectors.EVENT_WRITE:
+                            # No progress, or busy (the sender writes, and wakes us
+                            # if it leaves bytes behind): stop waiting to write.
+                            self._update(selector, conn, state, writing=conn.flush_held())
+                        if mask & selectors.EVENT_READ and not conn.service(_READ_LIMIT):
+                            # Busy (the reader re-arms it through _wake), over
+                            # the read limit, or its input ended (never again).
+                            self._unwatch(selector, conn, state)
+                            if conn.input_ended:
+                                timers.set(state, time.monotonic())  # a Close may wait for its grace
+                    except Exception:
+                        self._broken(selector, conns, conn, state)
         finally:
             selector.close()
+
+    def _broken(
+        self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking], conn: Watched, state: _Tracking
+    ) -> None:
+        """Serving one connection raised (a ``trace`` callback that fails, a bug):
+        log it and fail that connection, not the thread every other one relies on."""
+        logger.exception("keepalive: serving a connection failed; closing it with 1011")
+        if conns.pop(conn, None) is not None:
+            state.seq = 0  # its timer is stale
+            self._forget(selector, conn, state)
+            with self._lock:
+                self._count -= 1
+        try:
+            conn.fail(CloseCode.INTERNAL_ERROR, "keepalive error")
+        except Exception:  # pragma: no cover - abort() closes whatever state it finds
+            logger.exception("keepalive: closing the failed connection failed too")
 
     def _apply_requests(
         self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking], timers: _Timers
@@ -620,7 +642,10 @@ class KeepAlive:
         retry = interval / 20
         for state in timers.due(now):
             # A timer set now for now or earlier comes up on the next pass.
-            self._look(selector, conns, timers, state, now, interval, retry)
+            try:
+                self._look(selector, conns, timers, state, now, interval, retry)
+            except Exception:
+                self._broken(selector, conns, state.conn, state)
         return timers.wait(now, interval, retry)
 
     def _look(

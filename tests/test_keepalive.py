@@ -649,3 +649,45 @@ def test_a_server_keeps_its_keepalive_thread_between_connections(run_server):
     server.stop()
     thread.join(2)
     assert not thread.is_alive() and keepalive.thread is None
+
+
+def test_a_connection_that_fails_in_the_keepalive_thread_fails_alone(run_server, caplog):
+    """An exception while the keepalive thread serves one connection (here
+    the application's trace callback) drops that connection (1011 on our
+    side, as a keepalive timeout does) and is logged; the thread goes on serving the others. It used to end the
+    thread: every other connection went without pings and pongs."""
+    keepalive = KeepAlive(interval=10, timeout=10)
+    release = threading.Event()
+
+    def broken_trace(direction: str, header: FrameHeader, payload: bytes) -> None:
+        if direction == "<":
+            raise RuntimeError("a bug in a trace callback")
+
+    served: dict[str, blockws.WebSocket] = {}
+
+    def handler(ws: blockws.WebSocket) -> None:
+        served[ws.request.path] = ws
+        if ws.request.path == "/bad":
+            ws.trace = broken_trace
+        ws.send("ready")
+        release.wait(10)  # busy: the keepalive thread reads for it
+
+    server = run_server(handler, keepalive=keepalive)
+    try:
+        with blockws.connect(server.url + "bad", keepalive=None, timeout=5) as bad, blockws.connect(
+            server.url + "good", keepalive=None, timeout=5
+        ) as good:
+            assert bad.recv() == "ready" and good.recv() == "ready"
+            with caplog.at_level("ERROR", logger="blockws.keepalive"):
+                bad.send("the keepalive thread reads this, and the trace raises")
+                with pytest.raises(blockws.ConnectionClosedError):
+                    bad.recv()  # dropped, as a keepalive failure drops a dead peer
+            assert (served["/bad"].close_code, served["/bad"].close_reason) == (1011, "keepalive error")
+            assert "keepalive: serving a connection failed" in caplog.text
+            assert "a bug in a trace callback" in caplog.text
+            assert keepalive.thread is not None and keepalive.thread.is_alive()
+            assert good.ping() < 1.0  # answered by the keepalive thread, still serving
+            release.set()  # the handlers return: their connections close now
+    finally:
+        release.set()
+        keepalive.close()
