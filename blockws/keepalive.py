@@ -291,8 +291,9 @@ class KeepAlive:
     default of :func:`blockws.connect`, :func:`blockws.accept` and
     :func:`blockws.serve`, uses :meth:`shared` (one thread for the whole
     process, started when the first connection registers, ended when the
-    last one closes and no server that uses it is running). Pass a ``KeepAlive`` as ``keepalive=`` to choose the
-    interval and timeout, or ``keepalive=None`` to opt out.
+    last one closes and no server that uses it is running). Pass a
+    ``KeepAlive`` as ``keepalive=`` to choose the interval and timeout, or
+    ``keepalive=None`` to opt out.
     """
 
     _shared: KeepAlive | None = None
