@@ -3,6 +3,7 @@
     blockws ws://host:port/path [--trace] [--header "Name: value"] [--user NAME] [--cafile FILE] ...
     blockws serve [--host H] [--port P] [--echo | --chat | --broadcast-stdin] [--trace]
     blockws serve MODULE:HANDLER [--workers N] [--reuse-port] [--host H] [--port P] [--trace]
+    (both: [--no-compression] [--keepalive SECONDS])
     blockws demo
     blockws --version
 
@@ -33,6 +34,7 @@ from .connection import WebSocket
 from .exceptions import CertificateVerifyError, ConnectionClosed, InvalidStatus, ProtocolError, WebSocketError
 from .frames import FrameHeader, encode_close
 from .http import CREDENTIAL_HEADERS, Request, Response
+from .keepalive import KeepAlive
 
 _print_lock = threading.Lock()
 
@@ -289,6 +291,16 @@ def _command(ws: WebSocket, line: str) -> bool:
 # -- the servers -------------------------------------------------------------------
 
 
+def serve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`blockws.serve`'s options from ``blockws serve``'s ``--no-compression`` and ``--keepalive``."""
+    options: dict[str, Any] = {}
+    if args.no_compression:
+        options["compression"] = None
+    if args.keepalive is not None:
+        options["keepalive"] = KeepAlive(args.keepalive, args.keepalive) if args.keepalive else None
+    return options
+
+
 def run_server(args: argparse.Namespace) -> int:
     clients: set[WebSocket] = set()
     lock = threading.Lock()
@@ -323,7 +335,7 @@ def run_server(args: argparse.Namespace) -> int:
             say(f"{ws.remote_address[0]}:{ws.remote_address[1]} left ({ws.close_code})", sys.stderr)
 
     trace = _trace_frames if args.trace else None
-    with serve(handler, args.host, args.port, reuse_port=args.reuse_port, trace=trace) as server:
+    with serve(handler, args.host, args.port, reuse_port=args.reuse_port, trace=trace, **serve_options(args)) as server:
         say(
             f"{'chat' if args.chat else 'broadcast' if args.broadcast_stdin else 'echo'} server on ws://{args.host}:{server.port}/"
         )
@@ -376,6 +388,7 @@ other commands:
                           its options: blockws serve --help
   blockws serve MODULE:HANDLER [--workers N] [--reuse-port] [--host H] [--port P]
                           run your handler, in N processes sharing the port
+                          (both: [--no-compression] [--keepalive SECONDS])
   blockws demo            a server and a client in one process (blockws demo --help)"""
 
 
@@ -408,6 +421,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 action="store_true",
                 help="SO_REUSEPORT: a listening socket per process, balanced by the kernel (Linux)",
             )
+            parser.add_argument(
+                "--no-compression",
+                action="store_true",
+                help="don't accept permessage-deflate (about 100 KiB less per connection)",
+            )
+            parser.add_argument(
+                "--keepalive",
+                type=float,
+                metavar="SECONDS",
+                help="ping quiet clients this often, drop them after as long without an answer (default 20; 0: never)",
+            )
         else:
             parser.description = "A server and a client in one process exchanging a few messages."
         args = parser.parse_args(argv[1:])
@@ -417,10 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error("MODULE:HANDLER serves your handler: not with --echo, --chat or --broadcast-stdin")
             if args.workers < 1 or (args.workers > 1 and args.app is None):
                 parser.error("--workers takes 1 or more, and more than 1 only with MODULE:HANDLER")
+            if args.keepalive is not None and args.keepalive < 0:
+                parser.error("--keepalive takes seconds: 0 or more")
             if args.app is not None:
                 from .workers import run_cli
 
-                runner = lambda a: run_cli(a, _trace_frames if a.trace else None)  # noqa: E731
+                runner = lambda a: run_cli(a, _trace_frames if a.trace else None, serve_options(a))  # noqa: E731
     else:
         parser = argparse.ArgumentParser(
             prog="blockws",

@@ -442,8 +442,12 @@ class _Supervisor:
 # -- the command line ---------------------------------------------------------------
 
 
-def run_cli(args: argparse.Namespace, trace: Callable[..., None] | None = None) -> int:
+def run_cli(
+    args: argparse.Namespace, trace: Callable[..., None] | None = None, options: dict[str, Any] | None = None
+) -> int:
     """``blockws serve MODULE:HANDLER [--workers N] [--reuse-port] ...``: the exit status.
+
+    ``options`` go to :func:`blockws.serve` (from ``--no-compression``, ``--keepalive``).
 
     2 when the handler can't be loaded (one line on stderr), 1 when its
     module raised (with the traceback), 0 after SIGTERM or SIGINT.
@@ -469,7 +473,9 @@ def run_cli(args: argparse.Namespace, trace: Callable[..., None] | None = None) 
     def listening(address: Any) -> None:
         print(f"{args.app} server on ws://{host}:{address[1]}/", flush=True)
 
-    options: dict[str, Any] = {} if trace is None else {"trace": trace}
+    options = dict(options or {})
+    if trace is not None:
+        options["trace"] = trace
     return run(
         handler,
         args.host,

@@ -10,6 +10,7 @@ import resource
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,27 @@ def http_get(url: str) -> tuple[int, str]:
         return response.status, response.read().decode()
     finally:
         connection.close()
+
+
+def pings_while_reading(ws: blockws.WebSocket, seconds: float) -> int:
+    """How many Pings the peer sends in ``seconds`` while we read (and so
+    answer them at once); the connection must stay open and send nothing else."""
+    pings = 0
+
+    def count(direction: str, header: Any, payload: bytes) -> None:
+        nonlocal pings
+        if direction == "<" and header.opcode == blockws.Opcode.PING:
+            pings += 1
+
+    ws.trace = count
+    ws.settimeout(0.05)
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            with contextlib.suppress(TimeoutError):
+                message = ws.recv()
+                raise AssertionError(f"unexpected {message!r}")
+    finally:
+        ws.trace = None
+        ws.settimeout(5)
+    return pings

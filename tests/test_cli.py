@@ -26,6 +26,8 @@ import trustme
 import blockws
 from blockws import Response
 
+from .helpers import pings_while_reading
+
 
 def cli(*args: str, stdin: str = "", timeout: float = 30, **popen: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -511,3 +513,29 @@ def test_installed_console_script():
     assert script.exists(), "pip install -e . installs the blockws command next to python"
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.startswith("usage: blockws")
+
+
+@pytest.mark.slow
+def test_serve_no_compression_and_keepalive_options():
+    proc = start_server("--no-compression", "--keepalive", "0.2")
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        with blockws.connect(url, timeout=5, keepalive=None) as ws:  # permessage-deflate offered
+            assert ws.extensions == []
+            assert pings_while_reading(ws, 0.9) >= 2
+            ws.sendall("still open")
+            assert ws.recv() == "still open"
+    finally:
+        stop_server(proc)
+    proc = start_server("--keepalive", "0")
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        with blockws.connect(url, timeout=5, keepalive=None) as ws:
+            assert ws.extensions and ws.extensions[0].startswith("permessage-deflate")
+            assert pings_while_reading(ws, 0.5) == 0
+    finally:
+        stop_server(proc)
+    out = cli("serve", "--keepalive", "-1")
+    assert out.returncode == 2 and "--keepalive takes seconds" in out.stderr

@@ -26,6 +26,8 @@ import blockws
 from blockws.connection import DEFAULT_CLOSE_TIMEOUT
 from blockws.workers import LoadError, load_handler
 
+from .helpers import pings_while_reading
+
 ROOT = Path(__file__).resolve().parent.parent
 
 APP = """\
@@ -362,3 +364,12 @@ def test_workers_stop_when_the_supervisor_is_killed(supervised):
     while not all(gone(pid) for pid in workers) and time.monotonic() < end:
         time.sleep(0.05)
     assert all(gone(pid) for pid in workers)
+
+
+@pytest.mark.slow
+def test_module_handler_takes_no_compression_and_keepalive(supervised):
+    server = supervised("--no-compression", "--keepalive", "0.2", "pidapp:handler")
+    with blockws.connect(server.url(), timeout=10, keepalive=None) as ws:  # permessage-deflate offered
+        assert int(ws.recv() or 0) == server.proc.pid
+        assert ws.extensions == []
+        assert pings_while_reading(ws, 0.9) >= 2
