@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .codes import Opcode
 from .exceptions import ConnectionClosed
+from .protocol import Side
 from .utils import Deadline
 
 if TYPE_CHECKING:
@@ -186,8 +187,16 @@ class KeepAliveLink:
             return False
         try:
             if self.close_unanswered:
-                ws._proto.answer_close()
+                proto = ws._proto
+                proto.answer_close()
                 ws._out.flush(Deadline(0))
+                if proto.side is Side.SERVER and proto.close_sent is not None and not ws._out.buf:
+                    # The closing handshake is done, and the server closes
+                    # TCP first (RFC 6455 section 7.1.1): the client isn't
+                    # kept waiting for a handler that may run for long. Its
+                    # read side stays: recv() returns what came before the
+                    # Close, then None; the socket goes with close().
+                    ws._transport.half_close()
         except ConnectionClosed:
             pass
         finally:

@@ -316,6 +316,13 @@ class Transport:
         except OSError:  # TimeoutError included
             pass
 
+    def half_close(self) -> None:
+        """Send our FIN now: the peer sees the end of our stream; reading goes on."""
+        try:
+            self._shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
     def shutdown(self) -> None:
         """Stop the socket both ways: wakes any thread blocked on it."""
         try:

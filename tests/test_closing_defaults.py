@@ -185,6 +185,42 @@ def test_close_answered_for_an_application_that_does_not_read():
         listener.close()
 
 
+def test_a_busy_server_handler_doesnt_hold_the_clients_close(run_server):
+    """The server's keepalive answers the Close of a handler that isn't
+    reading: the closing handshake is then done, and the server closes TCP
+    first (RFC 6455 section 7.1.1). The client's close() used to wait for
+    the handler to return (here 3 s). The handler still gets what came
+    before the Close, then None; send() says the connection is closed."""
+    release = threading.Event()
+    after: list[object] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        release.wait(3)  # busy: not in recv()
+        after.append(ws.recv())
+        after.append(ws.recv())
+        with pytest.raises(blockws.ConnectionClosedOK):
+            ws.send("too late")
+        after.append(ws.close_code)
+
+    keepalive = KeepAlive(close_grace=0.2)
+    server = run_server(handler, keepalive=keepalive)
+    try:
+        ws = blockws.connect(server.url, timeout=5, keepalive=None)
+        ws.sendall("before the close")
+        start = time.monotonic()
+        ws.close(1001, "done")
+        assert time.monotonic() - start < 1.5
+        assert ws.close_code == 1001
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(after) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert after == ["before the close", None, 1001]
+    finally:
+        release.set()
+        keepalive.close()
+
+
 @pytest.mark.slow
 def test_a_reader_keeps_its_half_open_after_the_peers_close(run_server):
     """The half-close: the application that takes the Close with recv() may
