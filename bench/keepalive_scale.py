@@ -10,6 +10,11 @@ more than 10,000 descriptors, so the soft ``RLIMIT_NOFILE`` is raised as far
 as the hard limit allows (a note says how many connections that leaves room
 for when it is not enough), and the server side runs 10,000 handler threads.
 
+``--libraries raw`` adds the floor on the client side: the same
+connections pinged by a minimal Python loop (a heap of timers, one prebuilt
+Ping, one ``recv`` per Pong, nothing checked), what the kernel and the
+least Python cost per ping on this machine.
+
 For each library, on each side (client, server), one process holds N idle
 connections with pings every ``interval`` seconds; we report its threads,
 its RSS and the CPU it burns per second of idleness, and that CPU per ping
@@ -143,6 +148,16 @@ def _child_client(lib: str, url: str, count: int, interval: float) -> None:
                 # A long open_timeout: the server process starts a thread per connection.
                 conns.append(blockws.connect(url, keepalive=ka, compression=None, connect_gate=None, open_timeout=120))
             tid = _keepalive_tid(ka)
+        elif lib == "raw":
+            import blockws
+
+            for _ in range(count):
+                conns.append(
+                    blockws.connect(url, keepalive=None, compression=None, connect_gate=None, open_timeout=120)
+                )
+            thread = threading.Thread(target=_minimal_keepalive, args=(conns, interval), daemon=True)
+            thread.start()
+            tid = str(thread.native_id)
         else:
             from websockets.sync.client import connect
 
@@ -155,7 +170,43 @@ def _child_client(lib: str, url: str, count: int, interval: float) -> None:
     print("ready", len(conns), tid, flush=True)
     sys.stdin.readline()
     for ws in conns:
-        ws.close()
+        if lib == "raw":
+            ws.abort()  # its Close would wait for an answer the minimal loop swallows
+        else:
+            ws.close()
+
+
+def _minimal_keepalive(conns: list[Any], interval: float) -> None:
+    """The floor for a keepalive thread in Python: what the kernel and the least
+    Python cost per ping. One thread pings every connection every ``interval``
+    (timers in a heap, woken at most every ``interval / 20`` as blockws's
+    are, the same masked Ping frame each time) and reads the
+    Pongs (one ``recv`` per ready socket, not parsed). No liveness tracking,
+    no timeouts, no locks: not a keepalive, a yardstick for one."""
+    import heapq
+    import selectors
+    import socket
+
+    socks = [ws._transport.sock for ws in conns]  # the bench peeks inside: nothing else reads them
+    ping = bytes([0x89, 0x84, 1, 2, 3, 4]) + bytes(b ^ k for b, k in zip(b"ping", b"\x01\x02\x03\x04"))
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ, sock)
+    start = time.monotonic()
+    timers = [(start + i * interval / len(socks), i) for i in range(len(socks))]
+    heapq.heapify(timers)
+    try:
+        while timers:
+            now = time.monotonic()
+            while timers[0][0] <= now:
+                when, i = heapq.heappop(timers)
+                socks[i].send(ping)
+                heapq.heappush(timers, (when + interval, i))
+            # Batched as blockws batches its timers: a wake-up per ping costs more than the ping.
+            for key, _ in selector.select(max(timers[0][0] - now, interval / 20)):
+                key.data.recv(4096, socket.MSG_DONTWAIT)
+    except OSError:  # the connections are aborted at the end
+        pass
 
 
 def _plain_clients(url: str, count: int) -> None:
@@ -227,7 +278,7 @@ def run(
             rows.append({"library": lib, "side": "client", "connections": connected, **row})
             _stop(client)
             _stop(server)
-        if "server" in sides:
+        if "server" in sides and lib != "raw":  # raw: a client-side yardstick only
             # Server side: the server keeps N connections alive; clients are plain.
             server = _spawn("server", lib, str(interval))
             assert server.stdout is not None
@@ -266,7 +317,7 @@ def main() -> None:
         action="store_true",
         help="10,000 connections, ping every 5 s (--connections 10000 --interval 5)",
     )
-    parser.add_argument("--libraries", default="blockws,websockets", help="comma-separated: blockws,websockets")
+    parser.add_argument("--libraries", default="blockws,websockets", help="comma-separated: blockws,websockets,raw")
     parser.add_argument("--sides", default="client,server", help="comma-separated: client,server")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -159,8 +159,7 @@ class KeepAliveLink:
         try:
             ws._out.check_open()
             ws._pings.expect_unwaited(payload)
-            ws._out.queue(ws._proto.encode_control(Opcode.PING, payload))
-            ws._out.flush(Deadline(0))
+            ws._out.offer(ws._proto.encode_control(Opcode.PING, payload))
             return True
         except ConnectionClosed:
             return False

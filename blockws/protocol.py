@@ -327,13 +327,29 @@ class Protocol:
                     self._deliver(piece, False)
                 continue
 
-            # The hot path: a whole small unfragmented message, masked as it
-            # should be, no RSV bits, no trace. The general path below gives
-            # the same result for it, only slower; anything else goes there.
-            if not self._in_message and end - pos >= 2 and self.trace is None:
+            # The hot path: a whole small unfragmented message, or a Ping or
+            # Pong (the keepalive's), masked as it should be, no RSV bits, no
+            # trace. The general path below gives the same result for them,
+            # only slower; anything else goes there.
+            if end - pos >= 2 and self.trace is None:
                 b0 = data[pos]
                 b1 = data[pos + 1]
-                if (b0 == 0x82 or b0 == 0x81) and (b1 & 0x7F) < 126 and (b1 & 0x80) == mask_bit:
+                if (b0 == 0x89 or b0 == 0x8A) and (b1 & 0x7F) < 126 and (b1 & 0x80) == mask_bit:
+                    n = b1 & 0x7F
+                    start = pos + 6 if mask_bit else pos + 2
+                    if start + n <= end:
+                        payload = data[start : start + n]
+                        if mask_bit:
+                            payload = apply_mask(payload, data[pos + 2 : pos + 6])
+                        pos = start + n
+                        self._control(b0 & 0x0F, payload)
+                        continue
+                elif (
+                    (b0 == 0x82 or b0 == 0x81)
+                    and not self._in_message
+                    and (b1 & 0x7F) < 126
+                    and (b1 & 0x80) == mask_bit
+                ):
                     n = b1 & 0x7F
                     start = pos + 6 if mask_bit else pos + 2
                     if start + n <= end:

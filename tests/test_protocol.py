@@ -366,8 +366,8 @@ def test_pongs_held_are_bounded_and_the_latest_ping_is_answered():
 
 # -- the fast paths give what the general paths give ---------------------------
 # Protocol takes shortcuts for the common case: _parse() reads a whole small
-# unfragmented data frame in one step, encode_message() frames a small
-# message without encode_data(). Each shortcut must be invisible: same
+# unfragmented data frame, or a Ping or Pong, in one step; encode_message()
+# frames a small message without encode_data(). Each shortcut must be invisible: same
 # events, same errors, same bytes. A trace callback turns the parser's
 # shortcut off, so a traced Protocol is the general path to compare with.
 
