@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 
+from . import _accel
 from .codes import CloseCode, Opcode, may_be_sent
 from .exceptions import ProtocolError
 
@@ -202,14 +203,7 @@ def _mask_python(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     return _mask_chunked(data, key)
 
 
-_mask = _mask_python
-try:  # pragma: no cover - depends on whether the accelerator was built
-    import os as _os
-
-    if not _os.environ.get("BLOCKWS_NO_EXTENSIONS"):
-        from ._speedups import mask as _mask  # type: ignore[no-redef,import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover
-    pass
+_mask = _accel.mask or _mask_python
 
 ACCELERATED = _mask is not _mask_python
 #: ``mask(data, key)``: XOR with the key from the payload's first byte (the C accelerator when built).

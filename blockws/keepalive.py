@@ -325,12 +325,16 @@ class KeepAlive:
         # Servers accepting now (hold()): the thread stays for their next
         # connection even when none is registered.
         self._holders = 0
-        # A wake-up byte is on its way that the thread hasn't acted on.
+        # Two guards on waking the thread for a request (any kind: ADD,
+        # REMOVE, ARM). Rate: a request within _REARM_DELAY of the last
+        # wake-up (_notified_at) writes nothing, because the thread, having
+        # taken requests at _requests_taken_at, looks at the queue again
+        # within _REARM_DELAY anyway. Bytes: _notified says a wake-up byte
+        # is on its way that the thread hasn't taken, so there is one byte
+        # per pass at most and the socketpair never fills.
         self._notified = False
-        # When a request last woke the thread, and when the thread last
-        # took some (it looks again within _REARM_DELAY of that).
-        self._arm_notified = 0.0
-        self._armed_at = 0.0
+        self._notified_at = 0.0
+        self._requests_taken_at = 0.0
 
     @classmethod
     def shared(cls) -> KeepAlive:
@@ -339,6 +343,22 @@ class KeepAlive:
             if cls._shared is None or cls._shared._closed:
                 cls._shared = cls()
             return cls._shared
+
+    @classmethod
+    def resolve(cls, option: KeepAlive | bool | None) -> KeepAlive | None:
+        """The KeepAlive a ``keepalive=`` option means: True is :meth:`shared`,
+        None (or False) none.
+
+        Raises:
+            TypeError: ``option`` is none of these.
+        """
+        if option is True:
+            return cls.shared()
+        if isinstance(option, KeepAlive):
+            return option
+        if option is None or option is False:
+            return None
+        raise TypeError(f"keepalive must be a KeepAlive, True or None, not {option!r}")
 
     def __repr__(self) -> str:
         return f"KeepAlive(interval={self.interval}, timeout={self.timeout}, connections={self._count})"
@@ -440,9 +460,9 @@ class KeepAlive:
     def _notify_soon(self) -> None:
         """Have a queued request taken within _REARM_DELAY (the caller holds the lock)."""
         now = time.monotonic()
-        if now - self._arm_notified < _REARM_DELAY:
+        if now - self._notified_at < _REARM_DELAY:
             return  # the thread looks at the queue again within _REARM_DELAY
-        self._arm_notified = now
+        self._notified_at = now
         self._notify()
 
     def _notify(self) -> None:
@@ -474,7 +494,7 @@ class KeepAlive:
                     return
                 now = time.monotonic()
                 wait = self._check_timers(selector, conns, timers, now)
-                if now - self._armed_at < _REARM_DELAY:
+                if now - self._requests_taken_at < _REARM_DELAY:
                     wait = min(wait, _REARM_DELAY)  # more requests may be queued without a wake-up
                 for key, mask in selector.select(wait):
                     conn = key.data
@@ -529,7 +549,7 @@ class KeepAlive:
             self._requests.clear()
             self._notified = False  # later requests wake the thread again
         if requests:
-            self._armed_at = time.monotonic()  # and it looks again within _REARM_DELAY
+            self._requests_taken_at = time.monotonic()  # and it looks again within _REARM_DELAY
         # Served without the lock: threads opening and closing connections
         # wait for it, and this part makes system calls (the selector's).
         dropped = 0
@@ -555,7 +575,7 @@ class KeepAlive:
                 state = conns[conn]
                 if conn.input_ended:
                     self._update(selector, conn, state)  # still writes what is held
-                    timers.set(state, self._armed_at)  # its reader may have left a Close untaken
+                    timers.set(state, self._requests_taken_at)  # its reader may have left a Close untaken
                 elif conn.reader_busy():
                     # A reader back in recv() by now (a server echoing)
                     # reads for itself: watching it would only wake this
@@ -727,13 +747,10 @@ class KeepAlive:
 
 def attach(ws: WebSocket, keepalive: KeepAlive | bool | None) -> None:
     """Register ``ws`` with the ``keepalive=`` option's KeepAlive (True: the shared one)."""
-    if keepalive is True:
-        keepalive = KeepAlive.shared()
-    if isinstance(keepalive, KeepAlive):
+    chosen = KeepAlive.resolve(keepalive)
+    if chosen is not None:
         try:
-            keepalive.register(ws)
+            chosen.register(ws)
         except RuntimeError:
             ws.shutdown(socket.SHUT_RDWR)  # a closed KeepAlive: don't leak the connection
             raise
-    elif keepalive is not None and keepalive is not False:
-        raise TypeError(f"keepalive must be a KeepAlive, True or None, not {keepalive!r}")

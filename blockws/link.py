@@ -31,7 +31,7 @@ class KeepAliveLink:
     connection is its business.
     """
 
-    __slots__ = ("_ws", "wanted", "wake", "servicing")
+    __slots__ = ("_ws", "wanted", "wake", "servicing", "_fin_due")
 
     def __init__(self, ws: WebSocket) -> None:
         self._ws = ws
@@ -41,6 +41,9 @@ class KeepAliveLink:
         self.wake: Callable[[], None] | None = None
         # The keepalive thread is reading (settimeout(0) waits for it to end).
         self.servicing = False
+        # A server's answer to the peer's Close waits in the buffer: FIN
+        # goes once it is written (see answer_close).
+        self._fin_due = False
 
     def fileno(self) -> int:
         return self._ws.fileno()
@@ -90,6 +93,7 @@ class KeepAliveLink:
         try:
             held = len(out.buf)
             out.flush(Deadline(0))
+            self._fin_when_written()
             return len(out.buf) < held
         except ConnectionClosed:
             return False
@@ -188,16 +192,23 @@ class KeepAliveLink:
             if self.close_unanswered:
                 proto = ws._proto
                 proto.answer_close()
+                # Once our Close is written the closing handshake is done,
+                # and the server closes TCP first (RFC 6455 section 7.1.1):
+                # the client isn't kept waiting for a handler that may run
+                # for long. Its read side stays: recv() returns what came
+                # before the Close, then None; the socket goes with close().
+                self._fin_due = proto.side is Side.SERVER and proto.close_sent is not None
                 ws._out.flush(Deadline(0))
-                if proto.side is Side.SERVER and proto.close_sent is not None and not ws._out.buf:
-                    # The closing handshake is done, and the server closes
-                    # TCP first (RFC 6455 section 7.1.1): the client isn't
-                    # kept waiting for a handler that may run for long. Its
-                    # read side stays: recv() returns what came before the
-                    # Close, then None; the socket goes with close().
-                    ws._transport.half_close()
+                self._fin_when_written()
         except ConnectionClosed:
             pass
         finally:
             ws._out.release()
         return True
+
+    def _fin_when_written(self) -> None:
+        """Send the FIN :meth:`answer_close` left for when the buffer is written; hold the send lock."""
+        ws = self._ws
+        if self._fin_due and not ws._out.buf and not ws._proto.has_output:
+            self._fin_due = False
+            ws._transport.half_close()

@@ -220,10 +220,9 @@ class Server:
     def serve_forever(self) -> None:
         """Accept connections until :meth:`shutdown` is called."""
         self._stopped.clear()
-        keepalive = self.options.get("keepalive", True)
-        if keepalive is True:
-            keepalive = KeepAlive.shared()
-        if isinstance(keepalive, KeepAlive):
+        # Held while accepting: the keepalive thread stays for the next connection.
+        keepalive = KeepAlive.resolve(self.options.get("keepalive", True))
+        if keepalive is not None:
             keepalive.hold()
         try:
             self._selector.register(self.socket, selectors.EVENT_READ)
@@ -250,7 +249,7 @@ class Server:
             self._unregister(self._wake_r)
             for conn in list(self._refused):
                 self._forget_refused(conn)
-            if isinstance(keepalive, KeepAlive):
+            if keepalive is not None:
                 keepalive.release()
             self._stopped.set()
 

@@ -17,14 +17,13 @@ This module knows nothing of WebSocket frames; the caller holds the locks.
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import ssl
 import threading
-from collections.abc import Callable
 from typing import Any, Union
 
+from . import _accel
 from .utils import Deadline
 
 __all__ = ["Transport", "MSG_DONTWAIT", "READ_SIZE", "LARGE_READ_SIZE", "poll_ms"]
@@ -42,12 +41,7 @@ _FOREVER = Deadline(None)
 # kernel has no room): the C accelerator's, where it is built. With many
 # threads busy, taking the GIL back after socket.send() costs a wait and a
 # thread switch, more than the send itself.
-_send_now: Callable[[int, BytesLike], int] | None = None
-if MSG_DONTWAIT and not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
-    try:
-        from ._speedups import send_now as _send_now  # type: ignore[no-redef,import-not-found,unused-ignore]
-    except ImportError:  # pragma: no cover - the accelerator wasn't built
-        pass
+_send_now = _accel.send_now if MSG_DONTWAIT else None
 # Larger writes let the GIL go: copying them into the kernel takes long
 # enough for other threads to want it.
 KEEP_GIL_BELOW = 64 * 1024

@@ -86,6 +86,10 @@ def at_scale(full: int) -> int:
     return full if LARGE else max(1, full // 10)
 
 
+# The Windows code path (no select.poll, no MSG_DONTWAIT), which conftest.py
+# sets up on this machine when BLOCKWS_TEST_NO_POLL is set.
+FALLBACK_PATH = bool(os.environ.get("BLOCKWS_TEST_NO_POLL"))
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 

@@ -221,6 +221,41 @@ def test_a_busy_server_handler_doesnt_hold_the_clients_close(run_server):
         keepalive.close()
 
 
+def test_a_busy_server_sends_fin_once_its_held_answer_is_written(run_server):
+    """As above, with the server's answer stuck behind messages the client
+    hasn't read yet (held by the server, past the kernel's buffer): FIN
+    goes when the keepalive has written them and the Close, not when the
+    handler returns (the client's close() used to wait 3 s here)."""
+    release = threading.Event()
+    held: list[int] = []
+    message = os.urandom(65536)  # incompressible: permessage-deflate is on
+
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.write_limit = 1 << 20
+        # Whole messages until one doesn't fit: the last ones wait in the
+        # server's buffer, for the keepalive to write as the client reads.
+        for _ in range(10_000):
+            if blockws.broadcast([ws], message):
+                break
+        held.append(ws.buffered_amount)
+        release.wait(3)  # busy: not in recv()
+
+    keepalive = KeepAlive(close_grace=0.2)
+    server = run_server(handler, keepalive=keepalive)
+    try:
+        ws = blockws.connect(server.url, timeout=5, keepalive=None)
+        ws.shutdown(socket.SHUT_WR)  # our Close, and we read nothing yet
+        time.sleep(0.6)  # the server's keepalive answers it meanwhile, behind what it holds
+        assert held and held[0] > 0
+        start = time.monotonic()
+        ws.close()  # reads (and drops) the messages, then the Close, then waits for FIN
+        assert time.monotonic() - start < 1.5
+        assert ws.close_code == 1000
+    finally:
+        release.set()
+        keepalive.close()
+
+
 @pytest.mark.slow
 def test_a_reader_keeps_its_half_open_after_the_peers_close(run_server):
     """The half-close: the application that takes the Close with recv() may

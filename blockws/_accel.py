@@ -1,0 +1,33 @@
+"""The C accelerator's functions, loaded once for every module that uses them.
+
+Each name is None where the accelerator wasn't built (no compiler, or
+``BLOCKWS_NO_EXTENSIONS=1`` when installing) or is switched off
+(``BLOCKWS_NO_EXTENSIONS`` set when running): its users keep a pure-Python
+fallback, and the tests run both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Union
+
+__all__ = ["mask", "send_now"]
+
+_Bytes = Union[bytes, bytearray, memoryview]
+
+#: ``mask(data, key) -> bytes``: ``data`` XOR the 4-byte ``key`` repeated.
+mask: Callable[[_Bytes, bytes], bytes] | None = None
+#: ``send_now(fd, data) -> int``: one send() that never waits and keeps the
+#: GIL; 0 when the kernel has no room. Only where the platform has
+#: ``MSG_DONTWAIT`` (not Windows).
+send_now: Callable[[int, _Bytes], int] | None = None
+
+if not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
+    try:
+        from . import _speedups  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # pragma: no cover - the accelerator wasn't built
+        pass
+    else:
+        mask = _speedups.mask
+        send_now = getattr(_speedups, "send_now", None)
