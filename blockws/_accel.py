@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Union
+from typing import Any, Union
 
-__all__ = ["mask", "send_now"]
+__all__ = ["mask", "mask_inplace", "send_now", "Builder"]
 
 _Bytes = Union[bytes, bytearray, memoryview]
 
 #: ``mask(data, key) -> bytes``: ``data`` XOR the 4-byte ``key`` repeated.
 mask: Callable[[_Bytes, bytes], bytes] | None = None
+#: ``mask_inplace(buffer, key)``: the same XOR, in a writable buffer.
+mask_inplace: Callable[[memoryview, bytes], None] | None = None
+#: ``Builder(size)``: a ``bytes`` object under construction, lent as a
+#: writable buffer; ``take()`` returns it once no view of it is open.
+Builder: Callable[[int], Any] | None = None
 #: ``send_now(fd, data) -> int``: one send() that never waits and keeps the
 #: GIL; 0 when the kernel has no room. Only where the platform has
 #: ``MSG_DONTWAIT`` (not Windows).
@@ -30,4 +35,6 @@ if not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
         pass
     else:
         mask = _speedups.mask
+        mask_inplace = _speedups.mask_inplace
+        Builder = _speedups.Builder
         send_now = getattr(_speedups, "send_now", None)

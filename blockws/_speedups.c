@@ -3,9 +3,18 @@
  * mask(data, key) -> bytes: data XOR key repeated, 8 bytes at a time. The
  * pure-Python fallback in frames.py gives the same result; tests run both.
  *
+ * mask_inplace(buffer, key): the same XOR, in a writable buffer.
+ *
  * send_now(fd, data) -> int: one send() that never waits, made without
  * letting go of the GIL (where the platform has MSG_DONTWAIT). The
  * fallback in transport.py is socket.send(data, MSG_DONTWAIT).
+ *
+ * Builder(size): a bytes object of `size` bytes under construction. It
+ * lends its memory as a writable buffer (recv_into reads into it), and
+ * take() hands the bytes object over once no view of it is left: a large
+ * message goes from the kernel into the bytes that recv() returns, with no
+ * copy and no join. Nobody else sees the bytes object before take(), so
+ * writing into it does not break its immutability.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -16,6 +25,27 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #endif
+
+/* out[i] = in[i] ^ key[i % 4]; `in` and `out` may be the same memory. */
+static void
+xor_key(const unsigned char *in, unsigned char *out, Py_ssize_t n, const unsigned char *k)
+{
+    Py_ssize_t i = 0;
+    uint64_t k8;
+    unsigned char k8bytes[8];
+    memcpy(k8bytes, k, 4);
+    memcpy(k8bytes + 4, k, 4);
+    memcpy(&k8, k8bytes, 8);
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, in + i, 8); /* memcpy: no alignment assumptions */
+        w ^= k8;
+        memcpy(out + i, &w, 8);
+    }
+    for (; i < n; i++) {
+        out[i] = in[i] ^ k[i & 3];
+    }
+}
 
 static PyObject *
 mask(PyObject *self, PyObject *args)
@@ -32,27 +62,11 @@ mask(PyObject *self, PyObject *args)
     }
     PyObject *result = PyBytes_FromStringAndSize(NULL, data.len);
     if (result != NULL) {
-        const unsigned char *in = data.buf;
-        const unsigned char *k = key.buf;
         unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
-        Py_ssize_t n = data.len, i = 0;
-        uint64_t k8;
-        unsigned char k8bytes[8];
-        memcpy(k8bytes, k, 4);
-        memcpy(k8bytes + 4, k, 4);
-        memcpy(&k8, k8bytes, 8);
         /* Releasing the GIL costs a thread switch when another thread
          * waits for it: only worth it for large payloads. */
-        PyThreadState *state = n >= 65536 ? PyEval_SaveThread() : NULL;
-        for (; i + 8 <= n; i += 8) {
-            uint64_t w;
-            memcpy(&w, in + i, 8); /* memcpy: no alignment assumptions */
-            w ^= k8;
-            memcpy(out + i, &w, 8);
-        }
-        for (; i < n; i++) {
-            out[i] = in[i] ^ k[i & 3];
-        }
+        PyThreadState *state = data.len >= 65536 ? PyEval_SaveThread() : NULL;
+        xor_key(data.buf, out, data.len, key.buf);
         if (state != NULL) {
             PyEval_RestoreThread(state);
         }
@@ -61,6 +75,129 @@ mask(PyObject *self, PyObject *args)
     PyBuffer_Release(&key);
     return result;
 }
+
+static PyObject *
+mask_inplace(PyObject *self, PyObject *args)
+{
+    Py_buffer data, key;
+    if (!PyArg_ParseTuple(args, "w*y*:mask_inplace", &data, &key)) {
+        return NULL;
+    }
+    if (key.len != 4) {
+        PyBuffer_Release(&data);
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "mask key must be 4 bytes");
+        return NULL;
+    }
+    /* The GIL stays: a buffer exported to us may be resized by another
+     * thread only through its owner, which refuses while it is exported. */
+    xor_key(data.buf, data.buf, data.len, key.buf);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&key);
+    Py_RETURN_NONE;
+}
+
+/* -- Builder ------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *bytes; /* NULL once taken */
+    Py_ssize_t exports;
+} Builder;
+
+static PyObject *
+builder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t size;
+    static char *keywords[] = {"size", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n:Builder", keywords, &size)) {
+        return NULL;
+    }
+    if (size <= 0) {
+        /* Size 0 would be the shared empty bytes object: never write there. */
+        PyErr_SetString(PyExc_ValueError, "Builder size must be positive");
+        return NULL;
+    }
+    Builder *self = (Builder *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->bytes = PyBytes_FromStringAndSize(NULL, size);
+    if (self->bytes == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->exports = 0;
+    return (PyObject *)self;
+}
+
+static void
+builder_dealloc(Builder *self)
+{
+    Py_XDECREF(self->bytes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+builder_getbuffer(Builder *self, Py_buffer *view, int flags)
+{
+    if (self->bytes == NULL) {
+        PyErr_SetString(PyExc_BufferError, "the Builder's bytes were taken");
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, PyBytes_AS_STRING(self->bytes),
+                          PyBytes_GET_SIZE(self->bytes), 0, flags) < 0) {
+        return -1;
+    }
+    self->exports++;
+    return 0;
+}
+
+static void
+builder_releasebuffer(Builder *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyObject *
+builder_take(Builder *self, PyObject *unused)
+{
+    if (self->bytes == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the Builder's bytes were taken already");
+        return NULL;
+    }
+    if (self->exports > 0) {
+        PyErr_SetString(PyExc_BufferError, "a view of the Builder is still open");
+        return NULL;
+    }
+    PyObject *result = self->bytes;
+    self->bytes = NULL;
+    return result;
+}
+
+static PyBufferProcs builder_as_buffer = {
+    (getbufferproc)builder_getbuffer,
+    (releasebufferproc)builder_releasebuffer,
+};
+
+static PyMethodDef builder_methods[] = {
+    {"take", (PyCFunction)builder_take, METH_NOARGS,
+     "The bytes built (once, and only when no view of them is open)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BuilderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "blockws._speedups.Builder",
+    .tp_basicsize = sizeof(Builder),
+    .tp_dealloc = (destructor)builder_dealloc,
+    .tp_as_buffer = &builder_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Builder(size): bytes under construction, lent as a writable buffer until take().",
+    .tp_methods = builder_methods,
+    .tp_new = builder_new,
+};
 
 #ifdef MSG_DONTWAIT
 /* Why keep the GIL: socket.send() lets it go around the system call, and
@@ -97,6 +234,7 @@ send_now(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"mask", mask, METH_VARARGS, "XOR data with a 4-byte key repeated."},
+    {"mask_inplace", mask_inplace, METH_VARARGS, "XOR a writable buffer with a 4-byte key repeated, in place."},
 #ifdef MSG_DONTWAIT
     {"send_now", send_now, METH_VARARGS, "send(fd, data, MSG_DONTWAIT) keeping the GIL: bytes sent, 0 if none fit."},
 #endif
@@ -110,5 +248,18 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&BuilderType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&BuilderType);
+    if (PyModule_AddObject(m, "Builder", (PyObject *)&BuilderType) < 0) {
+        Py_DECREF(&BuilderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
+from . import _accel
 from .assembly import ABANDONED, Assembly
 from .codes import CloseCode, Opcode
 from .exceptions import BufferTooSmall, ConnectionClosed, ConnectionClosedError, ProtocolError
@@ -51,6 +52,14 @@ _FOREVER = Deadline(None)
 # Reads one non-blocking call may make while the kernel has data: enough to
 # take a large message already there, bounded against a flood.
 _NONBLOCKING_READS = 16
+# A binary message whose payload still to come is at least BUILD_FROM bytes
+# (and whose whole size, at most BUILD_MAX, the headers told) is read from
+# the kernel into the bytes that recv() returns, unmasked there: no pieces
+# and no join (only with the C accelerator, whose Builder lends a bytes
+# object's memory). BUILD_MAX bounds what a peer's header alone makes us
+# allocate when max_size is None.
+BUILD_FROM = 64 * 1024
+BUILD_MAX = 64 * 2**20
 # Errors that already say what happened: a send path lets them through
 # instead of reporting the connection lost.
 _NOT_A_LOSS = (ConnectionClosed, TimeoutError, BlockingIOError)
@@ -631,6 +640,10 @@ class WebSocket:
                             events.popleft()
                             return first.payload
                 elif not proto.input_ended:
+                    if proto._remaining >= BUILD_FROM:
+                        size = self._size_to_build()
+                        if size:
+                            return self._receive_built(size, deadline)
                     self._read(deadline)  # nothing parsed yet and nothing ended: read
                     continue
                 event = self._next_event(deadline)
@@ -641,6 +654,30 @@ class WebSocket:
                 parts.append(event.payload)
         finally:
             self._release_reader()
+
+    def _size_to_build(self) -> int:
+        """The size of the large binary message now arriving, if recv() may
+        read it into place (:meth:`_receive_built`); else 0."""
+        proto = self._proto
+        if _accel.Builder is None or proto.payload_to_place() < BUILD_FROM:
+            return 0
+        announced = proto.announced_size
+        if announced is None or not announced[1] or announced[0] > BUILD_MAX:
+            return 0  # its last frame's header is still to come, or too large to trust
+        return announced[0]
+
+    def _receive_built(self, size: int, deadline: Deadline) -> bytes | None:
+        """recv() of a binary message of ``size`` bytes, read into the bytes
+        returned; hold the recv lock. What came before it (kept pieces, parsed
+        events) is copied in first; a timeout keeps what came, as recv() does."""
+        assert _accel.Builder is not None
+        builder = _accel.Builder(size)
+        with memoryview(builder) as view:
+            received = self._receive_into(view, deadline)
+        if received is None:
+            return None
+        message: bytes = builder.take()
+        return message
 
     def recv_into(self, buffer: Any, nbytes: int = 0) -> int | None:
         """Receive the next message into ``buffer``; return its length in bytes.
@@ -658,10 +695,11 @@ class WebSocket:
         returns at the end of a stream, because 0 is the length of an
         empty message.
 
-        Large binary messages from a server (unmasked, uncompressed) are
-        read from the kernel straight into ``buffer``, without passing
-        through any other memory: the way to download large messages at the
-        speed of the socket. Other messages are copied into it.
+        Large uncompressed binary messages are read from the kernel
+        straight into ``buffer``, without passing through any other memory
+        (a client's masked payload is unmasked there, in place): the way to
+        download large messages at the speed of the socket. Other messages
+        are copied into it.
 
         A message that doesn't fit raises :exc:`~blockws.BufferTooSmall`
         (its ``size`` and ``nbytes`` say how far off) and is not consumed:
@@ -688,12 +726,16 @@ class WebSocket:
         try:
             if self._assembly.reader is not None:
                 self._skip_abandoned(deadline)
-            return self._receive_into(view, deadline)
+            received = self._receive_into(view, deadline)
         finally:
             self._release_reader()
+        if received is None:
+            return None
+        size, self.received_text = received
+        return size
 
-    def _receive_into(self, view: memoryview, deadline: Deadline) -> int | None:
-        """:meth:`recv_into`'s work; hold the recv lock.
+    def _receive_into(self, view: memoryview, deadline: Deadline) -> tuple[int, bool] | None:
+        """:meth:`recv_into`'s work: the message's length and whether it was text; hold the recv lock.
 
         Pieces the protocol parsed are copied into ``view``; when none is
         left and the protocol says the next bytes from the peer are payload
@@ -727,12 +769,12 @@ class WebSocket:
                         raise BufferTooSmall(announced[0], size, announced[1])
                     want = proto.payload_to_place()
                     if want:
-                        n = self._read(deadline, view[written : written + want])
+                        place = view[written : written + want]
+                        n = self._read(deadline, place)
                         if n:
                             written += n
-                            if proto.payload_placed(n):
-                                self.received_text = False
-                                return written
+                            if proto.payload_placed(n, place[:n]):
+                                return written, False
                     else:
                         self._read(deadline)
                     continue
@@ -754,8 +796,7 @@ class WebSocket:
                 view[written : written + n] = piece  # type: ignore[assignment]
                 written += n
                 if event.fin:
-                    self.received_text = text
-                    return written
+                    return written, text
         except BaseException:
             if written:
                 prefix = bytes(view[:written])

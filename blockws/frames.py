@@ -21,6 +21,7 @@ __all__ = [
     "encode_header",
     "parse_header",
     "apply_mask",
+    "unmask_inplace",
     "encode_close",
     "parse_close",
     "check_close_code",
@@ -220,6 +221,17 @@ def apply_mask(data: bytes | bytearray | memoryview, key: bytes, offset: int = 0
     if shift:
         key = key[shift:] + key[:shift]
     return _mask(data, key)
+
+
+def unmask_inplace(data: memoryview, key: bytes, offset: int = 0) -> None:
+    """:func:`apply_mask` in place, for a writable ``data``."""
+    shift = offset & 3
+    if shift:
+        key = key[shift:] + key[:shift]
+    if _accel.mask_inplace is not None:
+        _accel.mask_inplace(data, key)
+    else:
+        data[:] = _mask(data, key)
 
 
 def encode_close(code: int | None, reason: str = "") -> bytes:

@@ -60,6 +60,7 @@ from .frames import (
     mask,
     parse_close,
     parse_header,
+    unmask_inplace,
 )
 
 __all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE"]
@@ -436,7 +437,7 @@ class Protocol:
         """Payload bytes the I/O layer may read from the peer into their final place itself.
 
         Non-zero only in the middle of a binary data frame that needs no
-        work here (not masked, not compressed), with nothing buffered and
+        work here but unmasking (not compressed), with nothing buffered and
         every event taken: the next bytes from the peer are then exactly
         that many bytes of the message, in order, after every piece already
         handed out. The I/O layer may read up to that many straight into the
@@ -446,8 +447,7 @@ class Protocol:
         UTF-8 is validated and decoded here.)
         """
         if (
-            self._frame_mask is not None
-            or self._msg_text
+            self._msg_text
             or self._msg_compressed
             or self._buf
             or self.events
@@ -457,14 +457,23 @@ class Protocol:
             return 0
         return self._remaining
 
-    def payload_placed(self, n: int) -> bool:
+    def payload_placed(self, n: int, placed: memoryview | None = None) -> bool:
         """``n`` bytes of the current frame's payload (at most :meth:`payload_to_place`)
         were read into place by the I/O layer; returns whether they ended the message.
 
-        No :class:`Data` event is made for them: the I/O layer already has them.
+        ``placed`` is where they were read: a masked frame's bytes (a
+        client's, to a server) are unmasked there, in place, so it is
+        required for those. No :class:`Data` event is made for them: the
+        I/O layer already has them.
         """
         if not 0 < n <= self.payload_to_place():
             raise ValueError(f"{n} payload bytes placed, {self.payload_to_place()} could be")
+        key = self._frame_mask
+        if key is not None:
+            if placed is None or len(placed) != n:
+                raise ValueError("a masked frame's placed bytes must be given, to be unmasked")
+            unmask_inplace(placed, key, self._frame_offset)
+            self._frame_offset += n
         self._remaining -= n
         if self._remaining or not self._frame_fin:
             return False

@@ -521,11 +521,14 @@ def place_or_feed(proto: Protocol, wire: bytes, chunks: list[int]) -> tuple[list
         size = next(sizes, 1 << 20)
         if want:
             n = min(want, size, len(wire) - pos)
+            start = len(message)
             message.extend(wire[pos : pos + n])
             pos += n
             placed += n
             assert (announced := proto.announced_size) is not None and announced[0] >= len(message)
-            if proto.payload_placed(n):
+            with memoryview(message) as view:
+                done = proto.payload_placed(n, view[start:])  # unmasked there, if masked
+            if done:
                 assert announced[1] and announced[0] == len(message)
                 out.append(bytes(message))
                 message.clear()
@@ -547,11 +550,13 @@ def place_or_feed(proto: Protocol, wire: bytes, chunks: list[int]) -> tuple[list
     ),
     st.lists(st.integers(1, 5000), max_size=40),
     st.booleans(),
+    st.sampled_from([Side.SERVER, Side.CLIENT]),
 )
-def test_placed_payload_gives_the_same_messages(messages, chunks, pings):
+def test_placed_payload_gives_the_same_messages(messages, chunks, pings, sender_side):
     """Reading payload into place where the protocol offers it, and feeding the rest,
-    gives the same messages as feeding everything; pings between fragments answered."""
-    server = Protocol(Side.SERVER)
+    gives the same messages as feeding everything (masked ones unmasked in place);
+    pings between fragments answered."""
+    sender = Protocol(sender_side)
     wire = b""
     expected: list[Any] = []
     sent_pings = 0
@@ -561,18 +566,18 @@ def test_placed_payload_gives_the_same_messages(messages, chunks, pings):
         bounds = sorted({min(c, len(payload)) for c in cuts})
         pieces = [payload[a:b] for a, b in zip([0, *bounds], [*bounds, len(payload)])]
         for i, piece in enumerate(pieces):
-            wire += frames_of(server, piece, text, i == len(pieces) - 1)
+            wire += frames_of(sender, piece, text, i == len(pieces) - 1)
             if pings:
-                wire += server.encode_control(Opcode.PING, b"p%d" % i)
+                wire += sender.encode_control(Opcode.PING, b"p%d" % i)
                 sent_pings += 1
         expected.append(message)
-    server.send_close()
-    wire += b"".join(server.data_to_send())
-    client = Protocol(Side.CLIENT, max_size=None)
-    out, placed = place_or_feed(client, wire, chunks)
+    sender.send_close()
+    wire += b"".join(sender.data_to_send())
+    receiver = Protocol(Side.CLIENT if sender_side is Side.SERVER else Side.SERVER, max_size=None)
+    out, placed = place_or_feed(receiver, wire, chunks)
     assert out[:-1] == expected
     assert isinstance(out[-1], Close) and out[-1].code == 1000
-    assert len(client.data_to_send()) == min(sent_pings, 16)  # every ping answered (the latest 16 kept)
+    assert len(receiver.data_to_send()) == min(sent_pings, 16)  # every ping answered (the latest 16 kept)
 
 
 def test_payload_to_place_only_where_nothing_is_to_be_done():
@@ -596,10 +601,17 @@ def test_payload_to_place_only_where_nothing_is_to_be_done():
     head, _ = server.encode_data(b"hello", True, True)
     client.receive_data(head)
     assert client.payload_to_place() == 0 and client.announced_size == (5, True)
-    masked_frame = Protocol(Side.CLIENT).encode_data(b"abc", False, True)[0]
+    # A masked frame (to a server) is offered: its bytes are unmasked where they were placed.
+    masked_head, masked_body = Protocol(Side.CLIENT).encode_data(b"abcdef", False, True)
     receiver = Protocol(Side.SERVER)
-    receiver.receive_data(masked_frame)
-    assert receiver.payload_to_place() == 0
+    receiver.receive_data(masked_head)
+    assert receiver.payload_to_place() == 6
+    with pytest.raises(ValueError):
+        receiver.payload_placed(2)  # where they are must be said, to unmask them
+    placed = bytearray(masked_body)
+    assert not receiver.payload_placed(1, memoryview(placed)[:1])
+    assert receiver.payload_placed(5, memoryview(placed)[1:])  # the key goes on from where it was
+    assert placed == b"abcdef"
 
 
 def test_announced_size_grows_with_fragments_and_knows_the_last():

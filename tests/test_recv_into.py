@@ -299,6 +299,48 @@ def test_timeout_inside_a_frame_loses_nothing(raw_server, finish):
             event.set()
 
 
+@pytest.mark.parametrize("finish", ["recv", "recv_fragments"])
+def test_recv_of_a_large_frame_times_out_and_loses_nothing(raw_server, finish):
+    """recv() reads a large binary frame into the bytes it returns (with the
+    accelerator): cut inside its payload, timed-out calls keep what came, and the
+    next recv() or recv_fragments() goes on from there."""
+    payload = random.Random(5).randbytes(600_000)
+    frame = encode_header(Opcode.BINARY, len(payload), True) + payload
+    cuts = [frame[:100_000], frame[100_000:300_000], frame[300_000:]]
+    go = [threading.Event() for _ in cuts]
+
+    def script(conn: socket.socket) -> None:
+        for event, piece in zip(go, cuts):
+            event.wait(5)
+            conn.sendall(piece)
+        conn.sendall(encode_header(Opcode.BINARY, 5) + b"after")
+
+    server = raw_server(script)
+    try:
+        with blockws.connect(server.url, timeout=0.2, close_timeout=1, max_size=None, keepalive=None) as ws:
+            for i, event in enumerate(go[:2]):
+                event.set()
+                time.sleep(0.05)
+                if i == 1:
+                    ws.setblocking(False)
+                    with pytest.raises(BlockingIOError):
+                        ws.recv()
+                    ws.settimeout(0.2)
+                with pytest.raises(TimeoutError):
+                    ws.recv()
+            go[2].set()
+            ws.settimeout(5)
+            if finish == "recv":
+                assert ws.recv() == payload
+            else:
+                assert b"".join(ws.recv_fragments()) == payload
+            assert ws.recv() == b"after"
+            assert ws.recv() is None
+    finally:
+        for event in go:
+            event.set()
+
+
 def test_recv_into_takes_over_what_recv_kept(run_server):
     go = threading.Event()
 
@@ -482,15 +524,28 @@ def test_from_a_websockets_client(run_server):
     assert not failures, failures
 
 
-def test_payload_is_read_into_place_on_the_client_only(run_server, monkeypatch):
-    """The point of recv_into(): a large unmasked binary message goes from the kernel
-    straight into the buffer (counted here at the protocol's seam); masked ones don't."""
-    placed: list[int] = []
+@pytest.mark.parametrize("receive", ["recv_into", "recv"])
+def test_large_payload_is_read_into_place_both_ways(run_server, monkeypatch, receive):
+    """The point of recv_into(): a large binary message goes from the kernel straight
+    into the buffer (counted here at the protocol's seam), unmasked there on the
+    server. recv() does the same with the C accelerator: into the bytes it returns."""
+    if receive == "recv" and blockws._accel.Builder is None:
+        pytest.skip("recv() reads into place only with the C accelerator")
+    placed: list[tuple[blockws.protocol.Side, int]] = []
     real = blockws.protocol.Protocol.payload_placed
 
-    def counting(self: blockws.protocol.Protocol, n: int) -> bool:
-        placed.append(n)
-        return real(self, n)
+    def counting(self: blockws.protocol.Protocol, n: int, view: Any = None) -> bool:
+        placed.append((self.side, n))
+        return real(self, n, view)
+
+    def placed_by(side: blockws.protocol.Side) -> int:
+        return sum(n for s, n in placed if s is side)
+
+    def check(ws: blockws.WebSocket) -> None:
+        if receive == "recv_into":
+            check_into(ws, message)
+        else:
+            assert ws.recv() == message
 
     monkeypatch.setattr(blockws.protocol.Protocol, "payload_placed", counting)
     message = random.Random(17).randbytes(1 << 20)
@@ -500,15 +555,18 @@ def test_payload_is_read_into_place_on_the_client_only(run_server, monkeypatch):
     def handler(ws: blockws.WebSocket) -> None:
         ws.sendall(message)
         client_done.wait(5)
-        received.append(len(placed))
-        check_into(ws, message)
-        received.append(len(placed))
+        check(ws)
+        received.append(placed_by(blockws.protocol.Side.SERVER))
 
-    server = run_server(handler, max_size=None)
+    # No keepalive: it would read what arrives while the handler waits.
+    server = run_server(handler, max_size=None, keepalive=None)
     with blockws.connect(server.url, timeout=5, max_size=None, compression=None, keepalive=None) as ws:
-        check_into(ws, message)
-        assert sum(placed) >= len(message) - 256 * 1024  # at most a first read went through the parser
+        check(ws)
+        # At most a first read went through the parser.
+        assert placed_by(blockws.protocol.Side.CLIENT) >= len(message) - 256 * 1024
         client_done.set()
+        ws.settimeout(None)  # one frame (with a timeout, each partial write is a frame)
         ws.sendall(message)
+        assert ws.recv() is None  # the handler is done
     server.stop()
-    assert received[0] == received[1]  # nothing placed on the server side (masked frames)
+    assert received[0] >= len(message) - 256 * 1024  # masked: unmasked in place

@@ -87,3 +87,37 @@ def test_send_now_writes_what_fits_and_reports_errors() -> None:
     with pytest.raises(OSError) as info:
         speedups.send_now(a.fileno(), b"x")  # closed: fileno() is -1
     assert info.value.errno == errno.EBADF
+
+
+@given(st.binary(max_size=300), st.binary(min_size=4, max_size=4), st.integers(0, 7))
+def test_c_mask_inplace_matches_mask(data, key, start):
+    buf = bytearray(b"\xaa" * start + data + b"\xbb")
+    speedups.mask_inplace(memoryview(buf)[start : start + len(data)], key)
+    assert buf == b"\xaa" * start + frames._mask_python(data, key) + b"\xbb"  # nothing else touched
+    view = memoryview(bytearray(data))
+    frames.unmask_inplace(view, key, start)  # the offset in the frame turns the key
+    assert bytes(view) == frames.apply_mask(data, key, start)
+
+
+def test_c_mask_inplace_needs_a_writable_buffer_and_a_4_byte_key() -> None:
+    with pytest.raises(TypeError):
+        speedups.mask_inplace(b"read-only", b"1234")
+    with pytest.raises(ValueError):
+        speedups.mask_inplace(bytearray(3), b"123")
+
+
+def test_builder_lends_its_bytes_until_taken() -> None:
+    builder = speedups.Builder(10)
+    with memoryview(builder) as view:
+        view[:5] = b"hello"
+        view[5:] = b"world"
+        with pytest.raises(BufferError):
+            builder.take()  # a view is open: the bytes could still change
+    message = builder.take()
+    assert message == b"helloworld" and type(message) is bytes
+    with pytest.raises(BufferError):
+        memoryview(builder)  # handed over: no more writing
+    with pytest.raises(ValueError):
+        builder.take()
+    with pytest.raises(ValueError):
+        speedups.Builder(0)  # the empty bytes object is shared: never written
