@@ -76,7 +76,6 @@ from __future__ import annotations
 import enum
 import heapq
 import logging
-import os
 import selectors
 import socket
 import threading
@@ -87,6 +86,7 @@ from typing import Protocol
 
 from .codes import CloseCode
 from .connection import WebSocket
+from .protocol import RandomKeys
 
 __all__ = ["KeepAlive", "attach"]
 
@@ -99,8 +99,6 @@ DEFAULT_CLOSE_GRACE = 1.0
 # How late a re-armed connection may come back into the selector (pings
 # and Close frames wait that much longer at most).
 _REARM_DELAY = 0.05
-# Random bytes drawn at once for ping payloads (4 bytes a ping).
-_PAYLOAD_POOL = 4096
 
 
 class Watched(Protocol):
@@ -224,15 +222,12 @@ class _Timers:
     Belongs to one run of the thread (a new run starts afresh).
     """
 
-    __slots__ = ("timers", "graces", "seq", "pool", "pool_at")
+    __slots__ = ("timers", "graces", "seq")
 
     def __init__(self) -> None:
         self.timers: list[tuple[float, int, _Tracking]] = []
         self.graces: list[tuple[float, int, _Tracking]] = []
         self.seq = 0
-        # Random bytes for ping payloads, drawn from the OS in bulk.
-        self.pool = b""
-        self.pool_at = 0
 
     def set(self, state: _Tracking, when: float, grace: bool = False) -> None:
         """Look at the connection at ``when`` (and not at its earlier time)."""
@@ -257,15 +252,6 @@ class _Timers:
         if self.graces:
             wait = min(wait, max(self.graces[0][0] - now, 0.0))
         return wait
-
-    def payload(self) -> bytes:
-        """4 random bytes for a ping."""
-        at = self.pool_at
-        if at >= len(self.pool):
-            self.pool = os.urandom(_PAYLOAD_POOL)
-            at = 0
-        self.pool_at = at + 4
-        return self.pool[at : at + 4]
 
 
 class KeepAlive:
@@ -335,6 +321,8 @@ class KeepAlive:
         self._notified = False
         self._notified_at = 0.0
         self._requests_taken_at = 0.0
+        # Ping payloads (the thread's own), drawn from the OS in bulk.
+        self._payloads = RandomKeys()
 
     @classmethod
     def shared(cls) -> KeepAlive:
@@ -712,7 +700,7 @@ class KeepAlive:
         # then moves the next ping to interval after it.
         later = now + interval
         if not state.ping_sent:
-            if conn.send_ping(timers.payload()):
+            if conn.send_ping(self._payloads.next()):
                 # The clock runs from the ping actually sent.
                 state.ping_at = now
                 state.ping_sent = True

@@ -63,7 +63,7 @@ from .frames import (
     unmask_inplace,
 )
 
-__all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE"]
+__all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE", "RandomKeys"]
 
 DEFAULT_MAX_SIZE = 2**20
 # Pongs the protocol holds while the connection can't write them (each one
@@ -123,8 +123,9 @@ Event = Union[Data, Close]
 _new_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
-class _MaskKeys:
-    """Masking keys from the OS's CSPRNG, fetched 4 KiB at a time."""
+class RandomKeys:
+    """4-byte random values (masking keys, ping payloads) from the OS's
+    CSPRNG, fetched 4 KiB at a time: one system call per 1,024 of them."""
 
     __slots__ = ("_pool", "_pos")
 
@@ -186,7 +187,7 @@ class Protocol:
         # Pongs in _out, and where the last one is (past the bound, a newer replaces it).
         self._pongs_queued = 0
         self._last_pong_at = 0
-        self._mask_keys = _MaskKeys() if side is Side.CLIENT else None
+        self._mask_keys = RandomKeys() if side is Side.CLIENT else None
         # Receiving: the leftover of the last read (a partial header or a
         # partial control frame), and the data frame being streamed.
         self._buf = b""
