@@ -89,9 +89,13 @@ mask_inplace(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "mask key must be 4 bytes");
         return NULL;
     }
-    /* The GIL stays: a buffer exported to us may be resized by another
-     * thread only through its owner, which refuses while it is exported. */
+    /* As in mask(), the GIL goes for large buffers only. Letting it go is
+     * safe: while exported to us, the buffer can't be resized or freed. */
+    PyThreadState *state = data.len >= 65536 ? PyEval_SaveThread() : NULL;
     xor_key(data.buf, data.buf, data.len, key.buf);
+    if (state != NULL) {
+        PyEval_RestoreThread(state);
+    }
     PyBuffer_Release(&data);
     PyBuffer_Release(&key);
     Py_RETURN_NONE;
