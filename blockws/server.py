@@ -90,6 +90,9 @@ def check_options(options: dict[str, Any]) -> None:
     inspect.signature(accept).bind(None, **options)
     check_subprotocols(options.get("subprotocols"))
     deflate.settings(options.get("compression", "deflate"))
+    keepalive = options.get("keepalive", True)
+    if keepalive is not True:  # (True would make the shared KeepAlive now)
+        KeepAlive.resolve(keepalive)
 
 
 class WebSocketHandler(socketserver.BaseRequestHandler):

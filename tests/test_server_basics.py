@@ -203,6 +203,8 @@ def test_tls_both_sides(run_server, tls):
 def test_unknown_options_fail_at_once():
     with pytest.raises(TypeError):
         blockws.serve(lambda ws: None, "127.0.0.1", 0, max_sise=10)
+    with pytest.raises(TypeError, match="keepalive must be"):
+        blockws.serve(lambda ws: None, "127.0.0.1", 0, keepalive=20)  # seconds: KeepAlive(interval=20)
 
 
 # -- where the server listens: IPv6, dual-stack, the caller's socket, a Unix socket
