@@ -47,29 +47,44 @@ xor_key(const unsigned char *in, unsigned char *out, Py_ssize_t n, const unsigne
     }
 }
 
+/* xor_key, letting go of the GIL for large payloads only: releasing it
+ * costs a thread switch when another thread waits for it. Safe: while
+ * exported to us, the buffers can't be resized or freed. */
+static void
+xor_key_released(const unsigned char *in, unsigned char *out, Py_ssize_t n, const unsigned char *k)
+{
+    if (n < 65536) {
+        xor_key(in, out, n, k);
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    xor_key(in, out, n, k);
+    Py_END_ALLOW_THREADS
+}
+
+/* 0 if `key` is 4 bytes; else release both buffers, set ValueError, -1. */
+static int
+check_key(Py_buffer *data, Py_buffer *key)
+{
+    if (key->len == 4) {
+        return 0;
+    }
+    PyBuffer_Release(data);
+    PyBuffer_Release(key);
+    PyErr_SetString(PyExc_ValueError, "mask key must be 4 bytes");
+    return -1;
+}
+
 static PyObject *
 mask(PyObject *self, PyObject *args)
 {
     Py_buffer data, key;
-    if (!PyArg_ParseTuple(args, "y*y*:mask", &data, &key)) {
-        return NULL;
-    }
-    if (key.len != 4) {
-        PyBuffer_Release(&data);
-        PyBuffer_Release(&key);
-        PyErr_SetString(PyExc_ValueError, "mask key must be 4 bytes");
+    if (!PyArg_ParseTuple(args, "y*y*:mask", &data, &key) || check_key(&data, &key) < 0) {
         return NULL;
     }
     PyObject *result = PyBytes_FromStringAndSize(NULL, data.len);
     if (result != NULL) {
-        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
-        /* Releasing the GIL costs a thread switch when another thread
-         * waits for it: only worth it for large payloads. */
-        PyThreadState *state = data.len >= 65536 ? PyEval_SaveThread() : NULL;
-        xor_key(data.buf, out, data.len, key.buf);
-        if (state != NULL) {
-            PyEval_RestoreThread(state);
-        }
+        xor_key_released(data.buf, (unsigned char *)PyBytes_AS_STRING(result), data.len, key.buf);
     }
     PyBuffer_Release(&data);
     PyBuffer_Release(&key);
@@ -80,22 +95,10 @@ static PyObject *
 mask_inplace(PyObject *self, PyObject *args)
 {
     Py_buffer data, key;
-    if (!PyArg_ParseTuple(args, "w*y*:mask_inplace", &data, &key)) {
+    if (!PyArg_ParseTuple(args, "w*y*:mask_inplace", &data, &key) || check_key(&data, &key) < 0) {
         return NULL;
     }
-    if (key.len != 4) {
-        PyBuffer_Release(&data);
-        PyBuffer_Release(&key);
-        PyErr_SetString(PyExc_ValueError, "mask key must be 4 bytes");
-        return NULL;
-    }
-    /* As in mask(), the GIL goes for large buffers only. Letting it go is
-     * safe: while exported to us, the buffer can't be resized or freed. */
-    PyThreadState *state = data.len >= 65536 ? PyEval_SaveThread() : NULL;
-    xor_key(data.buf, data.buf, data.len, key.buf);
-    if (state != NULL) {
-        PyEval_RestoreThread(state);
-    }
+    xor_key_released(data.buf, data.buf, data.len, key.buf);
     PyBuffer_Release(&data);
     PyBuffer_Release(&key);
     Py_RETURN_NONE;
