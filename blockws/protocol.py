@@ -336,40 +336,32 @@ class Protocol:
             if end - pos >= 2 and self.trace is None:
                 b0 = data[pos]
                 b1 = data[pos + 1]
-                if (b0 == 0x89 or b0 == 0x8A) and (b1 & 0x7F) < 126 and (b1 & 0x80) == mask_bit:
-                    n = b1 & 0x7F
-                    start = pos + 6 if mask_bit else pos + 2
-                    if start + n <= end:
-                        payload = data[start : start + n]
-                        if mask_bit:
-                            payload = apply_mask(payload, data[pos + 2 : pos + 6])
-                        pos = start + n
-                        self._control(b0 & 0x0F, payload)
-                        continue
-                elif (
-                    (b0 == 0x82 or b0 == 0x81)
-                    and not self._in_message
-                    and (b1 & 0x7F) < 126
+                n = b1 & 0x7F
+                control = b0 == 0x89 or b0 == 0x8A
+                if (
+                    n < 126
                     and (b1 & 0x80) == mask_bit
+                    and (control or ((b0 == 0x82 or b0 == 0x81) and not self._in_message))
                 ):
-                    n = b1 & 0x7F
                     start = pos + 6 if mask_bit else pos + 2
                     if start + n <= end:
-                        if self.max_size is not None and n > self.max_size:
+                        if not control and self.max_size is not None and n > self.max_size:
                             raise PayloadTooBig(f"frame of {n} bytes exceeds max_size={self.max_size}")
                         payload = data[start : start + n]
                         if mask_bit:
                             payload = apply_mask(payload, data[pos + 2 : pos + 6])
                         pos = start + n
-                        if b0 == 0x82:
+                        if control:
+                            self._control(b0 & 0x0F, payload)
+                        elif b0 == 0x82:
                             events.append(Data(payload, False, True))
-                            continue
-                        try:
-                            events.append(Data(payload.decode("utf-8"), True, True))
-                        except UnicodeDecodeError as exc:
-                            raise ProtocolError(
-                                f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA
-                            ) from exc
+                        else:
+                            try:
+                                events.append(Data(payload.decode("utf-8"), True, True))
+                            except UnicodeDecodeError as exc:
+                                raise ProtocolError(
+                                    f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA
+                                ) from exc
                         continue
 
             header = parse_header(data, pos)
