@@ -168,7 +168,13 @@ class WebSocket:
 
     @property
     def write_limit(self) -> int:
-        """The most bytes held here, accepted by :meth:`send` and not yet taken by the kernel."""
+        """The most bytes held here, accepted by :meth:`send` and not yet taken by the kernel.
+
+        :attr:`buffered_amount` goes past it by one control frame of ours at
+        most (a pong, the Close or a keepalive ping: 131 bytes or less);
+        :func:`~blockws.broadcast` may hold one whole message for a peer
+        that has nothing else held.
+        """
         return self._out.limit
 
     @write_limit.setter
@@ -225,7 +231,11 @@ class WebSocket:
 
         In non-blocking mode the keepalive thread leaves reading to the
         application (it still pings): ``select()`` then sees every byte
-        that arrives, and :meth:`recv` answers the peer's pings.
+        that arrives, and :meth:`recv` answers the peer's pings. A
+        non-blocking :meth:`send` reads what has arrived too (a program
+        that only sends still answers pings, shows the peer alive and
+        learns of its Close): a message it read waits for :meth:`recv`,
+        and :meth:`pending` says so, so check it before ``select()``.
         """
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be None or >= 0")
@@ -390,6 +400,8 @@ class WebSocket:
                     return len(data)
             finally:
                 out.release()
+        if self._timeout == 0:
+            self._read_for_keepalive()
         text, payload_ = _payload(data)
         deadline = Deadline(self._timeout)
         with self._sending(deadline, text):
@@ -418,6 +430,8 @@ class WebSocket:
         if self._timeout is None:
             self.send(data)  # blocking: send() accepts everything anyway
             return
+        if self._timeout == 0:
+            self._read_for_keepalive()
         text, payload = _payload(data)
         deadline = Deadline(self._timeout)
         view = memoryview(payload)
@@ -435,6 +449,18 @@ class WebSocket:
             # caller can finish the message with the rest.
             exc.accepted = len(str(view[:done], "utf-8")) if text else done  # type: ignore[union-attr]
             raise
+
+    def _read_for_keepalive(self) -> None:
+        """Non-blocking mode: what the keepalive would read, read by a sender.
+
+        The keepalive leaves reading to the application then, so that
+        ``select()`` sees every byte; a program that only sends would never
+        read the pongs that show the peer alive, nor the peer's Close
+        (:meth:`KeepAliveLink.take_arrived <blockws.link.KeepAliveLink.take_arrived>`).
+        """
+        link = self._keepalive
+        if link.wake is not None:
+            link.take_arrived()
 
     def _offer(self, payload: bytes, text: bool, shared: dict[object, bytes]) -> bool | None:
         """:func:`~blockws.broadcast`'s part: the whole message now, or nothing, never waiting for the peer.

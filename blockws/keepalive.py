@@ -20,10 +20,16 @@ connection registered with it (not a thread per connection):
   timeout"), the socket is closed, and threads blocked in
   ``recv()``/``send()`` wake at once with ``ConnectionClosedError``. The
   clock does not run while reading is paused because the application left
-  ``_READ_LIMIT`` bytes unread (the pong may wait behind them in the kernel).
+  ``_READ_LIMIT`` bytes unread (the pong may wait behind them in the kernel),
+  nor, in non-blocking mode, while bytes wait in the kernel for the
+  application's own ``recv()`` (:meth:`Watched.unread`).
 * While the application is not inside ``recv()``, the thread reads what
   arrives (:meth:`Watched.service`): pings get their pongs, pongs and Close
-  frames are noted, messages wait in order for the next ``recv()``. While
+  frames are noted, messages wait in order for the next ``recv()``. In
+  non-blocking mode it doesn't (the application's ``select()`` must see
+  every byte): the application's ``send()`` calls read what has arrived
+  instead, so a program that only sends still answers pings, shows the
+  peer alive and learns of its Close. While
   the application is inside ``recv()``, its thread does that work; the
   socket leaves the selector and comes back when the reader is done (the
   connection calls :meth:`KeepAlive._wake`) and hasn't come back to
@@ -86,15 +92,13 @@ from typing import Protocol
 
 from .codes import CloseCode
 from .connection import WebSocket
+from .link import READ_LIMIT as _READ_LIMIT
 from .protocol import RandomKeys
 
 __all__ = ["KeepAlive", "attach"]
 
 logger = logging.getLogger("blockws.keepalive")
 
-# Bytes a connection may hold for the application before the keepalive
-# thread stops reading it (backpressure reaches the peer again).
-_READ_LIMIT = 1 << 20
 DEFAULT_CLOSE_GRACE = 1.0
 # How late a re-armed connection may come back into the selector (pings
 # and Close frames wait that much longer at most).
@@ -134,6 +138,9 @@ class Watched(Protocol):
     @property
     def close_unanswered(self) -> bool:
         """The peer's Close arrived and neither the application nor we took it."""
+
+    def unread(self) -> bool:
+        """Non-blocking mode: bytes wait in the kernel for the application's ``recv()``."""
 
     def held(self) -> int:
         """Bytes read and not yet taken by the application."""
@@ -690,9 +697,10 @@ class KeepAlive:
         if state.ping_at is None or state.ping_at < alive:
             state.ping_at = now
             state.ping_sent = False
-        if conn.held() >= _READ_LIMIT:
-            # Reading is paused until the application catches up: the
-            # pong may be waiting behind what it left unread.
+        if conn.held() >= _READ_LIMIT or conn.unread():
+            # Reading is paused until the application catches up (or, in
+            # non-blocking mode, reads for itself): the pong may be
+            # waiting behind what it left unread.
             state.ping_at = now
             timers.set(state, now + interval)
             return

@@ -19,7 +19,11 @@ from .utils import Deadline
 if TYPE_CHECKING:
     from .connection import WebSocket
 
-__all__ = ["KeepAliveLink"]
+__all__ = ["KeepAliveLink", "READ_LIMIT"]
+
+# Bytes a connection may hold for the application before the keepalive
+# stops reading it (backpressure reaches the peer again).
+READ_LIMIT = 1 << 20
 
 
 class KeepAliveLink:
@@ -31,7 +35,7 @@ class KeepAliveLink:
     connection is its business.
     """
 
-    __slots__ = ("_ws", "wanted", "wake", "servicing", "_fin_due")
+    __slots__ = ("_ws", "wanted", "wake", "servicing")
 
     def __init__(self, ws: WebSocket) -> None:
         self._ws = ws
@@ -41,9 +45,6 @@ class KeepAliveLink:
         self.wake: Callable[[], None] | None = None
         # The keepalive thread is reading (settimeout(0) waits for it to end).
         self.servicing = False
-        # A server's answer to the peer's Close waits in the buffer: FIN
-        # goes once it is written (see answer_close).
-        self._fin_due = False
 
     def fileno(self) -> int:
         return self._ws.fileno()
@@ -93,7 +94,6 @@ class KeepAliveLink:
         try:
             held = len(out.buf)
             out.flush(Deadline(0))
-            self._fin_when_written()
             return len(out.buf) < held
         except ConnectionClosed:
             return False
@@ -120,7 +120,9 @@ class KeepAliveLink:
         self.servicing = True
         try:
             if ws._timeout == 0:
-                return False  # non-blocking: the application's select() loop reads (see settimeout)
+                # Non-blocking: the application's select() loop reads, and
+                # its send() calls read for us (see take_arrived).
+                return False
             if ws._held() >= limit or not ws._recv_lock.acquire(blocking=False):
                 self.wanted = True
                 # The reader may have left between the check and the flag:
@@ -128,17 +130,57 @@ class KeepAliveLink:
                 if ws._held() >= limit or not ws._recv_lock.acquire(blocking=False):
                     return False
                 self.wanted = False
-            try:
-                ws._read(Deadline(0))
-            except (TimeoutError, BlockingIOError, ConnectionClosed):
-                pass
-            finally:
-                ws._release_reader()
+            self._read_now(ws)
             # At EOF (or once lost) the socket stays readable for ever: the
             # caller must stop watching it or it would spin.
             return not ws._proto.input_ended
         finally:
             self.servicing = False
+
+    @staticmethod
+    def _read_now(ws: WebSocket) -> None:
+        """Read once without waiting and feed the protocol; hold the recv lock (let go here)."""
+        try:
+            ws._read(Deadline(0))
+        except (TimeoutError, BlockingIOError, ConnectionClosed):
+            pass
+        finally:
+            ws._release_reader()
+
+    def take_arrived(self) -> None:
+        """In non-blocking mode, read for the keepalive from the application's thread.
+
+        Called by a non-blocking ``send()``: the keepalive doesn't read
+        then (``select()`` must see every byte), so a program that only
+        sends would never read the pongs that show the peer alive, nor
+        the peer's Close. What is there is read without waiting, as
+        :meth:`service` would; messages wait for ``recv()``
+        (:meth:`WebSocket.pending` counts them). Once the input ends the
+        keepalive is woken: the peer's Close gets its answer after the
+        close grace, as for a blocking sender.
+        """
+        ws = self._ws
+        proto = ws._proto
+        if proto.input_ended or ws._held() >= READ_LIMIT:
+            return
+        transport = ws._transport
+        if not transport.buffered() and not transport.waiter.readable(0):
+            return
+        if not ws._recv_lock.acquire(blocking=False):
+            return  # another thread reads
+        self._read_now(ws)
+        wake = self.wake
+        if proto.input_ended and wake is not None:
+            wake()
+
+    def unread(self) -> bool:
+        """Non-blocking mode only: bytes wait in the kernel for the application's ``recv()``.
+
+        The keepalive doesn't read them (``select()`` must see them), and
+        the pong may be among them: its clock doesn't run meanwhile.
+        """
+        ws = self._ws
+        return ws._timeout == 0 and not ws._proto.input_ended and ws._transport.waiter.readable(0)
 
     def reader_busy(self) -> bool:
         """True while another thread is in ``recv()``; ``wake`` is then called when it lets go."""
@@ -163,7 +205,7 @@ class KeepAliveLink:
         try:
             ws._out.check_open()
             ws._pings.expect_unwaited(payload)
-            ws._out.offer(ws._proto.encode_control(Opcode.PING, payload))
+            ws._out.offer_control(ws._proto.encode_control(Opcode.PING, payload))
             return True
         except ConnectionClosed:
             return False
@@ -197,18 +239,11 @@ class KeepAliveLink:
                 # the client isn't kept waiting for a handler that may run
                 # for long. Its read side stays: recv() returns what came
                 # before the Close, then None; the socket goes with close().
-                self._fin_due = proto.side is Side.SERVER and proto.close_sent is not None
+                # (Our Close may wait for an open message's last frame: the FIN after it.)
+                ws._out.fin_due = proto.side is Side.SERVER
                 ws._out.flush(Deadline(0))
-                self._fin_when_written()
         except ConnectionClosed:
             pass
         finally:
             ws._out.release()
         return True
-
-    def _fin_when_written(self) -> None:
-        """Send the FIN :meth:`answer_close` left for when the buffer is written; hold the send lock."""
-        ws = self._ws
-        if self._fin_due and not ws._out.buf and not ws._proto.has_output:
-            self._fin_due = False
-            ws._transport.half_close()

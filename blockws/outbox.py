@@ -7,6 +7,10 @@ that sent part of a message (``fin=False``) owns the connection's data
 frames until it ends the message; control frames may still go between its
 frames. At most ``limit`` bytes are held here (``write_limit``): beyond
 that a send with a timeout accepts only what fits, as ``socket.send`` does.
+Our own control frames (pongs, a Close, the keepalive's ping) come in only
+while less than ``limit`` is held, so the buffer goes past it by one such
+frame at most (131 bytes); :func:`~blockws.broadcast` holds at most one
+whole message more (see :meth:`Outbox.room_for`).
 """
 
 from __future__ import annotations
@@ -54,7 +58,19 @@ class Outbox:
             (``BlockingIOError`` in non-blocking mode).
     """
 
-    __slots__ = ("cond", "buf", "owner", "text", "limit", "patient", "_transport", "_proto", "_lose", "_timeout_error")
+    __slots__ = (
+        "cond",
+        "buf",
+        "owner",
+        "text",
+        "limit",
+        "patient",
+        "fin_due",
+        "_transport",
+        "_proto",
+        "_lose",
+        "_timeout_error",
+    )
 
     def __init__(
         self,
@@ -75,6 +91,9 @@ class Outbox:
         # the keepalive) let go within microseconds: a non-blocking caller
         # may wait for them, or it would fail for no reason of the peer's.
         self.patient = False
+        # A server's answer to the peer's Close waits here: TCP's FIN goes
+        # once it is written (see KeepAliveLink.answer_close).
+        self.fin_due = False
         self._transport = transport
         self._proto = protocol
         self._lose = lose
@@ -143,9 +162,10 @@ class Outbox:
         """Raise ConnectionClosed unless data may still be sent; hold the send lock."""
         proto = self._proto
         if proto.output_ended:
-            if proto.has_output and proto.lost is None and not proto.finished:
-                # Our answer to the peer's Close, queued by a reader that
-                # couldn't take the send lock: nobody else may write it.
+            if (self.buf or proto.has_output) and proto.lost is None and not proto.finished:
+                # Our answer to the peer's Close (queued by a reader that
+                # couldn't take the send lock), or what is held before it:
+                # this sender writes what it can, as the keepalive would.
                 try:
                     self.flush(Deadline(0))
                 except ConnectionClosed:
@@ -172,13 +192,14 @@ class Outbox:
     def queue(self, *frames: BytesLike) -> None:
         """Append whole frames to the buffer, after the protocol's own (pongs, Close).
 
-        The protocol's frames stay with it while the buffer is full: there a
-        newer pong replaces an older one, so a peer that pings and never
-        reads can't make the buffer grow.
+        The protocol's frames move here only while the buffer is under
+        ``limit``, and at most one past it: the rest stay with the protocol,
+        where a newer pong replaces an older one, so a peer that pings and
+        never reads can't make the buffer grow.
         """
         buf = self.buf
-        if self._proto._out and len(buf) < self.limit:
-            buf += b"".join(self._proto.data_to_send())
+        if self._proto._out and (len(buf) < self.limit or not buf):
+            buf += b"".join(self._proto.data_to_send(max(self.limit - len(buf), 1)))
         for frame in frames:
             buf += frame
 
@@ -194,14 +215,17 @@ class Outbox:
         try:
             while True:
                 self.queue()
-                if not buf:
-                    return True
                 while buf:
                     n = send_some(buf, deadline)
                     if not n:
                         return False
                     del buf[:n]
                 if not proto._out:
+                    if self.fin_due and proto.close_sent is not None:
+                        # Whichever thread wrote the last byte (the keepalive, or
+                        # a sender that found the connection closing) sends it.
+                        self.fin_due = False
+                        self._transport.half_close()
                     return True
         except OSError as exc:
             raise self._lose(exc) from exc
@@ -272,6 +296,18 @@ class Outbox:
         if n < len(frame):
             self.buf += memoryview(frame)[n:]
             self.flush(EXPIRED)
+
+    def offer_control(self, frame: bytes) -> None:
+        """:meth:`offer` a control frame of ours (the keepalive's ping); hold the send lock.
+
+        With ``limit`` bytes held already it waits with the protocol's own
+        frames instead, and moves here when there is room: the buffer goes
+        past ``limit`` by one control frame at most, whoever queued it.
+        """
+        if len(self.buf) >= self.limit:
+            self._proto.hold(frame)
+        else:
+            self.offer(frame)
 
     # -- a message's frames ------------------------------------------------------------
 

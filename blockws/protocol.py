@@ -710,6 +710,10 @@ class Protocol:
     def _queue_frame(self, opcode: Opcode, payload: bytes) -> None:
         self._out.append(self.encode_control(opcode, payload))
 
+    def hold(self, frame: bytes) -> None:
+        """Queue an encoded control frame of the I/O layer's with our own (see :meth:`data_to_send`)."""
+        self._out.append(frame)
+
     def send_close(self, code: int | None = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Queue our Close frame (once); no data may be sent after it."""
         if self.close_sent is not None:
@@ -721,12 +725,32 @@ class Protocol:
         if self.state is not State.CLOSED:
             self.state = State.CLOSED if self.close_rcvd is not None else State.CLOSING
 
-    def data_to_send(self) -> list[bytes]:
-        """Take the frames queued by the protocol itself (pongs, Close)."""
+    def data_to_send(self, room: int | None = None) -> list[bytes]:
+        """Take the frames queued by the protocol itself (pongs, Close).
+
+        With ``room``, take them in order only while fewer than ``room``
+        bytes are taken: a caller with a bounded buffer goes at most one
+        frame past its bound, and the rest stay here (where a newer pong
+        replaces an unsent one, so they stay bounded too).
+        """
         out = self._out
-        if out:
-            self._out = []
-            self._pongs_queued = 0
+        if not out:
+            return out
+        if room is not None:
+            taken = 0
+            size = 0
+            while taken < len(out) and size < room:
+                size += len(out[taken])
+                taken += 1
+            if taken < len(out):
+                head = out[:taken]
+                del out[:taken]
+                pongs = sum(1 for frame in head if frame[0] & 0x0F == Opcode.PONG)
+                self._pongs_queued -= pongs
+                self._last_pong_at -= taken
+                return head
+        self._out = []
+        self._pongs_queued = 0
         return out
 
     @property

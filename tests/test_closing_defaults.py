@@ -256,6 +256,72 @@ def test_a_busy_server_sends_fin_once_its_held_answer_is_written(run_server):
         keepalive.close()
 
 
+def test_the_fin_follows_an_answered_close_whichever_thread_writes_it(run_server):
+    """After the keepalive answered a Close behind held bytes, the FIN went
+    only from the keepalive's own writes: when the handler's send() wrote
+    the rest, the client waited for the handler to return. The keepalive's
+    two steps are driven by hand here, so that the handler's thread, not
+    the keepalive's, writes the held bytes."""
+    from blockws.link import READ_LIMIT
+
+    answered = threading.Event()
+    handler_done = threading.Event()
+    outcome: list[object] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        try:
+            # Whole messages (never one left open), until the client's window is full.
+            while not blockws.broadcast([ws], os.urandom(1000)):
+                pass
+            link = ws._keepalive
+            link.service(READ_LIMIT)  # the keepalive's read: the client's Close
+            assert link.answer_close()  # the keepalive's answer, behind the held bytes
+            outcome.append(ws.buffered_amount > 0)
+            answered.set()
+            ws.settimeout(0)
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
+                try:
+                    ws.send(b"more")
+                except blockws.ConnectionClosedOK:
+                    if not ws.buffered_amount:
+                        break  # this thread wrote the last held byte
+                time.sleep(0.01)
+            outcome.append(ws.buffered_amount)
+            handler_done.wait(10)  # busy for longer than the client waits
+        except BaseException as exc:
+            outcome.append(exc)
+            raise
+        finally:
+            answered.set()
+
+    server = run_server(handler, keepalive=None, compression=None)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, not autotuned
+    sock.connect(("127.0.0.1", server.port))
+    try:
+        close = encode_close(1000, "")
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + encode_header(Opcode.CLOSE, len(close), True, 0, b"\0\0\0\0")
+            + close
+        )
+        assert answered.wait(10)
+        sock.settimeout(4)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)  # TimeoutError: no FIN while the handler is busy
+            if not chunk:
+                break
+            received += chunk
+        assert outcome == [True, 0]
+        assert received.endswith(b"\x88\x02" + close)
+    finally:
+        handler_done.set()
+        sock.close()
+
+
 @pytest.mark.slow
 def test_a_reader_keeps_its_half_open_after_the_peers_close(run_server):
     """The half-close: the application that takes the Close with recv() may

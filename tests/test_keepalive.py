@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -695,4 +696,120 @@ def test_a_connection_that_fails_in_the_keepalive_thread_fails_alone(run_server,
             release.set()  # the handlers return: their connections close now
     finally:
         release.set()
+        keepalive.close()
+
+
+# -- non-blocking mode: the application reads, its send() calls read for the keepalive --
+
+
+def _nonblocking_send(ws: blockws.WebSocket, message: str) -> None:
+    try:
+        ws.sendall(message)
+    except BlockingIOError:
+        pass  # the buffers are full: not this test's business
+
+
+def test_a_nonblocking_sender_keeps_a_live_peer():
+    """A program that only sends, in non-blocking mode (the README's
+    partial-send loop), never reads: the pongs used to stay in the kernel
+    and a healthy peer was failed with 1011 after interval + timeout."""
+    received: list[str] = []
+
+    def reader(ws: blockws.WebSocket) -> None:
+        received.extend(ws)
+
+    keepalive = KeepAlive(interval=0.2, timeout=0.4)
+    server = blockws.serve(reader, "127.0.0.1", 0, keepalive=None)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        ws = blockws.connect(f"ws://127.0.0.1:{server.port}/", keepalive=keepalive)
+        ws.setblocking(False)
+        for i in range(40):  # 2 s: five times interval + timeout
+            _nonblocking_send(ws, f"m{i}")
+            time.sleep(0.05)
+        assert ws.state is blockws.State.OPEN and ws.close_code is None
+        assert ws.latency is not None  # the pongs were read, by send()
+        ws.setblocking(True)
+        ws.close()
+    finally:
+        keepalive.close()
+        server.shutdown()
+        thread.join(10)
+
+
+def test_an_idle_nonblocking_connection_keeps_a_live_peer(echo_server):
+    """In non-blocking mode nothing reads until the application does: the
+    pong waits in the kernel, and the keepalive's clock doesn't run while
+    bytes wait there for the application (a live peer was failed)."""
+    keepalive = KeepAlive(interval=0.2, timeout=0.4)
+    try:
+        ws = blockws.connect(echo_server.url, keepalive=keepalive)
+        ws.setblocking(False)
+        time.sleep(1.5)
+        assert ws.state is blockws.State.OPEN and ws.close_code is None
+        ws.setblocking(True)
+        ws.settimeout(5)
+        ws.sendall("still here")
+        assert ws.recv() == "still here"
+        ws.close()
+    finally:
+        keepalive.close()
+
+
+def test_a_nonblocking_sender_learns_of_the_peers_close(run_server):
+    """The server closes with 1000: a blocking sender gets
+    ConnectionClosedOK within the close grace; a non-blocking one kept
+    sending until the peer gave up, then got ConnectionClosedError 1006."""
+
+    def close_soon(ws: blockws.WebSocket) -> None:
+        ws.recv()
+        ws.close(1000, "bye")
+
+    server = run_server(close_soon, keepalive=None, close_timeout=30)
+    keepalive = KeepAlive(close_grace=0.2)
+    try:
+        ws = blockws.connect(server.url, keepalive=keepalive)
+        ws.setblocking(False)
+        end = time.monotonic() + 8
+        with pytest.raises(blockws.ConnectionClosedOK):
+            while time.monotonic() < end:
+                _nonblocking_send(ws, "data")
+                time.sleep(0.02)
+        assert ws.close_code == 1000 and ws.close_reason == "bye"
+        ws.close()
+    finally:
+        keepalive.close()
+
+
+def test_a_select_loop_with_keepalive_loses_nothing(echo_server):
+    """The documented select() loop, with pending() checked first, while
+    send() also reads for the keepalive: every echo arrives, in order, and
+    the live peer is never failed, through pauses longer than the timeout."""
+    keepalive = KeepAlive(interval=0.2, timeout=0.4)
+    try:
+        ws = blockws.connect(echo_server.url, keepalive=keepalive)
+        ws.setblocking(False)
+        sent: list[str] = []
+        received: list[str] = []
+        for burst in range(3):
+            for i in range(20):
+                message = f"{burst}.{i}"
+                ws.sendall(message)
+                sent.append(message)
+            end = time.monotonic() + 5
+            while len(received) < len(sent) and time.monotonic() < end:
+                if ws.pending() or select.select([ws], [], [], 0.5)[0]:
+                    try:
+                        message = ws.recv()
+                    except BlockingIOError:
+                        continue  # part of a message so far
+                    assert isinstance(message, str)
+                    received.append(message)
+            time.sleep(1)  # idle: more than interval + timeout
+        assert received == sent
+        assert ws.state is blockws.State.OPEN
+        ws.setblocking(True)
+        ws.close()
+    finally:
         keepalive.close()

@@ -364,6 +364,21 @@ def test_pongs_held_are_bounded_and_the_latest_ping_is_answered():
     assert len(pongs) == 16 and pongs[-1] == b"999" and pongs[:15] == [b"%d" % i for i in range(15)]
 
 
+def test_pongs_taken_within_room_leave_the_rest_bounded():
+    """A bounded buffer takes the protocol's frames only while it has room,
+    one frame past it at most (it took all 16 pongs and went 2 KiB past
+    write_limit); what stays keeps its cap, the newest ping answered last."""
+    server = client_to_server(b"".join(masked(Opcode.PING, b"%03d" % i) for i in range(16)))
+    first = server.data_to_send(room=1)
+    assert [frame[2:] for frame in first] == [b"000"]
+    assert sum(map(len, server.data_to_send(room=6))) == 10  # 5 + 5: the frame that crosses the bound goes
+    server.receive_data(b"".join(masked(Opcode.PING, b"%03d" % i) for i in range(16, 40)))
+    rest = [frame[2:] for frame in server.data_to_send()]
+    # 13 left, 3 more fit under the cap of 16, then the newest replaces the last.
+    assert rest == [b"%03d" % i for i in range(3, 18)] + [b"039"]
+    assert server.data_to_send() == []
+
+
 # -- the fast paths give what the general paths give ---------------------------
 # Protocol takes shortcuts for the common case: _parse() reads a whole small
 # unfragmented data frame, or a Ping or Pong, in one step; encode_message()

@@ -82,7 +82,8 @@ def test_deadlines_hold_while_a_peer_floods_pings(flooder):
         ws.ping()
     assert time.monotonic() - start < 1.5
     time.sleep(1)  # the keepalive thread reads the flood meanwhile
-    # At most write_limit plus one frame: a newer pong replaces an unsent one.
+    # At most write_limit plus one control frame (the pongs beyond wait in the
+    # protocol, where a newer pong replaces an unsent one): the bound write_limit documents.
     assert ws.buffered_amount <= ws.write_limit + 131
     start = time.monotonic()
     ws.close()
