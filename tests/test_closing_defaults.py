@@ -256,10 +256,12 @@ def test_a_busy_server_sends_fin_once_its_held_answer_is_written(run_server):
         keepalive.close()
 
 
-def test_the_fin_follows_an_answered_close_whichever_thread_writes_it(run_server):
+@pytest.mark.parametrize("open_message", [False, True], ids=["whole messages", "an open message"])
+def test_the_fin_follows_an_answered_close_whichever_thread_writes_it(run_server, open_message):
     """After the keepalive answered a Close behind held bytes, the FIN went
     only from the keepalive's own writes: when the handler's send() wrote
-    the rest, the client waited for the handler to return. The keepalive's
+    the rest, the client waited for the handler to return (and for ever
+    when the answer waited for an open message to end). The keepalive's
     two steps are driven by hand here, so that the handler's thread, not
     the keepalive's, writes the held bytes."""
     from blockws.link import READ_LIMIT
@@ -270,9 +272,14 @@ def test_the_fin_follows_an_answered_close_whichever_thread_writes_it(run_server
 
     def handler(ws: blockws.WebSocket) -> None:
         try:
-            # Whole messages (never one left open), until the client's window is full.
-            while not blockws.broadcast([ws], os.urandom(1000)):
-                pass
+            if open_message:
+                ws.settimeout(0)
+                assert ws.send(os.urandom(4_000_000), fin=False) < 4_000_000  # accepted in part
+                ws.settimeout(None)
+            else:
+                # Whole messages (none left open), until the client's window is full.
+                while not blockws.broadcast([ws], os.urandom(1000)):
+                    pass
             link = ws._keepalive
             link.service(READ_LIMIT)  # the keepalive's read: the client's Close
             assert link.answer_close()  # the keepalive's answer, behind the held bytes
