@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import socket
 import ssl
 import sys
@@ -33,7 +34,7 @@ from .codes import CloseCode, Opcode, is_clean_close
 from .connection import WebSocket
 from .exceptions import CertificateVerifyError, ConnectionClosed, InvalidStatus, ProtocolError, WebSocketError
 from .frames import FrameHeader, encode_close
-from .http import CREDENTIAL_HEADERS, Request, Response
+from .http import Request, Response, redact_header, redact_header_line
 from .keepalive import KeepAlive
 
 _print_lock = threading.Lock()
@@ -83,23 +84,13 @@ def _trace_frames(direction: str, header: FrameHeader, preview: bytes) -> None:
     say(describe_frame(direction, header, preview), sys.stderr)
 
 
-def _mask_credential(name: str, value: str) -> str:
-    """Hide a credential so a trace can be pasted into a bug report safely: its scheme at most."""
-    if name.lower() not in CREDENTIAL_HEADERS:
-        return value
-    if name.lower().endswith("authorization"):
-        scheme, _, rest = value.partition(" ")
-        return f"{scheme} ***" if rest else "***"
-    return "***"
-
-
 def _trace_http(message: Request | Response, direction: str) -> None:
     first = (
         f"{message.method} {message.target} HTTP/1.1"
         if isinstance(message, Request)
         else f"HTTP/1.1 {message.status} {message.reason}"
     )
-    lines = [first] + [f"{name}: {_mask_credential(name, value)}" for name, value in message.headers.items()]
+    lines = [first] + [f"{name}: {redact_header(name, value)}" for name, value in message.headers.items()]
     say("\n".join(f"{direction} {line}" for line in lines) + f"\n{direction}", sys.stderr)
 
 
@@ -111,7 +102,7 @@ def _parse_headers(values: Sequence[str]) -> list[tuple[str, str]]:
     for value in values:
         name, sep, rest = value.partition(":")
         if not sep or not name.strip():
-            raise ValueError(f"--header needs 'Name: value', not {value!r}")
+            raise ValueError(f"--header needs 'Name: value', not {redact_header_line(value)}")
         headers.append((name.strip(), rest.strip()))
     return headers
 
@@ -301,6 +292,24 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def peer_name(ws: WebSocket) -> str:
+    """Who ``ws`` is connected to, for the server's messages: ``host:port``, or ``unix:PATH``.
+
+    A Unix socket client rarely has a name of its own (its address is
+    ``''``): the path it came in through, the server's, stands for it.
+    """
+    address = ws.remote_address
+    if address is None:  # the socket was no longer connected when the WebSocket was made
+        return "an unknown peer"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    path = address or ws.local_address
+    if isinstance(path, bytes):  # Linux's abstract namespace: a NUL, then a name
+        path = "@" + path[1:].decode(errors="backslashreplace") if path[:1] == b"\0" else os.fsdecode(path)
+    return f"unix:{path}" if path else "a Unix socket peer"
+
+
 def run_server(args: argparse.Namespace) -> int:
     clients: set[WebSocket] = set()
     lock = threading.Lock()
@@ -310,7 +319,7 @@ def run_server(args: argparse.Namespace) -> int:
             targets = [c for c in clients if c is not sender]
         # A client that doesn't read doesn't hold up the others: it misses the message.
         for slow in broadcast(targets, message):
-            say(f"{slow.remote_address[0]}:{slow.remote_address[1]} is too slow: a message skipped", sys.stderr)
+            say(f"{peer_name(slow)} is too slow: a message skipped", sys.stderr)
 
     def handler(ws: WebSocket) -> None:
         if args.trace:
@@ -322,7 +331,7 @@ def run_server(args: argparse.Namespace) -> int:
         with lock:
             clients.add(ws)
         # Said once the client is in the set, so lines typed after it reach it.
-        say(f"connection from {ws.remote_address[0]}:{ws.remote_address[1]}", sys.stderr)
+        say(f"connection from {peer_name(ws)}", sys.stderr)
         try:
             for message in ws:
                 if args.chat:
@@ -332,7 +341,7 @@ def run_server(args: argparse.Namespace) -> int:
         finally:
             with lock:
                 clients.discard(ws)
-            say(f"{ws.remote_address[0]}:{ws.remote_address[1]} left ({ws.close_code})", sys.stderr)
+            say(f"{peer_name(ws)} left ({ws.close_code})", sys.stderr)
 
     trace = _trace_frames if args.trace else None
     with serve(handler, args.host, args.port, reuse_port=args.reuse_port, trace=trace, **serve_options(args)) as server:
@@ -358,7 +367,7 @@ def demo() -> int:
     """A server and a client in one process, saying what happens."""
 
     def handler(ws: WebSocket) -> None:
-        say(f"server: connection from {ws.remote_address[0]}:{ws.remote_address[1]}")
+        say(f"server: connection from {peer_name(ws)}")
         for message in ws:
             say(f"server: received {message!r}, echoing it")
             ws.sendall(message)

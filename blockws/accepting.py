@@ -9,6 +9,7 @@ Listening and threads are :mod:`blockws.server`'s.
 from __future__ import annotations
 
 import inspect
+import logging
 import socket
 import ssl
 import threading
@@ -30,6 +31,8 @@ from .settings import DEFAULT_OPEN_TIMEOUT, Settings, Trace
 from .utils import Deadline, named_timeout, read_http_head
 
 __all__ = ["accept", "ProcessRequest", "upgrade_gate"]
+
+logger = logging.getLogger("blockws.server")
 
 ProcessRequest = Callable[[Request], Optional[Response]]
 
@@ -85,7 +88,12 @@ def accept(
             without one); others get 403.
         process_request: called with the request before the upgrade; a
             :class:`~blockws.http.Response` it returns is sent instead (to
-            reject, redirect or challenge).
+            reject, redirect or challenge). If it raises (an
+            :class:`Exception`), or returns a response that can't be sent
+            as it is (:meth:`Response.check <blockws.http.Response.check>`:
+            a CR or LF in a header built from the request, say), the
+            client gets a 500, the error is logged at ERROR on
+            ``blockws.server`` and :class:`InvalidHandshake` raised.
         max_size: the largest message accepted (bytes; None: no limit);
             larger ones fail the connection with 1009.
         max_fragments: the most frames a message may come in (1009 past it).
@@ -114,7 +122,7 @@ def accept(
 
     Raises:
         InvalidHandshake: the request was refused; the HTTP answer (4xx, or
-            the process_request response) was already sent.
+            the process_request response, or a 500) was already sent.
         TimeoutError: the handshake took longer than ``open_timeout``.
     """
     settings = server_settings(locals())  # first: the locals are exactly the arguments
@@ -227,9 +235,9 @@ def answer(request: Request, settings: _ServerSettings) -> Upgrade:
             refused = "wrong credentials" if "Authorization" in request.headers else "no credentials"
             return Upgrade(auth.challenge(request), InvalidHandshake(f"authentication failed: {refused}"))
     if settings.process_request is not None:
-        response = settings.process_request(request)
-        if response is not None:
-            return Upgrade(response, InvalidHandshake(f"request refused by process_request: HTTP {response.status}"))
+        answered = _process_request(settings.process_request, request)
+        if answered is not None:
+            return answered
     try:
         if settings.origins is not None and request.headers.get("Origin") not in settings.origins:
             raise HandshakeFailure(f"origin {request.headers.get('Origin')!r} is not allowed", 403)
@@ -242,6 +250,39 @@ def answer(request: Request, settings: _ServerSettings) -> Upgrade:
     subprotocol = select_subprotocol(request, settings.subprotocols)
     extension, params = accepted if accepted else (None, None)
     return Upgrade(accept_response(key, subprotocol, extension), None, params, extension, username)
+
+
+def _process_request(process_request: ProcessRequest, request: Request) -> Upgrade | None:
+    """``process_request``'s answer: its response checked, or a 500 if it raised or gave one that can't go out.
+
+    Here, where every server (serve(), accept(), wsgi_app, accept_http)
+    takes it: a failure is logged once on ``blockws.server`` and the
+    client gets a 500 whichever server answers, rather than a traceback
+    and a dropped connection, or a header line injected by a server that
+    doesn't check what it sends.
+    """
+    try:
+        response = process_request(request)
+    except Exception as exc:  # a bug in the application's hook: KeyboardInterrupt and SystemExit go on
+        logger.exception("process_request failed")
+        refusal = InvalidHandshake(f"process_request raised {type(exc).__name__}: HTTP 500")
+        refusal.__cause__ = exc  # for accept()'s caller; serve() logs only the message (the traceback is above)
+        return Upgrade(_internal_error(), refusal)
+    if response is None:
+        return None
+    try:
+        if not isinstance(response, Response):
+            raise TypeError(f"it returned {type(response).__name__}, not a Response or None")
+        response.check()
+    except (TypeError, ValueError) as exc:
+        # The message names the header, never its value (a credential, maybe).
+        logger.error("process_request's response can't be sent (answered 500 instead): %s", exc)
+        return Upgrade(_internal_error(), InvalidHandshake("process_request's response can't be sent: HTTP 500"))
+    return Upgrade(response, InvalidHandshake(f"request refused by process_request: HTTP {response.status}"))
+
+
+def _internal_error() -> Response:
+    return Response(500, headers={"Content-Type": "text/plain"}, body=b"internal server error\n")
 
 
 def switch(

@@ -4,9 +4,11 @@ One :class:`~blockws.utils.Deadline` (``open_timeout``) bounds the whole
 opening: DNS, TCP, TLS and the handshake.
 
 Connection events (connecting, TLS, redirects, auth retries, the proxy,
-open, closed) are logged at DEBUG on the ``blockws.client`` logger. Frames
-are not (``WebSocket.trace`` shows them), and neither are credentials: URLs
-are logged without their password and query string, headers not at all.
+open, closed) are logged at DEBUG on the ``blockws.client`` logger, a proxy
+that fails or refuses the tunnel at INFO. Frames are not
+(``WebSocket.trace`` shows them), and neither are credentials: URLs are
+logged without their password and query string, headers not at all (an
+auth retry names its scheme only: ``Basic ***``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .exceptions import (
     TooManyRedirects,
 )
 from .handshake import check_response, client_request, make_key, parse_extensions
-from .http import CREDENTIAL_HEADERS, MAX_HEADERS, MAX_LINE, Headers, HeadersLike, parse_response
+from .http import CREDENTIAL_HEADERS, MAX_HEADERS, MAX_LINE, Headers, HeadersLike, parse_response, redact_header
 from .keepalive import KeepAlive
 from .keepalive import attach as attach_keepalive
 from .protocol import DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_SIZE, Side
@@ -297,7 +299,8 @@ def connect(
         sock: an already connected socket (a Unix socket, a tunnel) to run
             the handshake on instead of connecting to the URL's host
             (redirects are then not followed).
-        server_hostname: the name TLS verifies, if not the URL's host.
+        server_hostname: the name TLS verifies, if not the URL's host;
+            with a ``ws://`` URL, a ``ValueError``, as ``ssl_context``.
         max_line: the longest line accepted in the server's (or the
             proxy's) HTTP answer, in bytes.
         max_headers: the most header lines accepted in that answer.
@@ -308,7 +311,8 @@ def connect(
 
     Raises:
         InvalidURI: ``url`` is not a WebSocket URL.
-        ValueError: ``ssl_context`` with a ``ws://`` URL.
+        ValueError: ``ssl_context`` or ``server_hostname`` with a ``ws://``
+            URL.
         BadPortError: the port is banned (see ``allow_bad_ports``).
         InvalidStatus: the server answered with another status than 101.
         TooManyRedirects: more than ``max_redirects`` redirects, or a loop.
@@ -326,9 +330,11 @@ def connect(
     """
     compression_settings = deflate.settings(compression)
     uri = parse_uri(url)
-    if ssl_context is not None and not uri.secure:
-        # It would go unused: the caller probably meant wss:// (the same check as websockets').
-        raise ValueError("ssl_context argument is incompatible with a ws:// URI")
+    if not uri.secure:
+        # Either would go unused: the caller probably meant wss:// (the same check as websockets').
+        for name, value in (("ssl_context", ssl_context), ("server_hostname", server_hostname)):
+            if value is not None:
+                raise ValueError(f"{name} argument is incompatible with a ws:// URI")
     deadline = Deadline(open_timeout)
     request_headers = Headers(headers)
     proxy_credentials = proxy_auth
@@ -376,8 +382,11 @@ def connect(
                 if answer is None:
                     raise InvalidStatus(exc.response, f"authentication failed: {client_auth.failure}") from exc
                 request_headers["Authorization"] = answer
-                # The scheme only: the rest of the header is the credential.
-                logger.debug("HTTP 401 from %s: retrying with %s credentials", _loggable(uri), answer.split()[0])
+                logger.debug(
+                    "HTTP 401 from %s: retrying with Authorization: %s",
+                    _loggable(uri),
+                    redact_header("Authorization", answer),
+                )
                 continue
             if exc.status not in _REDIRECTS or sock is not None:
                 raise

@@ -147,7 +147,12 @@ def request_from_environ(environ: Mapping[str, Any]) -> Request:
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer"})
 
 
-def _wsgi_answer(start_response: StartResponse, response: Response, upgrade: bool = True) -> list[bytes]:
+def _wsgi_answer(
+    start_response: StartResponse, response: Response, upgrade: bool = True, head: bool = False
+) -> list[bytes]:
+    # Checked as serialize() checks what serve() sends: a WSGI server may
+    # write a CR or LF in a header as it is (Werkzeug does).
+    response.check()
     # Without ``upgrade`` (a server that lends no socket, so can't switch
     # protocols), Upgrade goes too: waitress and wsgiref reject it as
     # hop-by-hop, and would turn the 426 into a 500.
@@ -156,7 +161,9 @@ def _wsgi_answer(start_response: StartResponse, response: Response, upgrade: boo
     if "Content-Length" not in response.headers:
         headers.append(("Content-Length", str(len(response.body))))
     start_response(f"{response.status} {response.reason}", headers)
-    return [response.body]
+    # A HEAD gets the headers a GET would (Content-Length included) and no
+    # body: gunicorn drops it, but Werkzeug would send it.
+    return [] if head else [response.body]
 
 
 class WSGIWebSocketApp:
@@ -172,7 +179,8 @@ class WSGIWebSocketApp:
         upgrade = _answer(request, self._settings)
         sock = next((environ[key] for key in SOCKET_KEYS if environ.get(key) is not None), None)
         if upgrade.refusal is not None:
-            return _wsgi_answer(start_response, upgrade.response, sock is not None)
+            head = environ.get("REQUEST_METHOD") == "HEAD"
+            return _wsgi_answer(start_response, upgrade.response, sock is not None, head)
         if sock is None:
             server = environ.get("SERVER_SOFTWARE") or "this WSGI server"
             raise RuntimeError(
@@ -317,10 +325,13 @@ def accept_http(request_handler: _RequestHandler, **options: Any) -> WebSocket:
 
 
 def _handler_answer(handler: _RequestHandler, response: Response) -> None:
+    # http.server writes what it is given, CR and LF included.
+    response.check()
     handler.send_response(response.status, response.reason)
     for name, value in response.headers.items():
         handler.send_header(name, value)
     if "Content-Length" not in response.headers:
         handler.send_header("Content-Length", str(len(response.body)))
     handler.end_headers()
-    handler.wfile.write(response.body)
+    if handler.command != "HEAD":  # the headers a GET would get, Content-Length included, and no body
+        handler.wfile.write(response.body)

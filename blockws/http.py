@@ -28,6 +28,8 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_BODY",
     "check_header_value",
+    "redact_header",
+    "redact_header_line",
     "CREDENTIAL_HEADERS",
     "TCHAR",
     "TOKEN",
@@ -125,7 +127,7 @@ class Headers:
         return isinstance(other, Headers) and self._items == other._items
 
     def __repr__(self) -> str:
-        shown = [(n, "***" if n.lower() in CREDENTIAL_HEADERS else v) for n, v in self._items]
+        shown = [(n, redact_header(n, v)) for n, v in self._items]
         return f"Headers({shown!r})"
 
     def serialize(self) -> bytes:
@@ -136,14 +138,57 @@ HeadersLike = Union[Headers, Mapping[str, str], Iterable[tuple[str, str]]]
 
 
 def check_header_value(name: str, value: str) -> None:
-    """Refuse header names and values that could inject lines (CR, LF, ...)."""
+    """Refuse header names and values that could inject lines (CR, LF, ...) or can't be sent.
+
+    The message says where, never the value: it may be a password or a
+    cookie, even under a name that doesn't say so (``X-Api-Key``).
+
+    Raises:
+        ValueError: the name is not a token, or the value holds a control
+            character or one that is not Latin-1.
+    """
     if not TOKEN.fullmatch(name):
-        raise ValueError(f"invalid header name {name!r}")
+        raise ValueError(f"invalid header name {redact_header_line(name)}")
     bad = _BAD_VALUE.search(value)
     if bad:
-        # Say where, not what: the value may be a password or a cookie.
-        shown = "" if name.lower() in CREDENTIAL_HEADERS else f": {value[:60]!r}"
-        raise ValueError(f"invalid character {bad.group()!r} at offset {bad.start()} in header {name}{shown}")
+        raise ValueError(f"invalid character {bad.group()!r} at offset {bad.start()} in header {name}")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"a character that is not Latin-1 at offset {exc.start} in header {name}") from None
+
+
+def redact_header(name: str, value: str) -> str:
+    """``value`` as a log line, an error message or a trace may show it.
+
+    The value of a credential header (:data:`CREDENTIAL_HEADERS`) is
+    ``***``; an ``Authorization`` keeps its scheme (``Bearer ***``), which
+    says what was sent without giving it away.
+    """
+    lname = name.lower()
+    if lname not in CREDENTIAL_HEADERS:
+        return value
+    if lname.endswith("authorization"):
+        scheme, sep, _ = value.strip().partition(" ")
+        return f"{scheme} ***" if sep and TOKEN.fullmatch(scheme) else "***"
+    return "***"
+
+
+_LEADING_TOKEN = re.compile(TCHAR + "{0,60}")
+
+
+def redact_header_line(line: str) -> str:
+    """A malformed header line for a message: the token it starts with, never the rest.
+
+    Without a colon there's no telling where a name would end and a value
+    begin (``Authorization Bearer secret``), and a colon may be inside the
+    credential (``Authorization Basic user:pw``): only the leading token,
+    the would-be name, is shown, and how much was left out.
+    """
+    match = _LEADING_TOKEN.match(line)
+    name = match.group() if match else ""
+    hidden = len(line) - len(name)
+    return f"{name!r}" + (f" (and {hidden} more characters, not shown)" if hidden else "")
 
 
 class Request:
@@ -219,12 +264,46 @@ class Response:
             raise ValueError(f"{status} is not a redirect status")
         return cls(status, headers={"Location": location})
 
+    def check(self) -> None:
+        """Refuse a response that can't go out as it is.
+
+        Every writer of a response calls it: :meth:`serialize`, and the
+        embeddings that hand it to another server (:func:`~blockws.wsgi_app`,
+        :func:`~blockws.accept_http`), which don't all check: so a
+        ``process_request`` that builds a header from the request can't
+        inject lines whichever server sends the answer.
+
+        Raises:
+            ValueError: a status that isn't three digits, a control
+                character in the reason phrase, or a header name or value
+                that :func:`check_header_value` refuses.
+            TypeError: a status that is not an int, a reason that is not a
+                str, a body that is not bytes.
+        """
+        if not isinstance(self.status, int) or isinstance(self.status, bool):
+            raise TypeError(f"the HTTP status must be an int, not {type(self.status).__name__}")
+        if not 100 <= self.status <= 999:
+            raise ValueError(f"invalid HTTP status {self.status}: not three digits")
+        if not isinstance(self.reason, str):
+            raise TypeError(f"the reason phrase must be a str, not {type(self.reason).__name__}")
+        bad = _BAD_VALUE.search(self.reason)
+        if bad:
+            raise ValueError(f"invalid character {bad.group()!r} at offset {bad.start()} in the reason phrase")
+        try:
+            self.reason.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"a character that is not Latin-1 at offset {exc.start} in the reason phrase") from None
+        for name, value in self.headers.items():
+            check_header_value(name, value)
+        if not isinstance(self.body, (bytes, bytearray)):
+            raise TypeError(f"the body must be bytes, not {type(self.body).__name__}")
+
     def serialize(self) -> bytes:
+        """The response as bytes to send, checked first (see :meth:`check`)."""
+        self.check()
         headers = Headers(self.headers)
         if self.status != 101 and "Content-Length" not in headers:
             headers["Content-Length"] = str(len(self.body))
-        for name, value in headers.items():
-            check_header_value(name, value)
         status_line = f"HTTP/1.1 {self.status} {self.reason}\r\n".encode("latin-1")
         return status_line + headers.serialize() + b"\r\n" + self.body
 
@@ -308,18 +387,15 @@ def _split_head(head: bytes, max_line: int, max_headers: int) -> tuple[str, Head
         name, sep, value = line.partition(b":")
         name = name.rstrip(b" \t")  # tolerate "Name :" typed by hand
         if not sep or not TOKEN.fullmatch(name.decode("latin-1")):
-            raise InvalidHandshake(f"invalid HTTP header line {_show(line)}")
+            # Not the line: "Authorization Bearer X" (no colon) is a credential.
+            raise InvalidHandshake(f"invalid HTTP header line {redact_header_line(line.decode('latin-1'))}")
         text = value.strip(b" \t").decode("latin-1")
         if _BAD_VALUE.search(text):
-            raise InvalidHandshake(f"invalid character in HTTP header {_show(name)}")
+            raise InvalidHandshake(f"invalid character in HTTP header {name[:60].decode('ascii')!r}")
         headers.add(name.decode("ascii"), text)
     if len(lines[0]) > max_line:
         raise InvalidHandshake(too_long)
     return lines[0].decode("latin-1"), headers
-
-
-def _show(data: bytes) -> str:
-    return repr(data[:60].decode("latin-1"))
 
 
 def parse_request(head: bytes, *, max_line: int = MAX_LINE, max_headers: int = MAX_HEADERS) -> Request:

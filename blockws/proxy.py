@@ -7,6 +7,7 @@ handshake, and a 407 through the same authentication code as a 401.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import ssl
 import urllib.parse
@@ -14,10 +15,13 @@ from collections.abc import Callable, Mapping
 
 from .auth import MAX_PROXY_REQUESTS, basic_credentials
 from .exceptions import HeadCut, InvalidHandshake, ProxyError
-from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response
+from .http import MAX_HEADERS, MAX_LINE, Request, Response, parse_response, redact_header
 from .utils import Deadline, has_scheme, named_timeout, read_http_body, read_http_head, redact_url, split_url
 
 __all__ = ["proxy_from_environment", "open_tunnel", "ProxyURL", "redact_proxy_url"]
+
+# The proxy is a step of the client's opening: its events go with the others.
+logger = logging.getLogger("blockws.client")
 
 ProxyAuth = Callable[[Response], "str | None"]
 _SCHEMES = {"http": 8080, "https": 443, "socks4": 1080, "socks4a": 1080, "socks5": 1080, "socks5h": 1080}
@@ -189,10 +193,15 @@ def open_tunnel(
     """
     if any(c in host for c in "\r\n\0 "):
         raise ProxyError(f"invalid host name {host!r}")
-    url = ProxyURL(proxy)
-    if url.scheme.startswith("socks"):
-        return _socks(url, host, port, deadline)
-    return _connect_tunnel(url, host, port, deadline, proxy_auth, ssl_context, max_line, max_headers)
+    try:
+        url = ProxyURL(proxy)
+        if url.scheme.startswith("socks"):
+            return _socks(url, host, port, deadline)
+        return _connect_tunnel(url, host, port, deadline, proxy_auth, ssl_context, max_line, max_headers)
+    except (ProxyError, OSError) as exc:  # OSError: TimeoutError, ssl.SSLError...; no message holds the password
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        logger.info("no tunnel to %s through the proxy %s: %s", target, redact_proxy_url(proxy), exc)
+        raise
 
 
 def _open_to_proxy(url: ProxyURL, deadline: Deadline, ssl_context: ssl.SSLContext | None) -> socket.socket:
@@ -268,6 +277,11 @@ def _connect_tunnel(
         if response.status == 407 and proxy_auth is not None:
             authorization = proxy_auth(response)
             if authorization is not None:
+                logger.debug(
+                    "HTTP 407 from the proxy %s: retrying with Proxy-Authorization: %s",
+                    url.address,
+                    redact_header("Proxy-Authorization", authorization),
+                )
                 if "close" in (response.headers.get("Connection") or "").lower():
                     sock.close()
                     sock = None

@@ -356,6 +356,41 @@ def test_header_subprotocol_and_origin(run_server):
     one_error_line(cli("--header", "no colon", server.url), "--header needs 'Name: value'")
 
 
+def test_a_malformed_header_option_is_not_quoted_whole():
+    out = cli("--header", "Authorization Bearer t0ken-s3cret", "ws://127.0.0.1:1/")
+    one_error_line(out, "--header needs 'Name: value', not 'Authorization' (and 20 more characters, not shown)")
+    assert "s3cret" not in out.stderr
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets on this platform")
+def test_the_server_names_a_unix_socket_peer_by_the_path(tmp_path, run_server):
+    from blockws.__main__ import peer_name
+
+    names: list[str] = []
+
+    def handler(ws: blockws.WebSocket) -> None:
+        names.append(peer_name(ws))
+        ws.sendall("named")
+
+    path = str(tmp_path / "ws.sock")
+    with blockws.serve(handler, path=path) as server:
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.settimeout(5)
+        unix.connect(path)
+        with blockws.connect("ws://localhost/", sock=unix, timeout=5) as ws:
+            assert ws.recv() == "named"
+            assert peer_name(ws) == f"unix:{path}"  # the client's side: the server's path
+    thread.join(10)
+    # The server's side: the client's socket has no name (''), the path it came in through stands for it.
+    assert names == [f"unix:{path}"]
+    tcp = run_server(handler)
+    with blockws.connect(tcp.url, timeout=5) as ws:
+        assert ws.recv() == "named"
+        assert names[1] == f"127.0.0.1:{ws.local_address[1]}"
+
+
 @pytest.mark.slow
 def test_insecure_against_a_self_signed_certificate(run_server):
     ca = trustme.CA()

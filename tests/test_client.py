@@ -82,6 +82,37 @@ def test_ssl_context_with_a_ws_url_is_an_error(echo_server, scheme):
         assert ws.recv() == "plain"
 
 
+@pytest.mark.parametrize("scheme", ["ws", "http"])
+def test_server_hostname_with_a_ws_url_is_an_error(echo_server, scheme):
+    url = echo_server.url.replace("ws://", f"{scheme}://")
+    with pytest.raises(ValueError, match="^server_hostname argument is incompatible with a ws:// URI$"):
+        blockws.connect(url, server_hostname="localhost", open_timeout=5)
+
+
+def test_a_malformed_header_line_in_the_answer_is_not_quoted(caplog):
+    caplog.set_level(logging.DEBUG, logger="blockws")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def server() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                    head += chunk
+                conn.sendall(f"HTTP/1.1 403 Forbidden\r\nSet-Cookie session={SECRET}\r\n\r\n".encode())
+
+        thread = threading.Thread(target=server)
+        thread.start()
+        try:
+            with pytest.raises(blockws.InvalidHandshake) as info:
+                blockws.connect(f"ws://127.0.0.1:{listener.getsockname()[1]}/", open_timeout=5)
+        finally:
+            thread.join(10)
+    assert "invalid HTTP header line 'Set-Cookie'" in str(info.value)
+    assert SECRET not in str(info.value) and SECRET not in caplog.text
+
+
 def test_http_and_https_urls_map_to_ws_and_wss():
     assert parse_uri("http://h/x").url == "ws://h/x"
     assert parse_uri("https://h/x").url == "wss://h/x"

@@ -15,6 +15,7 @@ import http.client
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -23,6 +24,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Union
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import websockets.exceptions
@@ -470,3 +472,146 @@ def test_waitress_upgrade_is_a_500_and_the_reason_is_logged(
     # Without Upgrade: waitress rejects the header (hop-by-hop), and can't upgrade anyway.
     assert "upgrade" not in headers
     assert get(waitress_server, "/")[::2] == (200, b"ok")
+
+
+# -- process_request's answer, whichever server sends it ------------------------------------
+
+#: serve() and the two embeddings that answer through another server.
+ANSWERING = ["serve", "werkzeug", "http.server"]
+
+UPGRADE_HEADERS = (
+    "Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@pytest.fixture
+def start_answering(start: Callable[..., WebServer], run_server: Callable[..., Any]) -> Callable[..., int]:
+    """``start_answering(name, **options)``: serve() or a web server of the site; its port."""
+
+    def starter(name: str, **options: Any) -> int:
+        if name == "serve":
+            from .webservers import route
+
+            return int(run_server(route, **options).port)
+        return start(name, **options).port
+
+    return starter
+
+
+def raw_answer(port: int, request: str) -> tuple[bytes, bytes]:
+    """Send ``request`` on a connection of its own: the answer's head and its body, as bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request.encode("latin-1"))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"no whole answer: {data!r}"
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+        assert length, head
+        while len(body) < int(length.group(1)):
+            chunk = sock.recv(65536)
+            assert chunk, f"the body ends early: {body!r}"
+            body += chunk
+        return head, body
+
+
+@pytest.fixture
+def thread_failures(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+    """The exceptions that end a thread unhandled (threading.excepthook) during the test."""
+    failures: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+    return failures
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("name", ANSWERING)
+def test_process_request_cannot_inject_a_header_line(
+    start_answering: Callable[..., int],
+    name: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    thread_failures: list[BaseException | None],
+) -> None:
+    # The documented pattern: a redirect built from the request.
+    def process_request(request: blockws.Request) -> blockws.Response:
+        return blockws.Response.redirect("wss://example.com" + parse_qs(urlsplit(request.path).query)["next"][0])
+
+    port = start_answering(name, process_request=process_request)
+    target = "/ws?next=/x%0d%0aSet-Cookie:%20s=evil"
+    head, body = raw_answer(port, f"GET {target} HTTP/1.1\r\n{UPGRADE_HEADERS}\r\n")
+    assert head.startswith(b"HTTP/1.1 500 "), head
+    assert b"evil" not in head + body
+    assert not [line for line in head.split(b"\r\n") if line.lower().startswith(b"set-cookie")], head
+    errors = errors_logged(caplog)
+    assert [r.name for r in errors] == ["blockws.server"], errors
+    assert "header Location" in errors[0].getMessage() and "evil" not in caplog.text
+    assert "Traceback" not in capfd.readouterr().err
+    assert thread_failures == []
+
+
+@pytest.mark.parametrize("name", ANSWERING)
+def test_a_response_that_cant_be_sent_is_a_500_logged_once(
+    start_answering: Callable[..., int],
+    name: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    thread_failures: list[BaseException | None],
+) -> None:
+    secret = "s3cret-cookie"
+    bad = blockws.Response(403, headers={"Set-Cookie": f"token={secret}\r\nX-Injected: 1"})
+    port = start_answering(name, process_request=lambda request: bad)
+    head, body = raw_answer(port, f"GET /ws HTTP/1.1\r\n{UPGRADE_HEADERS}\r\n")
+    assert head.startswith(b"HTTP/1.1 500 "), head
+    assert b"X-Injected" not in head and secret.encode() not in head + body
+    errors = errors_logged(caplog)
+    assert [r.name for r in errors] == ["blockws.server"], errors
+    assert "header Set-Cookie" in errors[0].getMessage()
+    assert secret not in caplog.text  # the value of a header is never logged
+    assert "Traceback" not in capfd.readouterr().err
+    assert thread_failures == []
+
+
+@pytest.mark.parametrize("name", ANSWERING)
+def test_a_process_request_that_raises_is_a_500_logged_once(
+    start_answering: Callable[..., int],
+    name: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    thread_failures: list[BaseException | None],
+) -> None:
+    def process_request(request: blockws.Request) -> None:
+        raise RuntimeError("process_request failed on purpose")
+
+    port = start_answering(name, process_request=process_request)
+    head, body = raw_answer(port, f"GET /ws HTTP/1.1\r\n{UPGRADE_HEADERS}\r\n")
+    assert head.startswith(b"HTTP/1.1 500 "), head
+    errors = errors_logged(caplog)
+    assert [(r.name, r.getMessage()) for r in errors] == [("blockws.server", "process_request failed")], errors
+    assert errors[0].exc_info and "on purpose" in str(errors[0].exc_info[1])
+    assert "Traceback" not in capfd.readouterr().err
+    assert thread_failures == []
+
+
+@pytest.mark.parametrize("name", ["werkzeug", "http.server"])
+def test_a_head_request_gets_the_426_headers_without_the_body(start: Callable[..., WebServer], name: str) -> None:
+    server = start(name)
+    get_head, get_body = raw_answer(server.port, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert get_head.startswith(b"HTTP/1.1 426 ") and get_body
+    # A GET / behind the HEAD: on a server that keeps the connection, the
+    # next bytes after the HEAD's head are its answer, not a body.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"HEAD /ws HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 426 "), head
+    length = f"content-length: {len(get_body)}".encode()
+    assert length in head.lower().split(b"\r\n"), head
+    assert rest == b"" or rest.startswith(b"HTTP/1.1 200 "), rest

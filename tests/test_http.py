@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +21,8 @@ from blockws.http import (
     parse_list,
     parse_request,
     parse_response,
+    redact_header,
+    redact_header_line,
     unquote_string,
 )
 
@@ -98,14 +102,15 @@ def test_credentials_never_shown_in_reprs_or_errors():
     request = Request("GET", "/", headers)
     for text in (repr(headers), repr(request)):
         assert secret not in text
-    assert "'shown'" in repr(headers) and "'Authorization', '***'" in repr(headers)
+    assert "'shown'" in repr(headers) and "'Authorization', 'Basic ***'" in repr(headers)
     for name in ("Authorization", "Proxy-Authorization", "Cookie"):
         with pytest.raises(ValueError) as info:
             Request("GET", "/", {name: f"{secret}\r\nX: injected"}).serialize()
         assert secret not in str(info.value) and secret not in repr(info.value)
         assert f"in header {name}" in str(info.value)
-    with pytest.raises(ValueError, match="in header X-Other: 'visible"):
-        Request("GET", "/", {"X-Other": "visible\r\n"}).serialize()
+    # Any header may hold a credential (X-Api-Key): no value is shown, only where the bad character is.
+    with pytest.raises(ValueError, match="at offset 7 in header X-Other$"):
+        Request("GET", "/", {"X-Other": "private\r\n"}).serialize()
 
 
 @pytest.mark.parametrize(
@@ -191,7 +196,64 @@ def test_arbitrary_heads_only_raise_invalid_handshake(data):
 
 def test_the_grammar_shared_by_every_parser():
     assert TOKEN.fullmatch("permessage-deflate") and TOKEN.fullmatch("!#$%&'*+-.^_`|~09Az")
-    assert not any(TOKEN.fullmatch(text) for text in ("", "a b", "a,b", "a\"", "caf\u00e9", "a\n"))
+    assert not any(TOKEN.fullmatch(text) for text in ("", "a b", "a,b", 'a"', "caf\u00e9", "a\n"))
     assert unquote_string('"a \\"quoted\\" \\\\ word"') == 'a "quoted" \\ word'
     assert unquote_string("token") == "token"
     assert unquote_string('"') == '"'
+
+
+@pytest.mark.parametrize(
+    ("response", "error", "says"),
+    [
+        (
+            Response(302, headers={"Location": "/x\r\nSet-Cookie: s=evil"}),
+            ValueError,
+            "'\\r' at offset 2 in header Location",
+        ),
+        (Response(200, headers={"Bad Name": "v"}), ValueError, "invalid header name 'Bad'"),
+        (Response(200, headers={"X-Price": "5 \u20ac"}), ValueError, "not Latin-1 at offset 2 in header X-Price"),
+        (Response(200, reason="OK\r\nSet-Cookie: s=evil"), ValueError, "in the reason phrase"),
+        (Response(2000), ValueError, "invalid HTTP status 2000"),
+        (Response(42), ValueError, "invalid HTTP status 42"),
+        (Response("200"), TypeError, "must be an int, not str"),  # type: ignore[arg-type]
+        (Response(200, body="text"), TypeError, "body must be bytes, not str"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_response_that_cant_be_sent_is_refused_by_check_and_serialize(
+    response: Response, error: type[Exception], says: str
+) -> None:
+    with pytest.raises(error, match=re.escape(says)):
+        response.check()
+    with pytest.raises(error, match=re.escape(says)):
+        response.serialize()
+    assert "evil" not in says  # the value is never in the message
+
+
+def test_check_never_shows_a_header_value() -> None:
+    secret = "t0ken-s3cret"
+    for name in ("Set-Cookie", "X-Api-Key", "Location"):
+        with pytest.raises(ValueError) as info:
+            Response(200, headers={name: f"{secret}\nX: y"}).check()
+        assert name in str(info.value) and secret not in str(info.value)
+
+
+def test_redact_header() -> None:
+    assert redact_header("Authorization", "Bearer abc") == "Bearer ***"
+    assert redact_header("proxy-authorization", "Basic dTpw") == "Basic ***"
+    assert redact_header("Authorization", "justasecret") == "***"
+    assert redact_header("Cookie", "a=b") == "***" and redact_header("Set-Cookie", "a=b") == "***"
+    assert redact_header("X-Test", "shown") == "shown"
+    assert redact_header_line("Authorization Bearer abc") == "'Authorization' (and 11 more characters, not shown)"
+    assert redact_header_line("Upgrade") == "'Upgrade'"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"Authorization Bearer S3CRET", b"Authorization Basic user:S3CRET", b"Cookie\ts=S3CRET", b"X-Key=S3CRET:1"],
+)
+def test_a_malformed_header_line_is_named_not_quoted(line: bytes) -> None:
+    for parse, start in ((parse_request, b"GET / HTTP/1.1"), (parse_response, b"HTTP/1.1 101 Switching Protocols")):
+        with pytest.raises(InvalidHandshake, match="invalid HTTP header line '") as info:
+            parse(start + b"\r\nHost: x\r\n" + line + b"\r\n\r\n")
+        assert "S3CRET" not in str(info.value), info.value
+        assert line[:5].decode() in str(info.value)  # which line: its would-be name

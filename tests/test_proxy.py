@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import logging
 import os
 import socket
 import ssl
@@ -95,6 +97,29 @@ def test_http_proxy_with_credentials_in_url_and_407(pproxy, echo_server):
     with blockws.connect(echo_server.url, proxy=f"http://127.0.0.1:{port}", proxy_auth=ask, timeout=5) as ws:
         echo_through(ws)
     assert asked == [(True, 1)]
+
+
+def test_407_retries_and_failures_are_logged_without_credentials(pproxy, echo_server, caplog):
+    caplog.set_level(logging.DEBUG, logger="blockws.client")
+    port = pproxy("http#puser:pr0xy-s3cret")
+    with pytest.raises(blockws.ProxyError, match="407"):
+        blockws.connect(echo_server.url, proxy=f"http://127.0.0.1:{port}", open_timeout=5)
+    failures = [r for r in caplog.records if r.name == "blockws.client" and r.levelno == logging.INFO]
+    assert len(failures) == 1 and "407" in failures[0].getMessage(), failures
+    assert f"through the proxy http://127.0.0.1:{port}" in failures[0].getMessage()
+    caplog.clear()
+    with pytest.raises(blockws.ProxyError, match="can't connect to the proxy"):
+        blockws.connect(echo_server.url, proxy=f"http://puser:pr0xy-s3cret@127.0.0.1:{free_port()}", open_timeout=5)
+    failures = [r for r in caplog.records if r.name == "blockws.client" and r.levelno == logging.INFO]
+    assert len(failures) == 1 and "http://puser:***@127.0.0.1:" in failures[0].getMessage(), failures
+    caplog.clear()
+    ask = lambda challenge: ("puser", "pr0xy-s3cret")  # noqa: E731 - asked after the 407
+    with blockws.connect(echo_server.url, proxy=f"http://127.0.0.1:{port}", proxy_auth=ask, timeout=5) as ws:
+        echo_through(ws)
+    retries = [r.getMessage() for r in caplog.records if "407" in r.getMessage()]
+    assert retries == [f"HTTP 407 from the proxy 127.0.0.1:{port}: retrying with Proxy-Authorization: Basic ***"]
+    assert not [r for r in caplog.records if r.levelno > logging.DEBUG]  # a retry that works is no failure
+    assert "pr0xy-s3cret" not in caplog.text and base64.b64encode(b"puser:pr0xy-s3cret").decode() not in caplog.text
 
 
 def test_proxy_from_the_environment(pproxy, echo_server, monkeypatch):

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import blockws
+import blockws.exceptions
 from blockws.client import parse_uri
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,3 +45,16 @@ def test_every_client_option_is_in_the_readme():
     assert "--cafile" in options and "--version" in options
     missing = sorted(option for option in options if not re.search(rf"(?<![\w-]){option}(?![\w-])", README))
     assert not missing, f"README.md doesn't mention {missing}"
+
+
+def test_every_public_name_is_in_the_api_reference():
+    # Read from docs/api.rst, not from a Sphinx build: a name is in the
+    # reference if a directive names it, or, for the exceptions, if the
+    # automodule of blockws.exceptions lists it (its __all__).
+    api = (ROOT / "docs" / "api.rst").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\.\. auto(?:function|class|exception):: blockws\.(\w+)$", api, re.MULTILINE))
+    if re.search(r"^\.\. automodule:: blockws\.exceptions\n   :members:$", api, re.MULTILINE):
+        documented |= set(blockws.exceptions.__all__)
+    assert "CertificateVerifyError" in blockws.__all__
+    missing = sorted(set(blockws.__all__) - documented)
+    assert not missing, f"docs/api.rst doesn't document {missing}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import socketserver
@@ -95,6 +96,17 @@ def test_long_header_line_refused_while_it_arrives(run_server):
     assert reply.startswith(b"HTTP/1.1 400") and b"max_line=100" in reply
 
 
+def test_a_malformed_header_line_is_logged_without_its_value(echo_server, caplog):
+    caplog.set_level(logging.INFO, logger="blockws.server")
+    secret = "t0ken-s3cret"
+    with socket.create_connection(("127.0.0.1", echo_server.port), timeout=5) as sock:
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {secret}\r\n\r\n".encode())
+        reply = read_until_eof(sock)  # the server closes once it has logged the failure
+    assert reply.startswith(b"HTTP/1.1 400") and secret.encode() not in reply
+    assert "handshake with" in caplog.text and "'Authorization'" in caplog.text  # which line, not what it said
+    assert secret not in caplog.text
+
+
 def test_process_request_rejects_with_a_body(run_server):
     def process_request(request: blockws.Request) -> blockws.Response | None:
         if request.headers.get("X-Token") != "secret":
@@ -183,6 +195,33 @@ def test_accept_on_a_socketpair():
         ws.sendall("over a socketpair")
     t.join(5)
     assert got == ["over a socketpair"]
+
+
+def test_accept_a_process_request_that_raises(caplog):
+    """A failure of the hook is a 500 (InvalidHandshake, chained); KeyboardInterrupt and SystemExit go through."""
+    request = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    failure = LookupError("no such user")
+    for raised in (failure, KeyboardInterrupt(), SystemExit(3)):
+
+        def process_request(request: blockws.Request, raised: BaseException = raised) -> None:
+            raise raised
+
+        a, b = socket.socketpair()
+        with a, b:
+            a.sendall(request)
+            expected = blockws.InvalidHandshake if raised is failure else type(raised)
+            with pytest.raises(expected) as info:
+                blockws.accept(b, process_request=process_request, open_timeout=5)
+            if raised is failure:
+                assert info.value.__cause__ is failure and "HTTP 500" in str(info.value)
+                a.settimeout(5)
+                assert a.recv(4096).startswith(b"HTTP/1.1 500 ")
+            else:
+                assert info.value is raised
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == ["process_request failed"]
 
 
 def test_tls_both_sides(run_server, tls):

@@ -125,7 +125,8 @@ class HTTPHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
             return
         try:
             ws = blockws.accept_http(self, **getattr(self.server, "ws_options", {}))
@@ -133,6 +134,10 @@ class HTTPHandler(http.server.BaseHTTPRequestHandler):
             return  # answered (426 for a plain GET)
         with ws:
             run_handler(route, ws, self.client_address)  # as serve() and wsgi_app do: 1011 if it raises
+
+    def do_HEAD(self) -> None:
+        """As a GET: on the WebSocket's path, accept_http answers it (426)."""
+        self.do_GET()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
