@@ -106,12 +106,16 @@ class Data:
 
 
 class Close:
-    """The peer's Close frame: ``code`` is 1005 when it carried none."""
+    """A Close frame (the peer's or ours), or why the connection was lost:
+    ``code`` is 1005 when the frame carried none."""
 
     __slots__ = ("code", "reason")
 
     def __init__(self, code: int, reason: str) -> None:
-        self.code = code
+        # A plain int, never a CloseCode member: close_code is printed and
+        # logged, and str() of an IntEnum member says "CloseCode.X" before
+        # Python 3.11.
+        self.code = int(code)
         self.reason = reason
 
     def __repr__(self) -> str:
