@@ -156,6 +156,9 @@ class WebSocket:
         # Close only for an application that stopped reading.
         self._close_taken = False
         self._recv_calls = 0
+        # close() was called before the connection ended otherwise: the
+        # application ended it (reconnect() then stops, whatever the code).
+        self._closed_by_app = False
         self._last_received = time.monotonic()
         self._on_close: list[Callable[[], None]] = []
         self._keepalive = KeepAliveLink(self)
@@ -940,6 +943,7 @@ class WebSocket:
         """
         if self._proto.finished:
             return
+        self._closed_by_app |= self._proto.close_rcvd is None and self._proto.lost is None
         send: int | None = code
         rcvd = self._proto.close_rcvd
         if rcvd is not None and code == CloseCode.NORMAL_CLOSURE and not reason:
