@@ -156,6 +156,9 @@ class WebSocket:
         # Close only for an application that stopped reading.
         self._close_taken = False
         self._recv_calls = 0
+        # close() was called before the connection ended otherwise: the
+        # application ended it (reconnect() then stops, whatever the code).
+        self._closed_by_app = False
         self._last_received = time.monotonic()
         self._on_close: list[Callable[[], None]] = []
         self._keepalive = KeepAliveLink(self)
@@ -190,7 +193,8 @@ class WebSocket:
     def close_code(self) -> int | None:
         """Why the connection ended: the peer's close code; the code we failed
         the connection with (1002, 1007, 1009, 1011); 1006 when it was lost
-        without a Close; None while it is open."""
+        without a Close, or closed before the peer answered our Close
+        (``close_timeout`` expired); None while it is open."""
         return self._proto.close_code
 
     @property
@@ -948,6 +952,8 @@ class WebSocket:
         else:
             # Another thread is receiving: it will see the peer's Close.
             self._close_rcvd_event.wait(deadline.remaining())
+        if proto.close_rcvd is None:  # lost (1006), RFC 6455 section 7.1.5: say how
+            proto.lose(reason="the peer closed TCP without a Close" if proto.eof else "no Close from the peer in time")
         self._close_socket()
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
@@ -959,9 +965,11 @@ class WebSocket:
         Messages still arriving are discarded: use ``shutdown(SHUT_WR)`` to
         keep reading them. When this answers the peer's Close and ``code`` is
         left at its default, the peer's code is echoed (RFC 6455 section 5.5.1).
+        A peer that doesn't answer in time leaves :attr:`close_code` 1006.
         """
         if self._proto.finished:
             return
+        self._closed_by_app |= self._proto.close_rcvd is None and self._proto.lost is None
         send: int | None = code
         rcvd = self._proto.close_rcvd
         if rcvd is not None and code == CloseCode.NORMAL_CLOSURE and not reason:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ssl
 import unicodedata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .codes import CloseCode
 
@@ -57,7 +57,25 @@ __all__ = [
 
 
 class WebSocketError(Exception):
-    """Base class of every exception blockws defines."""
+    """Base class of every exception blockws defines.
+
+    Every one pickles with its message and attributes, so it can cross a
+    process boundary (``multiprocessing``, ``concurrent.futures``).
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle's default calls the class with ``args``, the message alone,
+        # which an __init__ taking (code, reason), (size, nbytes, exact) or
+        # a Response can't take: rebuild without __init__ instead.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[WebSocketError], args: tuple[Any, ...], state: dict[str, Any]) -> WebSocketError:
+    """An exception unpickled: ``cls`` with ``args`` (its message) and the attributes ``state``."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class InvalidURI(WebSocketError, ValueError):
@@ -228,7 +246,7 @@ class ConnectionClosed(WebSocketError, ConnectionError):
     """
 
     def __init__(self, code: int, reason: str, message: str | None = None) -> None:
-        self.code = code
+        self.code = int(code)  # as ProtocolError.close_code
         self.reason = reason
         if message is None:
             message = f"connection closed: {code}" + (f" {reason}" if reason else "")

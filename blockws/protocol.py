@@ -35,7 +35,8 @@ States (the only place they change is this module; the connection's
 How the connection ended is recorded here, once: the peer's Close
 (:attr:`Protocol.close_rcvd`), ours (:attr:`Protocol.close_sent`), or
 :attr:`Protocol.lost` when it ended without the peer's Close (lost, 1006,
-or failed by us); :meth:`Protocol.closed_error` decides whether that was a
+also when the socket is closed before the peer answered our Close; or
+failed by us); :meth:`Protocol.closed_error` decides whether that was a
 clean end.
 """
 
@@ -106,12 +107,16 @@ class Data:
 
 
 class Close:
-    """The peer's Close frame: ``code`` is 1005 when it carried none."""
+    """A Close frame (the peer's or ours), or why the connection was lost:
+    ``code`` is 1005 when the frame carried none."""
 
     __slots__ = ("code", "reason")
 
     def __init__(self, code: int, reason: str) -> None:
-        self.code = code
+        # A plain int, never a CloseCode member: close_code is printed and
+        # logged, and str() of an IntEnum member says "CloseCode.X" before
+        # Python 3.11.
+        self.code = int(code)
         self.reason = reason
 
     def __repr__(self) -> str:
@@ -262,8 +267,13 @@ class Protocol:
         self.state = State.CLOSED
         self.output_ended = True
 
-    def transport_closed(self) -> None:
-        """The I/O layer closed the socket."""
+    def transport_closed(self, reason: str = "closed before the peer's Close") -> None:
+        """The I/O layer closed the socket; without the peer's Close, that is a loss.
+
+        RFC 6455 section 7.1.5: a connection closed without receiving a
+        Close has code 1006, even when we sent ours and gave up waiting.
+        """
+        self.lose(CloseCode.ABNORMAL_CLOSURE, reason)
         self.finished = True
         self.state = State.CLOSED
         self.output_ended = True

@@ -64,9 +64,14 @@ def reconnect(
 
     Each connection is made by ``blockws.connect(url, **options)``. The loop
     body owns the connection it is given. When the body returns to the
-    loop, the iterator closes the connection if it is still open, and its
-    :attr:`~blockws.WebSocket.close_code` at that moment decides:
+    loop, the iterator closes the connection if it is still open, and who
+    ended it, and its :attr:`~blockws.WebSocket.close_code` at that moment,
+    decide:
 
+    - the body called :meth:`~blockws.WebSocket.close` before the
+      connection ended otherwise: the iteration ends, whatever the code
+      (1000 as the server echoes it, or 1006 when it didn't answer within
+      ``close_timeout``);
     - lost (1006), or closed by the server with 1001 (going away), 1011
       (internal error; also the code of a server our keepalive found
       dead), 1012 (service restart), 1013 (try again later) or 1014 (bad
@@ -76,9 +81,8 @@ def reconnect(
       ``websockets`` package does (returning to the loop means "done with
       this connection"; ``break`` means "done");
     - any other code ends the iteration: the server closed with 1000, 1003,
-      1008, 4000-4999, ...; we failed the connection because the server
-      broke the protocol (1002, 1007, 1009); or the body called
-      :meth:`~blockws.WebSocket.close` (1000, as the server echoes it).
+      1008, 4000-4999, ...; or we failed the connection because the server
+      broke the protocol (1002, 1007, 1009).
       The loop variable still holds the last connection: ``ws.close_code``
       after the loop says why.
 
@@ -120,7 +124,9 @@ def reconnect(
     Delays: capped exponential backoff with full jitter, the n-th wait
     (n = 0, 1, ...) random between 0 and ``min(max_delay, initial_delay *
     2**n)``. A ``Retry-After`` on a 429 or 503 (seconds or an HTTP date)
-    replaces that delay, even above ``max_delay`` (up to an hour). A
+    lengthens that delay, even above ``max_delay`` (up to an hour), but
+    never shortens it: ``Retry-After: 0``, or a date already past (the
+    clocks disagree), waits the backoff's delay and n still grows. A
     connection that ends counts as a failed attempt, so a server that
     accepts and closes at once isn't hammered; n starts from 0 again after
     a connection that lived ``reset_after`` seconds. The first attempt
@@ -171,9 +177,11 @@ class _Backoff:
         return min(self.maximum, self.initial * (1 << min(self.waits, 64)))
 
     def next_delay(self, retry_after: float | None = None) -> float:
-        delay = random.uniform(0.0, self.bound()) if retry_after is None else retry_after
+        delay = random.uniform(0.0, self.bound())
         self.waits += 1
-        return delay
+        # The server's Retry-After may lengthen the wait, never shorten it:
+        # "0" or a date already past (clock skew) would retry in a tight loop.
+        return delay if retry_after is None else max(delay, retry_after)
 
 
 def _connections(
@@ -195,8 +203,13 @@ def _connections(
             yield ws
             # The body returned to the loop: done with this connection.
             code = ws.close_code
+            # Whatever the code: 1006 too, when the server didn't answer in time.
+            closed_by_body = ws._closed_by_app
         finally:
             ws.close()  # idempotent; after break or an exception in the body, the last thing done
+        if closed_by_body:
+            logger.info("connection to %s closed by the application (code %s): not reconnecting", where, code)
+            return
         if code is not None and code not in RECONNECT_CODES:
             logger.info("connection to %s closed with code %d: not reconnecting", where, code)
             return

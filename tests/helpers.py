@@ -7,6 +7,7 @@ import http.client
 import os
 import re
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 import blockws
+from blockws.handshake import accept_key
 
 
 class LateReader:
@@ -48,6 +50,64 @@ class RecvErrors:
             ws.recv()
         except blockws.ConnectionClosedError as exc:
             self.errors.append(exc)
+
+
+class SilentPeer:
+    """A raw TCP server that completes the opening handshake, then reads and
+    drops whatever comes and never answers the Close: a closing handshake
+    with it can only time out. Each connection stays open until the client
+    closes it, or ``eof=True``: until the client's Close arrives, then it
+    closes TCP without a Close. Use it as a context manager."""
+
+    def __init__(self, eof: bool = False) -> None:
+        self.eof = eof
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"ws://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.handshakes = 0
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept)
+        self._accepting.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # the listener was shut down
+            thread = threading.Thread(target=self._serve, args=(conn,))
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                head += data
+            lines = head.split(b"\r\n")
+            key = next(
+                line.split(b":", 1)[1].strip() for line in lines if line.lower().startswith(b"sec-websocket-key:")
+            )
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
+            )
+            self.handshakes += 1
+            while data := conn.recv(4096):
+                if self.eof and data[:1] == b"\x88":  # the client's Close (a frame of its own)
+                    return
+
+    def __enter__(self) -> SilentPeer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        self._accepting.join(5)
+        self.listener.close()
+        for thread in self._threads:
+            thread.join(5)
 
 
 def send_in_parts(ws: blockws.WebSocket, data: bytes, on_timeout: Any) -> list[int]:

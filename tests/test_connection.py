@@ -17,7 +17,7 @@ from blockws import CloseCode, State
 from blockws.frames import Opcode, encode_header
 from blockws.handshake import accept_key
 
-from .helpers import LateReader, RecvErrors, send_in_parts
+from .helpers import LateReader, RecvErrors, SilentPeer, send_in_parts
 
 
 def small_buffer_client(url: str, port: int, **options: Any) -> blockws.WebSocket:
@@ -138,6 +138,48 @@ def test_lost_connection_raises_and_reports_1006(run_server):
             ws.recv()
         assert ws.close_code == 1006
         assert ws.state is State.CLOSED
+
+
+def test_a_close_the_peer_never_answers_ends_with_1006():
+    # RFC 6455 section 7.1.5: closed without the peer's Close is 1006, not
+    # None (None means open), even though we sent a Close of our own.
+    with SilentPeer() as peer:
+        ws = blockws.connect(peer.url, timeout=5, close_timeout=0.2)
+        ws.close(1000, "bye")
+        assert ws.state is State.CLOSED
+        assert ws.close_code == 1006 and type(ws.close_code) is int
+        assert ws.close_reason == "no Close from the peer in time"
+        with pytest.raises(blockws.ConnectionClosedError) as raised:
+            ws.send("too late")
+        assert raised.value.code == 1006
+
+
+def test_a_close_the_peer_answers_by_hanging_up_ends_with_1006():
+    with SilentPeer(eof=True) as peer:
+        ws = blockws.connect(peer.url, timeout=5, close_timeout=5)
+        ws.close()
+        assert ws.close_code == 1006
+        assert ws.close_reason == "the peer closed TCP without a Close"
+
+
+def test_a_close_while_another_thread_receives_ends_with_1006():
+    with SilentPeer() as peer:
+        ws = blockws.connect(peer.url, timeout=5, close_timeout=0.2)
+        errors: list[blockws.ConnectionClosedError] = []
+
+        def reader() -> None:
+            with pytest.raises(blockws.ConnectionClosedError) as raised:
+                ws.recv()
+            errors.append(raised.value)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        while not ws._recv_lock.locked():
+            time.sleep(0.01)
+        ws.close()  # the reader holds the recv lock: close() waits for it to see a Close
+        thread.join(5)
+        assert ws.close_code == 1006 and ws.close_reason == "no Close from the peer in time"
+        assert [(e.code, e.reason) for e in errors] == [(1006, "no Close from the peer in time")]
 
 
 def test_recv_timeout_keeps_partial_message(run_server):

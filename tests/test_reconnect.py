@@ -20,6 +20,7 @@ import blockws
 from blockws import reconnecting
 from blockws.exceptions import CertificateVerifyError
 
+from .helpers import SilentPeer
 from .relay import Relay
 
 
@@ -183,6 +184,49 @@ def test_429_waits_for_retry_after(servers):
     connections.close()
     waited = requests.times[1] - requests.times[0]
     assert 0.95 <= waited < 1.5  # Retry-After, not the 0.01 s backoff
+
+
+class Overloaded:
+    """A process_request that answers 503 with ``Retry-After: value`` for
+    ``seconds`` after the first request, then lets the upgrade through."""
+
+    def __init__(self, value: str, seconds: float) -> None:
+        self.value = value
+        self.seconds = seconds
+        self.times: list[float] = []  # of the requests answered 503
+
+    def __call__(self, request: blockws.Request) -> blockws.Response | None:
+        now = time.monotonic()
+        if self.times and now - self.times[0] >= self.seconds:
+            return None
+        self.times.append(now)
+        return blockws.Response(503, headers={"Retry-After": self.value})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["0", "a date past"])
+def test_retry_after_never_shortens_the_backoff(servers, monkeypatch, caplog, when):
+    # "Retry-After: 0", or a date already past (the clocks disagree), used
+    # to replace the backoff with no wait at all: about 1,000 attempts a
+    # second against a server that said it is overloaded.
+    caplog.set_level(logging.INFO, "blockws.client")
+    monkeypatch.setattr(reconnecting.random, "uniform", lambda low, high: high)  # each wait its bound
+    value = "0" if when == "0" else email.utils.formatdate(time.time() - 3600, usegmt=True)
+    overloaded = Overloaded(value, seconds=0.5)
+    server = servers(process_request=overloaded).start()
+    connections = blockws.reconnect(server.url, initial_delay=0.01, max_delay=30)
+    with next(connections):
+        pass
+    connections.close()
+    # Each attempt comes at least its wait after the server answered the
+    # previous one: 0.01, 0.02, 0.04, ... s, so at most 6 fit in the 0.5 s
+    # (at 0, 0.01, 0.03, 0.07, 0.15 and 0.31 s after the first), whatever
+    # the machine's speed.
+    bounds = [0.01 * 2**n for n in range(len(overloaded.times))]
+    assert 1 <= len(overloaded.times) <= 6
+    gaps = [b - a for a, b in zip(overloaded.times, overloaded.times[1:])]
+    assert all(gap >= bound for gap, bound in zip(gaps, bounds))
+    assert _delays(caplog) == pytest.approx(bounds, abs=0.0005)  # logged with 3 decimals
 
 
 def test_retry_after_values(monkeypatch):
@@ -498,6 +542,36 @@ def test_a_connection_the_application_closed_ends_the_iteration(servers):
         count += 1
         ws.close()  # the server echoes 1000
     assert count == 1 and ws.close_code == 1000
+
+
+def test_a_close_by_the_body_ends_the_iteration_even_with_1006(caplog):
+    # The server never answers the body's Close: close() gives up after
+    # close_timeout with 1006, a code that reconnects when the connection
+    # is lost, but here the body ended it.
+    caplog.set_level(logging.INFO, "blockws.client")
+    with SilentPeer() as peer:
+        count = 0
+        for ws in blockws.reconnect(peer.url, close_timeout=0.1, initial_delay=0.001):
+            count += 1
+            ws.close()
+            assert ws.close_code == 1006
+            if count == 3:
+                break  # what the bug did: don't loop forever
+        assert count == 1 and peer.handshakes == 1
+    notes = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert notes == [f"connection to {peer.url} closed by the application (code 1006): not reconnecting"]
+
+
+def test_a_close_by_the_body_after_the_servers_close_lets_the_code_decide(servers):
+    # A with-block (or a close() in the body) after the server's 1012 or a
+    # loss only answers it: the code decides, as without the close().
+    server = servers(_closing_with([1012, 1000])).start()
+    seen = []
+    for ws in blockws.reconnect(server.url, initial_delay=0.001):
+        with ws:
+            assert list(ws) == ["hi"]
+        seen.append(ws.close_code)
+    assert seen == [1012, 1000]
 
 
 # -- leaving the loop ---------------------------------------------------------------
