@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import blockws
+import blockws.workers
 from blockws.server import DEFAULT_SHUTDOWN_GRACE
 
 from .helpers import ROOT, raise_fd_limit
@@ -282,6 +283,13 @@ def test_shutdown_grace_argument_and_checks(run_server):
         blockws.serve(lambda ws: None, "127.0.0.1", 0, shutdown_grace=-1)
     with pytest.raises(ValueError, match="grace"):
         running.server.shutdown(grace=-1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="more than one worker needs os.fork")
+def test_workers_take_shutdown_grace():
+    """Checked once by the supervisor, like serve()'s other options, not by each worker."""
+    with pytest.raises(ValueError, match="shutdown_grace"):
+        blockws.workers.run(lambda ws: None, "127.0.0.1", 0, workers=2, shutdown_grace=-1)
 
 
 # -- Ctrl-C on blockws serve -----------------------------------------------------------
