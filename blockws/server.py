@@ -4,7 +4,9 @@
 :class:`Server` runs a thread per connection, like
 ``socketserver.ThreadingTCPServer``, but its accept loop waits on a selector
 that a socketpair wakes for :meth:`Server.shutdown` (no polling interval),
-and it tracks and joins its handler threads.
+and it tracks and joins its handler threads. ``shutdown()`` works from any
+thread, a handler's included, and is bounded by its grace whatever the
+peers do.
 
 The opening handshake is :mod:`blockws.accepting`'s, the listening sockets
 :mod:`blockws.listening`'s; :func:`accept` is imported from here as ever.
@@ -29,7 +31,7 @@ from typing import Any
 from . import deflate
 from .accepting import ProcessRequest as ProcessRequest
 from .accepting import accept, upgrade_gate
-from .connection import DEFAULT_CLOSE_TIMEOUT, WebSocket
+from .connection import WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
 from .handshake import check_subprotocols
@@ -53,6 +55,13 @@ _REFUSED_LINGER = 2.0
 _MAX_REFUSED = 256
 # Windows before 3.10 has no AF_UNIX at all (a name, for the tests to clear).
 _HAS_AF_UNIX = hasattr(socket, "AF_UNIX")
+#: How long :meth:`Server.shutdown` gives the peers to answer its Close
+#: (1001) before it aborts their connections: longer than a blockws peer's
+#: ``close_grace`` (1 s), short enough for Ctrl-C to feel prompt.
+DEFAULT_SHUTDOWN_GRACE = 1.5
+# shutdown()'s default timeout is its grace plus this, for the handlers to
+# return once their connections are closed.
+_HANDLERS_MARGIN = 1.0
 
 
 def _accept_or_log(sock: socket.socket, address: Any, options: dict[str, Any]) -> WebSocket | None:
@@ -78,6 +87,13 @@ def run_handler(handler: Callable[[WebSocket], object], ws: WebSocket, address: 
         logger.exception("connection handler failed")
         if ws.state is not ws.state.CLOSED:
             ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+def check_grace(name: str, grace: float) -> float:
+    """``grace`` as a float; ValueError naming ``name`` unless it is 0 or more."""
+    if not grace >= 0:  # NaN too
+        raise ValueError(f"{name} takes seconds, 0 or more, not {grace!r}")
+    return float(grace)
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -129,6 +145,8 @@ class Server:
 
     Made by :func:`serve`. Use ``serve_forever()`` and ``shutdown()`` as with
     :mod:`socketserver`, or a ``with`` block (which shuts it down on exit).
+    ``shutdown_grace`` (seconds, default 1.5) is how long :meth:`shutdown`
+    waits for the peers' Close before it aborts their connections.
     """
 
     def __init__(
@@ -144,10 +162,13 @@ class Server:
         reuse_port: bool = False,
         max_connections: int | None = None,
         backlog: int = 128,
+        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         **options: Any,
     ) -> None:
         self.handler = handler
         self.max_connections = max_connections
+        self.shutdown_grace = check_grace("shutdown_grace", shutdown_grace)
+        """Seconds :meth:`shutdown` waits for the peers' Close (settable)."""
         check_options(options)
         self.options = options
         # server_close() removes the Unix socket file only if it is still ours.
@@ -180,8 +201,16 @@ class Server:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._lock = threading.Lock()
+        # Notified when a handler thread ends or a thread enters shutdown().
+        self._changed = threading.Condition(self._lock)
         self._threads: set[threading.Thread] = set()
-        self._connections: set[WebSocket] = set()
+        self._connections: dict[WebSocket, threading.Thread] = {}  # -> its handler's thread
+        # Threads inside shutdown(): no shutdown() waits for them (a handler
+        # calling it can't return while it runs).
+        self._in_shutdown: set[threading.Thread] = set()
+        # The smallest grace of the shutdown() calls so far: also bounds the
+        # Close of a connection that comes to an end after they looked.
+        self._grace: float | None = None
         # A duplicate descriptor of each socket whose opening handshake has
         # not sent its 101 yet: shutdown() cuts those short through it (TLS
         # wrapping replaces the socket object; the duplicate still reaches
@@ -221,8 +250,13 @@ class Server:
             return list(self._connections)
 
     def serve_forever(self) -> None:
-        """Accept connections until :meth:`shutdown` is called."""
-        self._stopped.clear()
+        """Accept connections until :meth:`shutdown` is called (at once if it was already)."""
+        with self._lock:
+            # Under the lock: shutdown() either sees this loop running or it
+            # has already asked, and the loop never starts on a closed socket.
+            if self._shutdown_requested:
+                return
+            self._stopped.clear()
         # Held while accepting: the keepalive thread stays for the next connection.
         keepalive = KeepAlive.resolve(self.options.get("keepalive", True))
         if keepalive is not None:
@@ -282,23 +316,30 @@ class Server:
             if ws is None:
                 return
             with self._lock:
-                self._connections.add(ws)
+                self._connections[ws] = threading.current_thread()
             if self._shutdown_requested:
                 return
             run_handler(self.handler, ws, addr)
         finally:
             if ws is not None:
+                code = CloseCode.NORMAL_CLOSURE
+                if self._shutdown_requested:
+                    # Closed after shutdown() looked (a handler that called
+                    # it, or one accepted just then): the grace bounds it too.
+                    code = CloseCode.GOING_AWAY
+                    self._shorten_close(ws)
                 try:
-                    ws.close(CloseCode.GOING_AWAY if self._shutdown_requested else CloseCode.NORMAL_CLOSURE)
+                    ws.close(code)
                 except Exception:  # pragma: no cover - close never raises for a closed peer
                     logger.exception("closing failed")
                 with self._lock:
-                    self._connections.discard(ws)
+                    self._connections.pop(ws, None)
             else:
                 conn.close()
             with self._lock:
                 self._active -= 1
                 self._threads.discard(threading.current_thread())
+                self._changed.notify_all()
 
     def _watch_handshake(self, conn: socket.socket) -> socket.socket | None:
         """Register a duplicate of ``conn`` for shutdown() to cut its handshake short."""
@@ -437,54 +478,113 @@ class Server:
         except (KeyError, ValueError):  # never registered, or closed: nothing to undo
             pass
 
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Stop accepting, close open connections with 1001, join the threads.
+    def shutdown(self, timeout: float | None = None, *, grace: float | None = None) -> None:
+        """Stop accepting, close open connections with 1001, wait for the handlers.
 
-        Opening handshakes that haven't sent their 101 yet are cut short at
-        once (a client that connected and sent nothing doesn't hold this
-        for ``open_timeout``). Each open connection gets a Close (1001) and
-        up to ``close_timeout`` for the peer's answer: a blockws peer answers
-        at once when its application reads, and within its keepalive's
-        ``close_grace`` (1 s by default) when it doesn't. ``timeout`` bounds
-        the wait for handlers to return (default: the close timeout plus a
-        second).
+        Works from any thread but the one in :meth:`serve_forever` (which
+        it stops): another, or a handler (say, on a "stop" command). Called
+        twice, or from several threads at once, each call returns once the
+        server is shut down. In order:
+
+        - The listening socket is closed (a new connection is refused) and
+          ``serve_forever()`` returns. Opening handshakes that haven't sent
+          their 101 yet are cut short at once: a client that connected and
+          sent nothing doesn't hold this for ``open_timeout``.
+        - Each open connection gets a Close (1001, going away). Its peer has
+          ``grace`` seconds to answer (default :attr:`shutdown_grace`,
+          1.5 s): a blockws peer answers at once when its application reads,
+          within its keepalive's ``close_grace`` (1 s) when it doesn't. The
+          connections still open after the grace are aborted, whatever the
+          peer is (one that never reads, not even a WebSocket client), and
+          their handlers' ``recv()`` and ``send()`` raise
+          ``ConnectionClosedError``.
+        - The handlers have until ``timeout`` seconds from the call (default:
+          the grace plus a second) to return; one still running then is left
+          to end on its own (its connection is closed already).
+
+        A handler that calls this keeps its own connection: it isn't waited
+        for, and its connection gets its Close (1001) once it returns, as the
+        others do, its answer bounded by the grace as well.
+
+        Raises:
+            ValueError: a negative ``grace``.
         """
+        grace = self.shutdown_grace if grace is None else check_grace("grace", grace)
+        me = threading.current_thread()
         with self._lock:
+            # The grace first: a handler's thread reads the flag without the lock.
+            self._grace = grace if self._grace is None else min(self._grace, grace)
             self._shutdown_requested = True
+            self._in_shutdown.add(me)
+            self._changed.notify_all()  # another shutdown() waiting for this handler stops waiting
             self._abort_handshakes()
         try:
+            self._stop_accepting()
+            self._close_connections(me, grace, grace + _HANDLERS_MARGIN if timeout is None else timeout)
+        finally:
+            with self._lock:
+                self._in_shutdown.discard(me)
+
+    def _stop_accepting(self) -> None:
+        try:
             self._wake_w.send(b"x")
-        except OSError:
+        except OSError:  # closed by an earlier shutdown()
             pass
         self._stopped.wait(5.0)
+        self.server_close()
+
+    def _close_connections(self, me: threading.Thread, grace: float, timeout: float) -> None:
+        """Close every connection but the caller's own: 1001, then an abort after the grace."""
+        total = Deadline(timeout)
+        closing = Deadline(min(grace, timeout))
+        with self._lock:
+            others = [ws for ws, thread in self._connections.items() if thread is not me]
+            mine = [ws for ws, thread in self._connections.items() if thread is me]
+        for ws in others + mine:
+            self._shorten_close(ws)
         closers = [
-            threading.Thread(target=ws.close, args=(CloseCode.GOING_AWAY, "server shutting down"), daemon=True)
-            for ws in self.connections
+            threading.Thread(
+                target=ws.close, args=(CloseCode.GOING_AWAY, "server shutting down"), name="blockws close", daemon=True
+            )
+            for ws in others
         ]
         for t in closers:
             t.start()
-        if timeout is None:
-            timeout = (self.options.get("close_timeout") or DEFAULT_CLOSE_TIMEOUT) + 1.0
-        deadline = Deadline(timeout)
         for t in closers:
-            t.join(deadline.remaining())
+            t.join(closing.remaining())
+        self._wait_for_handlers(closing)
         with self._lock:
-            threads = list(self._threads)
-        for t in threads:
-            t.join(deadline.remaining())
-        for ws in self.connections:
+            late = [ws for ws, thread in self._connections.items() if thread is not me]
+        # A peer that didn't answer in time (it doesn't read, it isn't a
+        # WebSocket client, it's gone): abort, which also wakes the closer
+        # and the handler blocked on it.
+        for ws in late:
             ws.abort(CloseCode.GOING_AWAY, "server shut down")
-        self.server_close()
+        self._wait_for_handlers(total)
+        for t in closers:
+            t.join(total.remaining())
+
+    def _wait_for_handlers(self, deadline: Deadline) -> bool:
+        """Wait until every handler thread has ended, except those inside shutdown()."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._threads <= self._in_shutdown, deadline.remaining())
+
+    def _shorten_close(self, ws: WebSocket) -> None:
+        """Bound the closing handshake of ``ws`` by the shutdown grace: its close() won't wait longer."""
+        grace = self._grace
+        if grace is not None and (ws.close_timeout is None or ws.close_timeout > grace):
+            ws.close_timeout = grace
 
     def server_close(self) -> None:
-        """Close the listening socket (done by :meth:`shutdown`).
+        """Close the listening socket (done by :meth:`shutdown`); idempotent.
 
         A Unix socket file that :func:`serve` made (``path=``) is removed,
         unless another one replaced it meanwhile.
         """
         self.socket.close()
-        if self._unix_file is not None:
+        with self._lock:
             unix_file, self._unix_file = self._unix_file, None
+        if unix_file is not None:
             remove_socket_file(*unix_file)
         self._selector.close()
         self._wake_r.close()
@@ -560,15 +660,18 @@ def serve(
             with ``sock`` (set the option on it yourself) or ``path``.
         options: ``max_connections`` (excess connections get a 503 naming
             it, written by the accept loop: refusals cost no thread; over
-            TLS after the TLS handshake) and ``backlog``, plus those of
-            :func:`accept` (``subprotocols``, ``origins``,
+            TLS after the TLS handshake), ``backlog`` and ``shutdown_grace``
+            (how long :meth:`Server.shutdown` waits for the peers' Close
+            before it aborts their connections; default 1.5 s), plus those
+            of :func:`accept` (``subprotocols``, ``origins``,
             ``process_request``, ``open_timeout``, ``close_timeout``,
             ``max_size``, ``max_line``, ``max_headers``, ``ssl_context``,
             ...).
 
     Raises:
         ValueError: ``sock`` or ``path`` given with an address option;
-            ``reuse_port`` where the platform has no ``SO_REUSEPORT``.
+            ``reuse_port`` where the platform has no ``SO_REUSEPORT``; a
+            negative ``shutdown_grace``.
         OSError: the address is taken or can't be bound (EADDRINUSE, also
             when the listener already there didn't set ``reuse_port``);
             ``path`` on a platform without Unix sockets (EAFNOSUPPORT);

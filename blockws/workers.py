@@ -33,7 +33,8 @@ when imported. Without ``os.fork`` (Windows) only one worker runs.
 Signals. SIGTERM or SIGINT (Ctrl-C) makes the supervisor close its copy of
 the listener and send SIGTERM to every worker; a worker then stops
 accepting and closes its connections with 1001 (:meth:`Server.shutdown`),
-within ``close_timeout``. The supervisor waits for them and exits with
+aborting those whose peers haven't answered within ``shutdown_grace``
+(1.5 s). The supervisor waits for them and exits with
 status 0; a worker still there ``close_timeout`` + 3 s later (or at a second
 signal) is killed. A worker also stops when its supervisor is gone.
 
@@ -62,7 +63,7 @@ from typing import Any
 
 from .connection import DEFAULT_CLOSE_TIMEOUT, WebSocket
 from .listening import check_reuse_port, listen_tcp
-from .server import Server, check_options, serve
+from .server import Server, check_grace, check_options, serve
 
 __all__ = ["LoadError", "load_handler", "run", "run_cli", "serve_until_signalled"]
 
@@ -73,7 +74,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _RESTART_DELAY = 0.1  # doubled once for any death: 0.2 s after a worker that lived
 _MAX_RESTART_DELAY = 10.0
 _YOUNG = 10.0  # a worker that dies younger than this makes the next delay longer
-_KILL_MARGIN = 3.0  # past close_timeout: Server.shutdown() waits close_timeout + 1 s
+# Past close_timeout, which is more than Server.shutdown() takes (its grace
+# + 1 s) unless shutdown_grace is set longer.
+_KILL_MARGIN = 3.0
 _PARENT_CHECK = 1.0  # how often a worker checks its supervisor is still there
 
 
@@ -257,7 +260,9 @@ def run(
     if reuse_port:
         check_reuse_port()
     # The options are checked here, once, not by every worker as it starts.
-    check_options({name: value for name, value in options.items() if name != "max_connections"})
+    check_options({name: value for name, value in options.items() if name not in ("max_connections", "shutdown_grace")})
+    if "shutdown_grace" in options:
+        check_grace("shutdown_grace", options["shutdown_grace"])
     return _Supervisor(handler, host or "", port or 0, workers, reuse_port, backlog, options).run(on_listening)
 
 
@@ -351,7 +356,8 @@ class _Supervisor:
         for worker in self.workers:
             if worker.pid is not None:
                 self._signal(worker.pid, signal.SIGTERM)
-        return float(self.options.get("close_timeout") or DEFAULT_CLOSE_TIMEOUT) + _KILL_MARGIN
+        close_timeout = float(self.options.get("close_timeout") or DEFAULT_CLOSE_TIMEOUT)
+        return max(close_timeout, float(self.options.get("shutdown_grace", 0.0)) + 1.0) + _KILL_MARGIN
 
     @staticmethod
     def _signal(pid: int, signum: int) -> None:
