@@ -51,6 +51,8 @@ def broadcast(connections: Iterable[WebSocket], message: str | BytesLike) -> lis
     shared: dict[object, bytes] = {}
     skipped = []
     for ws in connections:
+        # WebSocket._offer is private to the library, not the connection's
+        # business with its users: a whole message now or nothing.
         if ws._offer(data, text, shared) is False:
             skipped.append(ws)
     return skipped

@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Union
 
+from .codes import Opcode
 from .exceptions import ConnectionClosed, ConnectionClosedError
-from .protocol import Protocol
+from .pings import Pings
+from .protocol import Protocol, Side
 from .transport import Transport, poll_ms
 from .utils import Deadline
 
@@ -147,7 +149,7 @@ class Outbox:
         cond = self.cond
         self.patient = False
         cond.release()
-        while self._proto._out and cond.acquire(blocking=False):
+        while self._proto.outgoing and cond.acquire(blocking=False):
             try:
                 if not self.flush(Deadline(0)):
                     # The socket is full: not a loop until it drains. What
@@ -189,6 +191,32 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------------
 
+    def send_small(self, payload: bytes, text: bool) -> bool:
+        """Write a whole small message, blocking: the common case, kept to one
+        lock and one system call. False (nothing done) unless nothing is open
+        or held before it and the connection may send: take the general path.
+        """
+        cond = self.cond
+        cond.acquire()
+        self.patient = True  # send_whole() waits for the peer
+        try:
+            proto = self._proto
+            if (
+                len(payload) < JOIN_BELOW
+                and self.owner is None
+                and not self.buf
+                and not proto.outgoing
+                and not proto.output_ended
+            ):
+                try:
+                    self._transport.send_whole(proto.encode_message(payload, text))
+                except OSError as exc:
+                    raise self._lose(exc) from exc
+                return True
+            return False
+        finally:
+            self.release()
+
     def queue(self, *frames: BytesLike) -> None:
         """Append whole frames to the buffer, after the protocol's own (pongs, Close).
 
@@ -198,7 +226,7 @@ class Outbox:
         never reads can't make the buffer grow.
         """
         buf = self.buf
-        if self._proto._out and (len(buf) < self.limit or not buf):
+        if self._proto.outgoing and (len(buf) < self.limit or not buf):
             buf += b"".join(self._proto.data_to_send(max(self.limit - len(buf), 1)))
         for frame in frames:
             buf += frame
@@ -220,7 +248,7 @@ class Outbox:
                     if not n:
                         return False
                     del buf[:n]
-                if not proto._out:
+                if not proto.outgoing:
                     if self.fin_due and proto.close_sent is not None:
                         # Whichever thread wrote the last byte (the keepalive, or
                         # a sender that found the connection closing) sends it.
@@ -267,6 +295,67 @@ class Outbox:
             if not writable:
                 raise TimeoutError
 
+    # -- for the keepalive: never waiting for a sender ------------------------------------
+
+    def flush_held(self) -> bool:
+        """Write bytes a partial send left, now that the socket is writable.
+
+        False when a sender holds the connection (it writes them, and wakes
+        the keepalive if it leaves some) or nothing could be written.
+        """
+        if not self.cond.acquire(blocking=False):
+            return False
+        try:
+            held = len(self.buf)
+            self.flush(Deadline(0))
+            return len(self.buf) < held
+        except ConnectionClosed:
+            return False
+        finally:
+            self.release()
+
+    def ping_now(self, payload: bytes, pings: Pings) -> bool:
+        """Queue a Ping (noted in ``pings``, nobody waits for its Pong) without
+        waiting; False if a sender holds the connection or it is closing."""
+        if not self.cond.acquire(blocking=False):
+            return False
+        try:
+            self.check_open()
+            pings.expect_unwaited(payload)
+            self.offer_control(self._proto.encode_control(Opcode.PING, payload))
+            return True
+        except ConnectionClosed:
+            return False
+        finally:
+            self.release()
+
+    def answer_close(self) -> bool:
+        """Answer the peer's Close now, if we haven't closed; False when a
+        sender holds the connection (try again later).
+
+        An open message is finished first (RFC 6455 section 5.5.1): our
+        Close then follows its last frame.
+        """
+        if not self.cond.acquire(blocking=False):
+            return False
+        try:
+            proto = self._proto
+            if proto.close_rcvd is not None and not proto.output_ended:
+                proto.answer_close()
+                # Once our Close is written the closing handshake is done,
+                # and the server closes TCP first (RFC 6455 section 7.1.1):
+                # the client isn't kept waiting for a handler that may run
+                # for long. Its read side stays: recv() returns what came
+                # before the Close, then None; the socket goes with close().
+                # (Our Close may wait for an open message's last frame: the FIN after it.)
+                self.fin_due = proto.side is Side.SERVER
+                self.flush(Deadline(0))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.release()
+        return True
+
     # -- broadcast: a whole message now, or nothing -------------------------------------
 
     def room_for(self, size: int) -> bool:
@@ -280,7 +369,7 @@ class Outbox:
         """
         if self.owner is not None:
             return False  # an open message: nothing may go between its frames
-        if not self.buf and not self._proto._out:
+        if not self.buf and not self._proto.outgoing:
             return True  # the common case: nothing held, nothing to write first
         self.flush(EXPIRED)
         return not self.buf or len(self.buf) + size + size // 1000 + 64 <= self.limit
@@ -288,7 +377,7 @@ class Outbox:
     def offer(self, frame: bytes) -> None:
         """Write what the kernel takes of a whole frame now and hold the rest; hold the send lock."""
         n = 0
-        if not self.buf and not self._proto._out:
+        if not self.buf and not self._proto.outgoing:
             try:
                 n = self._transport.send_some(frame, EXPIRED)
             except OSError as exc:

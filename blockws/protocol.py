@@ -174,6 +174,14 @@ class Protocol:
         self.max_size = max_size
         self.state = State.OPEN
         self.events: deque[Event] = deque()
+        # What the queued events hold, kept where events are queued and
+        # taken (here and by the I/O layer that pops them itself), so that
+        # other threads may ask without walking the deque: ``queued`` is
+        # the length of the queued payloads (characters for text) plus one
+        # per Close, ``ends`` the queued events that end a message or the
+        # stream (a Data with ``fin``, a Close).
+        self.queued = 0
+        self.ends = 0
         # Pongs don't wait in line behind messages: whoever pings looks here.
         self.pongs: deque[bytes] = deque()
         self.close_sent: Close | None = None
@@ -188,7 +196,10 @@ class Protocol:
         # Nothing more may be sent: our Close is queued, or the connection
         # is lost or closed. (Kept, not computed: every send reads it.)
         self.output_ended = False
-        self._out: list[bytes] = []
+        #: Frames the protocol queued itself (pongs, our Close), taken by
+        #: :meth:`data_to_send`; the I/O layer reads it (no call on the hot
+        #: path) but never changes it.
+        self.outgoing: list[bytes] = []
         # Pongs in _out, and where the last one is (past the bound, a newer replaces it).
         self._pongs_queued = 0
         self._last_pong_at = 0
@@ -196,7 +207,9 @@ class Protocol:
         # Receiving: the leftover of the last read (a partial header or a
         # partial control frame), and the data frame being streamed.
         self._buf = b""
-        self._remaining = 0
+        #: Payload bytes of the data frame being received still to come
+        #: (read-only outside: a hint for the size of the next read).
+        self.remaining = 0
         self._frame_fin = True
         self._frame_mask: bytes | None = None
         self._frame_offset = 0
@@ -321,7 +334,7 @@ class Protocol:
         mask_bit = 0 if client else 0x80
         events = self.events
         while pos < end:
-            remaining = self._remaining
+            remaining = self.remaining
             if remaining:
                 n = end - pos
                 if n > remaining:
@@ -332,7 +345,7 @@ class Protocol:
                     piece = apply_mask(piece, key, self._frame_offset)
                     self._frame_offset += n
                 pos += n
-                self._remaining = remaining = remaining - n
+                self.remaining = remaining = remaining - n
                 if not remaining:
                     self._deliver(piece, self._frame_fin)
                 elif piece:
@@ -365,13 +378,18 @@ class Protocol:
                             self._control(b0 & 0x0F, payload)
                         elif b0 == 0x82:
                             events.append(Data(payload, False, True))
+                            self.queued += n
+                            self.ends += 1
                         else:
                             try:
-                                events.append(Data(payload.decode("utf-8"), True, True))
+                                text = payload.decode("utf-8")
                             except UnicodeDecodeError as exc:
                                 raise ProtocolError(
                                     f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA
                                 ) from exc
+                            events.append(Data(text, True, True))
+                            self.queued += len(text)
+                            self.ends += 1
                         continue
 
             header = parse_header(data, pos)
@@ -428,7 +446,7 @@ class Protocol:
             self._frame_fin = header.fin
             self._frame_mask = header.mask
             self._frame_offset = 0
-            self._remaining = length
+            self.remaining = length
             if not length:
                 self._deliver(b"", header.fin)
         if pos < end:
@@ -458,7 +476,7 @@ class Protocol:
             or self.failure is not None
         ):
             return 0
-        return self._remaining
+        return self.remaining
 
     def payload_placed(self, n: int, placed: memoryview | None = None) -> bool:
         """``n`` bytes of the current frame's payload (at most :meth:`payload_to_place`)
@@ -477,8 +495,8 @@ class Protocol:
                 raise ValueError("a masked frame's placed bytes must be given, to be unmasked")
             unmask_inplace(placed, key, self._frame_offset)
             self._frame_offset += n
-        self._remaining -= n
-        if self._remaining or not self._frame_fin:
+        self.remaining -= n
+        if self.remaining or not self._frame_fin:
             return False
         self._in_message = False
         return True
@@ -522,6 +540,8 @@ class Protocol:
         if not self._msg_text:
             if piece or fin:
                 self.events.append(Data(piece, False, fin))
+                self.queued += len(piece)
+                self.ends += fin
             return
         try:
             if fin and not self._decoding:
@@ -536,6 +556,8 @@ class Protocol:
             raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA) from exc
         if text or fin:
             self.events.append(Data(text, True, fin))
+            self.queued += len(text)
+            self.ends += fin
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == Opcode.PING:
@@ -543,13 +565,13 @@ class Protocol:
                 pong = self.encode_control(Opcode.PONG, payload)
                 if self._pongs_queued < _MAX_QUEUED_PONGS:
                     self._pongs_queued += 1
-                    self._last_pong_at = len(self._out)
-                    self._out.append(pong)
+                    self._last_pong_at = len(self.outgoing)
+                    self.outgoing.append(pong)
                 else:
                     # So many pongs wait that our output must be stuck: answer
                     # only the latest ping (RFC 6455 section 5.5.3), or a peer
                     # that pings and never reads grows this for ever.
-                    self._out[self._last_pong_at] = pong
+                    self.outgoing[self._last_pong_at] = pong
         elif opcode == Opcode.PONG:
             self.pongs.append(payload)
         else:
@@ -558,6 +580,8 @@ class Protocol:
             if self.state is not State.CLOSED:
                 self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
             self.events.append(self.close_rcvd)
+            self.queued += 1
+            self.ends += 1
             # Nothing may follow a Close; whatever does is ignored.
             self._discard = True
 
@@ -595,7 +619,9 @@ class Protocol:
         """
         events = self.events
         if events:
-            return events.popleft()
+            event = events.popleft()
+            self.taken(event)
+            return event
         failure = self.failure
         if failure is not None:
             self.failure = None
@@ -603,6 +629,36 @@ class Protocol:
                 self.send_close(failure.close_code, str(failure)[:120])
             raise failure
         return None
+
+    def taken(self, event: Event) -> None:
+        """Count out an event taken from :attr:`events` (by :meth:`next_event`,
+        or by the I/O layer that pops one itself)."""
+        if type(event) is Data:
+            self.queued -= len(event.payload)
+            self.ends -= event.fin
+        else:
+            self.queued -= 1
+            self.ends -= 1
+
+    def put_back(self, event: Event) -> None:
+        """Queue a taken event again, first (it wasn't used after all)."""
+        self.events.appendleft(event)
+        if type(event) is Data:
+            self.queued += len(event.payload)
+            self.ends += event.fin
+        else:
+            self.queued += 1
+            self.ends += 1
+
+    def drop_events(self) -> None:
+        """Forget the queued events (the application closed: messages in flight are discarded)."""
+        self.events.clear()
+        self.queued = self.ends = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed (part of a header or of a control frame)."""
+        return len(self._buf)
 
     # -- sending -------------------------------------------------------------
 
@@ -718,11 +774,11 @@ class Protocol:
         return encode_header(opcode, len(payload), True, 0, key) + apply_mask(payload, key)
 
     def _queue_frame(self, opcode: Opcode, payload: bytes) -> None:
-        self._out.append(self.encode_control(opcode, payload))
+        self.outgoing.append(self.encode_control(opcode, payload))
 
     def hold(self, frame: bytes) -> None:
         """Queue an encoded control frame of the I/O layer's with our own (see :meth:`data_to_send`)."""
-        self._out.append(frame)
+        self.outgoing.append(frame)
 
     def send_close(self, code: int | None = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Queue our Close frame (once); no data may be sent after it."""
@@ -743,7 +799,7 @@ class Protocol:
         frame past its bound, and the rest stay here (where a newer pong
         replaces an unsent one, so they stay bounded too).
         """
-        out = self._out
+        out = self.outgoing
         if not out:
             return out
         if room is not None:
@@ -759,10 +815,10 @@ class Protocol:
                 self._pongs_queued -= pongs
                 self._last_pong_at -= taken
                 return head
-        self._out = []
+        self.outgoing = []
         self._pongs_queued = 0
         return out
 
     @property
     def has_output(self) -> bool:
-        return bool(self._out)
+        return bool(self.outgoing)
