@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Union
 
-from .connection import WebSocket, _payload
+from .connection import WebSocket
+from .outbox import payload_of
 
 __all__ = ["broadcast"]
 
@@ -46,7 +47,7 @@ def broadcast(connections: Iterable[WebSocket], message: str | BytesLike) -> lis
     Returns:
         The connections that could not take the message now.
     """
-    text, payload = _payload(message)
+    text, payload = payload_of(message)
     data = bytes(payload)
     shared: dict[object, bytes] = {}
     skipped = []

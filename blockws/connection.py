@@ -19,7 +19,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
@@ -28,7 +27,7 @@ from .exceptions import ConnectionClosed, ConnectionClosedError, ProtocolError
 from .frames import FrameHeader
 from .inbox import Inbox
 from .link import KeepAliveLink
-from .outbox import EXPIRED, Outbox
+from .outbox import Outbox
 from .pings import Pings
 from .protocol import Protocol, Side, State
 from .transport import Transport
@@ -44,25 +43,6 @@ DEFAULT_CLOSE_TIMEOUT = 10.0
 
 Message = Union[str, bytes]
 BytesLike = Union[bytes, bytearray, memoryview]
-
-# Errors that already say what happened: a send path lets them through
-# instead of reporting the connection lost.
-_NOT_A_LOSS = (ConnectionClosed, TimeoutError, BlockingIOError)
-
-
-def _payload(data: str | BytesLike) -> tuple[bool, BytesLike]:
-    """(text, bytes to send) for what the application gave :meth:`WebSocket.send`."""
-    if isinstance(data, str):
-        return True, data.encode("utf-8")
-    if isinstance(data, (bytes, bytearray)):
-        return False, data
-    if isinstance(data, memoryview):
-        # Frames count bytes: a view of 4-byte items (array('I')) is 4 times
-        # longer than len() says, and a strided one isn't one run of bytes.
-        if data.itemsize == 1 and data.ndim == 1 and data.c_contiguous:
-            return False, data
-        return False, data.cast("B") if data.c_contiguous else memoryview(data.tobytes())
-    raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
 
 
 class WebSocket:
@@ -118,7 +98,7 @@ class WebSocket:
         # application ended it (reconnect() then stops, whatever the code).
         self._closed_by_app = False
         self._on_close: list[Callable[[], None]] = []
-        self._keepalive = self._inbox.link = KeepAliveLink(
+        self._keepalive = self._inbox.link = self._out.link = KeepAliveLink(
             self._inbox, self._out, self._transport, protocol, self._pings, self.abort, self.on_close
         )
         if leftover:
@@ -271,34 +251,6 @@ class WebSocket:
             err.__cause__ = exc
         return err
 
-    @contextmanager
-    def _sending(self, deadline: Deadline, text: bool | None) -> Iterator[None]:
-        """Hold the send lock for a frame of a text/binary message (``text``
-        None: a control frame) on a connection that may still send; a socket
-        error inside means the connection is lost."""
-        out = self._out
-        out.acquire(deadline, text)
-        try:
-            out.check_open()
-            yield
-        except _NOT_A_LOSS:
-            raise
-        except OSError as exc:
-            raise self._lose(exc) from exc
-        finally:
-            self._done_sending()
-
-    def _done_sending(self) -> None:
-        """Let go of the send lock taken by :meth:`_sending` or :meth:`_offer`."""
-        out = self._out
-        out.release()
-        if out.buf:
-            # Accepted bytes wait here: the keepalive writes them when
-            # the socket can take them, whether or not we call again.
-            wake = self._keepalive.wake
-            if wake is not None:
-                wake()
-
     # -- sending -------------------------------------------------------------------
 
     def send(self, data: str | BytesLike, fin: bool = True) -> int:
@@ -329,20 +281,7 @@ class WebSocket:
                 return len(data)
         if self._timeout == 0:
             self._read_for_keepalive()
-        text, payload_ = _payload(data)
-        deadline = Deadline(self._timeout)
-        with self._sending(deadline, text):
-            self._out.check_message_type(text)
-            # Counted in characters for str, in bytes for the rest (a view
-            # of wider items included).
-            whole = len(data) if text else len(payload_)
-            if self._timeout is None:
-                self._out.write_whole(payload_, text, fin, deadline)
-                return whole
-            done = self._out.write_partial(payload_, text, fin, deadline)
-            if done == len(payload_):
-                return whole
-            return len(bytes(payload_[:done]).decode("utf-8")) if text else done
+        return self._out.send(data, fin, self._timeout)
 
     def sendall(self, data: str | BytesLike) -> None:
         """Send ``data`` as the end of the current message (a whole message if none is open).
@@ -359,23 +298,7 @@ class WebSocket:
             return
         if self._timeout == 0:
             self._read_for_keepalive()
-        text, payload = _payload(data)
-        deadline = Deadline(self._timeout)
-        view = memoryview(payload)
-        done = 0
-        try:
-            with self._sending(deadline, text):
-                self._out.check_message_type(text)
-                while True:
-                    done += self._out.write_partial(view[done:], text, True, deadline)
-                    if done == len(view):
-                        return
-        except (TimeoutError, BlockingIOError) as exc:
-            # Unlike socket.sendall, say how much was accepted (nothing, when
-            # the time ran out waiting for another thread's message), so the
-            # caller can finish the message with the rest.
-            exc.accepted = len(str(view[:done], "utf-8")) if text else done  # type: ignore[union-attr]
-            raise
+        self._out.sendall(data, self._timeout)
 
     def _read_for_keepalive(self) -> None:
         """Non-blocking mode: what the keepalive would read, read by a sender.
@@ -395,32 +318,10 @@ class WebSocket:
         False: it doesn't fit now (or another thread is in a send that may
         wait for the peer); None: the connection is closed or closing.
         """
-        # _sending() written out: broadcast() calls this once per connection,
-        # and its generator-based context manager, with a Deadline per step,
-        # was most of the Python work of a delivery.
-        out = self._out
-        try:
-            out.acquire(EXPIRED, text)
-        except OSError:  # TimeoutError, BlockingIOError: the send lock is taken
-            return False
-        try:
-            out.check_open()
-            if not out.room_for(len(payload)):
-                return False
-            out.offer(self._proto.encode_shared(payload, text, shared))
-            return True
-        except ConnectionClosed:
-            return None
-        except (TimeoutError, BlockingIOError):
-            return False
-        except OSError as exc:  # as in _sending(): a socket error is a loss
-            self._lose(exc)
-            return None
-        finally:
-            self._done_sending()
+        return self._out.offer_whole(payload, text, shared)
 
     def _send_control(self, frame: bytes, deadline: Deadline) -> None:
-        with self._sending(deadline, None):
+        with self._out.sending(deadline, None):
             self._out.queue(frame)
             if not self._out.flush(deadline):
                 raise self._timeout_error("ping")

@@ -23,11 +23,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Union
-from typing import Protocol as Interface
 
 from . import _accel
 from .assembly import ABANDONED, Assembly
 from .exceptions import BufferTooSmall, ConnectionClosed, ConnectionClosedError, ProtocolError
+from .link import NOBODY, Waker
 from .outbox import Outbox
 from .pings import Ping, Pings
 from .protocol import Close, Data, Protocol, Side
@@ -50,20 +50,6 @@ _NONBLOCKING_READS = 16
 # allocate when max_size is None.
 BUILD_FROM = 64 * 1024
 BUILD_MAX = 64 * 2**20
-
-
-class Waker(Interface):
-    """Who wants to hear when the reader lets go (the keepalive's link)."""
-
-    wanted: bool
-    wake: Callable[[], None] | None
-
-
-class _Nobody:
-    """The :class:`Waker` until the connection links its keepalive side."""
-
-    wanted = False
-    wake: Callable[[], None] | None = None
 
 
 def writable(buffer: Any, nbytes: int) -> memoryview:
@@ -129,7 +115,7 @@ class Inbox:
         #: The reader lock: whoever holds it reads and feeds the protocol.
         self.lock = threading.Lock()
         #: Told when the reader lets go, if it asked (set by the connection).
-        self.link: Waker = _Nobody()
+        self.link: Waker = NOBODY
         #: The connection is in non-blocking mode (kept by ``settimeout()``).
         self.nonblocking = False
         #: How often the application called ``recv()`` (or its siblings).

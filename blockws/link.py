@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from typing import Protocol as Interface
 
 if TYPE_CHECKING:
     from .inbox import Inbox
@@ -26,11 +27,33 @@ if TYPE_CHECKING:
     from .protocol import Protocol
     from .transport import Transport
 
-__all__ = ["KeepAliveLink", "READ_LIMIT"]
+__all__ = ["KeepAliveLink", "READ_LIMIT", "Waker", "NOBODY"]
 
 # Bytes a connection may hold for the application before the keepalive
 # stops reading it (backpressure reaches the peer again).
 READ_LIMIT = 1 << 20
+
+
+class Waker(Interface):
+    """What the halves see of the link: whom to wake when they let go.
+
+    The inbox's reader calls ``wake`` when it lets go if ``wanted`` says the
+    keepalive stepped aside; a sender that leaves bytes held calls it so
+    that the keepalive writes them.
+    """
+
+    wanted: bool
+    wake: Callable[[], None] | None
+
+
+class _Nobody:
+    """The :class:`Waker` of a half before the connection links it."""
+
+    wanted = False
+    wake: Callable[[], None] | None = None
+
+
+NOBODY: Waker = _Nobody()
 
 
 class KeepAliveLink:

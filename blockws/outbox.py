@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Union
 
 from .codes import Opcode
 from .exceptions import ConnectionClosed, ConnectionClosedError
+from .link import NOBODY, Waker
 from .pings import Pings
 from .protocol import Protocol, Side
 from .transport import Transport, poll_ms
 from .utils import Deadline
 
-__all__ = ["Outbox", "JOIN_BELOW", "EXPIRED"]
+__all__ = ["Outbox", "JOIN_BELOW", "EXPIRED", "payload_of"]
 
 # Payloads smaller than this are joined to their header and written in one
 # call; larger ones go out with sendmsg (no copy of the payload).
@@ -43,6 +45,25 @@ BRIEF_WAIT = 1.0
 EXPIRED = Deadline(0)
 
 BytesLike = Union[bytes, bytearray, memoryview]
+
+# Errors that already say what happened: a send path lets them through
+# instead of reporting the connection lost.
+_NOT_A_LOSS = (ConnectionClosed, TimeoutError, BlockingIOError)
+
+
+def payload_of(data: str | BytesLike) -> tuple[bool, BytesLike]:
+    """(text, bytes to send) for what the application gave :meth:`WebSocket.send`."""
+    if isinstance(data, str):
+        return True, data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray)):
+        return False, data
+    if isinstance(data, memoryview):
+        # Frames count bytes: a view of 4-byte items (array('I')) is 4 times
+        # longer than len() says, and a strided one isn't one run of bytes.
+        if data.itemsize == 1 and data.ndim == 1 and data.c_contiguous:
+            return False, data
+        return False, data.cast("B") if data.c_contiguous else memoryview(data.tobytes())
+    raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
 
 
 def _utf8_length(lead: int) -> int:
@@ -68,6 +89,7 @@ class Outbox:
         "limit",
         "patient",
         "fin_due",
+        "link",
         "_transport",
         "_proto",
         "_lose",
@@ -96,6 +118,8 @@ class Outbox:
         # A server's answer to the peer's Close waits here: TCP's FIN goes
         # once it is written (see KeepAliveLink.answer_close).
         self.fin_due = False
+        #: Told when a sender leaves bytes held (set by the connection).
+        self.link: Waker = NOBODY
         self._transport = transport
         self._proto = protocol
         self._lose = lose
@@ -159,6 +183,32 @@ class Outbox:
                 break  # recorded: the next call on the connection reports it
             finally:
                 cond.release()
+
+    @contextmanager
+    def sending(self, deadline: Deadline, text: bool | None) -> Iterator[None]:
+        """Hold the send lock for a frame of a text/binary message (``text``
+        None: a control frame) on a connection that may still send; a socket
+        error inside means the connection is lost."""
+        self.acquire(deadline, text)
+        try:
+            self.check_open()
+            yield
+        except _NOT_A_LOSS:
+            raise
+        except OSError as exc:
+            raise self._lose(exc) from exc
+        finally:
+            self.done()
+
+    def done(self) -> None:
+        """Let go of the send lock taken by :meth:`sending` or :meth:`offer_whole`."""
+        self.release()
+        if self.buf:
+            # Accepted bytes wait here: the keepalive writes them when
+            # the socket can take them, whether or not we call again.
+            wake = self.link.wake
+            if wake is not None:
+                wake()
 
     def check_open(self) -> None:
         """Raise ConnectionClosed unless data may still be sent; hold the send lock."""
@@ -295,6 +345,44 @@ class Outbox:
             if not writable:
                 raise TimeoutError
 
+    def send(self, data: str | BytesLike, fin: bool, timeout: float | None) -> int:
+        """:meth:`WebSocket.send <blockws.WebSocket.send>`'s general path:
+        the length of the prefix of ``data`` accepted."""
+        text, payload = payload_of(data)
+        deadline = Deadline(timeout)
+        with self.sending(deadline, text):
+            self.check_message_type(text)
+            # Counted in characters for str, in bytes for the rest (a view
+            # of wider items included).
+            whole = len(data) if text else len(payload)
+            if timeout is None:
+                self.write_whole(payload, text, fin, deadline)
+                return whole
+            done = self.write_partial(payload, text, fin, deadline)
+            if done == len(payload):
+                return whole
+            return len(bytes(payload[:done]).decode("utf-8")) if text else done
+
+    def sendall(self, data: str | BytesLike, timeout: float) -> None:
+        """:meth:`WebSocket.sendall <blockws.WebSocket.sendall>` with a timeout."""
+        text, payload = payload_of(data)
+        deadline = Deadline(timeout)
+        view = memoryview(payload)
+        done = 0
+        try:
+            with self.sending(deadline, text):
+                self.check_message_type(text)
+                while True:
+                    done += self.write_partial(view[done:], text, True, deadline)
+                    if done == len(view):
+                        return
+        except (TimeoutError, BlockingIOError) as exc:
+            # Unlike socket.sendall, say how much was accepted (nothing, when
+            # the time ran out waiting for another thread's message), so the
+            # caller can finish the message with the rest.
+            exc.accepted = len(str(view[:done], "utf-8")) if text else done  # type: ignore[union-attr]
+            raise
+
     # -- for the keepalive: never waiting for a sender ------------------------------------
 
     def flush_held(self) -> bool:
@@ -357,6 +445,35 @@ class Outbox:
         return True
 
     # -- broadcast: a whole message now, or nothing -------------------------------------
+
+    def offer_whole(self, payload: bytes, text: bool, shared: dict[object, bytes]) -> bool | None:
+        """:func:`~blockws.broadcast`'s part: the whole message now, or nothing, never waiting for the peer.
+
+        False: it doesn't fit now (or another thread is in a send that may
+        wait for the peer); None: the connection is closed or closing.
+        """
+        # sending() written out: broadcast() calls this once per connection,
+        # and its generator-based context manager, with a Deadline per step,
+        # was most of the Python work of a delivery.
+        try:
+            self.acquire(EXPIRED, text)
+        except OSError:  # TimeoutError, BlockingIOError: the send lock is taken
+            return False
+        try:
+            self.check_open()
+            if not self.room_for(len(payload)):
+                return False
+            self.offer(self._proto.encode_shared(payload, text, shared))
+            return True
+        except ConnectionClosed:
+            return None
+        except (TimeoutError, BlockingIOError):
+            return False
+        except OSError as exc:  # as in sending(): a socket error is a loss
+            self._lose(exc)
+            return None
+        finally:
+            self.done()
 
     def room_for(self, size: int) -> bool:
         """Whether a whole message of ``size`` bytes fits now; hold the send lock.
