@@ -12,7 +12,12 @@ and pong payloads from :attr:`Protocol.pongs`, frames outgoing data with
 Received data frames are streamed: a frame's payload is unmasked, validated
 (UTF-8 for text, fail fast) and handed out as :class:`Data` pieces as soon as
 it arrives, so a large message is never copied around in a growing buffer.
-Only frame headers and control frames (at most 139 bytes) are buffered.
+Only frame headers and control frames (at most 139 bytes) are buffered. The
+parser is the base class's (:class:`blockws.parsing.Parser`); this module
+keeps the states, control frames, the ending record and the encoders.
+What the queued events hold is counted where they are queued and taken
+(:attr:`Protocol.queued`, :attr:`Protocol.ends`), for readers in other
+threads.
 
 The peer's Close ends the peer's half of the stream, like a FIN in TCP: it is
 reported when the application takes it (after every message before it), and
