@@ -94,6 +94,7 @@ class WebSocket:
         self._inbox = Inbox(
             self._transport, protocol, self._out, self._pings, self._lose, self._fail, self._timeout_error
         )
+        self._inbox.nonblocking = timeout == 0
         # close() was called before the connection ended otherwise: the
         # application ended it (reconnect() then stops, whatever the code).
         self._closed_by_app = False
