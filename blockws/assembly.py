@@ -23,17 +23,30 @@ ABANDONED = object()
 class Assembly:
     """The message being received: its pieces so far, and which iterator reads it."""
 
-    __slots__ = ("parts", "reader")
+    __slots__ = ("parts", "size", "reader")
 
     def __init__(self) -> None:
+        # Changed only through add(), add_first(), complete() and take(),
+        # which keep ``size`` (their total length) for held().
         self.parts: list[Message] = []
+        self.size = 0
         # The recv_fragments() iterator in the middle of a message (its
         # token), ABANDONED (the rest of the message is to be skipped) or None.
         self.reader: object | None = None
 
     def held(self) -> int:
         """Bytes (or characters) of the pieces gathered so far."""
-        return sum(len(part) for part in self.parts)
+        return self.size
+
+    def add(self, piece: Message) -> None:
+        """Gather the next piece."""
+        self.parts.append(piece)
+        self.size += len(piece)
+
+    def add_first(self, piece: Message) -> None:
+        """Gather a piece that comes before those gathered (what a call that failed had taken)."""
+        self.parts.insert(0, piece)
+        self.size += len(piece)
 
     def complete(self, last: Message) -> Message:
         """The whole message, given its last piece; empties the gathered pieces."""
@@ -43,6 +56,7 @@ class Assembly:
         parts.append(last)
         message = ("" if isinstance(last, str) else b"").join(parts)  # type: ignore[arg-type]
         parts.clear()
+        self.size = 0
         return message
 
     def take(self) -> Message | None:
@@ -52,4 +66,5 @@ class Assembly:
             return None
         piece = ("" if isinstance(parts[0], str) else b"").join(parts)  # type: ignore[arg-type]
         parts.clear()
+        self.size = 0
         return piece

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Union
 
-from .connection import WebSocket, _payload
+from .connection import WebSocket
+from .outbox import payload_of
 
 __all__ = ["broadcast"]
 
@@ -46,11 +47,13 @@ def broadcast(connections: Iterable[WebSocket], message: str | BytesLike) -> lis
     Returns:
         The connections that could not take the message now.
     """
-    text, payload = _payload(message)
+    text, payload = payload_of(message)
     data = bytes(payload)
     shared: dict[object, bytes] = {}
     skipped = []
     for ws in connections:
+        # WebSocket._offer is private to the library, not the connection's
+        # business with its users: a whole message now or nothing.
         if ws._offer(data, text, shared) is False:
             skipped.append(ws)
     return skipped

@@ -1,40 +1,36 @@
 """The socket-like :class:`WebSocket`: a :class:`~blockws.protocol.Protocol` over a socket.
 
-Locks: the send lock (:attr:`Outbox.cond <blockws.outbox.Outbox.cond>`)
-serializes every write to the socket; ``_recv_lock`` admits one reader at a
-time, and whoever holds it feeds the protocol. Pongs found by any reader
-wake the threads waiting in :meth:`WebSocket.ping`.
-
-The pieces that own their own state live beside this module: the socket
-with its deadlines (:mod:`blockws.transport`), what was accepted for
-sending and not yet written (:mod:`blockws.outbox`), the outstanding pings
-(:mod:`blockws.pings`), the message being put together
-(:mod:`blockws.assembly`); how the connection ended is recorded by the
-protocol. The keepalive thread sees a connection only through its
-:class:`~blockws.link.KeepAliveLink` (the interface :class:`blockws.keepalive.Watched`).
+The shell: settings, state, timeouts, and the socket calls, each handed
+to the half that owns its state. Sending is the :class:`~blockws.outbox.Outbox`'s
+(the send lock, :attr:`Outbox.cond <blockws.outbox.Outbox.cond>`,
+serializes every write to the socket; what was accepted and not yet
+written), receiving the :class:`~blockws.inbox.Inbox`'s (the reader lock,
+reading into the protocol, the messages received and put together). Beside
+them: the socket with its deadlines (:mod:`blockws.transport`), the
+outstanding pings (:mod:`blockws.pings`); how the connection ended is
+recorded by the protocol. The keepalive thread sees a connection only
+through its :class:`~blockws.link.KeepAliveLink` (the interface
+:class:`blockws.keepalive.Watched`), made over the halves.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
-from . import _accel
-from .assembly import ABANDONED, Assembly
 from .codes import CloseCode, Opcode
-from .exceptions import BufferTooSmall, ConnectionClosed, ConnectionClosedError, ProtocolError
+from .exceptions import ConnectionClosed, ConnectionClosedError, ProtocolError
 from .frames import FrameHeader
+from .inbox import Inbox
 from .link import KeepAliveLink
-from .outbox import EXPIRED, JOIN_BELOW, Outbox
+from .outbox import Outbox
 from .pings import Pings
-from .protocol import Close, Data, Protocol, Side, State
-from .transport import LARGE_READ_SIZE, READ_SIZE, Transport
+from .protocol import Protocol, Side, State
+from .transport import Transport
 from .utils import Deadline
 
 if TYPE_CHECKING:
@@ -47,57 +43,6 @@ DEFAULT_CLOSE_TIMEOUT = 10.0
 
 Message = Union[str, bytes]
 BytesLike = Union[bytes, bytearray, memoryview]
-
-_FOREVER = Deadline(None)
-# Reads one non-blocking call may make while the kernel has data: enough to
-# take a large message already there, bounded against a flood.
-_NONBLOCKING_READS = 16
-# A binary message whose payload still to come is at least BUILD_FROM bytes
-# (and whose whole size, at most BUILD_MAX, the headers told) is read from
-# the kernel into the bytes that recv() returns, unmasked there: no pieces
-# and no join (only with the C accelerator, whose Builder lends a bytes
-# object's memory). BUILD_MAX bounds what a peer's header alone makes us
-# allocate when max_size is None.
-BUILD_FROM = 64 * 1024
-BUILD_MAX = 64 * 2**20
-# Errors that already say what happened: a send path lets them through
-# instead of reporting the connection lost.
-_NOT_A_LOSS = (ConnectionClosed, TimeoutError, BlockingIOError)
-
-
-def _payload(data: str | BytesLike) -> tuple[bool, BytesLike]:
-    """(text, bytes to send) for what the application gave :meth:`WebSocket.send`."""
-    if isinstance(data, str):
-        return True, data.encode("utf-8")
-    if isinstance(data, (bytes, bytearray)):
-        return False, data
-    if isinstance(data, memoryview):
-        # Frames count bytes: a view of 4-byte items (array('I')) is 4 times
-        # longer than len() says, and a strided one isn't one run of bytes.
-        if data.itemsize == 1 and data.ndim == 1 and data.c_contiguous:
-            return False, data
-        return False, data.cast("B") if data.c_contiguous else memoryview(data.tobytes())
-    raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
-
-
-def _writable(buffer: Any, nbytes: int) -> memoryview:
-    """The bytes of ``buffer`` that :meth:`WebSocket.recv_into` may fill, as a view of unsigned bytes."""
-    view = memoryview(buffer)
-    if view.readonly:
-        raise TypeError(f"recv_into() needs a writable buffer, not {type(buffer).__name__}")
-    if view.format != "B" or view.ndim != 1:
-        if not view.c_contiguous:
-            raise TypeError("recv_into() needs a contiguous buffer")
-        view = view.cast("B")
-    elif not view.c_contiguous:
-        raise TypeError("recv_into() needs a contiguous buffer")
-    if nbytes < 0:
-        raise ValueError("negative buffersize in recv_into")
-    if nbytes:
-        if nbytes > len(view):
-            raise ValueError("buffer too small for requested bytes")
-        view = view[:nbytes]
-    return view
 
 
 class WebSocket:
@@ -137,8 +82,6 @@ class WebSocket:
         #: The URL finally connected to (client), the authenticated user name (server).
         self.url = url
         self.username = username
-        #: The last measured ping round trip, in seconds.
-        self.latency: float | None = None
         #: Whether the last message :meth:`recv_into` wrote was text (its
         #: UTF-8 bytes) rather than binary.
         self.received_text = False
@@ -147,21 +90,18 @@ class WebSocket:
         self.remote_address: Any
         self.local_address, self.remote_address = self._transport.addresses()
         self._out = Outbox(self._transport, protocol, write_limit, self._lose, self._timeout_error)
-        self._recv_lock = threading.Lock()
-        self._assembly = Assembly()
         self._pings = Pings()
-        self._close_rcvd_event = threading.Event()
-        # Whether the application took the peer's Close (recv() returned
-        # None), and how often it called recv(): the keepalive answers a
-        # Close only for an application that stopped reading.
-        self._close_taken = False
-        self._recv_calls = 0
+        self._inbox = Inbox(
+            self._transport, protocol, self._out, self._pings, self._lose, self._fail, self._timeout_error
+        )
+        self._inbox.nonblocking = timeout == 0
         # close() was called before the connection ended otherwise: the
         # application ended it (reconnect() then stops, whatever the code).
         self._closed_by_app = False
-        self._last_received = time.monotonic()
         self._on_close: list[Callable[[], None]] = []
-        self._keepalive = KeepAliveLink(self)
+        self._keepalive = self._inbox.link = self._out.link = KeepAliveLink(
+            self._inbox, self._out, self._transport, protocol, self._pings, self.abort, self.on_close
+        )
         if leftover:
             protocol.receive_data(leftover)
             if protocol.has_output:
@@ -183,6 +123,15 @@ class WebSocket:
     @write_limit.setter
     def write_limit(self, limit: int) -> None:
         self._out.limit = limit
+
+    @property
+    def latency(self) -> float | None:
+        """The last measured ping round trip, in seconds (a keepalive ping's too)."""
+        return self._pings.latency
+
+    @latency.setter
+    def latency(self, value: float | None) -> None:
+        self._pings.latency = value
 
     @property
     def state(self) -> State:
@@ -245,6 +194,7 @@ class WebSocket:
             raise ValueError("timeout must be None or >= 0")
         was = self._timeout
         self._timeout = timeout
+        self._inbox.nonblocking = timeout == 0
         if timeout == 0 and was != 0:
             # A read the keepalive thread began before this call is
             # non-blocking and short: once it has fed the protocol,
@@ -277,35 +227,7 @@ class WebSocket:
         of a message (``recv()`` would need the kernel for the rest, and
         ``select()`` says when it comes).
         """
-        proto = self._proto
-        while True:
-            try:
-                whole = any(type(event) is not Data or event.fin for event in proto.events)
-                break
-            except RuntimeError:
-                # The reading thread changed the deque meanwhile: look again.
-                # (A snapshot with tuple() holds the GIL for the whole copy.)
-                continue
-        if proto.failure is not None or whole:
-            return self._held()
-        return self._transport.buffered()
-
-    def _held(self) -> int:
-        """Every byte read from the kernel and not yet returned by :meth:`recv` (for backpressure)."""
-        proto = self._proto
-        while True:
-            # The keepalive asks without the recv lock: the reader may change
-            # the deque meanwhile, and iterating it then raises (see pending()).
-            total = len(proto._buf) + self._assembly.held()
-            try:
-                for event in proto.events:
-                    total += len(event.payload) if type(event) is Data else 1
-                break
-            except RuntimeError:
-                continue
-        if proto.failure is not None:
-            total += 1
-        return total + self._transport.buffered()
+        return self._inbox.pending()
 
     def _timeout_error(self, what: str) -> OSError:
         if self._timeout == 0:
@@ -329,34 +251,6 @@ class WebSocket:
         if exc is not None:
             err.__cause__ = exc
         return err
-
-    @contextmanager
-    def _sending(self, deadline: Deadline, text: bool | None) -> Iterator[None]:
-        """Hold the send lock for a frame of a text/binary message (``text``
-        None: a control frame) on a connection that may still send; a socket
-        error inside means the connection is lost."""
-        out = self._out
-        out.acquire(deadline, text)
-        try:
-            out.check_open()
-            yield
-        except _NOT_A_LOSS:
-            raise
-        except OSError as exc:
-            raise self._lose(exc) from exc
-        finally:
-            self._done_sending()
-
-    def _done_sending(self) -> None:
-        """Let go of the send lock taken by :meth:`_sending` or :meth:`_offer`."""
-        out = self._out
-        out.release()
-        if out.buf:
-            # Accepted bytes wait here: the keepalive writes them when
-            # the socket can take them, whether or not we call again.
-            wake = self._keepalive.wake
-            if wake is not None:
-                wake()
 
     # -- sending -------------------------------------------------------------------
 
@@ -384,42 +278,11 @@ class WebSocket:
             # small message, blocking, with nothing open or queued before it.
             # Anything else (or a closed connection) takes the general path.
             payload: bytes = data.encode("utf-8") if cls is str else data  # type: ignore[union-attr,assignment]
-            out = self._out
-            cond = out.cond
-            cond.acquire()
-            out.patient = True  # send_whole() waits for the peer
-            try:
-                proto = self._proto
-                if (
-                    len(payload) < JOIN_BELOW
-                    and out.owner is None
-                    and not out.buf
-                    and not proto._out
-                    and not proto.output_ended
-                ):
-                    try:
-                        self._transport.send_whole(proto.encode_message(payload, cls is str))
-                    except OSError as exc:
-                        raise self._lose(exc) from exc
-                    return len(data)
-            finally:
-                out.release()
+            if self._out.send_small(payload, cls is str):
+                return len(data)
         if self._timeout == 0:
             self._read_for_keepalive()
-        text, payload_ = _payload(data)
-        deadline = Deadline(self._timeout)
-        with self._sending(deadline, text):
-            self._out.check_message_type(text)
-            # Counted in characters for str, in bytes for the rest (a view
-            # of wider items included).
-            whole = len(data) if text else len(payload_)
-            if self._timeout is None:
-                self._out.write_whole(payload_, text, fin, deadline)
-                return whole
-            done = self._out.write_partial(payload_, text, fin, deadline)
-            if done == len(payload_):
-                return whole
-            return len(bytes(payload_[:done]).decode("utf-8")) if text else done
+        return self._out.send(data, fin, self._timeout)
 
     def sendall(self, data: str | BytesLike) -> None:
         """Send ``data`` as the end of the current message (a whole message if none is open).
@@ -436,23 +299,7 @@ class WebSocket:
             return
         if self._timeout == 0:
             self._read_for_keepalive()
-        text, payload = _payload(data)
-        deadline = Deadline(self._timeout)
-        view = memoryview(payload)
-        done = 0
-        try:
-            with self._sending(deadline, text):
-                self._out.check_message_type(text)
-                while True:
-                    done += self._out.write_partial(view[done:], text, True, deadline)
-                    if done == len(view):
-                        return
-        except (TimeoutError, BlockingIOError) as exc:
-            # Unlike socket.sendall, say how much was accepted (nothing, when
-            # the time ran out waiting for another thread's message), so the
-            # caller can finish the message with the rest.
-            exc.accepted = len(str(view[:done], "utf-8")) if text else done  # type: ignore[union-attr]
-            raise
+        self._out.sendall(data, self._timeout)
 
     def _read_for_keepalive(self) -> None:
         """Non-blocking mode: what the keepalive would read, read by a sender.
@@ -472,32 +319,10 @@ class WebSocket:
         False: it doesn't fit now (or another thread is in a send that may
         wait for the peer); None: the connection is closed or closing.
         """
-        # _sending() written out: broadcast() calls this once per connection,
-        # and its generator-based context manager, with a Deadline per step,
-        # was most of the Python work of a delivery.
-        out = self._out
-        try:
-            out.acquire(EXPIRED, text)
-        except OSError:  # TimeoutError, BlockingIOError: the send lock is taken
-            return False
-        try:
-            out.check_open()
-            if not out.room_for(len(payload)):
-                return False
-            out.offer(self._proto.encode_shared(payload, text, shared))
-            return True
-        except ConnectionClosed:
-            return None
-        except (TimeoutError, BlockingIOError):
-            return False
-        except OSError as exc:  # as in _sending(): a socket error is a loss
-            self._lose(exc)
-            return None
-        finally:
-            self._done_sending()
+        return self._out.offer_whole(payload, text, shared)
 
     def _send_control(self, frame: bytes, deadline: Deadline) -> None:
-        with self._sending(deadline, None):
+        with self._out.sending(deadline, None):
             self._out.queue(frame)
             if not self._out.flush(deadline):
                 raise self._timeout_error("ping")
@@ -511,23 +336,9 @@ class WebSocket:
         payload = bytes(data) or os.urandom(4)
         deadline = Deadline(self._timeout)
         ping = self._pings.expect(payload)
-        wake = ping.waiter
-        assert wake is not None
         try:
             self._send_control(self._proto.encode_control(Opcode.PING, payload), deadline)
-            while ping.round_trip is None:
-                if self._recv_lock.acquire(blocking=False):
-                    try:
-                        if ping.round_trip is None:
-                            self._read(deadline)
-                    finally:
-                        self._release_reader()
-                else:
-                    wake.clear()
-                    if ping.round_trip is None and not wake.wait(deadline.remaining()):
-                        raise self._timeout_error("ping")
-                if self._proto.close_rcvd is not None and ping.round_trip is None:
-                    raise self._proto.closed_error()
+            self._inbox.await_pong(ping, deadline)
         except TimeoutError:
             raise self._timeout_error("ping") from None
         finally:
@@ -540,98 +351,6 @@ class WebSocket:
         self._send_control(self._proto.encode_control(Opcode.PONG, bytes(data)), Deadline(self._timeout))
 
     # -- receiving -------------------------------------------------------------
-
-    def _release_reader(self) -> None:
-        self._recv_lock.release()
-        if self._pings.waiting:
-            self._pings.wake_waiters()  # they may have to read for themselves now
-        link = self._keepalive
-        if link.wanted:
-            # The keepalive thread stepped aside while we were reading.
-            link.wanted = False
-            wake = link.wake
-            if wake is not None:
-                wake()
-
-    def _read(self, deadline: Deadline, into: memoryview | None = None) -> int:
-        """Read once and feed the protocol; hold the recv lock.
-
-        With ``into`` (at most :meth:`Protocol.payload_to_place
-        <blockws.protocol.Protocol.payload_to_place>` bytes), read payload
-        straight into it instead and return how many bytes came (0 at EOF);
-        the caller tells the protocol (``payload_placed``).
-
-        The deadline holds even while data keeps arriving (a peer that floods
-        pings never lets the socket go quiet): past it no further read is
-        made, except that a non-blocking call may go on while the kernel has
-        data, a few reads at most.
-        """
-        proto = self._proto
-        if proto.eof:
-            return 0
-        if deadline.when is not None:
-            if deadline.reads and deadline.expired() and (self._timeout != 0 or deadline.reads >= _NONBLOCKING_READS):
-                raise self._timeout_error("recv")
-            deadline.reads += 1
-        try:
-            if self._out.buf:
-                self._out.flush_while_waiting(deadline)
-            if into is not None:
-                n = self._transport.recv_into(into, deadline)
-            else:
-                data = self._transport.recv_some(min(max(proto._remaining, READ_SIZE), LARGE_READ_SIZE), deadline)
-        except TimeoutError:
-            raise self._timeout_error("recv") from None
-        except OSError as exc:
-            raise self._lose(exc) from exc
-        self._last_received = time.monotonic()
-        if into is not None:
-            if not n:
-                proto.receive_eof()
-            return n
-        if data:
-            proto.receive_data(data)
-        else:
-            proto.receive_eof()
-        if proto.pongs:
-            latency = self._pings.answered(proto.pongs)
-            if latency is not None:
-                self.latency = latency
-        if proto.has_output:
-            self._out.flush_when_free(Deadline(0))  # answer pings now, or the sender does
-        return 0
-
-    def _next_event(self, deadline: Deadline) -> Data | None:
-        """The next data piece, reading as needed; None once the peer closed."""
-        proto = self._proto
-        while True:
-            try:
-                event = proto.next_event()
-            except ProtocolError as exc:
-                raise self._fail(exc) from exc
-            if event is None:
-                if proto.close_rcvd is not None:
-                    return None  # the end of the peer's stream, every time
-                if proto.eof or proto.finished or proto.lost is not None:
-                    raise self._lose(None)
-                self._read(deadline)
-                continue
-            if type(event) is Data:
-                return event
-            assert type(event) is Close
-            self._close_taken = True
-            self._close_rcvd_event.set()
-            return None
-
-    def _fail(self, exc: ProtocolError) -> ConnectionClosedError:
-        """The peer broke the protocol: send our Close (queued by the protocol) and end."""
-        self._proto.fail(exc)
-        self._finish(Deadline(self.close_timeout), reader=True)
-        return ConnectionClosedError(exc.close_code, str(exc))
-
-    def _acquire_recv(self, deadline: Deadline) -> None:
-        if not self._recv_lock.acquire(timeout=deadline.lock_timeout()):
-            raise self._timeout_error("recv")
 
     def recv(self) -> Message | None:
         """Receive the next message: ``str`` (text) or ``bytes`` (binary).
@@ -647,67 +366,7 @@ class WebSocket:
             ConnectionClosedError: the connection was lost without a Close,
                 or failed because the peer broke the protocol.
         """
-        self._recv_calls += 1
-        if self._timeout is None:
-            deadline = _FOREVER
-            self._recv_lock.acquire()
-        else:
-            deadline = Deadline(self._timeout)
-            self._acquire_recv(deadline)
-        try:
-            assembly = self._assembly
-            if assembly.reader is not None:
-                self._skip_abandoned(deadline)
-            parts = assembly.parts
-            proto = self._proto
-            events = proto.events
-            while True:
-                if events:
-                    if not parts:
-                        first = events[0]
-                        if type(first) is Data and first.fin:
-                            # The common case: a whole message is already parsed.
-                            events.popleft()
-                            return first.payload
-                elif not proto.input_ended:
-                    if proto._remaining >= BUILD_FROM:
-                        size = self._size_to_build()
-                        if size:
-                            return self._receive_built(size, deadline)
-                    self._read(deadline)  # nothing parsed yet and nothing ended: read
-                    continue
-                event = self._next_event(deadline)
-                if event is None:
-                    return None
-                if event.fin:
-                    return assembly.complete(event.payload)
-                parts.append(event.payload)
-        finally:
-            self._release_reader()
-
-    def _size_to_build(self) -> int:
-        """The size of the large binary message now arriving, if recv() may
-        read it into place (:meth:`_receive_built`); else 0."""
-        proto = self._proto
-        if _accel.Builder is None or proto.payload_to_place() < BUILD_FROM:
-            return 0
-        announced = proto.announced_size
-        if announced is None or not announced[1] or announced[0] > BUILD_MAX:
-            return 0  # its last frame's header is still to come, or too large to trust
-        return announced[0]
-
-    def _receive_built(self, size: int, deadline: Deadline) -> bytes | None:
-        """recv() of a binary message of ``size`` bytes, read into the bytes
-        returned; hold the recv lock. What came before it (kept pieces, parsed
-        events) is copied in first; a timeout keeps what came, as recv() does."""
-        assert _accel.Builder is not None
-        builder = _accel.Builder(size)
-        with memoryview(builder) as view:
-            received = self._receive_into(view, deadline)
-        if received is None:
-            return None
-        message: bytes = builder.take()
-        return message
+        return self._inbox.recv(self._timeout)
 
     def recv_into(self, buffer: Any, nbytes: int = 0) -> int | None:
         """Receive the next message into ``buffer``; return its length in bytes.
@@ -745,93 +404,11 @@ class WebSocket:
                 or failed because the peer broke the protocol.
             TypeError: ``buffer`` isn't a writable, contiguous buffer.
         """
-        view = _writable(buffer, nbytes)
-        self._recv_calls += 1
-        if self._timeout is None:
-            deadline = _FOREVER
-            self._recv_lock.acquire()
-        else:
-            deadline = Deadline(self._timeout)
-            self._acquire_recv(deadline)
-        try:
-            if self._assembly.reader is not None:
-                self._skip_abandoned(deadline)
-            received = self._receive_into(view, deadline)
-        finally:
-            self._release_reader()
+        received = self._inbox.recv_into(buffer, nbytes, self._timeout)
         if received is None:
             return None
         size, self.received_text = received
         return size
-
-    def _receive_into(self, view: memoryview, deadline: Deadline) -> tuple[int, bool] | None:
-        """:meth:`recv_into`'s work: the message's length and whether it was text; hold the recv lock.
-
-        Pieces the protocol parsed are copied into ``view``; when none is
-        left and the protocol says the next bytes from the peer are payload
-        that needs no work (``payload_to_place``), they are read into their
-        place. On any way out but the message's end, what was written goes
-        back to the :class:`~blockws.assembly.Assembly`, so the next call
-        starts the message over.
-        """
-        proto = self._proto
-        events = proto.events
-        assembly = self._assembly
-        size = len(view)
-        written = 0
-        text = False
-        if assembly.parts:
-            # What a recv() or recv_into() that timed out (or didn't fit) kept.
-            kept = assembly.take()
-            assert kept is not None
-            text = type(kept) is str
-            data = kept.encode("utf-8") if text else kept  # type: ignore[union-attr]
-            if len(data) > size:
-                assembly.parts.append(kept)
-                raise BufferTooSmall(len(data), size, False)
-            written = len(data)
-            view[:written] = data  # type: ignore[assignment]
-        try:
-            while True:
-                if not events and not proto.input_ended:
-                    announced = proto.announced_size
-                    if announced is not None and announced[0] > size:
-                        raise BufferTooSmall(announced[0], size, announced[1])
-                    want = proto.payload_to_place()
-                    if want:
-                        place = view[written : written + want]
-                        n = self._read(deadline, place)
-                        if n:
-                            written += n
-                            if proto.payload_placed(n, place[:n]):
-                                return written, False
-                    else:
-                        self._read(deadline)
-                    continue
-                event = self._next_event(deadline)
-                if event is None:
-                    return None  # the end, as for recv() (a message the Close cut is dropped)
-                piece = event.payload
-                if event.text:
-                    text = True
-                    piece = piece.encode("utf-8")  # type: ignore[union-attr]
-                n = len(piece)
-                if written + n > size:
-                    events.appendleft(event)  # still to be received, after what was written
-                    known, exact = written + n, event.fin
-                    announced = proto.announced_size
-                    if not exact and len(events) == 1 and announced is not None and announced[0] > known:
-                        known, exact = announced  # the headers know more
-                    raise BufferTooSmall(known, size, exact)
-                view[written : written + n] = piece  # type: ignore[assignment]
-                written += n
-                if event.fin:
-                    return written, text
-        except BaseException:
-            if written:
-                prefix = bytes(view[:written])
-                assembly.parts.insert(0, prefix.decode("utf-8") if text else prefix)
-            raise
 
     def recv_fragments(self) -> Iterator[Message]:
         """Iterate over the pieces of the next message as they arrive.
@@ -852,49 +429,16 @@ class WebSocket:
         connection fails with 1009 past it): connect or serve with
         ``max_size=None`` to stream messages of any size.
         """
-        token = object()
-        assembly = self._assembly
-        try:
-            while True:
-                self._recv_calls += 1
-                deadline = Deadline(self._timeout)
-                self._acquire_recv(deadline)
-                try:
-                    if assembly.reader is not None and assembly.reader is not token:
-                        self._skip_abandoned(deadline)  # another iterator's message
-                    # Pieces kept by a recv() that timed out go first.
-                    piece = assembly.take()
-                    fin = False
-                    if piece is None:
-                        event = self._next_event(deadline)
-                        if event is None:
-                            assembly.reader = None
-                            return
-                        piece, fin = event.payload, event.fin
-                    assembly.reader = None if fin else token
-                finally:
-                    self._release_reader()
-                yield piece
-                if fin:
-                    return
-                if assembly.reader is not token:
-                    raise RuntimeError("the rest of this message was discarded: recv() was called before it was read")
-        finally:
-            if assembly.reader is token:
-                assembly.reader = ABANDONED  # left part-way: skip the rest
+        return self._inbox.fragments(self.gettimeout)
 
-    def _skip_abandoned(self, deadline: Deadline) -> None:
-        """Discard the rest of a message that recv_fragments() left part-way; hold the recv lock.
+    def _fail(self, exc: ProtocolError) -> ConnectionClosedError:
+        """The peer broke the protocol: send our Close (queued by the protocol) and end.
 
-        A timeout keeps the skipping state, so the next call goes on with it.
+        Called by the :class:`~blockws.inbox.Inbox`'s reader, which holds the reader lock.
         """
-        assembly = self._assembly
-        assembly.reader = ABANDONED
-        while True:
-            event = self._next_event(deadline)
-            if event is None or event.fin:
-                assembly.reader = None
-                return
+        self._proto.fail(exc)
+        self._finish(Deadline(self.close_timeout), reader=True)
+        return ConnectionClosedError(exc.close_code, str(exc))
 
     # -- closing ----------------------------------------------------------------
 
@@ -904,7 +448,7 @@ class WebSocket:
             return
         proto.transport_closed()
         self._transport.close()
-        self._close_rcvd_event.set()
+        self._inbox.close_seen.set()
         callbacks, self._on_close = self._on_close, []
         for callback in callbacks:
             callback()
@@ -921,37 +465,14 @@ class WebSocket:
 
         The server closes TCP as soon as the closing handshake is done; the
         client waits for the server to do so (RFC 6455 section 7.1.1).
-        ``reader`` says the caller already holds the recv lock.
+        ``reader`` says the caller already holds the reader lock.
         """
         try:
             self._out.flush_when_free(deadline)
         except ConnectionClosed:
             pass
+        self._inbox.await_close(deadline, reader)
         proto = self._proto
-        if reader or self._recv_lock.acquire(timeout=deadline.lock_timeout()):
-            try:
-                client = proto.side is Side.CLIENT
-                while not proto.eof and not proto.finished:
-                    if not client and proto.close_rcvd is not None:
-                        break  # the closing handshake is done: the server closes first
-                    if not client and proto.lost is not None:
-                        self._transport.linger(deadline)  # we failed the connection
-                        break
-                    if proto.close_rcvd is None and proto.failure is None:
-                        # Drop messages still in flight: the caller chose to close.
-                        proto.events.clear()
-                    try:
-                        self._read(deadline)
-                    except (TimeoutError, BlockingIOError, ConnectionClosed):
-                        break
-                    if proto.close_rcvd is not None:
-                        self._close_rcvd_event.set()
-            finally:
-                if not reader:
-                    self._recv_lock.release()
-        else:
-            # Another thread is receiving: it will see the peer's Close.
-            self._close_rcvd_event.wait(deadline.remaining())
         if proto.close_rcvd is None:  # lost (1006), RFC 6455 section 7.1.5: say how
             proto.lose(reason="the peer closed TCP without a Close" if proto.eof else "no Close from the peer in time")
         self._close_socket()

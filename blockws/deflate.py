@@ -328,7 +328,7 @@ class Compressor:
         # same message: broadcast() compresses it once for all of them.
         self.shared_key = ("deflate", self._bits, self._level) if self._no_takeover else None
 
-    def _new(self) -> zlib._Compress:
+    def _new(self) -> zlib._Compress:  # zlib names no public type for its compressor
         return zlib.compressobj(self._level, zlib.DEFLATED, -self._bits, 8)
 
     def compress(self, data: bytes | bytearray | memoryview, fin: bool) -> bytes:

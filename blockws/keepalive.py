@@ -74,28 +74,29 @@ Close's grace starts then). Ping payloads are random bytes drawn from the
 OS in bulk.
 
 The thread sees a connection only through :class:`Watched`, which each
-:class:`~blockws.WebSocket` implements with a private object of its own.
+:class:`~blockws.WebSocket` implements with a private object of its own
+(:class:`~blockws.link.KeepAliveLink`). The seam, the thread's record of
+each connection and its timer heaps are in :mod:`blockws.watching`; the
+requests and the selector loop here.
 """
 
 from __future__ import annotations
 
 import enum
-import heapq
 import logging
 import selectors
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
 
 from .codes import CloseCode
 from .connection import WebSocket
 from .link import READ_LIMIT as _READ_LIMIT
 from .protocol import RandomKeys
+from .watching import Timers, Tracking, Watched
 
-__all__ = ["KeepAlive", "attach"]
+__all__ = ["KeepAlive", "Watched", "attach"]
 
 logger = logging.getLogger("blockws.keepalive")
 
@@ -105,160 +106,12 @@ DEFAULT_CLOSE_GRACE = 1.0
 _REARM_DELAY = 0.05
 
 
-class Watched(Protocol):
-    """What the keepalive thread needs of a connection."""
-
-    #: Set when :meth:`service` found the connection busy; the reader then calls :attr:`wake`.
-    wanted: bool
-    #: Set by the keepalive while the connection is registered.
-    wake: Callable[[], None] | None
-
-    def fileno(self) -> int: ...
-
-    @property
-    def closed(self) -> bool:
-        """The socket is closed (its descriptor number may belong to another socket)."""
-
-    @property
-    def input_ended(self) -> bool:
-        """Nothing more will be read: stop reading and timing the connection for good."""
-
-    @property
-    def last_received(self) -> float:
-        """When something last arrived (``time.monotonic()``)."""
-
-    @property
-    def drained(self) -> int:
-        """Bytes written since the kernel's buffer was full: the peer is reading."""
-
-    @property
-    def recv_calls(self) -> int:
-        """How often the application called ``recv()``."""
-
-    @property
-    def close_unanswered(self) -> bool:
-        """The peer's Close arrived and neither the application nor we took it."""
-
-    def unread(self) -> bool:
-        """Non-blocking mode: bytes wait in the kernel for the application's ``recv()``."""
-
-    def held(self) -> int:
-        """Bytes read and not yet taken by the application."""
-
-    def on_close(self, callback: Callable[[], None]) -> None: ...
-
-    def set_tcp_keepalive(self, idle: int, interval: int, count: int) -> None: ...
-
-    def service(self, limit: int) -> bool:
-        """Read what arrived, unless busy or ``limit`` bytes wait; False: stop watching (for now)."""
-
-    def reader_busy(self) -> bool:
-        """Another thread is in ``recv()`` (then :attr:`wake` is called when it lets go)."""
-
-    def send_ping(self, payload: bytes) -> bool:
-        """Queue a Ping without waiting; False if a sender holds the connection."""
-
-    def answer_close(self) -> bool:
-        """Answer the peer's Close; False if a sender holds the connection."""
-
-    @property
-    def output_held(self) -> bool:
-        """Bytes accepted by a send wait in user space for the kernel."""
-
-    def flush_held(self) -> bool:
-        """Write what is held, without waiting; False if a sender holds the connection or nothing moved."""
-
-    def fail(self, code: int, reason: str) -> None:
-        """Drop the connection, waking its blocked threads with ``code``."""
-
-
 class _Request(enum.Enum):
     """What other threads ask of the keepalive thread."""
 
     ADD = "add"
     REMOVE = "remove"
     ARM = "arm"  # watch a connection again, after its reader let go
-
-
-class _Tracking:
-    """What the keepalive thread knows of one connection."""
-
-    __slots__ = (
-        "conn",
-        "seq",
-        "reading",
-        "events",
-        "alive",
-        "drained",
-        "ping_at",
-        "ping_sent",
-        "close_at",
-        "recv_calls",
-    )
-
-    def __init__(self, conn: Watched) -> None:
-        self.conn = conn
-        # The timer entry that is this connection's (older ones in the heaps
-        # are stale); 0: none, for good once it left.
-        self.seq = 0
-        # Whether the thread reads it (it doesn't while the application does),
-        # and the events it is in the selector for (0: not in it).
-        self.reading = False
-        self.events = 0
-        # The last sign of life seen from here: write progress (sampled).
-        self.alive = 0.0
-        self.drained = conn.drained
-        # When a ping was first due since the last sign of life (None: not
-        # due), and whether it went out (False: a sender held the connection).
-        self.ping_at: float | None = None
-        self.ping_sent = False
-        # When the peer's Close, untaken, is to be answered; the application's
-        # recv() count then (a call since restarts the grace).
-        self.close_at: float | None = None
-        self.recv_calls = 0
-
-
-class _Timers:
-    """The keepalive thread's timers: when to look at which connection next.
-
-    Two heaps of ``(when, seq, state)``: the pings' and timeouts' (batched:
-    the thread wakes for them at most every ``interval / 20``) and the close
-    graces' (exact: the peer waits on them). Setting a connection's timer
-    leaves its earlier entry in the heap, stale (``state.seq`` no longer
-    matches), to be dropped when it comes up: no search, no removal.
-    Belongs to one run of the thread (a new run starts afresh).
-    """
-
-    __slots__ = ("timers", "graces", "seq")
-
-    def __init__(self) -> None:
-        self.timers: list[tuple[float, int, _Tracking]] = []
-        self.graces: list[tuple[float, int, _Tracking]] = []
-        self.seq = 0
-
-    def set(self, state: _Tracking, when: float, grace: bool = False) -> None:
-        """Look at the connection at ``when`` (and not at its earlier time)."""
-        self.seq += 1
-        state.seq = self.seq
-        heapq.heappush(self.graces if grace else self.timers, (when, self.seq, state))
-
-    def due(self, now: float) -> list[_Tracking]:
-        """The connections whose timer is due (their timers are then unset)."""
-        found = []
-        for heap in (self.timers, self.graces):
-            while heap and heap[0][0] <= now:
-                _, seq, state = heapq.heappop(heap)
-                if seq == state.seq:
-                    state.seq = 0
-                    found.append(state)
-        return found
-
-    def wait(self, now: float, interval: float, retry: float) -> float:
-        """Seconds until the next timer: at least ``retry`` for a batched one."""
-        wait = max(self.timers[0][0] - now, retry) if self.timers else interval
-        if self.graces:
-            wait = min(wait, max(self.graces[0][0] - now, 0.0))
-        return wait
 
 
 class KeepAlive:
@@ -369,7 +222,9 @@ class KeepAlive:
         Raises:
             RuntimeError: this KeepAlive is closed.
         """
-        conn: Watched = ws._keepalive  # the connection's side of the seam
+        # The connection's side of the seam: private to the library, kept
+        # off the WebSocket's public API.
+        conn: Watched = ws._keepalive
         if self.tcp_keepalive:
             self._set_tcp_keepalive(conn)
         conn.wake = lambda: self._wake(conn)
@@ -384,7 +239,7 @@ class KeepAlive:
 
     def unregister(self, ws: WebSocket) -> None:
         """Stop keeping ``ws`` alive (done for you when it closes)."""
-        conn: Watched = ws._keepalive
+        conn: Watched = ws._keepalive  # the seam, as in register()
         conn.wake = None
         self._request(_Request.REMOVE, conn)
 
@@ -481,8 +336,8 @@ class KeepAlive:
         selector = selectors.DefaultSelector()
         assert self._wake_r is not None
         selector.register(self._wake_r, selectors.EVENT_READ, None)
-        conns: dict[Watched, _Tracking] = {}
-        timers = _Timers()
+        conns: dict[Watched, Tracking] = {}
+        timers = Timers()
         try:
             while True:
                 if not self._apply_requests(selector, conns, timers):
@@ -507,11 +362,11 @@ class KeepAlive:
                         if mask & selectors.EVENT_WRITE:
                             # No progress, or busy (the sender writes, and wakes us
                             # if it leaves bytes behind): stop waiting to write.
-                            self._update(selector, conn, state, writing=conn.flush_held())
+                            state.update(selector, writing=conn.flush_held())
                         if mask & selectors.EVENT_READ and not conn.service(_READ_LIMIT):
                             # Busy (the reader re-arms it through _wake), over
                             # the read limit, or its input ended (never again).
-                            self._unwatch(selector, conn, state)
+                            state.unwatch(selector)
                             if conn.input_ended:
                                 timers.set(state, time.monotonic())  # a Close may wait for its grace
                     except Exception:
@@ -520,14 +375,14 @@ class KeepAlive:
             selector.close()
 
     def _broken(
-        self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking], conn: Watched, state: _Tracking
+        self, selector: selectors.BaseSelector, conns: dict[Watched, Tracking], conn: Watched, state: Tracking
     ) -> None:
         """Serving one connection raised (a ``trace`` callback that fails, a bug):
         log it and fail that connection, not the thread every other one relies on."""
         logger.exception("keepalive: serving a connection failed; closing it with 1011")
         if conns.pop(conn, None) is not None:
             state.seq = 0  # its timer is stale
-            self._forget(selector, conn, state)
+            state.forget(selector)
             with self._lock:
                 self._count -= 1
         try:
@@ -535,9 +390,7 @@ class KeepAlive:
         except Exception:  # pragma: no cover - abort() closes whatever state it finds
             logger.exception("keepalive: closing the failed connection failed too")
 
-    def _apply_requests(
-        self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking], timers: _Timers
-    ) -> bool:
+    def _apply_requests(self, selector: selectors.BaseSelector, conns: dict[Watched, Tracking], timers: Timers) -> bool:
         """Take queued requests; False when the thread should end."""
         with self._lock:
             requests = list(self._requests)
@@ -557,33 +410,33 @@ class KeepAlive:
                     # number may already belong to another socket.
                     dropped += 1
                 else:
-                    state = conns[conn] = _Tracking(conn)
-                    self._watch(selector, conn, state)
+                    state = conns[conn] = Tracking(conn)
+                    state.watch(selector)
                     timers.set(state, time.monotonic())  # looked at on the next pass
             elif what is _Request.REMOVE:
                 gone = conns.pop(conn, None)
                 if gone is not None:
                     dropped += 1
                     gone.seq = 0  # its timer is stale
-                    self._forget(selector, conn, gone)
+                    gone.forget(selector)
             elif conn in conns:
                 state = conns[conn]
                 if conn.input_ended:
-                    self._update(selector, conn, state)  # still writes what is held
+                    state.update(selector)  # still writes what is held
                     timers.set(state, self._requests_taken_at)  # its reader may have left a Close untaken
                 elif conn.reader_busy():
                     # A reader back in recv() by now (a server echoing)
                     # reads for itself: watching it would only wake this
                     # thread at its next message, to step aside again.
-                    self._update(selector, conn, state)  # writes what a sender left
+                    state.update(selector)  # writes what a sender left
                 else:
-                    self._watch(selector, conn, state)
+                    state.watch(selector)
         with self._lock:
             self._count -= dropped
             if self._closed or not (conns or self._holders or self._requests):
                 # Nothing to serve: the next register() starts a new thread.
                 for conn, state in conns.items():
-                    self._forget(selector, conn, state)
+                    state.forget(selector)
                     conn.wake = None
                 self._thread = None
                 for sock in (self._wake_r, self._wake_w):
@@ -595,56 +448,8 @@ class KeepAlive:
                 return False
         return True
 
-    @classmethod
-    def _watch(cls, selector: selectors.BaseSelector, conn: Watched, state: _Tracking) -> None:
-        """Read the connection (and write what it holds)."""
-        state.reading = True
-        cls._update(selector, conn, state)
-
-    @classmethod
-    def _unwatch(cls, selector: selectors.BaseSelector, conn: Watched, state: _Tracking) -> None:
-        """Stop reading the connection (it may still be written to)."""
-        state.reading = False
-        cls._update(selector, conn, state)
-
-    @classmethod
-    def _forget(cls, selector: selectors.BaseSelector, conn: Watched, state: _Tracking) -> None:
-        """Take the connection out of the selector for good."""
-        state.reading = False
-        cls._update(selector, conn, state, writing=False)
-
-    @staticmethod
-    def _update(selector: selectors.BaseSelector, conn: Watched, state: _Tracking, writing: bool = True) -> None:
-        """Put the connection in the selector for what the thread does with it now.
-
-        Bytes a partial send left in user space go out when the socket
-        becomes writable, like bytes in a TCP send buffer, even if the
-        application doesn't call again.
-        """
-        events = selectors.EVENT_READ if state.reading else 0
-        if writing and conn.output_held and not conn.closed:
-            events |= selectors.EVENT_WRITE
-        if events == state.events:
-            return
-        try:
-            if not events:
-                selector.unregister(conn)  # by object: fileno() is -1 once closed
-            elif not state.events:
-                selector.register(conn, events, conn)
-            else:
-                selector.modify(conn, events, conn)
-            state.events = events
-        except (ValueError, OSError, KeyError):
-            # Closed meanwhile (its on_close removes it): out of the selector.
-            if state.events:
-                try:
-                    selector.unregister(conn)
-                except (ValueError, OSError, KeyError):
-                    pass
-            state.events = 0
-
     def _check_timers(
-        self, selector: selectors.BaseSelector, conns: dict[Watched, _Tracking], timers: _Timers, now: float
+        self, selector: selectors.BaseSelector, conns: dict[Watched, Tracking], timers: Timers, now: float
     ) -> float:
         """Send due pings, fail silent connections; return seconds to the next timer.
 
@@ -667,9 +472,9 @@ class KeepAlive:
     def _look(
         self,
         selector: selectors.BaseSelector,
-        conns: dict[Watched, _Tracking],
-        timers: _Timers,
-        state: _Tracking,
+        conns: dict[Watched, Tracking],
+        timers: Timers,
+        state: Tracking,
         now: float,
         interval: float,
         retry: float,
@@ -716,7 +521,7 @@ class KeepAlive:
                 later = now + retry
         if now - state.ping_at >= self.timeout:
             self._fail(conn)
-            self._forget(selector, conn, state)
+            state.forget(selector)
             del conns[conn]
             with self._lock:
                 self._count -= 1
@@ -724,7 +529,7 @@ class KeepAlive:
         timers.set(state, min(later, state.ping_at + self.timeout))
 
     @staticmethod
-    def _close_grace(conn: Watched, state: _Tracking, now: float, grace: float) -> float:
+    def _close_grace(conn: Watched, state: Tracking, now: float, grace: float) -> float:
         """Answer the peer's Close once the application left it for ``grace`` seconds
         without calling recv(); return the seconds until the next check."""
         calls = conn.recv_calls

@@ -1,29 +1,59 @@
 """A connection's side of the keepalive seam: what the keepalive thread may do with it.
 
 :class:`blockws.keepalive.Watched` is the interface; each
-:class:`~blockws.WebSocket` makes one :class:`KeepAliveLink` for itself. The
-link works on the connection's private state (its locks, protocol and
-transport), as part of the connection, so that nothing else has to.
+:class:`~blockws.WebSocket` makes one :class:`KeepAliveLink` over its two
+halves, its transport and its protocol. What the keepalive does is a
+method of the part that owns the state: take what arrived
+(:meth:`Inbox.claim <blockws.inbox.Inbox.claim>`, :meth:`Inbox.take_arrived
+<blockws.inbox.Inbox.take_arrived>`), flush what is held
+(:meth:`Outbox.flush_held <blockws.outbox.Outbox.flush_held>`), ping and
+answer a Close (:meth:`Outbox.ping_now <blockws.outbox.Outbox.ping_now>`,
+:meth:`Outbox.answer_close <blockws.outbox.Outbox.answer_close>`), judge
+liveness (the inbox's ``last_received``, ``calls`` and :meth:`held
+<blockws.inbox.Inbox.held>`, the transport's ``drained``). The link adds
+only the keepalive's own flags (``wanted``, ``wake``, ``servicing``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-from .codes import Opcode
-from .exceptions import ConnectionClosed
-from .protocol import Side
-from .utils import Deadline
+from typing import Protocol as Interface
 
 if TYPE_CHECKING:
-    from .connection import WebSocket
+    from .inbox import Inbox
+    from .outbox import Outbox
+    from .pings import Pings
+    from .protocol import Protocol
+    from .transport import Transport
 
-__all__ = ["KeepAliveLink", "READ_LIMIT"]
+__all__ = ["KeepAliveLink", "READ_LIMIT", "Waker", "NOBODY"]
 
 # Bytes a connection may hold for the application before the keepalive
 # stops reading it (backpressure reaches the peer again).
 READ_LIMIT = 1 << 20
+
+
+class Waker(Interface):
+    """What the halves see of the link: whom to wake when they let go.
+
+    The inbox's reader calls ``wake`` when it lets go if ``wanted`` says the
+    keepalive stepped aside; a sender that leaves bytes held calls it so
+    that the keepalive writes them.
+    """
+
+    wanted: bool
+    wake: Callable[[], None] | None
+
+
+class _Nobody:
+    """The :class:`Waker` of a half before the connection links it."""
+
+    wanted = False
+    wake: Callable[[], None] | None = None
+
+
+NOBODY: Waker = _Nobody()
 
 
 class KeepAliveLink:
@@ -33,12 +63,42 @@ class KeepAliveLink:
     :meth:`WebSocket.recv`, sends its pings, answers a Close the application
     left untaken, and fails a silent connection; nothing else of the
     connection is its business.
+
+    Args:
+        fail: drops the connection (``WebSocket.abort``).
+        on_close: runs a callback once the socket is closed (``WebSocket.on_close``).
     """
 
-    __slots__ = ("_ws", "wanted", "wake", "servicing")
+    __slots__ = (
+        "_inbox",
+        "_out",
+        "_transport",
+        "_proto",
+        "_pings",
+        "_fail",
+        "_on_close",
+        "wanted",
+        "wake",
+        "servicing",
+    )
 
-    def __init__(self, ws: WebSocket) -> None:
-        self._ws = ws
+    def __init__(
+        self,
+        inbox: Inbox,
+        outbox: Outbox,
+        transport: Transport,
+        protocol: Protocol,
+        pings: Pings,
+        fail: Callable[[int, str], None],
+        on_close: Callable[[Callable[[], None]], None],
+    ) -> None:
+        self._inbox = inbox
+        self._out = outbox
+        self._transport = transport
+        self._proto = protocol
+        self._pings = pings
+        self._fail = fail
+        self._on_close = on_close
         # Set by the keepalive when it found the connection busy: the reader
         # calls ``wake`` (set by the keepalive) when it lets go.
         self.wanted = False
@@ -47,61 +107,86 @@ class KeepAliveLink:
         self.servicing = False
 
     def fileno(self) -> int:
-        return self._ws.fileno()
+        return -1 if self._proto.finished else self._transport.fd
 
     @property
     def closed(self) -> bool:
-        return self._ws._proto.finished
+        return self._proto.finished
 
     @property
     def input_ended(self) -> bool:
-        return self._ws._proto.input_ended
+        return self._proto.input_ended
+
+    # -- liveness --------------------------------------------------------------------
 
     @property
     def last_received(self) -> float:
-        return self._ws._last_received
+        return self._inbox.last_received
 
     @property
     def drained(self) -> int:
-        return self._ws._transport.drained
+        return self._transport.drained
 
     @property
     def recv_calls(self) -> int:
-        return self._ws._recv_calls
+        return self._inbox.calls
 
     def held(self) -> int:
-        return self._ws._held()
+        return self._inbox.held()
+
+    def unread(self) -> bool:
+        """Non-blocking mode only: bytes wait in the kernel for the application's ``recv()``.
+
+        The keepalive doesn't read them (``select()`` must see them), and
+        the pong may be among them: its clock doesn't run meanwhile.
+        """
+        return self._inbox.nonblocking and not self._proto.input_ended and self._transport.waiter.readable(0)
 
     def on_close(self, callback: Callable[[], None]) -> None:
-        self._ws.on_close(callback)
+        self._on_close(callback)
 
     def set_tcp_keepalive(self, idle: int, interval: int, count: int) -> None:
-        self._ws._transport.set_tcp_keepalive(idle, interval, count)
+        self._transport.set_tcp_keepalive(idle, interval, count)
+
+    def fail(self, code: int, reason: str) -> None:
+        self._fail(code, reason)
+
+    # -- writing: what is held, pings, the answer to a Close ---------------------------
 
     @property
     def output_held(self) -> bool:
-        return bool(self._ws._out.buf)
+        return bool(self._out.buf)
 
     def flush_held(self) -> bool:
-        """Write bytes a partial send left, now that the socket is writable.
+        """Write bytes a partial send left, now that the socket is writable (see :meth:`Outbox.flush_held`)."""
+        return self._out.flush_held()
 
-        False when a sender holds the connection (it writes them, and wakes
-        the keepalive if it leaves some) or nothing could be written.
+    def send_ping(self, payload: bytes) -> bool:
+        """Queue a Ping without waiting; its Pong only updates the latency and
+        the time of last reception. False if a sender holds the connection:
+        the ping is skipped rather than blocking the thread that serves every
+        connection."""
+        return self._out.ping_now(payload, self._pings)
+
+    @property
+    def close_unanswered(self) -> bool:
+        """The peer's Close arrived, the application hasn't taken it with
+        ``recv()``, and we haven't closed: the keepalive's grace applies."""
+        proto = self._proto
+        return proto.close_rcvd is not None and not proto.output_ended and not self._inbox.close_taken
+
+    def answer_close(self) -> bool:
+        """Answer the peer's Close now, once the application stopped reading:
+        its next ``send()`` raises ``ConnectionClosedOK``, ``recv()`` still
+        returns what arrived, then None. An open message is finished first
+        (RFC 6455 section 5.5.1). False when a sender holds the connection:
+        try again later.
         """
-        out = self._ws._out
-        if not out.cond.acquire(blocking=False):
-            return False
-        try:
-            held = len(out.buf)
-            out.flush(Deadline(0))
-            return len(out.buf) < held
-        except ConnectionClosed:
-            return False
-        finally:
-            out.release()
+        if self._inbox.close_taken:
+            return True  # the application took it after all: close() answers it
+        return self._out.answer_close()
 
-    def fail(self, code: int, reason: str) -> None:
-        self._ws.abort(code, reason)
+    # -- reading: what arrived -----------------------------------------------------------
 
     def service(self, limit: int) -> bool:
         """Read what has arrived without blocking, if no other thread is reading.
@@ -114,38 +199,29 @@ class KeepAliveLink:
         ``wake`` is called when the reader is done), and once its input
         has ended (stop watching it for good).
         """
-        ws = self._ws
-        if ws._proto.input_ended:
+        proto = self._proto
+        if proto.input_ended:
             return False
+        inbox = self._inbox
         self.servicing = True
         try:
-            if ws._timeout == 0:
+            if inbox.nonblocking:
                 # Non-blocking: the application's select() loop reads, and
                 # its send() calls read for us (see take_arrived).
                 return False
-            if ws._held() >= limit or not ws._recv_lock.acquire(blocking=False):
+            if not inbox.claim(limit):
                 self.wanted = True
                 # The reader may have left between the check and the flag:
                 # then nobody would call wake, so try once more.
-                if ws._held() >= limit or not ws._recv_lock.acquire(blocking=False):
+                if not inbox.claim(limit):
                     return False
                 self.wanted = False
-            self._read_now(ws)
+            inbox.take_arrived()
             # At EOF (or once lost) the socket stays readable for ever: the
             # caller must stop watching it or it would spin.
-            return not ws._proto.input_ended
+            return not proto.input_ended
         finally:
             self.servicing = False
-
-    @staticmethod
-    def _read_now(ws: WebSocket) -> None:
-        """Read once without waiting and feed the protocol; hold the recv lock (let go here)."""
-        try:
-            ws._read(Deadline(0))
-        except (TimeoutError, BlockingIOError, ConnectionClosed):
-            pass
-        finally:
-            ws._release_reader()
 
     def take_arrived(self) -> None:
         """In non-blocking mode, read for the keepalive from the application's thread.
@@ -159,91 +235,27 @@ class KeepAliveLink:
         keepalive is woken: the peer's Close gets its answer after the
         close grace, as for a blocking sender.
         """
-        ws = self._ws
-        proto = ws._proto
-        if proto.input_ended or ws._held() >= READ_LIMIT:
+        proto = self._proto
+        if proto.input_ended or self._inbox.held() >= READ_LIMIT:
             return
-        transport = ws._transport
+        transport = self._transport
         if not transport.buffered() and not transport.waiter.readable(0):
             return
-        if not ws._recv_lock.acquire(blocking=False):
-            return  # another thread reads
-        self._read_now(ws)
+        if not self._inbox.claim(READ_LIMIT):
+            return  # another thread reads (or too much waits for recv())
+        self._inbox.take_arrived()
         wake = self.wake
         if proto.input_ended and wake is not None:
             wake()
 
-    def unread(self) -> bool:
-        """Non-blocking mode only: bytes wait in the kernel for the application's ``recv()``.
-
-        The keepalive doesn't read them (``select()`` must see them), and
-        the pong may be among them: its clock doesn't run meanwhile.
-        """
-        ws = self._ws
-        return ws._timeout == 0 and not ws._proto.input_ended and ws._transport.waiter.readable(0)
-
     def reader_busy(self) -> bool:
         """True while another thread is in ``recv()``; ``wake`` is then called when it lets go."""
-        lock = self._ws._recv_lock
-        if not lock.locked():
+        inbox = self._inbox
+        if not inbox.busy:
             return False
         self.wanted = True
         # As in service(): the reader may have let go before seeing the flag.
-        if lock.locked():
+        if inbox.busy:
             return True
         self.wanted = False
         return False
-
-    def send_ping(self, payload: bytes) -> bool:
-        """Queue a Ping without waiting; its Pong only updates the latency and
-        the time of last reception. False if a sender holds the connection:
-        the ping is skipped rather than blocking the thread that serves every
-        connection."""
-        ws = self._ws
-        if not ws._out.cond.acquire(blocking=False):
-            return False
-        try:
-            ws._out.check_open()
-            ws._pings.expect_unwaited(payload)
-            ws._out.offer_control(ws._proto.encode_control(Opcode.PING, payload))
-            return True
-        except ConnectionClosed:
-            return False
-        finally:
-            ws._out.release()
-
-    @property
-    def close_unanswered(self) -> bool:
-        """The peer's Close arrived, the application hasn't taken it with
-        ``recv()``, and we haven't closed: the keepalive's grace applies."""
-        ws = self._ws
-        proto = ws._proto
-        return proto.close_rcvd is not None and not proto.output_ended and not ws._close_taken
-
-    def answer_close(self) -> bool:
-        """Answer the peer's Close now, once the application stopped reading:
-        its next ``send()`` raises ``ConnectionClosedOK``, ``recv()`` still
-        returns what arrived, then None. An open message is finished first
-        (RFC 6455 section 5.5.1). False when a sender holds the connection:
-        try again later.
-        """
-        ws = self._ws
-        if not ws._out.cond.acquire(blocking=False):
-            return False
-        try:
-            if self.close_unanswered:
-                proto = ws._proto
-                proto.answer_close()
-                # Once our Close is written the closing handshake is done,
-                # and the server closes TCP first (RFC 6455 section 7.1.1):
-                # the client isn't kept waiting for a handler that may run
-                # for long. Its read side stays: recv() returns what came
-                # before the Close, then None; the socket goes with close().
-                # (Our Close may wait for an open message's last frame: the FIN after it.)
-                ws._out.fin_due = proto.side is Side.SERVER
-                ws._out.flush(Deadline(0))
-        except ConnectionClosed:
-            pass
-        finally:
-            ws._out.release()
-        return True

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Union
 
+from .codes import Opcode
 from .exceptions import ConnectionClosed, ConnectionClosedError
-from .protocol import Protocol
+from .link import NOBODY, Waker
+from .pings import Pings
+from .protocol import Protocol, Side
 from .transport import Transport, poll_ms
 from .utils import Deadline
 
-__all__ = ["Outbox", "JOIN_BELOW", "EXPIRED"]
+__all__ = ["Outbox", "JOIN_BELOW", "EXPIRED", "payload_of"]
 
 # Payloads smaller than this are joined to their header and written in one
 # call; larger ones go out with sendmsg (no copy of the payload).
@@ -41,6 +45,25 @@ BRIEF_WAIT = 1.0
 EXPIRED = Deadline(0)
 
 BytesLike = Union[bytes, bytearray, memoryview]
+
+# Errors that already say what happened: a send path lets them through
+# instead of reporting the connection lost.
+_NOT_A_LOSS = (ConnectionClosed, TimeoutError, BlockingIOError)
+
+
+def payload_of(data: str | BytesLike) -> tuple[bool, BytesLike]:
+    """(text, bytes to send) for what the application gave :meth:`WebSocket.send`."""
+    if isinstance(data, str):
+        return True, data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray)):
+        return False, data
+    if isinstance(data, memoryview):
+        # Frames count bytes: a view of 4-byte items (array('I')) is 4 times
+        # longer than len() says, and a strided one isn't one run of bytes.
+        if data.itemsize == 1 and data.ndim == 1 and data.c_contiguous:
+            return False, data
+        return False, data.cast("B") if data.c_contiguous else memoryview(data.tobytes())
+    raise TypeError(f"data must be str or bytes-like, not {type(data).__name__}")
 
 
 def _utf8_length(lead: int) -> int:
@@ -66,6 +89,7 @@ class Outbox:
         "limit",
         "patient",
         "fin_due",
+        "link",
         "_transport",
         "_proto",
         "_lose",
@@ -94,6 +118,8 @@ class Outbox:
         # A server's answer to the peer's Close waits here: TCP's FIN goes
         # once it is written (see KeepAliveLink.answer_close).
         self.fin_due = False
+        #: Told when a sender leaves bytes held (set by the connection).
+        self.link: Waker = NOBODY
         self._transport = transport
         self._proto = protocol
         self._lose = lose
@@ -147,7 +173,7 @@ class Outbox:
         cond = self.cond
         self.patient = False
         cond.release()
-        while self._proto._out and cond.acquire(blocking=False):
+        while self._proto.outgoing and cond.acquire(blocking=False):
             try:
                 if not self.flush(Deadline(0)):
                     # The socket is full: not a loop until it drains. What
@@ -157,6 +183,32 @@ class Outbox:
                 break  # recorded: the next call on the connection reports it
             finally:
                 cond.release()
+
+    @contextmanager
+    def sending(self, deadline: Deadline, text: bool | None) -> Iterator[None]:
+        """Hold the send lock for a frame of a text/binary message (``text``
+        None: a control frame) on a connection that may still send; a socket
+        error inside means the connection is lost."""
+        self.acquire(deadline, text)
+        try:
+            self.check_open()
+            yield
+        except _NOT_A_LOSS:
+            raise
+        except OSError as exc:
+            raise self._lose(exc) from exc
+        finally:
+            self.done()
+
+    def done(self) -> None:
+        """Let go of the send lock taken by :meth:`sending` or :meth:`offer_whole`."""
+        self.release()
+        if self.buf:
+            # Accepted bytes wait here: the keepalive writes them when
+            # the socket can take them, whether or not we call again.
+            wake = self.link.wake
+            if wake is not None:
+                wake()
 
     def check_open(self) -> None:
         """Raise ConnectionClosed unless data may still be sent; hold the send lock."""
@@ -189,6 +241,32 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------------
 
+    def send_small(self, payload: bytes, text: bool) -> bool:
+        """Write a whole small message, blocking: the common case, kept to one
+        lock and one system call. False (nothing done) unless nothing is open
+        or held before it and the connection may send: take the general path.
+        """
+        cond = self.cond
+        cond.acquire()
+        self.patient = True  # send_whole() waits for the peer
+        try:
+            proto = self._proto
+            if (
+                len(payload) < JOIN_BELOW
+                and self.owner is None
+                and not self.buf
+                and not proto.outgoing
+                and not proto.output_ended
+            ):
+                try:
+                    self._transport.send_whole(proto.encode_message(payload, text))
+                except OSError as exc:
+                    raise self._lose(exc) from exc
+                return True
+            return False
+        finally:
+            self.release()
+
     def queue(self, *frames: BytesLike) -> None:
         """Append whole frames to the buffer, after the protocol's own (pongs, Close).
 
@@ -198,7 +276,7 @@ class Outbox:
         never reads can't make the buffer grow.
         """
         buf = self.buf
-        if self._proto._out and (len(buf) < self.limit or not buf):
+        if self._proto.outgoing and (len(buf) < self.limit or not buf):
             buf += b"".join(self._proto.data_to_send(max(self.limit - len(buf), 1)))
         for frame in frames:
             buf += frame
@@ -220,7 +298,7 @@ class Outbox:
                     if not n:
                         return False
                     del buf[:n]
-                if not proto._out:
+                if not proto.outgoing:
                     if self.fin_due and proto.close_sent is not None:
                         # Whichever thread wrote the last byte (the keepalive, or
                         # a sender that found the connection closing) sends it.
@@ -267,7 +345,135 @@ class Outbox:
             if not writable:
                 raise TimeoutError
 
+    def send(self, data: str | BytesLike, fin: bool, timeout: float | None) -> int:
+        """:meth:`WebSocket.send <blockws.WebSocket.send>`'s general path:
+        the length of the prefix of ``data`` accepted."""
+        text, payload = payload_of(data)
+        deadline = Deadline(timeout)
+        with self.sending(deadline, text):
+            self.check_message_type(text)
+            # Counted in characters for str, in bytes for the rest (a view
+            # of wider items included).
+            whole = len(data) if text else len(payload)
+            if timeout is None:
+                self.write_whole(payload, text, fin, deadline)
+                return whole
+            done = self.write_partial(payload, text, fin, deadline)
+            if done == len(payload):
+                return whole
+            return len(bytes(payload[:done]).decode("utf-8")) if text else done
+
+    def sendall(self, data: str | BytesLike, timeout: float) -> None:
+        """:meth:`WebSocket.sendall <blockws.WebSocket.sendall>` with a timeout."""
+        text, payload = payload_of(data)
+        deadline = Deadline(timeout)
+        view = memoryview(payload)
+        done = 0
+        try:
+            with self.sending(deadline, text):
+                self.check_message_type(text)
+                while True:
+                    done += self.write_partial(view[done:], text, True, deadline)
+                    if done == len(view):
+                        return
+        except (TimeoutError, BlockingIOError) as exc:
+            # Unlike socket.sendall, say how much was accepted (nothing, when
+            # the time ran out waiting for another thread's message), so the
+            # caller can finish the message with the rest.
+            exc.accepted = len(str(view[:done], "utf-8")) if text else done  # type: ignore[union-attr]
+            raise
+
+    # -- for the keepalive: never waiting for a sender ------------------------------------
+
+    def flush_held(self) -> bool:
+        """Write bytes a partial send left, now that the socket is writable.
+
+        False when a sender holds the connection (it writes them, and wakes
+        the keepalive if it leaves some) or nothing could be written.
+        """
+        if not self.cond.acquire(blocking=False):
+            return False
+        try:
+            held = len(self.buf)
+            self.flush(Deadline(0))
+            return len(self.buf) < held
+        except ConnectionClosed:
+            return False
+        finally:
+            self.release()
+
+    def ping_now(self, payload: bytes, pings: Pings) -> bool:
+        """Queue a Ping (noted in ``pings``, nobody waits for its Pong) without
+        waiting; False if a sender holds the connection or it is closing."""
+        if not self.cond.acquire(blocking=False):
+            return False
+        try:
+            self.check_open()
+            pings.expect_unwaited(payload)
+            self.offer_control(self._proto.encode_control(Opcode.PING, payload))
+            return True
+        except ConnectionClosed:
+            return False
+        finally:
+            self.release()
+
+    def answer_close(self) -> bool:
+        """Answer the peer's Close now, if we haven't closed; False when a
+        sender holds the connection (try again later).
+
+        An open message is finished first (RFC 6455 section 5.5.1): our
+        Close then follows its last frame.
+        """
+        if not self.cond.acquire(blocking=False):
+            return False
+        try:
+            proto = self._proto
+            if proto.close_rcvd is not None and not proto.output_ended:
+                proto.answer_close()
+                # Once our Close is written the closing handshake is done,
+                # and the server closes TCP first (RFC 6455 section 7.1.1):
+                # the client isn't kept waiting for a handler that may run
+                # for long. Its read side stays: recv() returns what came
+                # before the Close, then None; the socket goes with close().
+                # (Our Close may wait for an open message's last frame: the FIN after it.)
+                self.fin_due = proto.side is Side.SERVER
+                self.flush(Deadline(0))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.release()
+        return True
+
     # -- broadcast: a whole message now, or nothing -------------------------------------
+
+    def offer_whole(self, payload: bytes, text: bool, shared: dict[object, bytes]) -> bool | None:
+        """:func:`~blockws.broadcast`'s part: the whole message now, or nothing, never waiting for the peer.
+
+        False: it doesn't fit now (or another thread is in a send that may
+        wait for the peer); None: the connection is closed or closing.
+        """
+        # sending() written out: broadcast() calls this once per connection,
+        # and its generator-based context manager, with a Deadline per step,
+        # was most of the Python work of a delivery.
+        try:
+            self.acquire(EXPIRED, text)
+        except OSError:  # TimeoutError, BlockingIOError: the send lock is taken
+            return False
+        try:
+            self.check_open()
+            if not self.room_for(len(payload)):
+                return False
+            self.offer(self._proto.encode_shared(payload, text, shared))
+            return True
+        except ConnectionClosed:
+            return None
+        except (TimeoutError, BlockingIOError):
+            return False
+        except OSError as exc:  # as in sending(): a socket error is a loss
+            self._lose(exc)
+            return None
+        finally:
+            self.done()
 
     def room_for(self, size: int) -> bool:
         """Whether a whole message of ``size`` bytes fits now; hold the send lock.
@@ -280,7 +486,7 @@ class Outbox:
         """
         if self.owner is not None:
             return False  # an open message: nothing may go between its frames
-        if not self.buf and not self._proto._out:
+        if not self.buf and not self._proto.outgoing:
             return True  # the common case: nothing held, nothing to write first
         self.flush(EXPIRED)
         return not self.buf or len(self.buf) + size + size // 1000 + 64 <= self.limit
@@ -288,7 +494,7 @@ class Outbox:
     def offer(self, frame: bytes) -> None:
         """Write what the kernel takes of a whole frame now and hold the rest; hold the send lock."""
         n = 0
-        if not self.buf and not self._proto._out:
+        if not self.buf and not self._proto.outgoing:
             try:
                 n = self._transport.send_some(frame, EXPIRED)
             except OSError as exc:

@@ -30,13 +30,15 @@ class Ping:
 class Pings:
     """The table of outstanding Pings, by payload, under its own lock."""
 
-    __slots__ = ("_lock", "_table", "waiting")
+    __slots__ = ("_lock", "_table", "waiting", "latency")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._table: dict[bytes, Ping] = {}
         #: How many threads wait for a Pong.
         self.waiting = 0
+        #: The round trip of the last Ping answered, in seconds.
+        self.latency: float | None = None
 
     def expect(self, payload: bytes) -> Ping:
         """Note a Ping whose Pong a thread will wait for.
@@ -68,7 +70,8 @@ class Pings:
     def answered(self, pongs: deque[bytes]) -> float | None:
         """Match the Pongs received (emptying ``pongs``) and wake their waiters.
 
-        Returns the round trip of the last Ping answered, or None.
+        Returns the round trip of the last Ping answered (also kept as
+        :attr:`latency`), or None.
         """
         now = time.monotonic()
         latency = None
@@ -83,6 +86,8 @@ class Pings:
                         del table[payload]
                     else:
                         ping.waiter.set()
+            if latency is not None:
+                self.latency = latency
         return latency
 
     def wake_waiters(self) -> None:

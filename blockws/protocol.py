@@ -12,7 +12,12 @@ and pong payloads from :attr:`Protocol.pongs`, frames outgoing data with
 Received data frames are streamed: a frame's payload is unmasked, validated
 (UTF-8 for text, fail fast) and handed out as :class:`Data` pieces as soon as
 it arrives, so a large message is never copied around in a growing buffer.
-Only frame headers and control frames (at most 139 bytes) are buffered.
+Only frame headers and control frames (at most 139 bytes) are buffered. The
+parser is the base class's (:class:`blockws.parsing.Parser`); this module
+keeps the states, control frames, the ending record and the encoders.
+What the queued events hold is counted where they are queued and taken
+(:attr:`Protocol.queued`, :attr:`Protocol.ends`), for readers in other
+threads.
 
 The peer's Close ends the peer's half of the stream, like a FIN in TCP: it is
 reported when the application takes it (after every message before it), and
@@ -51,18 +56,9 @@ from typing import Union
 
 from .codes import CloseCode, Opcode, is_clean_close
 from .deflate import Compressor, Decompressor, DeflateParams, PerMessageDeflate
-from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, PayloadTooBig, ProtocolError
-from .frames import (
-    MAX_CONTROL_PAYLOAD,
-    FrameHeader,
-    apply_mask,
-    encode_close,
-    encode_header,
-    mask,
-    parse_close,
-    parse_header,
-    unmask_inplace,
-)
+from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, ProtocolError
+from .frames import MAX_CONTROL_PAYLOAD, FrameHeader, apply_mask, encode_close, encode_header, mask, parse_close
+from .parsing import TRACE_PREVIEW, Data, Parser
 
 __all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE", "RandomKeys"]
 
@@ -71,7 +67,6 @@ DEFAULT_MAX_SIZE = 2**20
 # answers a ping; Autobahn's 2.10 sends 10 in a row and wants every answer).
 _MAX_QUEUED_PONGS = 16
 DEFAULT_MAX_FRAGMENTS = 100_000
-TRACE_PREVIEW = 64
 
 
 class Side(enum.Enum):
@@ -86,24 +81,6 @@ class State(enum.IntEnum):
     OPEN = 1
     CLOSING = 2
     CLOSED = 3
-
-
-class Data:
-    """A piece of a received message; ``fin`` marks its last piece.
-
-    ``payload`` is ``str`` for text messages (already validated and decoded)
-    and ``bytes`` for binary ones.
-    """
-
-    __slots__ = ("payload", "text", "fin")
-
-    def __init__(self, payload: str | bytes, text: bool, fin: bool) -> None:
-        self.payload = payload
-        self.text = text
-        self.fin = fin
-
-    def __repr__(self) -> str:
-        return f"Data({self.payload[:40]!r}, text={self.text}, fin={self.fin})"
 
 
 class Close:
@@ -147,7 +124,7 @@ class RandomKeys:
         return self._pool[pos : pos + 4]
 
 
-class Protocol:
+class Protocol(Parser):
     """One WebSocket connection's protocol state, without I/O.
 
     Args:
@@ -171,9 +148,18 @@ class Protocol:
         compression: PerMessageDeflate | None = None,
     ) -> None:
         self.side = side
+        self._client = side is Side.CLIENT
         self.max_size = max_size
         self.state = State.OPEN
         self.events: deque[Event] = deque()
+        # What the queued events hold, kept where events are queued and
+        # taken (here and by the I/O layer that pops them itself), so that
+        # other threads may ask without walking the deque: ``queued`` is
+        # the length of the queued payloads (characters for text) plus one
+        # per Close, ``ends`` the queued events that end a message or the
+        # stream (a Data with ``fin``, a Close).
+        self.queued = 0
+        self.ends = 0
         # Pongs don't wait in line behind messages: whoever pings looks here.
         self.pongs: deque[bytes] = deque()
         self.close_sent: Close | None = None
@@ -188,7 +174,10 @@ class Protocol:
         # Nothing more may be sent: our Close is queued, or the connection
         # is lost or closed. (Kept, not computed: every send reads it.)
         self.output_ended = False
-        self._out: list[bytes] = []
+        #: Frames the protocol queued itself (pongs, our Close), taken by
+        #: :meth:`data_to_send`; the I/O layer reads it (no call on the hot
+        #: path) but never changes it.
+        self.outgoing: list[bytes] = []
         # Pongs in _out, and where the last one is (past the bound, a newer replaces it).
         self._pongs_queued = 0
         self._last_pong_at = 0
@@ -196,7 +185,9 @@ class Protocol:
         # Receiving: the leftover of the last read (a partial header or a
         # partial control frame), and the data frame being streamed.
         self._buf = b""
-        self._remaining = 0
+        #: Payload bytes of the data frame being received still to come
+        #: (read-only outside: a hint for the size of the next read).
+        self.remaining = 0
         self._frame_fin = True
         self._frame_mask: bytes | None = None
         self._frame_offset = 0
@@ -227,21 +218,7 @@ class Protocol:
         #: and debugging (``python -m blockws --trace``).
         self.trace: Callable[[str, FrameHeader, bytes], None] | None = None
 
-    # -- receiving ---------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes read from the peer; parsed events go to :attr:`events`."""
-        if self._discard or not data:
-            return
-        if self._buf:
-            data = self._buf + data
-            self._buf = b""
-        try:
-            self._parse(data)
-        except ProtocolError as exc:
-            self._discard = True
-            self._buf = b""
-            self.failure = exc
+    # -- receiving (the parser is the base class's, blockws.parsing) -------
 
     def receive_eof(self) -> None:
         """The peer closed its side of the TCP connection."""
@@ -314,196 +291,6 @@ class Protocol:
         cls = ConnectionClosedOK if clean else ConnectionClosedError
         return cls(code, self.close_reason or "")
 
-    def _parse(self, data: bytes) -> None:
-        pos = 0
-        end = len(data)
-        client = self.side is Side.CLIENT
-        mask_bit = 0 if client else 0x80
-        events = self.events
-        while pos < end:
-            remaining = self._remaining
-            if remaining:
-                n = end - pos
-                if n > remaining:
-                    n = remaining
-                piece = data if n == end else data[pos : pos + n]
-                key = self._frame_mask
-                if key is not None:
-                    piece = apply_mask(piece, key, self._frame_offset)
-                    self._frame_offset += n
-                pos += n
-                self._remaining = remaining = remaining - n
-                if not remaining:
-                    self._deliver(piece, self._frame_fin)
-                elif piece:
-                    self._deliver(piece, False)
-                continue
-
-            # The hot path: a whole small unfragmented message, or a Ping or
-            # Pong (the keepalive's), masked as it should be, no RSV bits, no
-            # trace. The general path below gives the same result for them,
-            # only slower; anything else goes there.
-            if end - pos >= 2 and self.trace is None:
-                b0 = data[pos]
-                b1 = data[pos + 1]
-                n = b1 & 0x7F
-                control = b0 == 0x89 or b0 == 0x8A
-                if (
-                    n < 126
-                    and (b1 & 0x80) == mask_bit
-                    and (control or ((b0 == 0x82 or b0 == 0x81) and not self._in_message))
-                ):
-                    start = pos + 6 if mask_bit else pos + 2
-                    if start + n <= end:
-                        if not control and self.max_size is not None and n > self.max_size:
-                            raise PayloadTooBig(f"frame of {n} bytes exceeds max_size={self.max_size}")
-                        payload = data[start : start + n]
-                        if mask_bit:
-                            payload = apply_mask(payload, data[pos + 2 : pos + 6])
-                        pos = start + n
-                        if control:
-                            self._control(b0 & 0x0F, payload)
-                        elif b0 == 0x82:
-                            events.append(Data(payload, False, True))
-                        else:
-                            try:
-                                events.append(Data(payload.decode("utf-8"), True, True))
-                            except UnicodeDecodeError as exc:
-                                raise ProtocolError(
-                                    f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA
-                                ) from exc
-                        continue
-
-            header = parse_header(data, pos)
-            if header is None:
-                break
-            if self.trace is not None:
-                self._trace_received(header, data, pos + header.size)
-            opcode = header.opcode
-            if header.rsv:
-                if header.rsv != 0x40 or self.deflate is None:
-                    raise ProtocolError(f"reserved bits set ({header.rsv:#x}) but no extension defines them")
-                if opcode >= 8 or opcode == Opcode.CONT:
-                    raise ProtocolError("RSV1 set on a control or continuation frame")
-            if (header.mask is None) is not client:
-                raise ProtocolError("client frame is not masked" if not client else "server frame is masked")
-            length = header.length
-            start = pos + header.size
-            if opcode >= 8:
-                if end - start < length:
-                    break
-                payload = data[start : start + length]
-                if header.mask is not None:
-                    payload = apply_mask(payload, header.mask)
-                pos = start + length
-                self._control(opcode, payload)
-                if self._discard:
-                    return
-                continue
-            if opcode == Opcode.CONT:
-                if not self._in_message:
-                    raise ProtocolError("continuation frame without a message to continue")
-            else:
-                if self._in_message:
-                    raise ProtocolError("new data frame inside a fragmented message")
-                self._in_message = True
-                self._msg_text = opcode == Opcode.TEXT
-                self._msg_size = 0
-                self._msg_frames = 0
-                self._msg_compressed = bool(header.rsv)
-            self._msg_size += length
-            self._msg_frames += 1
-            if self.max_fragments is not None and self._msg_frames > self.max_fragments:
-                # Empty fragments cost nothing against max_size: bound their number.
-                raise PayloadTooBig(
-                    f"message of more than {self.max_fragments} frames exceeds max_fragments={self.max_fragments}"
-                )
-            # A compressed message is bounded by the Decompressor, on every piece: its
-            # inflated size and its compressed size.
-            if self.max_size is not None and self._msg_size > self.max_size and not self._msg_compressed:
-                if opcode == Opcode.CONT:
-                    raise PayloadTooBig(f"message of {self._msg_size} bytes exceeds max_size={self.max_size}")
-                raise PayloadTooBig(f"frame of {length} bytes exceeds max_size={self.max_size}")
-            pos = start
-            self._frame_fin = header.fin
-            self._frame_mask = header.mask
-            self._frame_offset = 0
-            self._remaining = length
-            if not length:
-                self._deliver(b"", header.fin)
-        if pos < end:
-            self._buf = data[pos:]
-
-    # -- payload read into place by the I/O layer (recv_into) ---------------
-
-    def payload_to_place(self) -> int:
-        """Payload bytes the I/O layer may read from the peer into their final place itself.
-
-        Non-zero only in the middle of a binary data frame that needs no
-        work here but unmasking (not compressed), with nothing buffered and
-        every event taken: the next bytes from the peer are then exactly
-        that many bytes of the message, in order, after every piece already
-        handed out. The I/O layer may read up to that many straight into the
-        application's buffer and report them with :meth:`payload_placed`
-        instead of :meth:`receive_data`. Zero otherwise: feed
-        :meth:`receive_data` as usual. (Text frames are not offered: their
-        UTF-8 is validated and decoded here.)
-        """
-        if (
-            self._msg_text
-            or self._msg_compressed
-            or self._buf
-            or self.events
-            or self._discard
-            or self.failure is not None
-        ):
-            return 0
-        return self._remaining
-
-    def payload_placed(self, n: int, placed: memoryview | None = None) -> bool:
-        """``n`` bytes of the current frame's payload (at most :meth:`payload_to_place`)
-        were read into place by the I/O layer; returns whether they ended the message.
-
-        ``placed`` is where they were read: a masked frame's bytes (a
-        client's, to a server) are unmasked there, in place, so it is
-        required for those. No :class:`Data` event is made for them: the
-        I/O layer already has them.
-        """
-        if not 0 < n <= self.payload_to_place():
-            raise ValueError(f"{n} payload bytes placed, {self.payload_to_place()} could be")
-        key = self._frame_mask
-        if key is not None:
-            if placed is None or len(placed) != n:
-                raise ValueError("a masked frame's placed bytes must be given, to be unmasked")
-            unmask_inplace(placed, key, self._frame_offset)
-            self._frame_offset += n
-        self._remaining -= n
-        if self._remaining or not self._frame_fin:
-            return False
-        self._in_message = False
-        return True
-
-    @property
-    def announced_size(self) -> tuple[int, bool] | None:
-        """What the frame headers of the message being received announced so far:
-        (payload bytes, whether its last frame's header was among them).
-
-        None between messages and for a compressed message (only inflating
-        tells its size). Once every event is taken, no byte of this message
-        was handed out beyond these bytes: the message is at least that long,
-        and exactly that long once its last header was seen.
-        """
-        if not self._in_message or self._msg_compressed:
-            return None
-        return self._msg_size, self._frame_fin
-
-    def _trace_received(self, header: FrameHeader, data: bytes, start: int) -> None:
-        assert self.trace is not None
-        preview = data[start : start + min(header.length, TRACE_PREVIEW)]
-        if header.mask is not None:
-            preview = apply_mask(preview, header.mask)
-        self.trace("<", header, preview)
-
     def _trace_sent(
         self, opcode: int, fin: bool, payload: bytes | bytearray | memoryview, key: bytes | None, rsv: int = 0
     ) -> None:
@@ -511,45 +298,19 @@ class Protocol:
         size = 2 + (0 if len(payload) < 126 else 2 if len(payload) < 65536 else 8) + (4 if key else 0)
         self.trace(">", FrameHeader(fin, rsv, opcode, len(payload), key, size), bytes(payload[:TRACE_PREVIEW]))
 
-    def _deliver(self, piece: bytes, fin: bool) -> None:
-        if fin:
-            self._in_message = False
-        if self._msg_compressed:
-            assert self._decompressor is not None
-            piece = self._decompressor.decompress(piece, fin)
-            if not piece and not fin:
-                return
-        if not self._msg_text:
-            if piece or fin:
-                self.events.append(Data(piece, False, fin))
-            return
-        try:
-            if fin and not self._decoding:
-                text = piece.decode("utf-8")
-            else:
-                self._decoding = True
-                text = self._decoder.decode(piece, fin)
-                if fin:
-                    self._decoding = False
-                    self._decoder.reset()
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA) from exc
-        if text or fin:
-            self.events.append(Data(text, True, fin))
-
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == Opcode.PING:
             if self.close_sent is None:
                 pong = self.encode_control(Opcode.PONG, payload)
                 if self._pongs_queued < _MAX_QUEUED_PONGS:
                     self._pongs_queued += 1
-                    self._last_pong_at = len(self._out)
-                    self._out.append(pong)
+                    self._last_pong_at = len(self.outgoing)
+                    self.outgoing.append(pong)
                 else:
                     # So many pongs wait that our output must be stuck: answer
                     # only the latest ping (RFC 6455 section 5.5.3), or a peer
                     # that pings and never reads grows this for ever.
-                    self._out[self._last_pong_at] = pong
+                    self.outgoing[self._last_pong_at] = pong
         elif opcode == Opcode.PONG:
             self.pongs.append(payload)
         else:
@@ -558,6 +319,8 @@ class Protocol:
             if self.state is not State.CLOSED:
                 self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
             self.events.append(self.close_rcvd)
+            self.queued += 1
+            self.ends += 1
             # Nothing may follow a Close; whatever does is ignored.
             self._discard = True
 
@@ -595,7 +358,9 @@ class Protocol:
         """
         events = self.events
         if events:
-            return events.popleft()
+            event = events.popleft()
+            self.taken(event)
+            return event
         failure = self.failure
         if failure is not None:
             self.failure = None
@@ -603,6 +368,36 @@ class Protocol:
                 self.send_close(failure.close_code, str(failure)[:120])
             raise failure
         return None
+
+    def taken(self, event: Event) -> None:
+        """Count out an event taken from :attr:`events` (by :meth:`next_event`,
+        or by the I/O layer that pops one itself)."""
+        if type(event) is Data:
+            self.queued -= len(event.payload)
+            self.ends -= event.fin
+        else:
+            self.queued -= 1
+            self.ends -= 1
+
+    def put_back(self, event: Event) -> None:
+        """Queue a taken event again, first (it wasn't used after all)."""
+        self.events.appendleft(event)
+        if type(event) is Data:
+            self.queued += len(event.payload)
+            self.ends += event.fin
+        else:
+            self.queued += 1
+            self.ends += 1
+
+    def drop_events(self) -> None:
+        """Forget the queued events (the application closed: messages in flight are discarded)."""
+        self.events.clear()
+        self.queued = self.ends = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed (part of a header or of a control frame)."""
+        return len(self._buf)
 
     # -- sending -------------------------------------------------------------
 
@@ -718,11 +513,11 @@ class Protocol:
         return encode_header(opcode, len(payload), True, 0, key) + apply_mask(payload, key)
 
     def _queue_frame(self, opcode: Opcode, payload: bytes) -> None:
-        self._out.append(self.encode_control(opcode, payload))
+        self.outgoing.append(self.encode_control(opcode, payload))
 
     def hold(self, frame: bytes) -> None:
         """Queue an encoded control frame of the I/O layer's with our own (see :meth:`data_to_send`)."""
-        self._out.append(frame)
+        self.outgoing.append(frame)
 
     def send_close(self, code: int | None = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Queue our Close frame (once); no data may be sent after it."""
@@ -743,7 +538,7 @@ class Protocol:
         frame past its bound, and the rest stay here (where a newer pong
         replaces an unsent one, so they stay bounded too).
         """
-        out = self._out
+        out = self.outgoing
         if not out:
             return out
         if room is not None:
@@ -759,10 +554,10 @@ class Protocol:
                 self._pongs_queued -= pongs
                 self._last_pong_at -= taken
                 return head
-        self._out = []
+        self.outgoing = []
         self._pongs_queued = 0
         return out
 
     @property
     def has_output(self) -> bool:
-        return bool(self._out)
+        return bool(self.outgoing)

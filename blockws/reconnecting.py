@@ -204,6 +204,7 @@ def _connections(
             # The body returned to the loop: done with this connection.
             code = ws.close_code
             # Whatever the code: 1006 too, when the server didn't answer in time.
+            # Private to the library: whether close() came before any other end.
             closed_by_body = ws._closed_by_app
         finally:
             ws.close()  # idempotent; after break or an exception in the body, the last thing done

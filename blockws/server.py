@@ -21,9 +21,7 @@ import os
 import selectors
 import socket
 import socketserver
-import ssl
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -35,9 +33,9 @@ from .connection import WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
 from .handshake import check_subprotocols
-from .http import Response
 from .keepalive import KeepAlive
 from .listening import listen_tcp, listen_unix, remove_socket_file
+from .refusing import Refusals, unregister
 from .settings import DEFAULT_OPEN_TIMEOUT as DEFAULT_OPEN_TIMEOUT
 from .utils import Deadline
 
@@ -47,12 +45,6 @@ __all__ = ["accept", "serve", "Server", "WebSocketHandler"]
 
 logger = logging.getLogger("blockws.server")
 
-# A connection refused by max_connections gets its 503 from the accept loop
-# (no thread); the loop then waits this long at most for the client to read
-# it and leave, so the close is a FIN and not a reset that could destroy the
-# 503 in flight. At most _MAX_REFUSED wait at once; more are closed at once.
-_REFUSED_LINGER = 2.0
-_MAX_REFUSED = 256
 # Windows before 3.10 has no AF_UNIX at all (a name, for the tests to clear).
 _HAS_AF_UNIX = hasattr(socket, "AF_UNIX")
 #: How long :meth:`Server.shutdown` gives the peers to answer its Close
@@ -217,8 +209,7 @@ class Server:
         # the socket). Past the 101 a connection gets its 1001 instead.
         self._handshaking: set[socket.socket] = set()
         self._active = 0
-        self._refused: dict[socket.socket, float] = {}  # socket -> when to close it anyway
-        self._unsent: dict[ssl.SSLSocket, bytes] = {}  # a TLS refusal -> the 503 still to write
+        self._refusals = Refusals(self._selector)
         self._shutdown_requested = False
         self._stopped = threading.Event()
         self._stopped.set()
@@ -266,26 +257,23 @@ class Server:
             self._selector.register(self._wake_r, selectors.EVENT_READ)
             while not self._shutdown_requested:
                 # The only timeout is the next refused connection's linger deadline.
-                wait = min(self._refused.values()) - time.monotonic() if self._refused else None
+                wait = self._refusals.next_wait()
                 for key, _ in self._selector.select(None if wait is None else max(wait, 0.0)):
                     if key.fileobj is self._wake_r:
                         return
                     if key.fileobj is not self.socket:
-                        self._drain_refused(key.fileobj)  # type: ignore[arg-type]
+                        self._refusals.drain(key.fileobj)  # type: ignore[arg-type]
                         continue
                     try:
                         conn, addr = self.socket.accept()
                     except OSError:
                         continue
                     self._start(conn, addr)
-                now = time.monotonic()
-                for conn in [c for c, when in self._refused.items() if when <= now]:
-                    self._forget_refused(conn)
+                self._refusals.expire()
         finally:
-            self._unregister(self.socket)
-            self._unregister(self._wake_r)
-            for conn in list(self._refused):
-                self._forget_refused(conn)
+            unregister(self._selector, self.socket)
+            unregister(self._selector, self._wake_r)
+            self._refusals.forget_all()
             if keepalive is not None:
                 keepalive.release()
             self._stopped.set()
@@ -296,7 +284,7 @@ class Server:
             if not over:
                 self._active += 1
         if over:
-            self._refuse(conn)
+            self._refusals.refuse(conn, self.max_connections, self.options.get("ssl_context"))
             return
         thread = threading.Thread(target=self._serve_one, args=(conn, addr), name=f"blockws {addr}", daemon=True)
         with self._lock:
@@ -378,105 +366,6 @@ class Server:
                 watch.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-
-    def _refuse(self, conn: socket.socket) -> None:
-        """Answer 503 from the accept loop, without a thread and without blocking.
-
-        The request is not read: the answer goes out at once (a fresh
-        socket's send buffer always has room for it), then a FIN; what the
-        client sends is drained and dropped until it closes or
-        ``_REFUSED_LINGER`` passes. On a TLS server the answer waits for the
-        TLS handshake, which the accept loop's selector drives in the same
-        way (never a plaintext answer on a TLS port), within the same linger.
-        """
-        body = f"too many connections (max_connections={self.max_connections})\n".encode()
-        data = Response(503, headers={"Retry-After": "1", "Connection": "close"}, body=body).serialize()
-        ssl_context: ssl.SSLContext | None = self.options.get("ssl_context")
-        if ssl_context is not None:
-            if len(self._refused) >= _MAX_REFUSED:
-                conn.close()  # a flood: not even a handshake
-                return
-            try:
-                conn.setblocking(False)
-                tls = ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-            except OSError:
-                conn.close()
-                return
-            self._unsent[tls] = data
-            self._linger(tls)
-            self._answer_over_tls(tls)
-            return
-        try:
-            conn.setblocking(False)
-            conn.send(data)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            conn.close()
-            return
-        if len(self._refused) >= _MAX_REFUSED:
-            conn.close()  # a flood: don't keep even the descriptors
-            return
-        self._linger(conn)
-
-    def _linger(self, conn: socket.socket) -> None:
-        self._refused[conn] = time.monotonic() + _REFUSED_LINGER
-        self._selector.register(conn, selectors.EVENT_READ)
-
-    def _answer_over_tls(self, conn: ssl.SSLSocket) -> None:
-        """One step of a TLS refusal: handshake, write the 503, close_notify and FIN."""
-        try:
-            conn.do_handshake()  # returns at once once done
-            data = self._unsent[conn]
-            while data:
-                data = data[conn.send(data) :]
-                self._unsent[conn] = data
-        except ssl.SSLWantReadError:
-            self._selector.modify(conn, selectors.EVENT_READ)
-            return
-        except ssl.SSLWantWriteError:
-            self._selector.modify(conn, selectors.EVENT_WRITE)
-            return
-        except OSError:  # not TLS, reset, ...: no answer to give
-            self._forget_refused(conn)
-            return
-        del self._unsent[conn]
-        try:
-            conn.unwrap()  # sends close_notify; the client's may not have come yet
-        except OSError:
-            pass
-        try:
-            # Drops the TLS layer too: the drain reads raw bytes from now on.
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._forget_refused(conn)
-            return
-        self._selector.modify(conn, selectors.EVENT_READ)
-
-    def _drain_refused(self, conn: socket.socket) -> None:
-        if isinstance(conn, ssl.SSLSocket) and conn in self._unsent:
-            self._answer_over_tls(conn)
-            return
-        try:
-            data = conn.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._forget_refused(conn)
-
-    def _forget_refused(self, conn: socket.socket) -> None:
-        self._refused.pop(conn, None)
-        if isinstance(conn, ssl.SSLSocket):
-            self._unsent.pop(conn, None)
-        self._unregister(conn)
-        conn.close()
-
-    def _unregister(self, sock: socket.socket) -> None:
-        try:
-            self._selector.unregister(sock)
-        except (KeyError, ValueError):  # never registered, or closed: nothing to undo
-            pass
 
     def shutdown(self, timeout: float | None = None, *, grace: float | None = None) -> None:
         """Stop accepting, close open connections with 1001, wait for the handlers.

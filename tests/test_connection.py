@@ -174,9 +174,9 @@ def test_a_close_while_another_thread_receives_ends_with_1006():
 
         thread = threading.Thread(target=reader)
         thread.start()
-        while not ws._recv_lock.locked():
+        while not ws._inbox.busy:
             time.sleep(0.01)
-        ws.close()  # the reader holds the recv lock: close() waits for it to see a Close
+        ws.close()  # the reader holds the reader lock: close() waits for it to see a Close
         thread.join(5)
         assert ws.close_code == 1006 and ws.close_reason == "no Close from the peer in time"
         assert [(e.code, e.reason) for e in errors] == [(1006, "no Close from the peer in time")]

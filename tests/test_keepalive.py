@@ -813,3 +813,22 @@ def test_a_select_loop_with_keepalive_loses_nothing(echo_server):
         ws.close()
     finally:
         keepalive.close()
+
+
+@pytest.mark.slow
+def test_a_connection_made_nonblocking_leaves_reading_to_select(echo_server):
+    """timeout=0 from the start is non-blocking mode as setblocking(False)
+    is: the keepalive doesn't read, so select() sees the echo arrive."""
+    keepalive = KeepAlive(interval=5, timeout=5)
+    try:
+        ws = blockws.connect(echo_server.url, keepalive=keepalive, timeout=0)
+        assert ws.gettimeout() == 0
+        ws.send("echo me")
+        time.sleep(0.5)  # the keepalive thread had its chance to read it (it mustn't)
+        readable, _, _ = select.select([ws], [], [], 5)
+        assert readable == [ws] and not ws.pending()
+        assert ws.recv() == "echo me"
+        ws.settimeout(5)
+        ws.close()
+    finally:
+        keepalive.close()

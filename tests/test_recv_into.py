@@ -394,9 +394,9 @@ def test_what_another_reader_took_is_copied(run_server):
     server = run_server(handler, max_size=None)
     with blockws.connect(server.url, timeout=5, max_size=None, keepalive=None, compression=None) as ws:
         deadline = time.monotonic() + 5
-        while ws._held() < len(first) and time.monotonic() < deadline:
+        while ws._inbox.held() < len(first) and time.monotonic() < deadline:
             ws.ping()  # reads until its pong, which may come between frames of the fragment
-        assert ws._held() >= len(first)
+        assert ws._inbox.held() >= len(first)
         ws.sendall("go")
         check_into(ws, first + second)
 

@@ -1,0 +1,536 @@
+"""The receiving half's own state: the reader lock, reading into the protocol, the messages received.
+
+The twin of :mod:`blockws.outbox`. One thread at a time holds the reader
+lock (:attr:`Inbox.lock`): the application in ``recv()``, ``recv_into()``,
+``recv_fragments()`` or ``ping()``, the closing handshake, or the keepalive
+thread reading what arrived while the application is busy. Whoever holds it
+reads from the transport with a deadline and feeds the protocol
+(:meth:`Inbox.read`); the events the protocol queues wait there, in order,
+for the application, and what they hold is counted where they are queued
+and taken, so that :meth:`Inbox.held` and :meth:`Inbox.pending` are O(1)
+from any thread. A message that comes in pieces is put together in an
+:class:`~blockws.assembly.Assembly`, which also keeps what a call that timed
+out had received, and which ``recv_fragments()`` iterator owns the message.
+
+Pongs found by any reader wake the threads waiting in
+:meth:`WebSocket.ping <blockws.WebSocket.ping>`; a reader that lets go wakes
+the keepalive if it stepped aside meanwhile (:attr:`Inbox.link`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Union
+
+from . import _accel
+from .assembly import ABANDONED, Assembly
+from .exceptions import BufferTooSmall, ConnectionClosed, ConnectionClosedError, ProtocolError
+from .link import NOBODY, Waker
+from .outbox import Outbox
+from .pings import Ping, Pings
+from .protocol import Close, Data, Protocol, Side
+from .transport import LARGE_READ_SIZE, READ_SIZE, Transport
+from .utils import Deadline
+
+__all__ = ["Inbox", "BUILD_FROM", "BUILD_MAX"]
+
+Message = Union[str, bytes]
+
+_FOREVER = Deadline(None)
+# Reads one non-blocking call may make while the kernel has data: enough to
+# take a large message already there, bounded against a flood.
+_NONBLOCKING_READS = 16
+# A binary message whose payload still to come is at least BUILD_FROM bytes
+# (and whose whole size, at most BUILD_MAX, the headers told) is read from
+# the kernel into the bytes that recv() returns, unmasked there: no pieces
+# and no join (only with the C accelerator, whose Builder lends a bytes
+# object's memory). BUILD_MAX bounds what a peer's header alone makes us
+# allocate when max_size is None.
+BUILD_FROM = 64 * 1024
+BUILD_MAX = 64 * 2**20
+
+
+def writable(buffer: Any, nbytes: int) -> memoryview:
+    """The bytes of ``buffer`` that :meth:`WebSocket.recv_into` may fill, as a view of unsigned bytes."""
+    view = memoryview(buffer)
+    if view.readonly:
+        raise TypeError(f"recv_into() needs a writable buffer, not {type(buffer).__name__}")
+    if view.format != "B" or view.ndim != 1:
+        if not view.c_contiguous:
+            raise TypeError("recv_into() needs a contiguous buffer")
+        view = view.cast("B")
+    elif not view.c_contiguous:
+        raise TypeError("recv_into() needs a contiguous buffer")
+    if nbytes < 0:
+        raise ValueError("negative buffersize in recv_into")
+    if nbytes:
+        if nbytes > len(view):
+            raise ValueError("buffer too small for requested bytes")
+        view = view[:nbytes]
+    return view
+
+
+class Inbox:
+    """What a connection has received and the application hasn't taken yet, and who reads next.
+
+    Args:
+        lose: called when the socket fails; returns the error to raise (the
+            connection is lost).
+        fail: called when the peer broke the protocol, holding the reader
+            lock; ends the connection and returns the error to raise.
+        timeout_error: the error for an operation that ran out of time
+            (``BlockingIOError`` in non-blocking mode).
+    """
+
+    __slots__ = (
+        "lock",
+        "link",
+        "nonblocking",
+        "calls",
+        "close_taken",
+        "close_seen",
+        "last_received",
+        "assembly",
+        "_transport",
+        "_proto",
+        "_out",
+        "_pings",
+        "_lose",
+        "_fail",
+        "_timeout_error",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        protocol: Protocol,
+        outbox: Outbox,
+        pings: Pings,
+        lose: Callable[[BaseException | None], ConnectionClosedError],
+        fail: Callable[[ProtocolError], ConnectionClosedError],
+        timeout_error: Callable[[str], OSError],
+    ) -> None:
+        #: The reader lock: whoever holds it reads and feeds the protocol.
+        self.lock = threading.Lock()
+        #: Told when the reader lets go, if it asked (set by the connection).
+        self.link: Waker = NOBODY
+        #: The connection is in non-blocking mode (kept by ``settimeout()``).
+        self.nonblocking = False
+        #: How often the application called ``recv()`` (or its siblings).
+        self.calls = 0
+        #: The application took the peer's Close (``recv()`` returned None):
+        #: the keepalive answers a Close only for one that stopped reading.
+        self.close_taken = False
+        #: Set once the peer's Close was seen (or the socket closed).
+        self.close_seen = threading.Event()
+        #: When something last arrived (``time.monotonic()``).
+        self.last_received = time.monotonic()
+        self.assembly = Assembly()
+        self._transport = transport
+        self._proto = protocol
+        self._out = outbox
+        self._pings = pings
+        self._lose = lose
+        self._fail = fail
+        self._timeout_error = timeout_error
+
+    # -- what is held ----------------------------------------------------------
+
+    def held(self) -> int:
+        """Every byte read from the kernel and not yet returned by ``recv()`` (for backpressure)."""
+        proto = self._proto
+        total = proto.buffered + self.assembly.size + proto.queued
+        if proto.failure is not None:
+            total += 1
+        return total + self._transport.buffered()
+
+    def pending(self) -> int:
+        """What :meth:`WebSocket.pending <blockws.WebSocket.pending>` says: :meth:`held`
+        when ``recv()`` can return without the kernel, else what TLS holds."""
+        proto = self._proto
+        if proto.ends or proto.failure is not None:
+            return self.held()
+        return self._transport.buffered()
+
+    # -- the reader lock ---------------------------------------------------------
+
+    def acquire(self, deadline: Deadline) -> None:
+        if not self.lock.acquire(timeout=deadline.lock_timeout()):
+            raise self._timeout_error("recv")
+
+    def release(self) -> None:
+        """Let go of the reader lock; wake whoever waits for a reader to leave."""
+        self.lock.release()
+        if self._pings.waiting:
+            self._pings.wake_waiters()  # they may have to read for themselves now
+        link = self.link
+        if link.wanted:
+            # The keepalive thread stepped aside while we were reading.
+            link.wanted = False
+            wake = link.wake
+            if wake is not None:
+                wake()
+
+    @property
+    def busy(self) -> bool:
+        """A thread holds the reader lock."""
+        return self.lock.locked()
+
+    def claim(self, below: int) -> bool:
+        """Take the reader lock without waiting, if fewer than ``below`` bytes are held.
+
+        For the keepalive: then :meth:`take_arrived`.
+        """
+        return self.held() < below and self.lock.acquire(blocking=False)
+
+    def take_arrived(self) -> None:
+        """Read what has arrived, without waiting, and let go of the reader lock (:meth:`claim`).
+
+        Pings get their pongs, pongs and the peer's Close are noted;
+        messages stay queued, in order, for the application.
+        """
+        try:
+            self.read(Deadline(0))
+        except (TimeoutError, BlockingIOError, ConnectionClosed):
+            pass
+        finally:
+            self.release()
+
+    # -- reading -----------------------------------------------------------------
+
+    def read(self, deadline: Deadline, into: memoryview | None = None) -> int:
+        """Read once and feed the protocol; hold the reader lock.
+
+        With ``into`` (at most :meth:`Protocol.payload_to_place
+        <blockws.protocol.Protocol.payload_to_place>` bytes), read payload
+        straight into it instead and return how many bytes came (0 at EOF);
+        the caller tells the protocol (``payload_placed``).
+
+        The deadline holds even while data keeps arriving (a peer that floods
+        pings never lets the socket go quiet): past it no further read is
+        made, except that a non-blocking call may go on while the kernel has
+        data, a few reads at most.
+        """
+        proto = self._proto
+        if proto.eof:
+            return 0
+        if deadline.when is not None:
+            if deadline.reads and deadline.expired() and (not self.nonblocking or deadline.reads >= _NONBLOCKING_READS):
+                raise self._timeout_error("recv")
+            deadline.reads += 1
+        try:
+            if self._out.buf:
+                self._out.flush_while_waiting(deadline)
+            if into is not None:
+                n = self._transport.recv_into(into, deadline)
+            else:
+                size = proto.remaining
+                if size <= READ_SIZE:
+                    size = READ_SIZE
+                elif size > LARGE_READ_SIZE:
+                    size = LARGE_READ_SIZE
+                data = self._transport.recv_some(size, deadline)
+        except TimeoutError:
+            raise self._timeout_error("recv") from None
+        except OSError as exc:
+            raise self._lose(exc) from exc
+        self.last_received = time.monotonic()
+        if into is not None:
+            if not n:
+                proto.receive_eof()
+            return n
+        if data:
+            proto.receive_data(data)
+        else:
+            proto.receive_eof()
+        if proto.pongs:
+            self._pings.answered(proto.pongs)
+        if proto.outgoing:
+            self._out.flush_when_free(Deadline(0))  # answer pings now, or the sender does
+        return 0
+
+    def next_event(self, deadline: Deadline) -> Data | None:
+        """The next data piece, reading as needed; None once the peer closed; hold the reader lock."""
+        proto = self._proto
+        while True:
+            try:
+                event = proto.next_event()
+            except ProtocolError as exc:
+                raise self._fail(exc) from exc
+            if event is None:
+                if proto.close_rcvd is not None:
+                    return None  # the end of the peer's stream, every time
+                if proto.eof or proto.finished or proto.lost is not None:
+                    raise self._lose(None)
+                self.read(deadline)
+                continue
+            if type(event) is Data:
+                return event
+            assert type(event) is Close
+            self.close_taken = True
+            self.close_seen.set()
+            return None
+
+    # -- receiving messages --------------------------------------------------------
+
+    def recv(self, timeout: float | None) -> Message | None:
+        """:meth:`WebSocket.recv <blockws.WebSocket.recv>`, with the connection's timeout."""
+        self.calls += 1
+        if timeout is None:
+            deadline = _FOREVER
+            self.lock.acquire()
+        else:
+            deadline = Deadline(timeout)
+            self.acquire(deadline)
+        try:
+            assembly = self.assembly
+            if assembly.reader is not None:
+                self._skip_abandoned(deadline)
+            parts = assembly.parts
+            proto = self._proto
+            events = proto.events
+            while True:
+                if events:
+                    if not parts:
+                        first = events[0]
+                        if type(first) is Data and first.fin:
+                            # The common case: a whole message is already parsed.
+                            events.popleft()
+                            payload = first.payload
+                            proto.queued -= len(payload)
+                            proto.ends -= 1
+                            return payload
+                elif not proto.input_ended:
+                    if proto.remaining >= BUILD_FROM:
+                        size = self._size_to_build()
+                        if size:
+                            return self._receive_built(size, deadline)
+                    self.read(deadline)  # nothing parsed yet and nothing ended: read
+                    continue
+                event = self.next_event(deadline)
+                if event is None:
+                    return None
+                if event.fin:
+                    return assembly.complete(event.payload)
+                assembly.add(event.payload)
+        finally:
+            self.release()
+
+    def _size_to_build(self) -> int:
+        """The size of the large binary message now arriving, if recv() may
+        read it into place (:meth:`_receive_built`); else 0."""
+        proto = self._proto
+        if _accel.Builder is None or proto.payload_to_place() < BUILD_FROM:
+            return 0
+        announced = proto.announced_size
+        if announced is None or not announced[1] or announced[0] > BUILD_MAX:
+            return 0  # its last frame's header is still to come, or too large to trust
+        return announced[0]
+
+    def _receive_built(self, size: int, deadline: Deadline) -> bytes | None:
+        """recv() of a binary message of ``size`` bytes, read into the bytes
+        returned; hold the reader lock. What came before it (kept pieces, parsed
+        events) is copied in first; a timeout keeps what came, as recv() does."""
+        assert _accel.Builder is not None
+        builder = _accel.Builder(size)
+        with memoryview(builder) as view:
+            received = self._receive_into(view, deadline)
+        if received is None:
+            return None
+        message: bytes = builder.take()
+        return message
+
+    def recv_into(self, buffer: Any, nbytes: int, timeout: float | None) -> tuple[int, bool] | None:
+        """:meth:`WebSocket.recv_into <blockws.WebSocket.recv_into>`: the message's
+        length and whether it was text, or None at the end."""
+        view = writable(buffer, nbytes)
+        self.calls += 1
+        if timeout is None:
+            deadline = _FOREVER
+            self.lock.acquire()
+        else:
+            deadline = Deadline(timeout)
+            self.acquire(deadline)
+        try:
+            if self.assembly.reader is not None:
+                self._skip_abandoned(deadline)
+            return self._receive_into(view, deadline)
+        finally:
+            self.release()
+
+    def _receive_into(self, view: memoryview, deadline: Deadline) -> tuple[int, bool] | None:
+        """:meth:`recv_into`'s work; hold the reader lock.
+
+        Pieces the protocol parsed are copied into ``view``; when none is
+        left and the protocol says the next bytes from the peer are payload
+        that needs no work (``payload_to_place``), they are read into their
+        place. On any way out but the message's end, what was written goes
+        back to the :class:`~blockws.assembly.Assembly`, so the next call
+        starts the message over.
+        """
+        proto = self._proto
+        events = proto.events
+        assembly = self.assembly
+        size = len(view)
+        written = 0
+        text = False
+        if assembly.parts:
+            # What a recv() or recv_into() that timed out (or didn't fit) kept.
+            kept = assembly.take()
+            assert kept is not None
+            text = type(kept) is str
+            data = kept.encode("utf-8") if text else kept  # type: ignore[union-attr]
+            if len(data) > size:
+                assembly.add(kept)
+                raise BufferTooSmall(len(data), size, False)
+            written = len(data)
+            view[:written] = data  # type: ignore[assignment]
+        try:
+            while True:
+                if not events and not proto.input_ended:
+                    announced = proto.announced_size
+                    if announced is not None and announced[0] > size:
+                        raise BufferTooSmall(announced[0], size, announced[1])
+                    want = proto.payload_to_place()
+                    if want:
+                        place = view[written : written + want]
+                        n = self.read(deadline, place)
+                        if n:
+                            written += n
+                            if proto.payload_placed(n, place[:n]):
+                                return written, False
+                    else:
+                        self.read(deadline)
+                    continue
+                event = self.next_event(deadline)
+                if event is None:
+                    return None  # the end, as for recv() (a message the Close cut is dropped)
+                piece = event.payload
+                if event.text:
+                    text = True
+                    piece = piece.encode("utf-8")  # type: ignore[union-attr]
+                n = len(piece)
+                if written + n > size:
+                    proto.put_back(event)  # still to be received, after what was written
+                    known, exact = written + n, event.fin
+                    announced = proto.announced_size
+                    if not exact and len(events) == 1 and announced is not None and announced[0] > known:
+                        known, exact = announced  # the headers know more
+                    raise BufferTooSmall(known, size, exact)
+                view[written : written + n] = piece  # type: ignore[assignment]
+                written += n
+                if event.fin:
+                    return written, text
+        except BaseException:
+            if written:
+                prefix = bytes(view[:written])
+                assembly.add_first(prefix.decode("utf-8") if text else prefix)
+            raise
+
+    def fragments(self, gettimeout: Callable[[], float | None]) -> Iterator[Message]:
+        """:meth:`WebSocket.recv_fragments <blockws.WebSocket.recv_fragments>`; each
+        piece is fetched with the timeout the connection has then."""
+        token = object()
+        assembly = self.assembly
+        try:
+            while True:
+                self.calls += 1
+                deadline = Deadline(gettimeout())
+                self.acquire(deadline)
+                try:
+                    if assembly.reader is not None and assembly.reader is not token:
+                        self._skip_abandoned(deadline)  # another iterator's message
+                    # Pieces kept by a recv() that timed out go first.
+                    piece = assembly.take()
+                    fin = False
+                    if piece is None:
+                        event = self.next_event(deadline)
+                        if event is None:
+                            assembly.reader = None
+                            return
+                        piece, fin = event.payload, event.fin
+                    assembly.reader = None if fin else token
+                finally:
+                    self.release()
+                yield piece
+                if fin:
+                    return
+                if assembly.reader is not token:
+                    raise RuntimeError("the rest of this message was discarded: recv() was called before it was read")
+        finally:
+            if assembly.reader is token:
+                assembly.reader = ABANDONED  # left part-way: skip the rest
+
+    def _skip_abandoned(self, deadline: Deadline) -> None:
+        """Discard the rest of a message that recv_fragments() left part-way; hold the reader lock.
+
+        A timeout keeps the skipping state, so the next call goes on with it.
+        """
+        assembly = self.assembly
+        assembly.reader = ABANDONED
+        while True:
+            event = self.next_event(deadline)
+            if event is None or event.fin:
+                assembly.reader = None
+                return
+
+    # -- pongs and the peer's Close ----------------------------------------------------
+
+    def await_pong(self, ping: Ping, deadline: Deadline) -> None:
+        """Wait for ``ping``'s Pong: read for it, or let the thread that reads find it.
+
+        Raises:
+            ConnectionClosed: the peer's Close came first.
+        """
+        wake = ping.waiter
+        assert wake is not None
+        proto = self._proto
+        while ping.round_trip is None:
+            if self.lock.acquire(blocking=False):
+                try:
+                    if ping.round_trip is None:
+                        self.read(deadline)
+                finally:
+                    self.release()
+            else:
+                wake.clear()
+                if ping.round_trip is None and not wake.wait(deadline.remaining()):
+                    raise self._timeout_error("ping")
+            if proto.close_rcvd is not None and ping.round_trip is None:
+                raise proto.closed_error()
+
+    def await_close(self, deadline: Deadline, reader: bool) -> None:
+        """Our Close is written: read until the peer's (or TCP's end), dropping messages.
+
+        The server stops at the peer's Close (it closes TCP first); the
+        client reads on until the server closes TCP (RFC 6455 section
+        7.1.1). ``reader``: the caller holds the reader lock. If another
+        thread reads, wait for it to see the peer's Close.
+        """
+        proto = self._proto
+        if reader or self.lock.acquire(timeout=deadline.lock_timeout()):
+            try:
+                client = proto.side is Side.CLIENT
+                while not proto.eof and not proto.finished:
+                    if not client and proto.close_rcvd is not None:
+                        break  # the closing handshake is done: the server closes first
+                    if not client and proto.lost is not None:
+                        self._transport.linger(deadline)  # we failed the connection
+                        break
+                    if proto.close_rcvd is None and proto.failure is None:
+                        # Drop messages still in flight: the caller chose to close.
+                        proto.drop_events()
+                    try:
+                        self.read(deadline)
+                    except (TimeoutError, BlockingIOError, ConnectionClosed):
+                        break
+                    if proto.close_rcvd is not None:
+                        self.close_seen.set()
+            finally:
+                if not reader:
+                    self.lock.release()
+        else:
+            # Another thread is receiving: it will see the peer's Close.
+            self.close_seen.wait(deadline.remaining())

@@ -1,0 +1,151 @@
+"""Connections refused by ``max_connections``: a 503 from the accept loop, without a thread.
+
+:class:`Refusals` answers each one at once (over TLS once its handshake is
+done, driven by the accept loop's selector like the rest), sends a FIN,
+and drains what the client sends until it closes or the linger passes, so
+that the close is a FIN and not a reset that could destroy the 503 in
+flight. :class:`~blockws.server.Server` owns the selector and the loop.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import ssl
+import time
+
+from .http import Response
+
+__all__ = ["Refusals", "unregister"]
+
+# A connection refused by max_connections gets its 503 from the accept loop
+# (no thread); the loop then waits this long at most for the client to read
+# it and leave, so the close is a FIN and not a reset that could destroy the
+# 503 in flight. At most _MAX_REFUSED wait at once; more are closed at once.
+_REFUSED_LINGER = 2.0
+_MAX_REFUSED = 256
+
+
+def unregister(selector: selectors.BaseSelector, sock: socket.socket) -> None:
+    """Take ``sock`` out of ``selector``, if it is there."""
+    try:
+        selector.unregister(sock)
+    except (KeyError, ValueError):  # never registered, or closed: nothing to undo
+        pass
+
+
+class Refusals:
+    """The refused connections lingering in the accept loop's selector; the loop's thread only."""
+
+    __slots__ = ("_selector", "_refused", "_unsent")
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self._selector = selector
+        self._refused: dict[socket.socket, float] = {}  # socket -> when to close it anyway
+        self._unsent: dict[ssl.SSLSocket, bytes] = {}  # a TLS refusal -> the 503 still to write
+
+    def next_wait(self) -> float | None:
+        """Seconds until the next linger ends (None: nothing lingers)."""
+        return min(self._refused.values()) - time.monotonic() if self._refused else None
+
+    def expire(self) -> None:
+        """Close the refused connections whose linger has ended."""
+        now = time.monotonic()
+        for conn in [c for c, when in self._refused.items() if when <= now]:
+            self._forget(conn)
+
+    def forget_all(self) -> None:
+        for conn in list(self._refused):
+            self._forget(conn)
+
+    def refuse(self, conn: socket.socket, max_connections: int | None, ssl_context: ssl.SSLContext | None) -> None:
+        """Answer 503 from the accept loop, without a thread and without blocking.
+
+        The request is not read: the answer goes out at once (a fresh
+        socket's send buffer always has room for it), then a FIN; what the
+        client sends is drained and dropped until it closes or
+        ``_REFUSED_LINGER`` passes. On a TLS server the answer waits for the
+        TLS handshake, which the accept loop's selector drives in the same
+        way (never a plaintext answer on a TLS port), within the same linger.
+        """
+        body = f"too many connections (max_connections={max_connections})\n".encode()
+        data = Response(503, headers={"Retry-After": "1", "Connection": "close"}, body=body).serialize()
+        if ssl_context is not None:
+            if len(self._refused) >= _MAX_REFUSED:
+                conn.close()  # a flood: not even a handshake
+                return
+            try:
+                conn.setblocking(False)
+                tls = ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            except OSError:
+                conn.close()
+                return
+            self._unsent[tls] = data
+            self._linger(tls)
+            self._answer_over_tls(tls)
+            return
+        try:
+            conn.setblocking(False)
+            conn.send(data)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+            return
+        if len(self._refused) >= _MAX_REFUSED:
+            conn.close()  # a flood: don't keep even the descriptors
+            return
+        self._linger(conn)
+
+    def _linger(self, conn: socket.socket) -> None:
+        self._refused[conn] = time.monotonic() + _REFUSED_LINGER
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _answer_over_tls(self, conn: ssl.SSLSocket) -> None:
+        """One step of a TLS refusal: handshake, write the 503, close_notify and FIN."""
+        try:
+            conn.do_handshake()  # returns at once once done
+            data = self._unsent[conn]
+            while data:
+                data = data[conn.send(data) :]
+                self._unsent[conn] = data
+        except ssl.SSLWantReadError:
+            self._selector.modify(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(conn, selectors.EVENT_WRITE)
+            return
+        except OSError:  # not TLS, reset, ...: no answer to give
+            self._forget(conn)
+            return
+        del self._unsent[conn]
+        try:
+            conn.unwrap()  # sends close_notify; the client's may not have come yet
+        except OSError:
+            pass
+        try:
+            # Drops the TLS layer too: the drain reads raw bytes from now on.
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._forget(conn)
+            return
+        self._selector.modify(conn, selectors.EVENT_READ)
+
+    def drain(self, conn: socket.socket) -> None:
+        if isinstance(conn, ssl.SSLSocket) and conn in self._unsent:
+            self._answer_over_tls(conn)
+            return
+        try:
+            data = conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._forget(conn)
+
+    def _forget(self, conn: socket.socket) -> None:
+        self._refused.pop(conn, None)
+        if isinstance(conn, ssl.SSLSocket):
+            self._unsent.pop(conn, None)
+        unregister(self._selector, conn)
+        conn.close()
