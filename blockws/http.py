@@ -72,12 +72,18 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class Headers:
-    """Case-insensitive HTTP headers that keep order and repeated names."""
+    """Case-insensitive HTTP headers that keep order and repeated names.
 
-    __slots__ = ("_items",)
+    The pairs are kept in order, and their values by lower-cased name too,
+    so that a look-up is one dict access, not a scan that lower-cases every
+    name (a handshake looks up about ten headers).
+    """
+
+    __slots__ = ("_items", "_index")
 
     def __init__(self, items: HeadersLike | None = None) -> None:
         self._items: list[tuple[str, str]] = []
+        self._index: dict[str, list[str]] = {}
         if items is not None:
             self.update(items)
 
@@ -88,6 +94,11 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         self._items.append((name, value))
+        values = self._index.get(name.lower())
+        if values is None:
+            self._index[name.lower()] = [value]
+        else:
+            values.append(value)
 
     def __setitem__(self, name: str, value: str) -> None:
         del self[name]
@@ -95,24 +106,25 @@ class Headers:
 
     def __delitem__(self, name: str) -> None:
         lname = name.lower()
-        self._items = [(n, v) for n, v in self._items if n.lower() != lname]
+        if self._index.pop(lname, None) is not None:
+            self._items = [(n, v) for n, v in self._items if n.lower() != lname]
 
     def __getitem__(self, name: str) -> str:
-        values = self.get_all(name)
+        values = self._index.get(name.lower())
         if not values:
             raise KeyError(name)
         return ", ".join(values)
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        values = self.get_all(name)
+        values = self._index.get(name.lower())
         return ", ".join(values) if values else default
 
     def get_all(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for n, v in self._items if n.lower() == lname]
+        values = self._index.get(name.lower())
+        return list(values) if values else []
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(self.get_all(name))
+        return isinstance(name, str) and name.lower() in self._index
 
     def __iter__(self) -> Iterator[str]:
         return (n for n, _ in self._items)
@@ -325,17 +337,13 @@ def find_head_end(buf: bytes | bytearray, start: int = 0, *, max_line: int | Non
     """
     _check_start(buf)  # cheap: it looks at the first bytes only
     pos = max(start - 3, 0)
-    while True:
-        nl = buf.find(b"\n", pos)
-        if nl < 0:
-            break
-        # A blank line is "\n" or "\r\n" right after the previous "\n".
-        nxt = nl + 1
-        if buf[nxt : nxt + 1] == b"\n":
-            return nxt + 1
-        if buf[nxt : nxt + 2] == b"\r\n":
-            return nxt + 2
-        pos = nxt
+    # A blank line is "\n" or "\r\n" right after a "\n": the first of either.
+    crlf = buf.find(b"\n\r\n", pos)
+    lf = buf.find(b"\n\n", pos)
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return lf + 2
+    if crlf >= 0:
+        return crlf + 3
     if len(buf) > MAX_HEAD:
         raise InvalidHandshake(f"HTTP head exceeds {MAX_HEAD} bytes")
     last_line = len(buf) - (buf.rfind(b"\n") + 1)
@@ -364,10 +372,19 @@ def _check_start(buf: bytes | bytearray) -> None:
     raise InvalidHandshake(f"not an HTTP message: it starts with byte 0x{first:02x}")
 
 
+# A well-formed header line, in one match: a token, optional blanks
+# ("Name :" typed by hand), a colon, the value without control characters
+# (a tab is allowed) and without the blanks around it.
+_FIELD_LINE = re.compile(r"(" + TCHAR + r"+)[ \t]*:[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*")
+
+
 def _split_head(head: bytes, max_line: int, max_headers: int) -> tuple[str, Headers]:
-    # Accept CRLF and bare LF; anything else with CR is refused below.
-    lines = head.split(b"\n")
-    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    # Accept CRLF and bare LF; a CR anywhere else is refused below (a
+    # control character in a value, or a malformed line).
+    text = head.decode("latin-1")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
     while lines and not lines[-1]:
         lines.pop()
     # Tolerate blank lines before the start line (RFC 9112 section 2.2).
@@ -379,23 +396,39 @@ def _split_head(head: bytes, max_line: int, max_headers: int) -> tuple[str, Head
         raise InvalidHandshake(f"more than {max_headers} HTTP headers (max_headers={max_headers})")
     too_long = f"HTTP line exceeds {max_line} bytes (max_line={max_line})"
     headers = Headers()
+    items = headers._items
+    index = headers._index
+    match = _FIELD_LINE.fullmatch
     for line in lines[1:]:
         if len(line) > max_line:
             raise InvalidHandshake(too_long)
-        if line[:1] in (b" ", b"\t"):
-            raise InvalidHandshake("obsolete line folding in HTTP headers")
-        name, sep, value = line.partition(b":")
-        name = name.rstrip(b" \t")  # tolerate "Name :" typed by hand
-        if not sep or not TOKEN.fullmatch(name.decode("latin-1")):
-            # Not the line: "Authorization Bearer X" (no colon) is a credential.
-            raise InvalidHandshake(f"invalid HTTP header line {redact_header_line(line.decode('latin-1'))}")
-        text = value.strip(b" \t").decode("latin-1")
-        if _BAD_VALUE.search(text):
-            raise InvalidHandshake(f"invalid character in HTTP header {name[:60].decode('ascii')!r}")
-        headers.add(name.decode("ascii"), text)
+        field = match(line)
+        if field is None:
+            raise _bad_field(line)
+        name, value = field.groups()
+        # (Filled here, as Headers.add would, without a call per line.)
+        items.append((name, value))
+        lname = name.lower()
+        values = index.get(lname)
+        if values is None:
+            index[lname] = [value]
+        else:
+            values.append(value)
     if len(lines[0]) > max_line:
         raise InvalidHandshake(too_long)
-    return lines[0].decode("latin-1"), headers
+    return lines[0], headers
+
+
+def _bad_field(line: str) -> InvalidHandshake:
+    """What is wrong with a header line that isn't ``name: value``."""
+    if line[:1] in (" ", "\t"):
+        return InvalidHandshake("obsolete line folding in HTTP headers")
+    name, sep, _ = line.partition(":")
+    name = name.rstrip(" \t")
+    if not sep or not TOKEN.fullmatch(name):
+        # Not the line: "Authorization Bearer X" (no colon) is a credential.
+        return InvalidHandshake(f"invalid HTTP header line {redact_header_line(line)}")
+    return InvalidHandshake(f"invalid character in HTTP header {name[:60]!r}")
 
 
 def parse_request(head: bytes, *, max_line: int = MAX_LINE, max_headers: int = MAX_HEADERS) -> Request:

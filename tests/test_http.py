@@ -194,6 +194,59 @@ def test_arbitrary_heads_only_raise_invalid_handshake(data):
         pass
 
 
+def _blank_line_end(data: bytes) -> int | None:
+    """find_head_end's answer, the slow way: past the first line that is empty or a lone CR."""
+    pos = 0
+    while (nl := data.find(b"\n", pos)) >= 0:
+        if data[nl + 1 : nl + 2] == b"\n":
+            return nl + 2
+        if data[nl + 1 : nl + 3] == b"\r\n":
+            return nl + 3
+        pos = nl + 1
+    return None
+
+
+_TOKENS = st.text("abcXYZ-_!~09", min_size=1, max_size=8)
+_VALUES = st.text(" \tabc:;,=\"\u00e9\u00ff/", max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_TOKENS, st.sampled_from(["", " ", "\t "]), _VALUES), max_size=8), st.booleans())
+def test_headers_parse_as_the_grammar_says(fields, crlf):
+    """The one-pass parser (a regex per line, a dict by lower-cased name)
+    gives what the grammar does: the name, the value without the blanks
+    around it, in order, looked up case-insensitively."""
+    eol = "\r\n" if crlf else "\n"
+    head = "GET / HTTP/1.1" + eol + "".join(f"{n}{gap}:{v}{eol}" for n, gap, v in fields) + eol
+    data = head.encode("latin-1")
+    assert find_head_end(data) == _blank_line_end(data) == len(data)
+    headers = parse_request(data).headers
+    assert headers.items() == [(n, v.strip(" \t")) for n, _, v in fields]
+    for name, _, _ in fields:
+        assert headers.get_all(name.upper()) == [v.strip(" \t") for n, _, v in fields if n.lower() == name.lower()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200).map(lambda b: b.replace(b"\x00", b"\n")))
+def test_the_end_of_a_head_is_the_first_blank_line(data):
+    try:
+        end = find_head_end(data)
+    except InvalidHandshake:
+        return
+    assert end == _blank_line_end(data)
+
+
+def test_header_lookups_follow_changes():
+    h = Headers()
+    h.add("X-A", "1")
+    h["x-a"] = "2"
+    h.add("X-a", "3")
+    assert h.get_all("X-A") == ["2", "3"] and h.items() == [("x-a", "2"), ("X-a", "3")]
+    h.get_all("x-a").append("not kept")  # a copy: the headers don't change
+    del h["X-A"]
+    assert "x-a" not in h and h.get("X-A") is None and not h.items()
+
+
 def test_the_grammar_shared_by_every_parser():
     assert TOKEN.fullmatch("permessage-deflate") and TOKEN.fullmatch("!#$%&'*+-.^_`|~09Az")
     assert not any(TOKEN.fullmatch(text) for text in ("", "a b", "a,b", 'a"', "caf\u00e9", "a\n"))
