@@ -15,11 +15,45 @@
  * message goes from the kernel into the bytes that recv() returns, with no
  * copy and no join. Nobody else sees the bytes object before take(), so
  * writing into it does not break its immutability.
+ *
+ * Free-threaded CPython (PEP 703, --disable-gil): the module declares that
+ * it doesn't need the GIL (Py_MOD_GIL_NOT_USED, in PyInit__speedups), so
+ * importing it leaves the GIL off. Why that is safe:
+ * - No module state and no static mutable data: BuilderType, the method
+ *   tables and the module definition are written once, at import, and only
+ *   read afterwards. Nothing is cached between calls.
+ * - No shared buffers: mask(), mask_inplace() and send_now() work only on
+ *   the buffers their caller passes, held with PyArg_ParseTuple's y* / w*
+ *   (an export: the object can be neither resized nor freed until
+ *   PyBuffer_Release). A caller that writes into the same buffer from
+ *   another thread at the same time gets mixed bytes, as it would with
+ *   bytearray's own methods, never a write outside the buffer.
+ * - xor_key_released() detaches from the interpreter (Py_BEGIN_ALLOW_THREADS)
+ *   while it touches only those held buffers; send_now() stays attached
+ *   for one send() that can't wait (MSG_DONTWAIT).
+ * - A Builder is the one object with mutable state (`bytes`, `exports`).
+ *   In blockws, one thread owns it: the thread receiving a message lends
+ *   its memory to that message's recv_into calls (the kernel writes into
+ *   it, mask_inplace unmasks it) and then takes the bytes, all inside
+ *   connection.py's receive, which one thread runs at a time. Still, a
+ *   Builder used from two threads at once must not corrupt memory: each
+ *   method holds a per-object critical section (Py_BEGIN_CRITICAL_SECTION,
+ *   a no-op with the GIL), so `exports` counts every view (a lost update
+ *   would let take() hand over bytes a view can still write into), and a
+ *   view is never made of bytes that take() has handed over (and their new
+ *   owner may already have freed).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+/* Before 3.13 there is no free-threaded build and the GIL serialises the
+ * Builder's methods: the critical sections become plain blocks. */
+#ifndef Py_BEGIN_CRITICAL_SECTION
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
+#endif
 #ifndef _WIN32
 #include <errno.h>
 #include <sys/types.h>
@@ -145,41 +179,51 @@ builder_dealloc(Builder *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* The three methods below read and write `bytes` and `exports` inside the
+ * object's critical section (see the top of the file for why). */
 static int
 builder_getbuffer(Builder *self, Py_buffer *view, int flags)
 {
+    int result = -1;
+    Py_BEGIN_CRITICAL_SECTION(self);
     if (self->bytes == NULL) {
         PyErr_SetString(PyExc_BufferError, "the Builder's bytes were taken");
         view->obj = NULL;
-        return -1;
     }
-    if (PyBuffer_FillInfo(view, (PyObject *)self, PyBytes_AS_STRING(self->bytes),
-                          PyBytes_GET_SIZE(self->bytes), 0, flags) < 0) {
-        return -1;
+    else if (PyBuffer_FillInfo(view, (PyObject *)self, PyBytes_AS_STRING(self->bytes),
+                               PyBytes_GET_SIZE(self->bytes), 0, flags) == 0) {
+        self->exports++;
+        result = 0;
     }
-    self->exports++;
-    return 0;
+    Py_END_CRITICAL_SECTION();
+    return result;
 }
 
 static void
 builder_releasebuffer(Builder *self, Py_buffer *view)
 {
+    Py_BEGIN_CRITICAL_SECTION(self);
     self->exports--;
+    Py_END_CRITICAL_SECTION();
 }
 
 static PyObject *
 builder_take(Builder *self, PyObject *unused)
 {
+    PyObject *result = NULL;
+    Py_BEGIN_CRITICAL_SECTION(self);
     if (self->bytes == NULL) {
         PyErr_SetString(PyExc_ValueError, "the Builder's bytes were taken already");
-        return NULL;
     }
-    if (self->exports > 0) {
+    else if (self->exports > 0) {
         PyErr_SetString(PyExc_BufferError, "a view of the Builder is still open");
-        return NULL;
     }
-    PyObject *result = self->bytes;
-    self->bytes = NULL;
+    else {
+        /* Our reference, handed over: from here on, the caller's. */
+        result = self->bytes;
+        self->bytes = NULL;
+    }
+    Py_END_CRITICAL_SECTION();
     return result;
 }
 
@@ -211,7 +255,10 @@ static PyTypeObject BuilderType = {
  * with many threads busy, taking it back means waiting for the others and
  * a thread switch -- for a call that can't block and takes microseconds.
  * A server thread that echoes then gives up the GIL once per message (in
- * its blocking recv) instead of twice. Callers keep `data` small. */
+ * its blocking recv) instead of twice. Callers keep `data` small. On a
+ * free-threaded build there is no GIL to keep: the thread stays attached
+ * to the interpreter for the call, which can't block a garbage collection
+ * for longer than one send() that never waits. */
 static PyObject *
 send_now(PyObject *self, PyObject *args)
 {
@@ -262,6 +309,15 @@ PyInit__speedups(void)
     if (m == NULL) {
         return NULL;
     }
+#ifdef Py_GIL_DISABLED
+    /* Without it, free-threaded CPython turns the GIL on for the whole
+     * process when this module loads (and warns). Safe: see the top of
+     * the file. */
+    if (PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
     Py_INCREF(&BuilderType);
     if (PyModule_AddObject(m, "Builder", (PyObject *)&BuilderType) < 0) {
         Py_DECREF(&BuilderType);

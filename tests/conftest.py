@@ -12,7 +12,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import trustme
+
+try:
+    import trustme
+except ImportError:  # it needs cryptography, which doesn't install on free-threaded CPython 3.13 (.ci/freethreaded.sh)
+    trustme = None
 
 if os.environ.get("BLOCKWS_TEST_NO_POLL"):
     # The Windows code path on this machine: no select.poll and no
@@ -128,9 +132,17 @@ def no_leaked_threads() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def tls_ca() -> Any:
+    """A certificate authority (``trustme.CA``) that nothing trusts unless told; skips the test without trustme."""
+    if trustme is None:
+        pytest.skip("trustme is not installed (its cryptography doesn't install on free-threaded CPython 3.13)")
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def tls(tls_ca: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context with a certificate for ``localhost`` and a client context trusting it."""
-    ca = trustme.CA()
+    ca = tls_ca
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_ctx)
     client_ctx = ssl.create_default_context()

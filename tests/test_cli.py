@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 import blockws
 from blockws import Response
@@ -392,8 +391,8 @@ def test_the_server_names_a_unix_socket_peer_by_the_path(tmp_path, run_server):
 
 
 @pytest.mark.slow
-def test_insecure_against_a_self_signed_certificate(run_server):
-    ca = trustme.CA()
+def test_insecure_against_a_self_signed_certificate(run_server, tls_ca):
+    ca = tls_ca
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_ctx)
     server = run_server(ssl_context=server_ctx)
@@ -412,8 +411,8 @@ def test_tls_options_with_a_ws_url_are_ignored(echo_server):
 
 
 @pytest.mark.slow
-def test_cafile_trusts_a_ca_and_the_error_says_so(run_server, tmp_path):
-    ca = trustme.CA()
+def test_cafile_trusts_a_ca_and_the_error_says_so(run_server, tls_ca, tmp_path):
+    ca = tls_ca
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_ctx)
     server = run_server(ssl_context=server_ctx)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 import blockws
 
@@ -131,8 +130,8 @@ def test_haproxy_tunnel_timeout_spares_kept_alive_connections(run_server, haprox
         keepalive.close()
 
 
-def test_haproxy_terminates_tls(run_server, haproxy, tmp_path: Path) -> None:
-    ca = trustme.CA()
+def test_haproxy_terminates_tls(run_server, haproxy, tls_ca: Any, tmp_path: Path) -> None:
+    ca = tls_ca
     pem = tmp_path / "chat.pem"
     ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
     servers = [run_server(_named("A")), run_server(_named("B"))]

@@ -7,6 +7,9 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
+import threading
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -121,3 +124,44 @@ def test_builder_lends_its_bytes_until_taken() -> None:
         builder.take()
     with pytest.raises(ValueError):
         speedups.Builder(0)  # the empty bytes object is shared: never written
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="not a free-threaded CPython build")
+def test_importing_blockws_leaves_the_gil_off() -> None:
+    """On free-threaded CPython (3.13t) the accelerator declares it doesn't need the GIL: an extension
+    that doesn't turns the GIL on for the whole process when it loads (with a RuntimeWarning)."""
+    code = (
+        "import sys; assert not sys._is_gil_enabled(); import blockws, blockws._accel as a; "
+        "print(a.Builder is not None and a.mask is not None, sys._is_gil_enabled())"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHON_GIL", "BLOCKWS_NO_EXTENSIONS")}
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True)
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout.split() == ["True", "False"]  # the accelerator loaded, and the GIL is still off
+
+
+@pytest.mark.skipif(
+    not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="with the GIL, each of the Builder's methods runs alone"
+)
+def test_a_builder_used_from_several_threads_counts_every_view() -> None:
+    """Views opened and closed from four threads at once: afterwards none is open (take() works) and
+    an open one is always seen (take() refuses). Without the GIL, a count updated outside the
+    Builder's critical section loses some of them (about one round in three, on two cores)."""
+    for _ in range(8):
+        builder = speedups.Builder(64)
+        start = threading.Barrier(4)
+
+        def lend(builder: Any = builder, start: threading.Barrier = start) -> None:
+            start.wait()
+            for _ in range(100_000):
+                memoryview(builder).release()
+
+        threads = [threading.Thread(target=lend) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with memoryview(builder):
+            with pytest.raises(BufferError):
+                builder.take()  # one view open: counted, after 400,000 others
+        assert len(builder.take()) == 64  # none open: every release counted
