@@ -26,7 +26,7 @@ class Assembly:
     __slots__ = ("parts", "size", "reader")
 
     def __init__(self) -> None:
-        # Changed only through add(), add_first(), complete() and take(),
+        # Changed only through add(), add_first(), complete(), take() and clear(),
         # which keep ``size`` (their total length) for held().
         self.parts: list[Message] = []
         self.size = 0
@@ -58,6 +58,12 @@ class Assembly:
         parts.clear()
         self.size = 0
         return message
+
+    def clear(self) -> None:
+        """Forget the pieces gathered so far (the message is dropped)."""
+        if self.parts:
+            self.parts.clear()
+            self.size = 0
 
     def take(self) -> Message | None:
         """The pieces gathered so far as one (to hand on as a fragment), or None."""

@@ -449,6 +449,7 @@ class WebSocket:
         proto.transport_closed()
         self._transport.close()
         self._inbox.close_seen.set()
+        self._out.wake_waiters()
         callbacks, self._on_close = self._on_close, []
         for callback in callbacks:
             callback()
@@ -509,6 +510,7 @@ class WebSocket:
             return
         try:
             self._proto.send_close(code, reason)
+            cond.notify_all()  # senders waiting for another thread's message: no data may follow
         finally:
             self._out.release()
 

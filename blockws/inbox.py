@@ -521,7 +521,9 @@ class Inbox:
                         break
                     if proto.close_rcvd is None and proto.failure is None:
                         # Drop messages still in flight: the caller chose to close.
+                        # (With the pieces another thread's recv() gathered of one.)
                         proto.drop_events()
+                        self.assembly.clear()
                     try:
                         self.read(deadline)
                     except (TimeoutError, BlockingIOError, ConnectionClosed):

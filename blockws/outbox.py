@@ -136,9 +136,9 @@ class Outbox:
             raise self._timeout_error("send")
         me = threading.get_ident()
         while self.owner is not None and self.owner != me and text is not None:
-            if self._proto.lost is not None or self._proto.finished:
-                return  # the caller's state check raises ConnectionClosed
-            # Bounded waits: the owner may die with the connection and never notify.
+            if self._proto.output_ended:
+                return  # closing, closed or lost: the caller's state check raises ConnectionClosed
+            # Bounded waits, should a wake-up be missed (see wake_waiters).
             remaining = deadline.remaining()
             cond.wait(1.0 if remaining is None else min(remaining, 1.0))
             if deadline.expired():
@@ -196,9 +196,24 @@ class Outbox:
         except _NOT_A_LOSS:
             raise
         except OSError as exc:
+            self.cond.notify_all()  # senders waiting for this thread's message: it won't end
             raise self._lose(exc) from exc
         finally:
             self.done()
+
+    def wake_waiters(self) -> None:
+        """The connection ended: senders waiting for another thread's open message stop waiting.
+
+        Without the lock free now, its holder is a sender, which finds the
+        connection ended (and notifies, in :meth:`sending`); the waits are
+        bounded besides.
+        """
+        cond = self.cond
+        if cond.acquire(blocking=False):
+            try:
+                cond.notify_all()
+            finally:
+                cond.release()
 
     def done(self) -> None:
         """Let go of the send lock taken by :meth:`sending` or :meth:`offer_whole`."""

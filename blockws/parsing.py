@@ -83,6 +83,7 @@ class Parser:
     _decoding: bool
     _decompressor: Decompressor | None
     _discard: bool
+    _dropping: bool
 
     def _control(self, opcode: int, payload: bytes) -> None:
         raise NotImplementedError  # the protocol's: pings, pongs and the peer's Close
@@ -304,6 +305,13 @@ class Parser:
             piece = self._decompressor.decompress(piece, fin)
             if not piece and not fin:
                 return
+        if self._dropping:
+            # Decompressed all the same: the context goes on to the next
+            # message. Not decoded: the UTF-8 decoder starts afresh with it.
+            if fin:
+                self._dropping = self._decoding = False
+                self._decoder.reset()
+            return
         if not self._msg_text:
             if piece or fin:
                 self.events.append(Data(piece, False, fin))

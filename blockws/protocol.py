@@ -199,6 +199,8 @@ class Protocol(Parser):
         self._decoder = _new_utf8_decoder()
         self._decoding = False
         self._discard = False
+        # The rest of the message being received is dropped (drop_events).
+        self._dropping = False
         # permessage-deflate, when negotiated: RSV1 marks compressed messages.
         client = side is Side.CLIENT
         self.deflate = deflate
@@ -390,9 +392,15 @@ class Protocol(Parser):
             self.ends += 1
 
     def drop_events(self) -> None:
-        """Forget the queued events (the application closed: messages in flight are discarded)."""
+        """Forget the queued events (the application closed: messages in flight are discarded).
+
+        A message that has begun is dropped to its end: its later frames
+        aren't delivered either, or they would look like a whole message
+        to a reader (another thread's recv() between its pieces).
+        """
         self.events.clear()
         self.queued = self.ends = 0
+        self._dropping = self._in_message
 
     @property
     def buffered(self) -> int:

@@ -654,3 +654,14 @@ def test_payload_placed_respects_max_size():
     assert client.payload_to_place() == 0
     with pytest.raises(PayloadTooBig):
         client.next_event()
+
+
+def test_a_message_dropped_part_way_is_dropped_to_its_end():
+    """close() drops the messages in flight: the frames of a message that
+    began before were delivered afterwards, and a reader between its pieces
+    took its tail for a whole message. Later messages are delivered."""
+    server = client_to_server(masked(Opcode.TEXT, b"head \xc3", fin=False))  # a character cut in two
+    server.drop_events()
+    server.receive_data(masked(Opcode.CONT, b"\xa9 middle ", fin=False) + masked(Opcode.CONT, b"tail \xc3"))
+    server.receive_data(masked(Opcode.BINARY, b"next") + masked(Opcode.TEXT, b"\xc3\xa9"))
+    assert take(server) == [b"next", "\u00e9"]
