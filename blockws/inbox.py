@@ -342,6 +342,33 @@ class Inbox:
         message: bytes = builder.take()
         return message
 
+    def _size_so_far(self, known: int, ended: bool) -> tuple[int, bool]:
+        """The size of the message being received (and whether it is exact), for BufferTooSmall.
+
+        ``known`` bytes of it are counted, up to the first queued event
+        (``ended``: that was its last piece). The pieces queued after that
+        one count too, up to the message's last; if that isn't queued yet,
+        the headers of what is being parsed may tell more. (Several
+        messages may be queued: a reader other than this one, the
+        keepalive, parsed them.)
+        """
+        if ended:
+            return known, True
+        pieces = iter(self._proto.events)
+        next(pieces)  # the first: counted
+        for event in pieces:
+            if type(event) is not Data:
+                break
+            payload = event.payload
+            known += len(payload.encode("utf-8") if event.text else payload)  # type: ignore[union-attr]
+            if event.fin:
+                return known, True
+        else:
+            announced = self._proto.announced_size
+            if announced is not None and announced[0] > known:
+                return announced  # the headers know more
+        return known, False
+
     def recv_into(self, buffer: Any, nbytes: int, timeout: float | None) -> tuple[int, bool] | None:
         """:meth:`WebSocket.recv_into <blockws.WebSocket.recv_into>`: the message's
         length and whether it was text, or None at the end."""
@@ -414,10 +441,7 @@ class Inbox:
                 n = len(piece)
                 if written + n > size:
                     proto.put_back(event)  # still to be received, after what was written
-                    known, exact = written + n, event.fin
-                    announced = proto.announced_size
-                    if not exact and len(events) == 1 and announced is not None and announced[0] > known:
-                        known, exact = announced  # the headers know more
+                    known, exact = self._size_so_far(written + n, event.fin)
                     raise BufferTooSmall(known, size, exact)
                 view[written : written + n] = piece  # type: ignore[assignment]
                 written += n

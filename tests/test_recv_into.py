@@ -570,3 +570,27 @@ def test_large_payload_is_read_into_place_both_ways(run_server, monkeypatch, rec
         assert ws.recv() is None  # the handler is done
     server.stop()
     assert received[0] >= len(message) - 256 * 1024  # masked: unmasked in place
+
+
+def test_the_exact_size_when_others_parsed_the_message_already(run_server):
+    """The keepalive (or, without the GIL, any earlier read) may have parsed
+    the whole message and the next ones before recv_into() runs: the size
+    came from the frame headers only with one event queued, so
+    BufferTooSmall said "at least" the first piece instead of the size."""
+    big = random.Random(5).randbytes(300_000)
+
+    def handler(ws: blockws.WebSocket) -> None:
+        ws.sendall(big)
+        ws.sendall(b"after")
+        ws.recv()
+
+    server = run_server(handler, max_size=None, compression=None)
+    with blockws.connect(server.url, timeout=10, max_size=None, compression=None) as ws:
+        end = time.monotonic() + 10
+        while ws.pending() < len(big) + len(b"after") and time.monotonic() < end:
+            time.sleep(0.01)  # the keepalive reads both meanwhile, in pieces
+        with pytest.raises(BufferTooSmall) as info:
+            ws.recv_into(bytearray(1000))
+        assert info.value.exact and info.value.size == 300_000
+        check_into(ws, big)
+        check_into(ws, b"after")
