@@ -27,6 +27,15 @@ Builder: Callable[[int], Any] | None = None
 #: GIL; 0 when the kernel has no room. Only where the platform has
 #: ``MSG_DONTWAIT`` (not Windows).
 send_now: Callable[[int, _Bytes], int] | None = None
+#: ``send_message(fd, payload, text, key)``: a whole message framed (masked
+#: with ``key`` unless it is b"") and written by one send() that never waits
+#: and keeps the GIL; None when all of it went, else the bytes of the frame
+#: still to write.
+send_message: Callable[[int, bytes, bool, bytes], bytes | None] | None = None
+#: ``parse_one(data, masked, max_size)``: the message in ``data`` when it is
+#: exactly one whole, simple frame (text or binary, unfragmented, no RSV,
+#: valid UTF-8), else None: the Python parser takes ``data`` then.
+parse_one: Callable[[bytes, bool, int], bytes | str | None] | None = None
 
 if not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
     try:
@@ -38,3 +47,5 @@ if not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
         mask_inplace = _speedups.mask_inplace
         Builder = _speedups.Builder
         send_now = getattr(_speedups, "send_now", None)
+        send_message = getattr(_speedups, "send_message", None)
+        parse_one = _speedups.parse_one

@@ -9,6 +9,14 @@
  * letting go of the GIL (where the platform has MSG_DONTWAIT). The
  * fallback in transport.py is socket.send(data, MSG_DONTWAIT).
  *
+ * send_message(fd, payload, text, key): a whole small message framed and
+ * written by one send() that never waits, as send_now(); what didn't fit
+ * is returned for the caller to write.
+ *
+ * parse_one(data, masked, max_size): the message in the bytes one read
+ * returned when they are exactly one whole, simple frame, else None (see
+ * there); the Python parser in parsing.py decides everything else.
+ *
  * Builder(size): a bytes object of `size` bytes under construction. It
  * lends its memory as a writable buffer (recv_into reads into it), and
  * take() hands the bytes object over once no view of it is left: a large
@@ -25,7 +33,8 @@
  * - No shared buffers: mask(), mask_inplace() and send_now() work only on
  *   the buffers their caller passes, held with PyArg_ParseTuple's y* / w*
  *   (an export: the object can be neither resized nor freed until
- *   PyBuffer_Release). A caller that writes into the same buffer from
+ *   PyBuffer_Release); parse_one() reads only a bytes object, which can't
+ *   change, and returns new objects. A caller that writes into the same buffer from
  *   another thread at the same time gets mixed bytes, as it would with
  *   bytearray's own methods, never a write outside the buffer.
  * - xor_key_released() detaches from the interpreter (Py_BEGIN_ALLOW_THREADS)
@@ -284,13 +293,175 @@ send_now(PyObject *self, PyObject *args)
     }
     return PyErr_SetFromErrno(PyExc_OSError);
 }
+
+/* send_message(fd, payload, text, key) -> None | bytes
+ *
+ * A whole message as one frame -- header, then the payload (masked with
+ * `key` when it is 4 bytes; b"": unmasked) -- written by one send() that
+ * never waits and keeps the GIL, as send_now(). None when all of it went;
+ * else the bytes of the frame still to write (all of them when the kernel
+ * had no room), for the caller to write as it writes any frame. The
+ * payload is under 64 KiB (callers keep it under 16 KiB). The frame is
+ * the one Protocol.encode_message gives; tests compare them. */
+static PyObject *
+send_message(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyLong_Check(args[0]) || !PyBytes_CheckExact(args[1]) || !PyBytes_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "send_message(fd: int, payload: bytes, text: bool, key: bytes)");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int text = PyObject_IsTrue(args[2]);
+    if (text < 0) {
+        return NULL;
+    }
+    const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[1]);
+    const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(args[3]);
+    Py_ssize_t keylen = PyBytes_GET_SIZE(args[3]);
+    if (n > 0xFFFF || (keylen != 0 && keylen != 4)) {
+        PyErr_SetString(PyExc_ValueError, "send_message: a payload of 64 KiB or more, or a key not of 4 bytes");
+        return NULL;
+    }
+    /* Small frames are built on the stack: no allocation per message. */
+    unsigned char small[2 + 2 + 4 + 1024];
+    Py_ssize_t size = 2 + (n >= 126 ? 2 : 0) + keylen + n;
+    unsigned char *frame = size <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)size);
+    if (frame == NULL) {
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t h = 0;
+    unsigned char maskbit = keylen ? 0x80 : 0;
+    frame[h++] = text ? 0x81 : 0x82;
+    if (n < 126) {
+        frame[h++] = maskbit | (unsigned char)n;
+    }
+    else {
+        frame[h++] = maskbit | 126;
+        frame[h++] = (unsigned char)(n >> 8);
+        frame[h++] = (unsigned char)(n & 0xFF);
+    }
+    if (keylen) {
+        memcpy(frame + h, key, 4);
+        h += 4;
+        xor_key(payload, frame + h, n, key);
+    }
+    else {
+        memcpy(frame + h, payload, (size_t)n);
+    }
+    int flags = MSG_DONTWAIT;
+#ifdef MSG_NOSIGNAL
+    flags |= MSG_NOSIGNAL;
+#endif
+    ssize_t sent;
+    do {
+        sent = send((int)fd, frame, (size_t)size, flags);
+    } while (sent < 0 && errno == EINTR);
+    PyObject *result;
+    if (sent == size) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    else if (sent >= 0 || errno == EAGAIN || errno == EWOULDBLOCK) {
+        Py_ssize_t done = sent > 0 ? (Py_ssize_t)sent : 0;
+        result = PyBytes_FromStringAndSize((const char *)frame + done, size - done);
+    }
+    else {
+        result = PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (frame != small) {
+        PyMem_Free(frame);
+    }
+    return result;
+}
 #endif
 
+/* -- parse_one ---------------------------------------------------------- */
+
+/* parse_one(data, masked, max_size) -> bytes | str | None
+ *
+ * The message in `data` (the bytes one read returned) when they are exactly
+ * one whole, simple frame: FIN, text or binary, no RSV bit, a 7- or 16-bit
+ * length (minimally encoded), masked if and only if `masked`, at most
+ * `max_size` bytes of payload (-1: no limit), valid UTF-8 for text. The
+ * payload comes back unmasked: bytes, or str for text. Anything else --
+ * fewer or more bytes than one frame, a control frame, a fragment, a
+ * compressed message, invalid UTF-8 -- gives None, and the caller's Python
+ * parser takes the bytes and decides (the same messages, the same errors:
+ * tests feed both the same frames). No state, nothing kept: sans-I/O. */
+static PyObject *
+parse_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse_one(data: bytes, masked: bool, max_size: int)");
+        return NULL;
+    }
+    int masked = PyObject_IsTrue(args[1]);
+    if (masked < 0) {
+        return NULL;
+    }
+    Py_ssize_t max_size = PyLong_AsSsize_t(args[2]);
+    if (max_size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (n < 2 || (d[0] != 0x81 && d[0] != 0x82) || ((d[1] & 0x80) != 0) != masked) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t length = d[1] & 0x7F;
+    Py_ssize_t start = 2;
+    if (length == 126) {
+        if (n < 4) {
+            Py_RETURN_NONE;
+        }
+        length = ((Py_ssize_t)d[2] << 8) | d[3];
+        if (length < 126) {
+            Py_RETURN_NONE; /* not minimal: the Python parser says what it thinks of it */
+        }
+        start = 4;
+    }
+    else if (length == 127) {
+        Py_RETURN_NONE;
+    }
+    const unsigned char *key = d + start;
+    if (masked) {
+        start += 4;
+    }
+    if (start + length != n || (max_size >= 0 && length > max_size)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *payload = PyBytes_FromStringAndSize(masked ? NULL : (const char *)d + start, length);
+    if (payload == NULL) {
+        return NULL;
+    }
+    if (masked) {
+        xor_key(d + start, (unsigned char *)PyBytes_AS_STRING(payload), length, key);
+    }
+    if (d[0] == 0x82) {
+        return payload;
+    }
+    PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(payload), length, NULL);
+    Py_DECREF(payload);
+    if (text == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+        Py_RETURN_NONE; /* the Python parser fails the connection with 1007 */
+    }
+    return text;
+}
+
 static PyMethodDef methods[] = {
+    {"parse_one", (PyCFunction)(void (*)(void))parse_one, METH_FASTCALL,
+     "The message in data when it is exactly one whole simple frame, else None."},
     {"mask", mask, METH_VARARGS, "XOR data with a 4-byte key repeated."},
     {"mask_inplace", mask_inplace, METH_VARARGS, "XOR a writable buffer with a 4-byte key repeated, in place."},
 #ifdef MSG_DONTWAIT
     {"send_now", send_now, METH_VARARGS, "send(fd, data, MSG_DONTWAIT) keeping the GIL: bytes sent, 0 if none fit."},
+    {"send_message", (PyCFunction)(void (*)(void))send_message, METH_FASTCALL,
+     "A whole message as one frame, written by one send() that never waits: None, or the bytes still to write."},
 #endif
     {NULL, NULL, 0, NULL},
 };

@@ -97,6 +97,8 @@ class Inbox:
         "_proto",
         "_out",
         "_pings",
+        "_whole",
+        "_masked",
         "_lose",
         "_fail",
         "_timeout_error",
@@ -135,6 +137,12 @@ class Inbox:
         self._lose = lose
         self._fail = fail
         self._timeout_error = timeout_error
+        # Blocking reads of whole small messages in one step (see _read_whole):
+        # a plain socket in blocking mode, with the C accelerator.
+        self._whole: Callable[[bytes, bool, int], Message | None] | None = (
+            None if transport.nonblocking else _accel.parse_one
+        )
+        self._masked = protocol.side is Side.SERVER
 
     # -- what is held ----------------------------------------------------------
 
@@ -241,6 +249,12 @@ class Inbox:
             if not n:
                 proto.receive_eof()
             return n
+        self._feed(data)
+        return 0
+
+    def _feed(self, data: bytes) -> None:
+        """Give the protocol what was read (b"": the peer's EOF); note pongs, send pings' answers."""
+        proto = self._proto
         if data:
             proto.receive_data(data)
         else:
@@ -249,7 +263,24 @@ class Inbox:
             self._pings.answered(proto.pongs)
         if proto.outgoing:
             self._out.flush_when_free(Deadline(0))  # answer pings now, or the sender does
-        return 0
+
+    def _read_whole(self) -> Message | None:
+        """:meth:`read` for the common case, blocking: one read, and the
+        message when it came whole in it, as one simple frame
+        (``_accel.parse_one``); else None, the bytes fed to the protocol."""
+        assert self._whole is not None
+        try:
+            data = self._transport.sock.recv(READ_SIZE)
+        except OSError as exc:
+            raise self._lose(exc) from exc
+        self.last_received = time.monotonic()
+        if data:
+            max_size = self._proto.max_size
+            message = self._whole(data, self._masked, -1 if max_size is None else max_size)
+            if message is not None:
+                return message
+        self._feed(data)
+        return None
 
     def next_event(self, deadline: Deadline) -> Data | None:
         """The next data piece, reading as needed; None once the peer closed; hold the reader lock."""
@@ -307,6 +338,11 @@ class Inbox:
                         size = self._size_to_build()
                         if size:
                             return self._receive_built(size, deadline)
+                    elif deadline is _FOREVER and self._whole is not None and not self._out.buf and proto.at_rest():
+                        message = self._read_whole()
+                        if message is not None:
+                            return message
+                        continue
                     self.read(deadline)  # nothing parsed yet and nothing ended: read
                     continue
                 event = self.next_event(deadline)

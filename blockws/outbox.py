@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Union
 
+from . import _accel
 from .codes import Opcode
 from .exceptions import ConnectionClosed, ConnectionClosedError
 from .link import NOBODY, Waker
@@ -34,6 +35,9 @@ __all__ = ["Outbox", "JOIN_BELOW", "EXPIRED", "payload_of"]
 # Payloads smaller than this are joined to their header and written in one
 # call; larger ones go out with sendmsg (no copy of the payload).
 JOIN_BELOW = 16384
+# A whole small message framed and written by one C call (plain sockets
+# only: send_small() is for those).
+_send_message = _accel.send_message
 
 # The longest a call that must not wait for the peer waits for the send lock
 # held by a call that doesn't either (see Outbox.patient).
@@ -273,8 +277,16 @@ class Outbox:
                 and not proto.outgoing
                 and not proto.output_ended
             ):
+                transport = self._transport
                 try:
-                    self._transport.send_whole(proto.encode_message(payload, text))
+                    key = None if _send_message is None else proto.plain_key(len(payload))
+                    if key is None:
+                        transport.send_whole(proto.encode_message(payload, text))
+                    else:
+                        # Framed and written in one step (the C accelerator's).
+                        rest = _send_message(transport.sock.fileno(), payload, text, key)  # type: ignore[misc]
+                        if rest is not None:
+                            transport.send_rest(rest)
                 except OSError as exc:
                     raise self._lose(exc) from exc
                 return True

@@ -88,6 +88,12 @@ class Parser:
     def _control(self, opcode: int, payload: bytes) -> None:
         raise NotImplementedError  # the protocol's: pings, pongs and the peer's Close
 
+    def at_rest(self) -> bool:
+        """Between messages, nothing left over, no trace: the next bytes read
+        may be handed to ``_accel.parse_one`` (whose None means: give them to
+        :meth:`receive_data`)."""
+        return not self._in_message and not self._buf and self.trace is None
+
     def receive_data(self, data: bytes) -> None:
         """Feed bytes read from the peer; parsed events go to :attr:`events`."""
         if self._discard or not data:

@@ -457,6 +457,23 @@ class Protocol(Parser):
             return False
         return True
 
+    def plain_key(self, n: int) -> bytes | None:
+        """How a whole message of ``n`` bytes goes out as one plain frame:
+        its masking key (b"" on the server side, which doesn't mask); None
+        when it doesn't (a message is open, it is compressed, traced or
+        64 KiB or more: :meth:`encode_data` frames it). For
+        ``_accel.send_message``, which builds the frame :meth:`encode_message` would."""
+        if (
+            n > 0xFFFF
+            or self.trace is not None
+            or self.sending_message
+            or self._compressor is not None
+            and n >= self._compressor.min_size
+        ):
+            return None
+        keys = self._mask_keys
+        return b"" if keys is None else keys.next()
+
     def encode_message(self, payload: bytes, text: bool) -> bytes:
         """A whole message as one frame, header and payload joined (the hot path).
 

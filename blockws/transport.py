@@ -278,8 +278,12 @@ class Transport:
             except BlockingIOError:
                 n = 0
         if n < len(frame):
-            self.congested = True
-            self.send_all(memoryview(frame)[n:], _FOREVER)
+            self.send_rest(memoryview(frame)[n:])
+
+    def send_rest(self, rest: BytesLike) -> None:
+        """Write the rest of a frame the kernel took only part of (or none), blocking."""
+        self.congested = True
+        self.send_all(rest, _FOREVER)
 
     def send_frame(self, header: bytes, body: BytesLike, deadline: Deadline) -> None:
         """Write a frame given as header and payload, without joining a large payload to its header."""

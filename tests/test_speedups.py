@@ -165,3 +165,102 @@ def test_a_builder_used_from_several_threads_counts_every_view() -> None:
             with pytest.raises(BufferError):
                 builder.take()  # one view open: counted, after 400,000 others
         assert len(builder.take()) == 64  # none open: every release counted
+
+
+# -- the message fast paths: parse_one and send_message give what the Python protocol gives --
+
+_KEY = b"\x9a\x01\xfe\x37"
+
+
+@st.composite
+def frame_bytes(draw: Any) -> tuple[bytes, bool]:
+    """One frame, often a simple one, sometimes bent: another opcode, not FIN,
+    RSV bits, the wrong masking, a non-minimal length, invalid UTF-8, bytes
+    missing or following (the next frame's)."""
+    masked = draw(st.booleans())
+    opcode = draw(st.sampled_from([0x1, 0x2, 0x1, 0x2, 0x0, 0x9, 0xA, 0x8, 0x3]))
+    fin = draw(st.sampled_from([True, True, True, False]))
+    rsv = draw(st.sampled_from([0, 0, 0, 0x40, 0x10]))
+    if opcode == 0x1 and draw(st.booleans()):
+        payload = draw(st.text(max_size=300)).encode("utf-8")
+    else:
+        payload = draw(st.binary(max_size=300) | st.sampled_from([b"", b"\xff", b"\xc3", b"x" * 126, b"y" * 5000]))
+    if opcode >= 0x8:
+        payload = payload[:125]
+    wire_masked = masked != draw(st.sampled_from([False, False, False, True]))  # sometimes the wrong way
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    bit = 0x80 if wire_masked else 0
+    if len(payload) < 126 and not draw(st.sampled_from([False, False, False, True])):
+        head += bytes([bit | len(payload)])
+    else:
+        head += bytes([bit | 126]) + len(payload).to_bytes(2, "big")  # minimal or not
+    if wire_masked:
+        head += _KEY
+        payload = frames._mask_python(payload, _KEY)
+    data = head + payload
+    cut = draw(st.sampled_from([0, 0, 0, 1, len(payload)]))
+    if cut:
+        data = data[:-cut]
+    if draw(st.sampled_from([False, False, False, True])):
+        data += b"\x82\x00"
+    return data, masked
+
+
+@settings(max_examples=1000, deadline=None)
+@given(frame_bytes(), st.sampled_from([None, 0, 10, 126, 1 << 20]))
+def test_parse_one_gives_what_the_protocol_parses(frame: tuple[bytes, bool], max_size: int | None) -> None:
+    """parse_one answers only for exactly one whole simple frame, and then
+    with the message the Python parser makes of the same bytes; for every
+    other input it says None and the Python parser decides."""
+    from blockws.exceptions import ProtocolError
+    from blockws.protocol import Data, Protocol, Side
+
+    data, masked = frame
+    fast = speedups.parse_one(data, masked, -1 if max_size is None else max_size)
+    proto = Protocol(Side.SERVER if masked else Side.CLIENT, max_size=max_size)
+    try:
+        proto.receive_data(data)
+        events = [proto.next_event() for _ in range(len(proto.events))]
+    except ProtocolError:
+        assert fast is None
+        return
+    minimal = len(data) >= 2 and (data[1] & 0x7F != 126 or int.from_bytes(data[2:4], "big") >= 126)
+    simple = (
+        proto.failure is None
+        and len(events) == 1
+        and type(events[0]) is Data
+        and events[0].fin
+        and not proto.buffered
+        and data[0] in (0x81, 0x82)
+        and minimal
+    )
+    if simple:
+        assert type(fast) is type(events[0].payload) and fast == events[0].payload
+    else:
+        assert fast is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=20_000) | st.text(max_size=300).map(str.encode), st.booleans(), st.booleans())
+def test_send_message_writes_the_frame_encode_message_makes(payload: bytes, text: bool, masked: bool) -> None:
+    key = _KEY if masked else b""
+    opcode = 0x1 if text else 0x2
+    expected = frames.encode_header(opcode, len(payload), True, 0, key or None) + (
+        frames._mask_python(payload, key) if masked else payload
+    )
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        got = b""
+        rest = speedups.send_message(a.fileno(), payload, text, key)
+        if rest is not None:
+            a.setblocking(True)
+            a.sendall(rest)
+        while len(got) < len(expected):
+            got += b.recv(65536)
+        assert got == expected
+    finally:
+        a.close()
+        b.close()
+    with pytest.raises(ValueError):
+        speedups.send_message(a.fileno(), payload, text, b"123")
