@@ -389,7 +389,7 @@ def test_keepalive_fails_a_blackholed_connection(
         assert k in SEEN, "the handler still waits in recv()"
         code, seconds = SEEN[k].split()
         assert code == "1011"
-        assert float(seconds) < server_keepalive.interval + server_keepalive.timeout + 0.5
+        assert float(seconds) < server_keepalive.interval + server_keepalive.timeout + 3  # (a loaded machine)
     finally:
         relay.close()
     client.close()

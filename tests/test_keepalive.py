@@ -127,7 +127,7 @@ def test_blackholed_peer_fails_blocked_recv_with_1011(ka, relay_to):
     with pytest.raises(blockws.ConnectionClosedError) as info:
         ws.recv()  # blocking, no timeout: only the keepalive can wake it
     elapsed = time.monotonic() - start
-    assert elapsed < ka.interval + ka.timeout + 0.5
+    assert elapsed < ka.interval + ka.timeout + 3  # a margin for a loaded machine: without the keepalive, never
     assert info.value.code == 1011
     assert ws.close_code == 1011
     assert "keepalive" in (ws.close_reason or "")

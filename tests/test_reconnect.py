@@ -367,8 +367,11 @@ def test_backoff_doubles_up_to_max_delay(monkeypatch, caplog):
     hangup.thread.join()
     bounds = [0.01, 0.02, 0.04, 0.05, 0.05, 0.05]
     assert _delays(caplog) == bounds
-    for gap, bound in zip(hangup.gaps(), bounds):
-        assert bound <= gap < bound + 0.2
+    gaps = hangup.gaps()
+    # Waited at least each delay; how much longer depends on the machine's
+    # load (a gap of 0.30 s for 0.01 s was seen with both cores busy).
+    assert all(bound <= gap for gap, bound in zip(gaps, bounds))
+    assert sum(gaps) < sum(bounds) + 5
 
 
 def test_backoff_jitter_is_within_the_bounds(caplog):
