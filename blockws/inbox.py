@@ -154,6 +154,16 @@ class Inbox:
             return self.held()
         return self._transport.buffered()
 
+    def counts(self) -> tuple[int, int]:
+        """Data messages received, and their payload bytes (after decompression, text as UTF-8).
+
+        Counted by the parser as they arrive, where their length is known,
+        with the counts that keep track of what is queued: no work of its
+        own per message. A message still queued (or dropped by ``close()``)
+        counts.
+        """
+        return self._proto.received()
+
     # -- the reader lock ---------------------------------------------------------
 
     def acquire(self, deadline: Deadline) -> None:
@@ -299,8 +309,8 @@ class Inbox:
                             # The common case: a whole message is already parsed.
                             events.popleft()
                             payload = first.payload
-                            proto.queued -= len(payload)
-                            proto.ends -= 1
+                            proto.data_out += len(payload)
+                            proto.ends_out += 1
                             return payload
                 elif not proto.input_ended:
                     if proto.remaining >= BUILD_FROM:
