@@ -64,7 +64,8 @@ from typing import Any
 from .codes import CloseCode
 from .connection import DEFAULT_CLOSE_TIMEOUT, WebSocket
 from .listening import check_reuse_port, listen_tcp
-from .server import Server, check_grace, check_options, check_per_ip, serve
+from .refusing import check_per_ip
+from .server import Server, check_grace, check_options, serve
 
 __all__ = ["LoadError", "load_handler", "run", "run_cli", "serve_until_signalled", "stats_line"]
 

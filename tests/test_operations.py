@@ -283,3 +283,56 @@ def test_stats_from_another_thread_under_load(run_server):
     assert final["accepted"] == clients and final["closed"] == {1000: clients}
     assert final["messages_received"] == final["messages_sent"] == total
     assert final["bytes_received"] == final["bytes_sent"] == 4 * total
+
+
+def test_stats_count_messages_read_into_place_and_those_not_taken_yet(run_server):
+    # A large binary message recv_into() reads from the kernel into place
+    # (no event is made for it) counts once; messages still queued when the
+    # server's stats are read count too: received is what arrived.
+    size = 300_000
+    took = threading.Event()
+    release = threading.Event()
+
+    def handler(ws: blockws.WebSocket) -> None:
+        buf = bytearray(size)
+        assert ws.recv_into(buf) == size and buf == b"\x07" * size
+        took.set()
+        assert release.wait(10)
+        for _ in ws:
+            pass
+
+    running = run_server(handler, compression=None)
+    with blockws.connect(running.url, timeout=5, compression=None) as ws:
+        ws.sendall(b"\x07" * size)
+        assert took.wait(5)
+        ws.sendall("éé")  # 4 bytes of UTF-8
+        ws.sendall(b"xyz")
+        wait_for(lambda: running.server.stats()["messages_received"] == 3)
+        stats = running.server.stats()
+        assert stats["bytes_received"] == size + 7
+        release.set()
+    wait_for(lambda: running.server.stats()["connections"] == 0)
+    stats = running.server.stats()
+    assert stats["messages_received"] == 3 and stats["bytes_received"] == size + 7
+
+
+def test_queued_counts_survive_put_back_and_drop() -> None:
+    # The protocol's counts of what is queued (held(), pending()) are now
+    # differences of counts that only grow: put_back() and drop_events()
+    # keep them right, and what came in stays counted.
+    from blockws.protocol import Protocol, Side
+
+    client = Protocol(Side.CLIENT)
+    server = Protocol(Side.SERVER)
+    server.receive_data(client.encode_message(b"abc", False) + client.encode_message("hé".encode(), True))
+    assert (server.queued, server.ends) == (5, 2)
+    event = server.next_event()
+    assert (server.queued, server.ends) == (2, 1)
+    server.put_back(event)  # type: ignore[arg-type]
+    assert (server.queued, server.ends) == (5, 2)
+    server.drop_events()
+    assert (server.queued, server.ends) == (0, 0)
+    assert server.received() == (2, 6)
+    server.receive_data(client.encode_control(0x8, b"\x03\xe8"))
+    assert (server.queued, server.ends) == (1, 1)  # the Close: held, not data
+    assert server.received() == (2, 6)
