@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -289,6 +290,8 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
         options["compression"] = None
     if args.keepalive is not None:
         options["keepalive"] = KeepAlive(args.keepalive, args.keepalive) if args.keepalive else None
+    if args.max_connections_per_ip is not None:
+        options["max_connections_per_ip"] = args.max_connections_per_ip
     return options
 
 
@@ -348,6 +351,13 @@ def run_server(args: argparse.Namespace) -> int:
         say(
             f"{'chat' if args.chat else 'broadcast' if args.broadcast_stdin else 'echo'} server on ws://{args.host}:{server.port}/"
         )
+        if hasattr(signal, "SIGUSR1"):
+            from .workers import stats_line
+
+            def print_stats(signum: int, frame: object) -> None:
+                say(f"blockws: {os.getpid()}: {stats_line(server.stats())}", sys.stderr)
+
+            signal.signal(signal.SIGUSR1, print_stats)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -441,6 +451,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metavar="SECONDS",
                 help="ping quiet clients this often, drop them after as long without an answer (default 20; 0: never)",
             )
+            parser.add_argument(
+                "--max-connections-per-ip",
+                type=int,
+                metavar="N",
+                help="answer 429 to an address that holds N open connections already (default: no limit)",
+            )
         else:
             parser.description = "A server and a client in one process exchanging a few messages."
         args = parser.parse_args(argv[1:])
@@ -452,6 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error("--workers takes 1 or more, and more than 1 only with MODULE:HANDLER")
             if args.keepalive is not None and args.keepalive < 0:
                 parser.error("--keepalive takes seconds: 0 or more")
+            if args.max_connections_per_ip is not None and args.max_connections_per_ip < 1:
+                parser.error("--max-connections-per-ip takes 1 or more")
             if args.app is not None:
                 from .workers import run_cli
 

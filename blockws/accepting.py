@@ -37,7 +37,8 @@ logger = logging.getLogger("blockws.server")
 ProcessRequest = Callable[[Request], Optional[Response]]
 
 # Set by Server for the handshake running in the current thread: called
-# just before the 101 goes out; it raises to abort the upgrade (shutdown).
+# just before the 101 goes out; it raises to abort the upgrade (shutdown),
+# or returns a Response to answer instead (a limit the server enforces).
 upgrade_gate = threading.local()
 
 
@@ -207,9 +208,13 @@ def _accept(sock: socket.socket, deadline: Deadline, settings: _ServerSettings) 
     if upgrade.refusal is not None:
         _reply(sock, upgrade.response, deadline)
         raise upgrade.refusal
-    commit: Callable[[], None] | None = getattr(upgrade_gate, "commit", None)
+    commit: Callable[[], Response | None] | None = getattr(upgrade_gate, "commit", None)
     if commit is not None:
-        commit()
+        refusal = commit()
+        if refusal is not None:  # the server's own limit (max_connections_per_ip)
+            _reply(sock, refusal, deadline)
+            why = refusal.body.decode(errors="replace").strip()
+            raise InvalidHandshake(f"refused with HTTP {refusal.status}: {why}")
     return switch(sock, request, upgrade, leftover, deadline, settings)
 
 

@@ -229,6 +229,16 @@ class WebSocket:
         """
         return self._inbox.pending()
 
+    def _counts(self) -> tuple[int, int, int, int]:
+        """Data messages received and sent, and their payload bytes, so far (for :meth:`Server.stats`).
+
+        Each half keeps its own (no lock of its own to count: the parser's
+        and the send lock's holders bump them), read here without a lock.
+        """
+        received, received_bytes = self._inbox.counts()
+        sent, sent_bytes = self._out.counts()
+        return received, sent, received_bytes, sent_bytes
+
     def _timeout_error(self, what: str) -> OSError:
         if self._timeout == 0:
             return BlockingIOError(f"{what} would block")

@@ -99,6 +99,9 @@ class Inbox:
         "_pings",
         "_whole",
         "_masked",
+        "_whole_messages",
+        "_whole_bytes",
+        "_short_head",
         "_lose",
         "_fail",
         "_timeout_error",
@@ -143,6 +146,11 @@ class Inbox:
             None if transport.nonblocking else _accel.parse_one
         )
         self._masked = protocol.side is Side.SERVER
+        # Messages _read_whole() took whole (the parser never saw them), and their payload bytes.
+        self._whole_messages = 0
+        self._whole_bytes = 0
+        # The header of such a message's frame without, and with, a 16-bit length.
+        self._short_head = 6 if self._masked else 2
 
     # -- what is held ----------------------------------------------------------
 
@@ -161,6 +169,17 @@ class Inbox:
         if proto.ends or proto.failure is not None:
             return self.held()
         return self._transport.buffered()
+
+    def counts(self) -> tuple[int, int]:
+        """Data messages received, and their payload bytes (after decompression, text as UTF-8).
+
+        Counted by the parser as they arrive, where their length is known,
+        with the counts that keep track of what is queued: no work of its
+        own per message; those :meth:`_read_whole` took whole, here. A
+        message still queued (or dropped by ``close()``) counts.
+        """
+        messages, size = self._proto.received()
+        return messages + self._whole_messages, size + self._whole_bytes
 
     # -- the reader lock ---------------------------------------------------------
 
@@ -278,6 +297,10 @@ class Inbox:
             max_size = self._proto.max_size
             message = self._whole(data, self._masked, -1 if max_size is None else max_size)
             if message is not None:
+                # One frame: its payload is what the header leaves (bytes, for text too).
+                size = len(data) - self._short_head
+                self._whole_bytes += size if size < 126 else size - 2
+                self._whole_messages += 1
                 return message
         self._feed(data)
         return None
@@ -330,8 +353,8 @@ class Inbox:
                             # The common case: a whole message is already parsed.
                             events.popleft()
                             payload = first.payload
-                            proto.queued -= len(payload)
-                            proto.ends -= 1
+                            proto.data_out += len(payload)
+                            proto.ends_out += 1
                             return payload
                 elif not proto.input_ended:
                     if proto.remaining >= BUILD_FROM:

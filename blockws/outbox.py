@@ -94,6 +94,8 @@ class Outbox:
         "patient",
         "fin_due",
         "link",
+        "sent",
+        "sent_bytes",
         "_transport",
         "_proto",
         "_lose",
@@ -124,10 +126,18 @@ class Outbox:
         self.fin_due = False
         #: Told when a sender leaves bytes held (set by the connection).
         self.link: Waker = NOBODY
+        #: Data messages accepted whole, and their payload bytes (text as
+        #: UTF-8, before compression), for Server.stats(); under the send lock.
+        self.sent = 0
+        self.sent_bytes = 0
         self._transport = transport
         self._proto = protocol
         self._lose = lose
         self._timeout_error = timeout_error
+
+    def counts(self) -> tuple[int, int]:
+        """Data messages sent (accepted whole), and their payload bytes (text as UTF-8, before compression)."""
+        return self.sent, self.sent_bytes
 
     # -- the lock ------------------------------------------------------------------
 
@@ -270,16 +280,11 @@ class Outbox:
         self.patient = True  # send_whole() waits for the peer
         try:
             proto = self._proto
-            if (
-                len(payload) < JOIN_BELOW
-                and self.owner is None
-                and not self.buf
-                and not proto.outgoing
-                and not proto.output_ended
-            ):
+            n = len(payload)
+            if n < JOIN_BELOW and self.owner is None and not self.buf and not proto.outgoing and not proto.output_ended:
                 transport = self._transport
                 try:
-                    key = None if _send_message is None else proto.plain_key(len(payload))
+                    key = None if _send_message is None else proto.plain_key(n)
                     if key is None:
                         transport.send_whole(proto.encode_message(payload, text))
                     else:
@@ -289,6 +294,8 @@ class Outbox:
                             transport.send_rest(rest)
                 except OSError as exc:
                     raise self._lose(exc) from exc
+                self.sent += 1
+                self.sent_bytes += n
                 return True
             return False
         finally:
@@ -491,6 +498,8 @@ class Outbox:
             if not self.room_for(len(payload)):
                 return False
             self.offer(self._proto.encode_shared(payload, text, shared))
+            self.sent += 1
+            self.sent_bytes += len(payload)
             return True
         except ConnectionClosed:
             return None
@@ -556,6 +565,8 @@ class Outbox:
             self._transport.send_all(header + body, deadline)
         else:
             self._transport.send_frame(header, body, deadline)
+        self.sent_bytes += len(payload)
+        self.sent += fin
 
     def write_partial(self, payload: BytesLike, text: bool, fin: bool, deadline: Deadline) -> int:
         """Accept what fits now (after waiting until the deadline for some room); return the bytes accepted."""
@@ -592,6 +603,8 @@ class Outbox:
             header, body = self._proto.encode_data(view[done:cut], text, fin and last)
             self.note_message(text, fin and last)
             self.queue(header, body)
+            self.sent_bytes += cut - done
+            self.sent += fin and last
             done = cut
             self.flush(Deadline(0))
             if last:

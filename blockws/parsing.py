@@ -64,8 +64,11 @@ class Parser:
     trace: Callable[[str, FrameHeader, bytes], None] | None
     # ...what was parsed (see Protocol.__init__ for their meaning)...
     events: deque[Data | Close]
-    queued: int
-    ends: int
+    data_in: int
+    ends_in: int
+    text_extra: int
+    data_out: int
+    ends_out: int
     failure: ProtocolError | None
     # ...and where the parser is: the leftover of the last read, the data
     # frame being streamed, the message it belongs to.
@@ -159,8 +162,8 @@ class Parser:
                             self._control(b0 & 0x0F, payload)
                         elif b0 == 0x82:
                             events.append(Data(payload, False, True))
-                            self.queued += n
-                            self.ends += 1
+                            self.data_in += n
+                            self.ends_in += 1
                         else:
                             try:
                                 text = payload.decode("utf-8")
@@ -169,8 +172,11 @@ class Parser:
                                     f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA
                                 ) from exc
                             events.append(Data(text, True, True))
-                            self.queued += len(text)
-                            self.ends += 1
+                            chars = len(text)
+                            self.data_in += chars
+                            self.ends_in += 1
+                            if chars != n:
+                                self.text_extra += n - chars
                         continue
 
             header = parse_header(data, pos)
@@ -277,9 +283,14 @@ class Parser:
             unmask_inplace(placed, key, self._frame_offset)
             self._frame_offset += n
         self.remaining -= n
+        # Received and taken at once: counted in and out (see Protocol.queued).
+        self.data_in += n
+        self.data_out += n
         if self.remaining or not self._frame_fin:
             return False
         self._in_message = False
+        self.ends_in += 1
+        self.ends_out += 1
         return True
 
     @property
@@ -321,8 +332,8 @@ class Parser:
         if not self._msg_text:
             if piece or fin:
                 self.events.append(Data(piece, False, fin))
-                self.queued += len(piece)
-                self.ends += fin
+                self.data_in += len(piece)
+                self.ends_in += fin
             return
         try:
             if fin and not self._decoding:
@@ -335,7 +346,10 @@ class Parser:
                     self._decoder.reset()
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA) from exc
+        chars = len(text)
+        if chars != len(piece):
+            self.text_extra += len(piece) - chars  # (a character split between pieces: the bytes count first)
         if text or fin:
             self.events.append(Data(text, True, fin))
-            self.queued += len(text)
-            self.ends += fin
+            self.data_in += chars
+            self.ends_in += fin

@@ -17,7 +17,8 @@ parser is the base class's (:class:`blockws.parsing.Parser`); this module
 keeps the states, control frames, the ending record and the encoders.
 What the queued events hold is counted where they are queued and taken
 (:attr:`Protocol.queued`, :attr:`Protocol.ends`), for readers in other
-threads.
+threads; the counts of what came in never go down, so they are also the
+connection's received messages and bytes (:meth:`Protocol.received`).
 
 The peer's Close ends the peer's half of the stream, like a FIN in TCP: it is
 reported when the application takes it (after every message before it), and
@@ -152,14 +153,21 @@ class Protocol(Parser):
         self.max_size = max_size
         self.state = State.OPEN
         self.events: deque[Event] = deque()
-        # What the queued events hold, kept where events are queued and
+        # What the queued events hold, counted where events are queued and
         # taken (here and by the I/O layer that pops them itself), so that
-        # other threads may ask without walking the deque: ``queued`` is
-        # the length of the queued payloads (characters for text) plus one
-        # per Close, ``ends`` the queued events that end a message or the
-        # stream (a Data with ``fin``, a Close).
-        self.queued = 0
-        self.ends = 0
+        # other threads may ask without walking the deque (see queued and
+        # ends). What came in only grows: the payload length of every Data
+        # event (characters for text) and the Data events that end a
+        # message; what went out (data_out, ends_out) grows as events are taken (a Close, queued,
+        # counts as -1 until taken; put_back() takes back). The counts in
+        # are also Server.stats()'s, at no cost per message: text's UTF-8
+        # bytes beyond its characters are added up apart, only when there
+        # are any (text_extra).
+        self.data_in = 0
+        self.ends_in = 0
+        self.text_extra = 0
+        self.data_out = 0
+        self.ends_out = 0
         # Pongs don't wait in line behind messages: whoever pings looks here.
         self.pongs: deque[bytes] = deque()
         self.close_sent: Close | None = None
@@ -321,8 +329,8 @@ class Protocol(Parser):
             if self.state is not State.CLOSED:
                 self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
             self.events.append(self.close_rcvd)
-            self.queued += 1
-            self.ends += 1
+            self.data_out -= 1  # held until taken, but no data came in
+            self.ends_out -= 1
             # Nothing may follow a Close; whatever does is ignored.
             self._discard = True
 
@@ -375,21 +383,21 @@ class Protocol(Parser):
         """Count out an event taken from :attr:`events` (by :meth:`next_event`,
         or by the I/O layer that pops one itself)."""
         if type(event) is Data:
-            self.queued -= len(event.payload)
-            self.ends -= event.fin
+            self.data_out += len(event.payload)
+            self.ends_out += event.fin
         else:
-            self.queued -= 1
-            self.ends -= 1
+            self.data_out += 1
+            self.ends_out += 1
 
     def put_back(self, event: Event) -> None:
         """Queue a taken event again, first (it wasn't used after all)."""
         self.events.appendleft(event)
         if type(event) is Data:
-            self.queued += len(event.payload)
-            self.ends += event.fin
+            self.data_out -= len(event.payload)
+            self.ends_out -= event.fin
         else:
-            self.queued += 1
-            self.ends += 1
+            self.data_out -= 1
+            self.ends_out -= 1
 
     def drop_events(self) -> None:
         """Forget the queued events (the application closed: messages in flight are discarded).
@@ -399,8 +407,25 @@ class Protocol(Parser):
         to a reader (another thread's recv() between its pieces).
         """
         self.events.clear()
-        self.queued = self.ends = 0
+        self.data_out = self.data_in
+        self.ends_out = self.ends_in
         self._dropping = self._in_message
+
+    @property
+    def queued(self) -> int:
+        """The length of the queued payloads (characters for text), plus one for a Close."""
+        return self.data_in - self.data_out
+
+    @property
+    def ends(self) -> int:
+        """The queued events that end a message or the stream (a Data with ``fin``, a Close)."""
+        return self.ends_in - self.ends_out
+
+    def received(self) -> tuple[int, int]:
+        """Data messages received so far, and their payload bytes (after
+        decompression; text as UTF-8), counted as they are parsed (or read
+        into place), whether or not the application took them yet."""
+        return self.ends_in, self.data_in + self.text_extra
 
     @property
     def buffered(self) -> int:

@@ -1,10 +1,14 @@
-"""Connections refused by ``max_connections``: a 503 from the accept loop, without a thread.
+"""Connections the server refuses for its own limits: ``max_connections`` (503) and
+``max_connections_per_ip`` (429).
 
-:class:`Refusals` answers each one at once (over TLS once its handshake is
-done, driven by the accept loop's selector like the rest), sends a FIN,
-and drains what the client sends until it closes or the linger passes, so
-that the close is a FIN and not a reset that could destroy the 503 in
-flight. :class:`~blockws.server.Server` owns the selector and the loop.
+:class:`Refusals` answers each one the accept loop refuses at once (over TLS
+once its handshake is done, driven by the accept loop's selector like the
+rest), sends a FIN, and drains what the client sends until it closes or the
+linger passes, so that the close is a FIN and not a reset that could
+destroy the answer in flight. :class:`~blockws.server.Server` owns the
+selector and the loop. :class:`PerAddress` counts the open connections of
+each client address for ``max_connections_per_ip``; a handshake that finds
+its address full just before its 101 answers :func:`too_many_from` itself.
 """
 
 from __future__ import annotations
@@ -13,17 +17,74 @@ import selectors
 import socket
 import ssl
 import time
+from typing import Any
 
 from .http import Response
 
-__all__ = ["Refusals", "unregister"]
+__all__ = ["Refusals", "PerAddress", "unregister", "check_per_ip", "address_of", "too_many", "too_many_from"]
 
-# A connection refused by max_connections gets its 503 from the accept loop
+# A connection the accept loop refuses gets its 503 (or 429) from the loop
 # (no thread); the loop then waits this long at most for the client to read
 # it and leave, so the close is a FIN and not a reset that could destroy the
-# 503 in flight. At most _MAX_REFUSED wait at once; more are closed at once.
+# answer in flight. At most _MAX_REFUSED wait at once; more are closed at once.
 _REFUSED_LINGER = 2.0
 _MAX_REFUSED = 256
+# The Retry-After of a 429 for max_connections_per_ip (whole seconds, >= 1).
+_PER_IP_RETRY_AFTER = 1
+
+
+def check_per_ip(limit: int | None) -> int | None:
+    """``max_connections_per_ip`` checked: None, or an int of 1 or more."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"max_connections_per_ip takes a number of connections, 1 or more (or None), not {limit!r}")
+    return limit
+
+
+def address_of(addr: Any) -> str | None:
+    """The client address ``max_connections_per_ip`` counts by; None for a Unix socket peer."""
+    if not isinstance(addr, tuple) or not addr or not isinstance(addr[0], str):
+        return None
+    host: str = addr[0]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]  # an IPv4 client of a dual-stack socket is the same client as over IPv4
+    return host
+
+
+def too_many(max_connections: int | None) -> Response:
+    """The answer over ``max_connections``: 503."""
+    body = f"too many connections (max_connections={max_connections})\n".encode()
+    return Response(503, headers={"Retry-After": "1", "Connection": "close"}, body=body)
+
+
+def too_many_from(address: str, limit: int | None) -> Response:
+    """The answer to an address that holds ``max_connections_per_ip`` connections: 429."""
+    body = f"too many connections from {address} (max_connections_per_ip={limit})\n".encode()
+    return Response(429, headers={"Retry-After": str(_PER_IP_RETRY_AFTER), "Connection": "close"}, body=body)
+
+
+class PerAddress:
+    """Open connections per client address, for ``max_connections_per_ip``; under the server's lock."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+
+    def full(self, address: str, limit: int | None) -> bool:
+        """Whether ``address`` holds ``limit`` open connections already (None: no limit)."""
+        return limit is not None and self._open.get(address, 0) >= limit
+
+    def add(self, address: str) -> None:
+        self._open[address] = self._open.get(address, 0) + 1
+
+    def remove(self, address: str) -> None:
+        left = self._open[address] - 1
+        if left:
+            self._open[address] = left
+        else:
+            del self._open[address]  # the dict holds only addresses with connections
 
 
 def unregister(selector: selectors.BaseSelector, sock: socket.socket) -> None:
@@ -42,7 +103,7 @@ class Refusals:
     def __init__(self, selector: selectors.BaseSelector) -> None:
         self._selector = selector
         self._refused: dict[socket.socket, float] = {}  # socket -> when to close it anyway
-        self._unsent: dict[ssl.SSLSocket, bytes] = {}  # a TLS refusal -> the 503 still to write
+        self._unsent: dict[ssl.SSLSocket, bytes] = {}  # a TLS refusal -> the answer still to write
 
     def next_wait(self) -> float | None:
         """Seconds until the next linger ends (None: nothing lingers)."""
@@ -58,8 +119,9 @@ class Refusals:
         for conn in list(self._refused):
             self._forget(conn)
 
-    def refuse(self, conn: socket.socket, max_connections: int | None, ssl_context: ssl.SSLContext | None) -> None:
-        """Answer 503 from the accept loop, without a thread and without blocking.
+    def refuse(self, conn: socket.socket, answer: Response, ssl_context: ssl.SSLContext | None) -> None:
+        """Answer ``answer`` (:func:`too_many`'s 503, :func:`too_many_from`'s
+        429) from the accept loop, without a thread and without blocking.
 
         The request is not read: the answer goes out at once (a fresh
         socket's send buffer always has room for it), then a FIN; what the
@@ -68,8 +130,7 @@ class Refusals:
         TLS handshake, which the accept loop's selector drives in the same
         way (never a plaintext answer on a TLS port), within the same linger.
         """
-        body = f"too many connections (max_connections={max_connections})\n".encode()
-        data = Response(503, headers={"Retry-After": "1", "Connection": "close"}, body=body).serialize()
+        data = answer.serialize()
         if ssl_context is not None:
             if len(self._refused) >= _MAX_REFUSED:
                 conn.close()  # a flood: not even a handshake
@@ -101,7 +162,7 @@ class Refusals:
         self._selector.register(conn, selectors.EVENT_READ)
 
     def _answer_over_tls(self, conn: ssl.SSLSocket) -> None:
-        """One step of a TLS refusal: handshake, write the 503, close_notify and FIN."""
+        """One step of a TLS refusal: handshake, write the answer, close_notify and FIN."""
         try:
             conn.do_handshake()  # returns at once once done
             data = self._unsent[conn]

@@ -33,9 +33,10 @@ from .connection import WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
 from .handshake import check_subprotocols
+from .http import Response
 from .keepalive import KeepAlive
 from .listening import listen_tcp, listen_unix, remove_socket_file
-from .refusing import Refusals, unregister
+from .refusing import PerAddress, Refusals, address_of, check_per_ip, too_many, too_many_from, unregister
 from .settings import DEFAULT_OPEN_TIMEOUT as DEFAULT_OPEN_TIMEOUT
 from .utils import Deadline
 
@@ -86,6 +87,18 @@ def check_grace(name: str, grace: float) -> float:
     if not grace >= 0:  # NaN too
         raise ValueError(f"{name} takes seconds, 0 or more, not {grace!r}")
     return float(grace)
+
+
+class _Opening:
+    """One connection's opening handshake, as :class:`Server` tracks it."""
+
+    __slots__ = ("ip", "counted", "cut", "done")
+
+    def __init__(self, ip: str | None) -> None:
+        self.ip = ip
+        self.counted = False  # holds one of its address's max_connections_per_ip
+        self.cut = False  # refused by shutdown(): no HTTP answer was sent
+        self.done = False  # over (101 or not): no longer one of the handshakes under way
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -153,12 +166,15 @@ class Server:
         dualstack_ipv6: bool | None = None,
         reuse_port: bool = False,
         max_connections: int | None = None,
+        max_connections_per_ip: int | None = None,
         backlog: int = 128,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         **options: Any,
     ) -> None:
         self.handler = handler
         self.max_connections = max_connections
+        self.max_connections_per_ip = check_per_ip(max_connections_per_ip)
+        """The most open connections one client address may hold (None: no limit)."""
         self.shutdown_grace = check_grace("shutdown_grace", shutdown_grace)
         """Seconds :meth:`shutdown` waits for the peers' Close (settable)."""
         check_options(options)
@@ -209,6 +225,21 @@ class Server:
         # the socket). Past the 101 a connection gets its 1001 instead.
         self._handshaking: set[socket.socket] = set()
         self._active = 0
+        # Handshakes under way (accepted by the loop, neither open nor failed yet).
+        self._opening = 0
+        # Open connections per client address, for max_connections_per_ip.
+        self._per_ip = PerAddress()
+        # stats(): counts under the lock; the message and byte counts of
+        # connections still open are theirs, summed when asked, those of
+        # ended ones folded into _ended when they end.
+        self._accepted = 0
+        self._refused = 0
+        self._ended = [0, 0, 0, 0]  # messages received, sent, bytes received, sent
+        self._closed: dict[int, int] = {}
+        # The code shutdown() closes connections with (1012 for a restart).
+        self._close_code: int = CloseCode.GOING_AWAY
+        # shutdown() stopped the accept loop (or is about to): it doesn't start again.
+        self._accepting_stopped = False
         self._refusals = Refusals(self._selector)
         self._shutdown_requested = False
         self._stopped = threading.Event()
@@ -240,12 +271,54 @@ class Server:
         with self._lock:
             return list(self._connections)
 
+    def stats(self) -> dict[str, Any]:
+        """What the server has done since it was made: a new dict each call.
+
+        Safe from any thread at any time, and cheap (a sum over the open
+        connections, under the server's lock: nothing is counted under a
+        shared lock as messages go). The keys, all integers but ``closed``:
+
+        - ``connections``: open now (their 101 sent, not yet ended);
+        - ``accepted``: opening handshakes answered 101;
+        - ``refused``: handshakes answered with another status: 503
+          (``max_connections``), 429 (``max_connections_per_ip``), 401
+          (``auth``'s challenge included), 403 (``origins``), 400 (a bad
+          request, a plain HTTP request on a TLS port), ``process_request``'s
+          answers (whatever their status) and its 500s;
+        - ``messages_received``, ``messages_sent``: data messages received
+          (counted as they arrive, whether or not the handler took them
+          yet) and sent (accepted by ``send()``, :func:`~blockws.broadcast`
+          included);
+        - ``bytes_received``, ``bytes_sent``: their payload bytes, as the
+          application sees them (after decompression; text as UTF-8);
+        - ``closed``: a dict from close code to the number of connections
+          that ended with it (1006: lost without a closing handshake).
+        """
+        with self._lock:
+            received, sent, bytes_received, bytes_sent = self._ended
+            for ws in self._connections:
+                counts = ws._counts()
+                received += counts[0]
+                sent += counts[1]
+                bytes_received += counts[2]
+                bytes_sent += counts[3]
+            return {
+                "connections": len(self._connections),
+                "accepted": self._accepted,
+                "refused": self._refused,
+                "messages_received": received,
+                "messages_sent": sent,
+                "bytes_received": bytes_received,
+                "bytes_sent": bytes_sent,
+                "closed": dict(self._closed),
+            }
+
     def serve_forever(self) -> None:
         """Accept connections until :meth:`shutdown` is called (at once if it was already)."""
         with self._lock:
             # Under the lock: shutdown() either sees this loop running or it
             # has already asked, and the loop never starts on a closed socket.
-            if self._shutdown_requested:
+            if self._shutdown_requested or self._accepting_stopped:
                 return
             self._stopped.clear()
         # Held while accepting: the keepalive thread stays for the next connection.
@@ -279,52 +352,81 @@ class Server:
             self._stopped.set()
 
     def _start(self, conn: socket.socket, addr: Any) -> None:
+        ip = address_of(addr) if self.max_connections_per_ip is not None else None
         with self._lock:
             over = self.max_connections is not None and self._active >= self.max_connections
-            if not over:
+            # Checked again before the 101 (_commit_upgrade), exactly; this
+            # one costs a flood from one address no thread.
+            crowded = ip is not None and self._per_ip.full(ip, self.max_connections_per_ip)
+            if over or crowded:
+                self._refused += 1
+            else:
                 self._active += 1
-        if over:
-            self._refusals.refuse(conn, self.max_connections, self.options.get("ssl_context"))
+                self._opening += 1
+        if over or crowded:
+            answer = too_many(self.max_connections) if over else too_many_from(ip or "", self.max_connections_per_ip)
+            self._refusals.refuse(conn, answer, self.options.get("ssl_context"))
             return
-        thread = threading.Thread(target=self._serve_one, args=(conn, addr), name=f"blockws {addr}", daemon=True)
+        opening = _Opening(ip)
+        thread = threading.Thread(
+            target=self._serve_one, args=(conn, addr, opening), name=f"blockws {addr}", daemon=True
+        )
         with self._lock:
             self._threads.add(thread)
         thread.start()
 
-    def _serve_one(self, conn: socket.socket, addr: Any) -> None:
+    def _serve_one(self, conn: socket.socket, addr: Any, opening: _Opening) -> None:
         ws = None
         try:
             watch = self._watch_handshake(conn)
-            upgrade_gate.commit = lambda: self._commit_upgrade(watch)
+            upgrade_gate.commit = lambda: self._commit_upgrade(watch, opening)
+            refused = False
             try:
-                ws = _accept_or_log(conn, addr, self.options)
+                ws = accept(conn, **self.options)
+            except InvalidHandshake as exc:
+                # Answered with an HTTP status (sent or attempted), unless
+                # shutdown() cut it before any answer.
+                refused = not opening.cut
+                logger.info("handshake with %s failed: %s", addr, exc)
+            except (TimeoutError, OSError) as exc:
+                logger.info("handshake with %s failed: %s", addr, exc)
             finally:
                 upgrade_gate.commit = None
                 self._unwatch_handshake(watch)
-            if ws is None:
-                return
             with self._lock:
-                self._connections[ws] = threading.current_thread()
-            if self._shutdown_requested:
+                opening.done = True
+                self._opening -= 1
+                if ws is not None:
+                    self._accepted += 1
+                    self._connections[ws] = threading.current_thread()
+                elif refused:
+                    self._refused += 1
+                self._changed.notify_all()  # a shutdown() may wait for the handshakes to end
+            if ws is None or self._shutdown_requested:
                 return
             run_handler(self.handler, ws, addr)
         finally:
             if ws is not None:
-                code = CloseCode.NORMAL_CLOSURE
+                code: int = CloseCode.NORMAL_CLOSURE
                 if self._shutdown_requested:
                     # Closed after shutdown() looked (a handler that called
                     # it, or one accepted just then): the grace bounds it too.
-                    code = CloseCode.GOING_AWAY
+                    code = self._close_code
                     self._shorten_close(ws)
                 try:
                     ws.close(code)
                 except Exception:  # pragma: no cover - close never raises for a closed peer
                     logger.exception("closing failed")
-                with self._lock:
-                    self._connections.pop(ws, None)
             else:
                 conn.close()
             with self._lock:
+                if ws is not None and self._connections.pop(ws, None) is not None:
+                    self._fold(ws)
+                if opening.counted and opening.ip is not None:
+                    self._per_ip.remove(opening.ip)
+                if not opening.done:  # (an exception past accept())
+                    opening.done = True
+                    self._opening -= 1
                 self._active -= 1
                 self._threads.discard(threading.current_thread())
                 self._changed.notify_all()
@@ -347,17 +449,38 @@ class Server:
                 self._handshaking.discard(watch)
             watch.close()
 
-    def _commit_upgrade(self, watch: socket.socket | None) -> None:
+    def _fold(self, ws: WebSocket) -> None:
+        """Add an ended connection's counts to the totals; hold the lock."""
+        ended = self._ended
+        for i, n in enumerate(ws._counts()):
+            ended[i] += n
+        code = ws.close_code
+        if code is None:  # pragma: no cover - close() always leaves one
+            code = CloseCode.ABNORMAL_CLOSURE
+        self._closed[code] = self._closed.get(code, 0) + 1
+
+    def _commit_upgrade(self, watch: socket.socket | None, opening: _Opening) -> Response | None:
         """The 101 is about to go out: from now on shutdown() closes with 1001.
 
         Under the lock shutdown() takes, so a handshake is either cut short
-        or committed, never cut after its 101 was sent.
+        or committed, never cut after its 101 was sent. Returns the 429 to
+        answer instead when the client's address holds
+        ``max_connections_per_ip`` open connections already (it may have
+        opened them while this handshake ran).
         """
         with self._lock:
             if self._shutdown_requested:
+                opening.cut = True
                 raise InvalidHandshake("the server is shutting down")
+            ip = opening.ip
+            if ip is not None:
+                if self._per_ip.full(ip, self.max_connections_per_ip):
+                    return too_many_from(ip, self.max_connections_per_ip)
+                self._per_ip.add(ip)
+                opening.counted = True
             if watch is not None:
                 self._handshaking.discard(watch)
+        return None
 
     def _abort_handshakes(self) -> None:
         """Make every opening handshake that hasn't sent its 101 fail at once; hold the lock."""
@@ -367,7 +490,14 @@ class Server:
             except OSError:
                 pass
 
-    def shutdown(self, timeout: float | None = None, *, grace: float | None = None) -> None:
+    def shutdown(
+        self,
+        timeout: float | None = None,
+        *,
+        grace: float | None = None,
+        code: int = CloseCode.GOING_AWAY,
+        finish_handshakes: bool = False,
+    ) -> None:
         """Stop accepting, close open connections with 1001, wait for the handlers.
 
         Works from any thread but the one in :meth:`serve_forever` (which
@@ -395,12 +525,29 @@ class Server:
         for, and its connection gets its Close (1001) once it returns, as the
         others do, its answer bounded by the grace as well.
 
+        For a restart (what ``blockws serve --workers N`` does to its old
+        workers on SIGHUP): ``code=1012`` (``CloseCode.SERVICE_RESTART``)
+        closes with that code instead, and ``finish_handshakes=True`` lets
+        the opening handshakes already under way finish (within their
+        ``open_timeout``) rather than cutting them short: every client that
+        connected gets its 101, then the Close, and a reconnecting client
+        comes back elsewhere. The timeout counts from when they are done.
+
         Raises:
             ValueError: a negative ``grace``.
         """
         grace = self.shutdown_grace if grace is None else check_grace("grace", grace)
         me = threading.current_thread()
+        if finish_handshakes:
+            with self._lock:
+                self._accepting_stopped = True
+            self._stop_accepting(close=False)
+            opened = Deadline(self.options.get("open_timeout", DEFAULT_OPEN_TIMEOUT))
+            with self._changed:
+                self._changed.wait_for(lambda: self._opening == 0, opened.remaining())
         with self._lock:
+            if not self._shutdown_requested:
+                self._close_code = code
             # The grace first: a handler's thread reads the flag without the lock.
             self._grace = grace if self._grace is None else min(self._grace, grace)
             self._shutdown_requested = True
@@ -414,13 +561,17 @@ class Server:
             with self._lock:
                 self._in_shutdown.discard(me)
 
-    def _stop_accepting(self) -> None:
+    def _stop_accepting(self, close: bool = True) -> None:
         try:
             self._wake_w.send(b"x")
         except OSError:  # closed by an earlier shutdown()
             pass
         self._stopped.wait(5.0)
-        self.server_close()
+        if close:
+            self.server_close()
+        else:
+            # Only the listener: others sharing it (the new workers) take what it queued.
+            self.socket.close()
 
     def _close_connections(self, me: threading.Thread, grace: float, timeout: float) -> None:
         """Close every connection but the caller's own: 1001, then an abort after the grace."""
@@ -431,11 +582,10 @@ class Server:
             mine = [ws for ws, thread in self._connections.items() if thread is me]
         for ws in others + mine:
             self._shorten_close(ws)
+        code = self._close_code
+        reason = "server restarting" if code == CloseCode.SERVICE_RESTART else "server shutting down"
         closers = [
-            threading.Thread(
-                target=ws.close, args=(CloseCode.GOING_AWAY, "server shutting down"), name="blockws close", daemon=True
-            )
-            for ws in others
+            threading.Thread(target=ws.close, args=(code, reason), name="blockws close", daemon=True) for ws in others
         ]
         for t in closers:
             t.start()
@@ -448,7 +598,7 @@ class Server:
         # WebSocket client, it's gone): abort, which also wakes the closer
         # and the handler blocked on it.
         for ws in late:
-            ws.abort(CloseCode.GOING_AWAY, "server shut down")
+            ws.abort(code, "server shut down")
         self._wait_for_handlers(total)
         for t in closers:
             t.join(total.remaining())
@@ -549,7 +699,12 @@ def serve(
             with ``sock`` (set the option on it yourself) or ``path``.
         options: ``max_connections`` (excess connections get a 503 naming
             it, written by the accept loop: refusals cost no thread; over
-            TLS after the TLS handshake), ``backlog`` and ``shutdown_grace``
+            TLS after the TLS handshake), ``max_connections_per_ip`` (a
+            client address that holds that many open connections gets 429
+            with ``Retry-After``; open connections count, handshakes under
+            way don't; default None, no limit: clients behind one NAT share
+            an address, and behind a proxy every client is the proxy),
+            ``backlog`` and ``shutdown_grace``
             (how long :meth:`Server.shutdown` waits for the peers' Close
             before it aborts their connections; default 1.5 s), plus those
             of :func:`accept` (``subprotocols``, ``origins``,
@@ -560,7 +715,8 @@ def serve(
     Raises:
         ValueError: ``sock`` or ``path`` given with an address option;
             ``reuse_port`` where the platform has no ``SO_REUSEPORT``; a
-            negative ``shutdown_grace``.
+            negative ``shutdown_grace``; ``max_connections_per_ip`` not an
+            integer of 1 or more.
         OSError: the address is taken or can't be bound (EADDRINUSE, also
             when the listener already there didn't set ``reuse_port``);
             ``path`` on a platform without Unix sockets (EAFNOSUPPORT);

@@ -61,16 +61,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .codes import CloseCode
 from .connection import DEFAULT_CLOSE_TIMEOUT, WebSocket
 from .listening import check_reuse_port, listen_tcp
+from .refusing import check_per_ip
 from .server import Server, check_grace, check_options, serve
 
-__all__ = ["LoadError", "load_handler", "run", "run_cli", "serve_until_signalled"]
+__all__ = ["LoadError", "load_handler", "run", "run_cli", "serve_until_signalled", "stats_line"]
 
 logger = logging.getLogger("blockws.workers")
 
 #: The signals that stop a server (and a supervisor).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGUSR1: print the stats; SIGHUP: a rolling restart (POSIX only).
+_SIGUSR1: int | None = getattr(signal, "SIGUSR1", None)
+_SIGHUP: int | None = getattr(signal, "SIGHUP", None)
+_OTHER_SIGNALS: tuple[int, ...] = tuple(sig for sig in (_SIGUSR1, _SIGHUP) if sig is not None)
 _RESTART_DELAY = 0.1  # doubled once for any death: 0.2 s after a worker that lived
 _MAX_RESTART_DELAY = 10.0
 _YOUNG = 10.0  # a worker that dies younger than this makes the next delay longer
@@ -159,17 +165,37 @@ def _drain(sock: socket.socket) -> None:
         pass
 
 
+def stats_line(stats: dict[str, Any]) -> str:
+    """:meth:`Server.stats` on one line: ``connections=2 accepted=10 ... closed=1000:8,1006:1``."""
+    parts = [f"{key}={value}" for key, value in stats.items() if key != "closed"]
+    closed = ",".join(f"{code}:{count}" for code, count in sorted(stats["closed"].items()))
+    return " ".join([*parts, f"closed={closed or '-'}"])
+
+
 def serve_until_signalled(
-    make_server: Callable[[], Server], on_listening: Callable[[Server], None] | None = None, parent: int | None = None
+    make_server: Callable[[], Server],
+    on_listening: Callable[[Server], None] | None = None,
+    parent: int | None = None,
+    *,
+    on_accepting: Callable[[], None] | None = None,
+    restartable: bool = False,
 ) -> int:
     """Run ``make_server()``'s accept loop until SIGTERM or SIGINT, then shut it down (1001).
 
     Call from the main thread. ``parent``: also stop when this process is no
-    longer the child of that pid (its supervisor died). Returns 0 after a
+    longer the child of that pid (its supervisor died). ``on_accepting()``
+    is called once the accept loop runs. SIGUSR1 prints :meth:`Server.stats`
+    on one line on stderr. SIGHUP, when ``restartable`` (a worker of a
+    supervisor), stops the server for a restart: it stops accepting, lets
+    the handshakes under way finish and closes the connections with 1012;
+    otherwise it is ignored, with a line on stderr. Returns 0 after a
     signal, 1 if the accept loop failed.
     """
     received: list[int] = []
-    with _signals_to(received, STOP_SIGNALS) as wake:
+    restart = False
+    with _signals_to(received, (*STOP_SIGNALS, *_OTHER_SIGNALS)) as wake:
+        if _OTHER_SIGNALS:  # a new worker's were blocked until handled
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _OTHER_SIGNALS)
         server = make_server()
         thread = None
         try:
@@ -187,7 +213,25 @@ def serve_until_signalled(
 
             thread = threading.Thread(target=accept_loop, name="blockws accept loop", daemon=True)
             thread.start()
-            while not received:
+            if on_accepting is not None:
+                on_accepting()
+            while True:
+                stop = False
+                while received and not stop:
+                    signum = received.pop(0)
+                    if signum == _SIGUSR1:
+                        print(f"blockws: {os.getpid()}: {stats_line(server.stats())}", file=sys.stderr, flush=True)
+                    elif signum == _SIGHUP and not restartable:
+                        print(
+                            "blockws: SIGHUP ignored: a rolling restart needs a supervisor (--workers 2 or more)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    else:
+                        restart = signum == _SIGHUP
+                        stop = True
+                if stop:
+                    break
                 if not thread.is_alive():
                     return 1  # its exception is on stderr already
                 if parent is not None and os.getppid() != parent:
@@ -198,7 +242,10 @@ def serve_until_signalled(
             # More signals meanwhile are recorded and ignored: one shutdown.
             return 0
         finally:
-            server.shutdown()
+            if restart:
+                server.shutdown(code=CloseCode.SERVICE_RESTART, finish_handshakes=True)
+            else:
+                server.shutdown()
             if thread is not None:
                 thread.join(5.0)
 
@@ -212,6 +259,8 @@ class _Worker:
         self.started = 0.0
         self.young_deaths = 0
         self.start_at = 0.0  # when to (re)start it
+        self.ready = False  # its accept loop runs
+        self.ready_fd: int | None = None  # the pipe it says so on
 
 
 def _describe(status: int) -> str:
@@ -233,6 +282,7 @@ def run(
     reuse_port: bool = False,
     on_listening: Callable[[Any], None] | None = None,
     backlog: int = 128,
+    reload: Callable[[], Callable[[WebSocket], Any]] | None = None,
     **options: Any,
 ) -> int:
     """Serve ``handler`` on ``host:port`` with ``workers`` processes until SIGTERM or SIGINT.
@@ -241,6 +291,14 @@ def run(
     when the port is bound (``address`` as ``getsockname()`` gives it).
     ``options`` are :func:`blockws.serve`'s. Returns the exit status: 0
     after a signal.
+
+    With ``workers`` > 1, SIGHUP is a rolling restart: ``reload()`` (if
+    given) returns the handler the new workers run (an exception keeps the
+    old workers serving, with its traceback on stderr); N new workers start
+    on the same listening socket and, once they all accept, the old ones
+    stop accepting, let their handshakes under way finish and close their
+    connections with 1012. SIGUSR1 makes every worker print its
+    :meth:`Server.stats` on stderr.
 
     Raises:
         ValueError: ``workers`` < 1; ``workers`` > 1 without ``os.fork``;
@@ -260,10 +318,14 @@ def run(
     if reuse_port:
         check_reuse_port()
     # The options are checked here, once, not by every worker as it starts.
-    check_options({name: value for name, value in options.items() if name not in ("max_connections", "shutdown_grace")})
+    own = ("max_connections", "max_connections_per_ip", "shutdown_grace")
+    check_options({name: value for name, value in options.items() if name not in own})
     if "shutdown_grace" in options:
         check_grace("shutdown_grace", options["shutdown_grace"])
-    return _Supervisor(handler, host or "", port or 0, workers, reuse_port, backlog, options).run(on_listening)
+    check_per_ip(options.get("max_connections_per_ip"))
+    supervisor = _Supervisor(handler, host or "", port or 0, workers, reuse_port, backlog, options)
+    supervisor.reload = reload
+    return supervisor.run(on_listening)
 
 
 class _Supervisor:
@@ -283,13 +345,23 @@ class _Supervisor:
         self.reuse_port = reuse_port
         self.backlog = backlog
         self.options = options
+        self.reload: Callable[[], Callable[[WebSocket], Any]] | None = None
+        self.count = workers
         self.workers = [_Worker() for _ in range(workers)]
+        # A rolling restart: the old workers, serving until every new one
+        # accepts (then told to stop with SIGHUP), and those told, still
+        # closing. Neither is restarted when it exits.
+        self.old: list[_Worker] = []
+        self.retiring: list[_Worker] = []
         self.received: list[int] = []
         self.listener: socket.socket | None = None  # shared, or the next worker's own
         self.wake: socket.socket | None = None
 
     def _listen(self) -> socket.socket:
         return listen_tcp(self.host, self.port, None, None, self.backlog, self.reuse_port)
+
+    def _everyone(self) -> list[_Worker]:
+        return [*self.workers, *self.old, *self.retiring]
 
     def run(self, on_listening: Callable[[Any], None] | None) -> int:
         self.listener = self._listen()
@@ -298,15 +370,16 @@ class _Supervisor:
         if on_listening is not None:
             on_listening(address)
         try:
-            with _signals_to(self.received, (*STOP_SIGNALS, signal.SIGCHLD)) as self.wake:
+            with _signals_to(self.received, (*STOP_SIGNALS, signal.SIGCHLD, *_OTHER_SIGNALS)) as self.wake:
                 self._loop()
         finally:
             if self.listener is not None:
                 self.listener.close()
-            for worker in self.workers:  # only after an unexpected error
+            for worker in self._everyone():  # only after an unexpected error
                 if worker.pid is not None:
                     self._signal(worker.pid, signal.SIGKILL)
                     os.waitpid(worker.pid, 0)
+                self._forget_ready(worker)
         return 0
 
     def _loop(self) -> None:
@@ -319,15 +392,23 @@ class _Supervisor:
                 signum = self.received.pop(0)
                 if signum == signal.SIGCHLD:
                     continue
-                if deadline is None:
+                if signum == _SIGUSR1:
+                    for worker in self._everyone():
+                        if worker.pid is not None:
+                            self._signal(worker.pid, signum)
+                elif signum == _SIGHUP:
+                    if deadline is None:
+                        self._restart()
+                elif deadline is None:
                     logger.info("%s: stopping the workers", signal.Signals(signum).name)
                     deadline = time.monotonic() + self._stop()
                 else:
                     logger.warning("%s again: killing the workers", signal.Signals(signum).name)
                     deadline = time.monotonic()
             self._reap(stopping=deadline is not None)
+            self._retire_when_ready()
             now = time.monotonic()
-            alive = [w for w in self.workers if w.pid is not None]
+            alive = [w for w in self._everyone() if w.pid is not None]
             if deadline is not None:
                 if not alive:
                     return
@@ -344,8 +425,51 @@ class _Supervisor:
                         self._start(worker)
                 waiting = [w.start_at for w in self.workers if w.pid is None]
                 timeout = max(min(waiting) - now, 0.0) if waiting else None
-            select.select([self.wake], [], [], timeout)
+            waits: list[Any] = [self.wake, *(w.ready_fd for w in self.workers if w.ready_fd is not None)]
+            readable = select.select(waits, [], [], timeout)[0]
             _drain(self.wake)
+            for worker in self.workers:
+                if worker.ready_fd is not None and worker.ready_fd in readable:
+                    try:
+                        worker.ready = os.read(worker.ready_fd, 1) == b"r"
+                    except OSError:  # pragma: no cover - never for a pipe of ours
+                        pass
+                    self._forget_ready(worker)  # said, or died first (EOF): nothing more to read
+
+    def _restart(self) -> None:
+        """SIGHUP: start a new set of workers; the current ones stop once all of them accept."""
+        if self.reload is not None:
+            try:
+                handler = self.reload()
+            except BaseException:
+                traceback.print_exc()
+                logger.error("SIGHUP: the new code failed to load (above): the old workers keep serving")
+                return
+            self.handler = handler
+        logger.info("SIGHUP: starting %d new workers; the old ones stop once they accept", self.count)
+        # An earlier restart not finished yet: its new workers are old now too.
+        for worker in self.workers:
+            self._forget_ready(worker)
+            if worker.pid is not None:
+                self.old.append(worker)
+        self.workers = [_Worker() for _ in range(self.count)]
+
+    def _retire_when_ready(self) -> None:
+        if not self.old or not all(w.ready and w.pid is not None for w in self.workers):
+            return
+        for worker in self.old:
+            if worker.pid is not None:
+                logger.info("worker %d: stopping (restart): closing its connections with 1012", worker.pid)
+                assert _SIGHUP is not None
+                self._signal(worker.pid, _SIGHUP)
+                self.retiring.append(worker)
+        self.old = []
+
+    @staticmethod
+    def _forget_ready(worker: _Worker) -> None:
+        if worker.ready_fd is not None:
+            os.close(worker.ready_fd)
+            worker.ready_fd = None
 
     def _stop(self) -> float:
         """Signal every worker to stop; how long they have."""
@@ -353,7 +477,7 @@ class _Supervisor:
             # Connections queued on it are theirs to take until they stop.
             self.listener.close()
             self.listener = None
-        for worker in self.workers:
+        for worker in self._everyone():
             if worker.pid is not None:
                 self._signal(worker.pid, signal.SIGTERM)
         close_timeout = float(self.options.get("close_timeout") or DEFAULT_CLOSE_TIMEOUT)
@@ -374,10 +498,19 @@ class _Supervisor:
                 return
             if pid == 0:
                 return
+            gone = next((w for w in [*self.old, *self.retiring] if w.pid == pid), None)
+            if gone is not None:  # an old worker: the new ones serve
+                gone.pid = None
+                self.old = [w for w in self.old if w is not gone]
+                self.retiring = [w for w in self.retiring if w is not gone]
+                logger.info("worker %d %s (replaced)", pid, _describe(status))
+                continue
             worker = next((w for w in self.workers if w.pid == pid), None)
             if worker is None:  # pragma: no cover - a child the handler's module made
                 continue
             worker.pid = None
+            worker.ready = False
+            self._forget_ready(worker)
             if stopping:
                 logger.info("worker %d %s", pid, _describe(status))
                 continue
@@ -396,22 +529,28 @@ class _Supervisor:
                 self._retry_later(worker, f"can't listen for a new worker ({exc})")
                 return
         assert listener is not None
+        ready_r, ready_w = os.pipe()
         # Signals wait until the child has its own handlers (not the supervisor's).
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {*STOP_SIGNALS, signal.SIGCHLD})
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {*STOP_SIGNALS, signal.SIGCHLD, *_OTHER_SIGNALS})
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child (coverage doesn't follow it)
-                self._child(listener, blocked)
+                os.close(ready_r)
+                self._child(listener, blocked, ready_w)
         except OSError as exc:  # EAGAIN, ENOMEM: try again later
+            os.close(ready_r)
             self._retry_later(worker, f"can't start a worker ({exc})")
             return
         finally:
+            os.close(ready_w)
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             if self.reuse_port:
                 listener.close()  # the worker's own now: its queue goes with it
                 self.listener = None
         worker.pid = pid
         worker.started = time.monotonic()
+        worker.ready = False
+        worker.ready_fd = ready_r
         logger.info("worker %d started", pid)
 
     @staticmethod
@@ -422,7 +561,9 @@ class _Supervisor:
         worker.start_at = time.monotonic() + delay
         logger.warning("%s; trying again in %.1f s", problem, delay)
 
-    def _child(self, listener: socket.socket, blocked: set[int | signal.Signals]) -> None:  # pragma: no cover
+    def _child(
+        self, listener: socket.socket, blocked: set[int | signal.Signals], ready: int
+    ) -> None:  # pragma: no cover
         status = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -430,10 +571,24 @@ class _Supervisor:
                 signal.signal(sig, signal.SIG_DFL)
             assert self.wake is not None
             self.wake.close()
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            for worker in self._everyone():  # the other workers' pipes are the supervisor's
+                if worker.ready_fd is not None:
+                    os.close(worker.ready_fd)
+                    worker.ready_fd = None
+            # SIGUSR1 and SIGHUP stay blocked (pending, not lost) until
+            # serve_until_signalled() handles them: their default kills.
+            signal.pthread_sigmask(signal.SIG_SETMASK, {*blocked, *_OTHER_SIGNALS})
             supervisor = os.getppid()
+
+            def accepting() -> None:
+                os.write(ready, b"r")
+                os.close(ready)
+
             status = serve_until_signalled(
-                lambda: Server(self.handler, sock=listener, backlog=self.backlog, **self.options), parent=supervisor
+                lambda: Server(self.handler, sock=listener, backlog=self.backlog, **self.options),
+                parent=supervisor,
+                on_accepting=accepting,
+                restartable=True,
             )
         except BaseException:
             traceback.print_exc()
@@ -456,8 +611,11 @@ def run_cli(
     ``options`` go to :func:`blockws.serve` (from ``--no-compression``, ``--keepalive``).
 
     2 when the handler can't be loaded (one line on stderr), 1 when its
-    module raised (with the traceback), 0 after SIGTERM or SIGINT.
+    module raised (with the traceback), 0 after SIGTERM or SIGINT. With
+    ``--workers`` N > 1, SIGHUP imports the handler's module afresh for a
+    rolling restart (:func:`run`).
     """
+    before = set(sys.modules)
     try:
         handler = load_handler(args.app)
     except LoadError as exc:
@@ -479,6 +637,14 @@ def run_cli(
     def listening(address: Any) -> None:
         print(f"{args.app} server on ws://{host}:{address[1]}/", flush=True)
 
+    def reload() -> Callable[[WebSocket], Any]:
+        forget_modules(before)
+        try:
+            return load_handler(args.app)
+        except LoadError as exc:
+            print(f"blockws: {exc}", file=sys.stderr, flush=True)
+            raise
+
     options = dict(options or {})
     if trace is not None:
         options["trace"] = trace
@@ -489,5 +655,29 @@ def run_cli(
         workers=args.workers,
         reuse_port=args.reuse_port,
         on_listening=listening,
+        reload=reload,
         **options,
     )
+
+
+def forget_modules(before: set[str]) -> None:
+    """Drop the application's modules from ``sys.modules``, so that importing them runs their new code.
+
+    The application's modules: those imported since ``before`` was taken
+    (by loading the handler), except blockws's own and those installed in
+    the Python installation or a virtual environment (the standard library,
+    site-packages): reloading an extension module or a library is not
+    safe, and upgrading one needs a full restart anyway.
+    """
+    installed = tuple(
+        os.path.join(os.path.realpath(prefix), "")
+        for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    )
+    for name, module in list(sys.modules.items()):
+        if name in before or name == "blockws" or name.startswith("blockws."):
+            continue
+        path = getattr(module, "__file__", None)
+        if path is None or os.path.realpath(path).startswith(installed):
+            continue
+        del sys.modules[name]
+    importlib.invalidate_caches()

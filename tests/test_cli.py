@@ -573,3 +573,33 @@ def test_serve_no_compression_and_keepalive_options():
         stop_server(proc)
     out = cli("serve", "--keepalive", "-1")
     assert out.returncode == 2 and "--keepalive takes seconds" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_serve_prints_stats_on_sigusr1_and_limits_per_ip():
+    proc = start_server("--max-connections-per-ip", "1")
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        with blockws.connect(url, timeout=5) as ws:
+            ws.sendall("abc")
+            assert ws.recv() == "abc"
+            with pytest.raises(blockws.InvalidStatus) as info:
+                blockws.connect(url, open_timeout=5)
+            assert info.value.status == 429
+            proc.send_signal(signal.SIGUSR1)
+            assert proc.stderr is not None
+            line = ""
+            while "connections=" not in line:
+                line = proc.stderr.readline()
+                assert line, "stderr ended"
+        expected = (
+            "connections=1 accepted=1 refused=1 messages_received=1 messages_sent=1"
+            " bytes_received=3 bytes_sent=3 closed=-"
+        )
+        assert line.rstrip("\n") == f"blockws: {proc.pid}: {expected}"
+    finally:
+        stop_server(proc)
+    out = cli("serve", "--max-connections-per-ip", "0")
+    assert out.returncode == 2 and "--max-connections-per-ip takes 1 or more" in out.stderr

@@ -128,7 +128,7 @@ def test_a_sender_notices_the_servers_close(run_server):
             while time.monotonic() - start < 5:
                 ws.sendall("more")
                 time.sleep(0.02)
-        assert time.monotonic() - start < 0.3 + 3  # the grace, and a margin for a loaded machine (the loop gives up at 5)
+        assert time.monotonic() - start < 0.3 + 3  # the grace, a margin for a loaded machine (the loop: 5)
         assert info.value.code == 1001
         assert ws.recv() is None and ws.close_code == 1001
     finally:

@@ -161,6 +161,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     unit = (EXAMPLE / "blockws-chat.service").read_text()
     keys: dict[str, Any] = dict(re.findall(r"^(\w+)=(.*)$", unit, re.M))
     assert keys["KillSignal"] == "SIGTERM"
+    assert keys["ExecReload"] == "/bin/kill -HUP $MAINPID"  # a rolling restart
     assert keys["Restart"] == "on-failure"
     assert int(keys["LimitNOFILE"]) >= 10_000
     # Above the supervisor's own deadline: close_timeout (10 s) + 3 s.

@@ -53,7 +53,8 @@ class Supervised:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "blockws", "serve", "--port", "0", *args],
             cwd=cwd,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's blockws
+            # This checkout's blockws; no .pyc, so rewritten modules are never read stale.
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -373,3 +374,163 @@ def test_module_handler_takes_no_compression_and_keepalive(supervised):
         assert int(ws.recv() or 0) == server.proc.pid
         assert ws.extensions == []
         assert pings_while_reading(ws, 0.9) >= 2
+
+
+# -- SIGUSR1, SIGHUP ----------------------------------------------------------------------
+
+VERSIONED_APP = """\
+import os
+
+def handler(ws):
+    ws.sendall(f"{VERSION} {os.getpid()}")
+    for message in ws:
+        ws.sendall(message)
+"""
+
+
+def versioned(app: Path, version: str) -> None:
+    (app / "pidapp.py").write_text(f"VERSION = {version!r}\n" + VERSIONED_APP)
+
+
+def hello(url: str) -> tuple[str, int]:
+    """Connect, and the version and pid the handler says first."""
+    with blockws.connect(url, timeout=10) as ws:
+        message = ws.recv()
+        assert isinstance(message, str), (message, ws.close_code)
+        version, pid = message.split()
+        return version, int(pid)
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rpartition(")")[2].split()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sighup_restarts_the_workers_without_refusing_anyone(app, supervised):
+    versioned(app, "v1")
+    server = supervised("pidapp:handler", "--workers", "2")
+    url = server.url()
+    old = server.started(2)
+    held = [blockws.connect(url, timeout=10) for _ in range(4)]
+    for ws in held:
+        assert isinstance(ws.recv(), str)
+    attempts: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def connect_in_a_loop() -> None:
+        # Every attempt, during the reload too, gets its 101; one that a
+        # retiring worker took gets its 1012 right after (or first).
+        while not stop.is_set():
+            try:
+                with blockws.connect(url, timeout=10) as ws:
+                    message = ws.recv()
+                    assert isinstance(message, str) or ws.close_code == 1012, (message, ws.close_code)
+                    attempts.append(message.split()[0] if isinstance(message, str) else "1012")
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    loops = [threading.Thread(target=connect_in_a_loop) for _ in range(3)]
+    comeback: list[tuple[str, int]] = []
+
+    def reconnecting() -> None:
+        for ws in blockws.reconnect(url, open_timeout=10, initial_delay=0.05):
+            first = ws.recv()
+            assert isinstance(first, str)
+            version, pid = first.split()
+            comeback.append((version, int(pid)))
+            if version != "v1":
+                break
+            for _ in ws:  # until the old worker's 1012
+                pass
+
+    reconnector = threading.Thread(target=reconnecting)
+    try:
+        for t in loops:
+            t.start()
+        reconnector.start()
+        time.sleep(0.3)
+        versioned(app, "v2-new-code")
+        server.proc.send_signal(signal.SIGHUP)
+        server._read(r"^blockws: SIGHUP: starting 2 new workers", "stderr", 10)
+        for ws in held:
+            assert ws.recv() is None  # the old worker's Close
+            assert ws.close_code == 1012
+        for pid in old:
+            server._read(rf"^blockws: worker {pid} exited with status 0 \(replaced\)$", "stderr", 15)
+        time.sleep(0.3)  # connections go on after the old workers are gone
+    finally:
+        stop.set()
+        for t in loops:
+            t.join(30)
+        reconnector.join(30)
+        for ws in held:
+            ws.close()
+    assert not failures, failures
+    assert "v1" in attempts and attempts[-1] == "v2-new-code", attempts
+    new = [pid for pid in server.started(4) if pid not in old]
+    assert len(new) == 2 and all(gone(pid) for pid in old)
+    assert server.proc.poll() is None and all(parent_of(pid) == server.proc.pid for pid in new)
+    assert comeback[0][0] == "v1" and comeback[-1][0] == "v2-new-code" and comeback[-1][1] in new, comeback
+    version, pid = hello(url)
+    assert version == "v2-new-code" and pid in new
+    assert "starting another" not in server.stderr
+
+
+@pytest.mark.slow
+def test_sighup_with_new_code_that_fails_to_import_keeps_the_old_workers(app, supervised):
+    versioned(app, "v1")
+    server = supervised("pidapp:handler", "--workers", "2")
+    url = server.url()
+    old = server.started(2)
+    with blockws.connect(url, timeout=10) as ws:
+        assert isinstance(ws.recv(), str)
+        (app / "pidapp.py").write_text("def handler(ws)\n    pass\n")  # a SyntaxError
+        server.proc.send_signal(signal.SIGHUP)
+        failed = r"^blockws: SIGHUP: the new code failed to load \(above\): the old workers keep serving$"
+        server._read(failed, "stderr", 10)
+        assert "SyntaxError" in server.stderr
+        ws.sendall("still here")
+        assert ws.recv() == "still here"
+    version, pid = hello(url)
+    assert version == "v1" and pid in old
+    assert server.started(2) == old and "new workers" not in server.stderr
+    # Fixed: the next SIGHUP restarts.
+    versioned(app, "v2-fixed")
+    server.proc.send_signal(signal.SIGHUP)
+    for pid in old:
+        server._read(rf"^blockws: worker {pid} exited with status 0 \(replaced\)$", "stderr", 15)
+    assert hello(url)[0] == "v2-fixed"
+
+
+@pytest.mark.slow
+def test_sigusr1_prints_every_workers_stats(app, supervised):
+    server = supervised("pidapp:handler", "--workers", "2")
+    url = server.url()
+    workers = server.started(2)
+    with blockws.connect(url, timeout=10) as ws:
+        ws.recv()
+        ws.sendall("hello")
+        assert ws.recv() == "hello"
+    server.proc.send_signal(signal.SIGUSR1)
+    lines = [server._read(rf"^blockws: {pid}: connections=\d+ .*$", "stderr", 10).group(0) for pid in workers]
+    for line in lines:
+        assert re.search(r" accepted=\d+ refused=0 messages_received=\d+ messages_sent=\d+ ", line), line
+        assert "bytes_received=" in line and "bytes_sent=" in line and " closed=" in line
+    assert sum(int(re.search(r" messages_sent=(\d+)", line).group(1)) for line in lines) == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_one_worker_prints_stats_and_ignores_sighup(supervised):
+    server = supervised("pidapp:handler")
+    with blockws.connect(server.url(), timeout=10) as ws:
+        ws.recv()
+        server.proc.send_signal(signal.SIGUSR1)
+        server._read(rf"^blockws: {server.proc.pid}: connections=1 accepted=1 refused=0 .* closed=-$", "stderr", 10)
+        server.proc.send_signal(signal.SIGHUP)
+        server._read(r"^blockws: SIGHUP ignored: a rolling restart needs a supervisor", "stderr", 10)
+        ws.sendall("still here")
+        assert ws.recv() == "still here"
