@@ -86,6 +86,7 @@ class Parser:
     _decoding: bool
     _decompressor: Decompressor | None
     _discard: bool
+    input_ended: bool
     _dropping: bool
 
     def _control(self, opcode: int, payload: bytes) -> None:
@@ -110,6 +111,7 @@ class Parser:
             self._discard = True
             self._buf = b""
             self.failure = exc
+            self.input_ended = True
 
     def _parse(self, data: bytes) -> None:
         pos = 0

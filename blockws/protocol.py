@@ -174,6 +174,10 @@ class Protocol(Parser):
         self.close_rcvd: Close | None = None
         self.failure: ProtocolError | None = None
         self.eof = False
+        # Nothing more will be read: the peer's Close, EOF or a protocol
+        # error was seen, or the connection is lost or closed. (Kept, not
+        # computed: every recv() reads it; set where those are, never unset.)
+        self.input_ended = False
         # The connection ended without the peer's Close: lost (1006), failed
         # by us (1002, 1007, 1009, 1011...) or aborted. The first cause wins.
         self.lost: Close | None = None
@@ -233,6 +237,7 @@ class Protocol(Parser):
     def receive_eof(self) -> None:
         """The peer closed its side of the TCP connection."""
         self.eof = True
+        self.input_ended = True
         self._discard = True
         self.state = State.CLOSED
 
@@ -246,13 +251,13 @@ class Protocol(Parser):
         if self.lost is None and self.close_rcvd is None:
             self.lost = Close(code, reason)
             self.state = State.CLOSED
-            self.output_ended = True
+            self.output_ended = self.input_ended = True
 
     def fail(self, exc: ProtocolError) -> None:
         """We fail the connection because the peer broke the protocol (our Close is queued)."""
         self.lost = Close(exc.close_code, str(exc))
         self.state = State.CLOSED
-        self.output_ended = True
+        self.output_ended = self.input_ended = True
 
     def transport_closed(self, reason: str = "closed before the peer's Close") -> None:
         """The I/O layer closed the socket; without the peer's Close, that is a loss.
@@ -263,19 +268,7 @@ class Protocol(Parser):
         self.lose(CloseCode.ABNORMAL_CLOSURE, reason)
         self.finished = True
         self.state = State.CLOSED
-        self.output_ended = True
-
-    @property
-    def input_ended(self) -> bool:
-        """Nothing more will be read: the peer's Close, EOF or a protocol
-        error was seen, or the connection is lost or closed."""
-        return (
-            self.eof
-            or self.finished
-            or self.lost is not None
-            or self.close_rcvd is not None
-            or self.failure is not None
-        )
+        self.output_ended = self.input_ended = True
 
     @property
     def close_code(self) -> int | None:
@@ -326,6 +319,7 @@ class Protocol(Parser):
         else:
             code, reason = parse_close(payload)
             self.close_rcvd = Close(code, reason)
+            self.input_ended = True
             if self.state is not State.CLOSED:
                 self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
             self.events.append(self.close_rcvd)
