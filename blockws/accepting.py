@@ -152,6 +152,31 @@ def server_settings(options: Mapping[str, Any]) -> _ServerSettings:
     )
 
 
+class Acceptor:
+    """:func:`accept` with its options checked and its settings built once: a server's.
+
+    A server accepts every connection with the same options; building the
+    settings per connection showed in the handshake's profile.
+
+    Raises:
+        TypeError: an option :func:`accept` doesn't take, named.
+    """
+
+    __slots__ = ("settings", "open_timeout", "keepalive")
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        arguments = accept_options(options)
+        self.settings = server_settings(arguments)
+        self.open_timeout: float | None = arguments["open_timeout"]
+        self.keepalive: KeepAlive | bool | None = arguments["keepalive"]
+
+    def __call__(self, sock: socket.socket) -> WebSocket:
+        """:func:`accept` ``sock`` with these options."""
+        ws = _accept_tls(sock, Deadline(self.open_timeout), self.settings)
+        attach_keepalive(ws, self.keepalive)
+        return ws
+
+
 def accept_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` checked against :func:`accept`'s keyword arguments, with its defaults added.
 

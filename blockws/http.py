@@ -313,8 +313,9 @@ class Response:
     def serialize(self) -> bytes:
         """The response as bytes to send, checked first (see :meth:`check`)."""
         self.check()
-        headers = Headers(self.headers)
+        headers = self.headers
         if self.status != 101 and "Content-Length" not in headers:
+            headers = Headers(headers)  # a copy: the response stays as it was made
             headers["Content-Length"] = str(len(self.body))
         status_line = f"HTTP/1.1 {self.status} {self.reason}\r\n".encode("latin-1")
         return status_line + headers.serialize() + b"\r\n" + self.body

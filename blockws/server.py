@@ -27,8 +27,8 @@ from types import TracebackType
 from typing import Any
 
 from . import deflate
+from .accepting import Acceptor, accept, upgrade_gate
 from .accepting import ProcessRequest as ProcessRequest
-from .accepting import accept, upgrade_gate
 from .connection import WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
@@ -179,6 +179,7 @@ class Server:
         """Seconds :meth:`shutdown` waits for the peers' Close (settable)."""
         check_options(options)
         self.options = options
+        self._accept = Acceptor(options)
         # server_close() removes the Unix socket file only if it is still ours.
         self._unix_file: tuple[str, tuple[int, int]] | None = None
         if sock is not None or path is not None:
@@ -382,7 +383,7 @@ class Server:
             upgrade_gate.commit = lambda: self._commit_upgrade(watch, opening)
             refused = False
             try:
-                ws = accept(conn, **self.options)
+                ws = self._accept(conn)
             except InvalidHandshake as exc:
                 # Answered with an HTTP status (sent or attempted), unless
                 # shutdown() cut it before any answer.
