@@ -379,45 +379,45 @@ def _check_start(buf: bytes | bytearray) -> None:
 _FIELD_LINE = re.compile(r"(" + TCHAR + r"+)[ \t]*:[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*")
 
 
+# Every header line of a well-formed head at once (see _FIELD_LINE).
+_FIELD_LINES = re.compile(
+    r"^(" + TCHAR + r"+)[ \t]*:[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*$", re.MULTILINE
+)
+
+
 def _split_head(head: bytes, max_line: int, max_headers: int) -> tuple[str, Headers]:
     # Accept CRLF and bare LF; a CR anywhere else is refused below (a
     # control character in a value, or a malformed line).
     text = head.decode("latin-1")
     if "\r" in text:
         text = text.replace("\r\n", "\n")
-    lines = text.split("\n")
-    while lines and not lines[-1]:
-        lines.pop()
-    # Tolerate blank lines before the start line (RFC 9112 section 2.2).
-    while lines and not lines[0]:
-        lines.pop(0)
-    if not lines:
+    # Blank lines before the start line are tolerated (RFC 9112 section 2.2).
+    start, _, fields = text.strip("\n").partition("\n")
+    if not start:
         raise InvalidHandshake("empty HTTP message")
-    if len(lines) - 1 > max_headers:
+    count = fields.count("\n") + 1 if fields else 0
+    if count > max_headers:
         raise InvalidHandshake(f"more than {max_headers} HTTP headers (max_headers={max_headers})")
-    too_long = f"HTTP line exceeds {max_line} bytes (max_line={max_line})"
+    if len(start) > max_line or count and len(fields) > max_line and max(map(len, fields.split("\n"))) > max_line:
+        raise InvalidHandshake(f"HTTP line exceeds {max_line} bytes (max_line={max_line})")
     headers = Headers()
-    items = headers._items
+    pairs = _FIELD_LINES.findall(fields)
+    if len(pairs) != count:
+        # Some line isn't "name: value": say which, and what is wrong with it.
+        for line in fields.split("\n"):
+            if _FIELD_LINE.fullmatch(line) is None:
+                raise _bad_field(line)
+    # (Filled here, as Headers.add would, without a call per line.)
+    headers._items = pairs
     index = headers._index
-    match = _FIELD_LINE.fullmatch
-    for line in lines[1:]:
-        if len(line) > max_line:
-            raise InvalidHandshake(too_long)
-        field = match(line)
-        if field is None:
-            raise _bad_field(line)
-        name, value = field.groups()
-        # (Filled here, as Headers.add would, without a call per line.)
-        items.append((name, value))
+    for name, value in pairs:
         lname = name.lower()
         values = index.get(lname)
         if values is None:
             index[lname] = [value]
         else:
             values.append(value)
-    if len(lines[0]) > max_line:
-        raise InvalidHandshake(too_long)
-    return lines[0], headers
+    return start, headers
 
 
 def _bad_field(line: str) -> InvalidHandshake:
