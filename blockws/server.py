@@ -402,7 +402,8 @@ class Server:
                     self._connections[ws] = threading.current_thread()
                 elif refused:
                     self._refused += 1
-                self._changed.notify_all()  # a shutdown() may wait for the handshakes to end
+                if self._shutdown_requested or self._accepting_stopped:  # (set under this lock before anyone waits)
+                    self._changed.notify_all()  # a shutdown() may wait for the handshakes to end
             if ws is None or self._shutdown_requested:
                 return
             run_handler(self.handler, ws, addr)
@@ -430,7 +431,8 @@ class Server:
                     self._opening -= 1
                 self._active -= 1
                 self._threads.discard(threading.current_thread())
-                self._changed.notify_all()
+                if self._shutdown_requested or self._accepting_stopped:  # only shutdown() waits, once it set one
+                    self._changed.notify_all()
 
     def _watch_handshake(self, conn: socket.socket) -> socket.socket | None:
         """Register a duplicate of ``conn`` for shutdown() to cut its handshake short."""
