@@ -2,7 +2,8 @@
 :mod:`socketserver`, and :func:`serve` for a ready threaded server.
 
 :class:`Server` runs a thread per connection, like
-``socketserver.ThreadingTCPServer``, but its accept loop waits on a selector
+``socketserver.ThreadingTCPServer`` (threads reused from one connection to
+the next: :mod:`blockws.handlers`), but its accept loop waits on a selector
 that a socketpair wakes for :meth:`Server.shutdown` (no polling interval),
 and it tracks and joins its handler threads. ``shutdown()`` works from any
 thread, a handler's included, and is bounded by its grace whatever the
@@ -32,6 +33,7 @@ from .accepting import ProcessRequest as ProcessRequest
 from .connection import WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .frames import CloseCode
+from .handlers import Pool
 from .handshake import check_subprotocols
 from .http import Response
 from .keepalive import KeepAlive
@@ -148,6 +150,10 @@ class WebSocketHandler(socketserver.BaseRequestHandler):
 class Server:
     """A threaded WebSocket server: one thread per connection.
 
+    A handler thread that is done waits a while for the next connection
+    rather than ending (see :mod:`blockws.handlers`): a ``threading.local``
+    value a handler leaves on it is seen by a later handler on that thread.
+
     Made by :func:`serve`. Use ``serve_forever()`` and ``shutdown()`` as with
     :mod:`socketserver`, or a ``with`` block (which shuts it down on exit).
     ``shutdown_grace`` (seconds, default 1.5) is how long :meth:`shutdown`
@@ -212,7 +218,8 @@ class Server:
         self._lock = threading.Lock()
         # Notified when a handler thread ends or a thread enters shutdown().
         self._changed = threading.Condition(self._lock)
-        self._threads: set[threading.Thread] = set()
+        self._threads: set[threading.Thread] = set()  # those serving a connection now
+        self._pool = Pool()  # handler threads, reused (see blockws.handlers)
         self._connections: dict[WebSocket, threading.Thread] = {}  # -> its handler's thread
         # Threads inside shutdown(): no shutdown() waits for them (a handler
         # calling it can't return while it runs).
@@ -369,12 +376,9 @@ class Server:
             self._refusals.refuse(conn, answer, self.options.get("ssl_context"))
             return
         opening = _Opening(ip)
-        thread = threading.Thread(
-            target=self._serve_one, args=(conn, addr, opening), name=f"blockws {addr}", daemon=True
-        )
+        # Under the lock: the thread is in _threads before its job can end and discard it.
         with self._lock:
-            self._threads.add(thread)
-        thread.start()
+            self._threads.add(self._pool.run(lambda: self._serve_one(conn, addr, opening), f"blockws {addr}"))
 
     def _serve_one(self, conn: socket.socket, addr: Any, opening: _Opening) -> None:
         ws = None
@@ -624,6 +628,7 @@ class Server:
         unless another one replaced it meanwhile.
         """
         self.socket.close()
+        self._pool.close()
         with self._lock:
             unix_file, self._unix_file = self._unix_file, None
         if unix_file is not None:

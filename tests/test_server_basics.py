@@ -456,3 +456,52 @@ def test_503_on_a_tls_server_goes_over_tls(run_server, tls):
         except blockws.InvalidStatus as exc:
             assert exc.status == 503
             time.sleep(0.1)
+
+
+def test_handler_threads_are_reused_and_named_after_the_peer(run_server):
+    """A connection's thread serves a later one (issue 27: starting a thread per connection was
+    over half of a free-threaded server's CPU); a threading.local set by a handler stays on it."""
+    seen: list[tuple[threading.Thread, str, Any]] = []
+    local = threading.local()
+    done = threading.Event()
+
+    def handler(ws: blockws.WebSocket) -> None:
+        me = threading.current_thread()
+        seen.append((me, me.name, getattr(local, "value", None)))
+        local.value = ws.recv()
+        ws.send("ok")
+        done.set()
+
+    server = run_server(handler)
+    for text in ("first", "second"):
+        done.clear()
+        with blockws.connect(server.url) as ws:
+            ws.send(text)
+            assert ws.recv() == "ok"
+            port = ws.local_address[1]
+        assert done.wait(5)
+        # The handler returned, then the server closed the connection: the thread goes idle
+        # after that, so the next connection may still find it busy for a moment.
+        time.sleep(0.2)
+        assert seen[-1][1] == f"blockws ('127.0.0.1', {port})"
+    assert seen[0][0] is seen[1][0]  # the same thread
+    assert [value for _, _, value in seen] == [None, "first"]  # documented: threading.local is per thread
+
+
+def test_idle_handler_threads_end():
+    from blockws.handlers import Pool
+
+    ran = threading.Event()
+    pool = Pool(idle_seconds=0.1)
+    thread = pool.run(ran.set, "job")
+    assert ran.wait(5)
+    thread.join(5)  # ends on its own after 0.1 s idle
+    assert not thread.is_alive()
+    pool = Pool(idle_seconds=60)
+    ran.clear()
+    thread = pool.run(ran.set, "job")
+    assert ran.wait(5)
+    time.sleep(0.1)  # idle now
+    pool.close()  # ends the idle threads at once
+    thread.join(5)
+    assert not thread.is_alive()

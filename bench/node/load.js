@@ -2,7 +2,7 @@
 // Load generator for the server benchmarks: many connections from one Node
 // process, so that the Python server under test is the bottleneck.
 //
-//   node bench/node/load.js --mode MODE --url URL [--conns N] [--duration S] [--warmup S] [--size BYTES]
+//   node bench/node/load.js --mode MODE --url URL [--conns N] [--duration S] [--warmup S] [--size BYTES] [--server-pid PID]
 //
 // URL is ws://host:port/ (a WebSocket server, ws client, permessage-deflate
 // off) or tcp://host:port (a raw TCP echo server: the same exchange without
@@ -18,11 +18,15 @@
 //
 // Every result carries cpu: the fraction of one core this process used
 // during the measurement (near 1.0 means the load generator may be the limit),
-// and errors: connections that failed.
+// and errors: connections that failed. With --server-pid PID (Linux), the
+// handshake and echo results also carry server_cpu: the CPU seconds (user +
+// system, all threads, from /proc/PID/stat) that process used over the same
+// window, and count: the operations counted in it (rate x duration).
 
 const net = require('net');
 const { parseArgs } = require('util');
 const { performance } = require('perf_hooks');
+const fs = require('fs');
 const WebSocket = require('ws');
 
 const OPEN_CONCURRENCY = 50; // connections opened at once by openMany (listen backlogs are 1024)
@@ -135,13 +139,31 @@ function window(opts) {
   return { start, end: start + opts.duration * 1000 };
 }
 
-function cpuSampler(win) {
+// CPU seconds (user + system, all threads, the exited ones too) of process `pid`, from /proc.
+function processCpu(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // After the ")" that ends the command name: fields 3.. of proc(5); utime and stime are 14 and 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ: 100 on Linux
+}
+
+// Returns a function giving this process's share of a core over the window
+// (and, with opts.serverPid, the server's CPU seconds over it in stats.server_cpu).
+function cpuSampler(win, opts, stats) {
   let before = null;
+  let serverBefore = null;
   const timer = setTimeout(() => {
     before = process.cpuUsage();
+    if (opts.serverPid) serverBefore = processCpu(opts.serverPid);
   }, Math.max(0, win.start - now()));
+  const endTimer = opts.serverPid
+    ? setTimeout(() => {
+        if (serverBefore !== null) stats.server_cpu = processCpu(opts.serverPid) - serverBefore;
+      }, Math.max(0, win.end - now()))
+    : null;
   return () => {
     clearTimeout(timer);
+    if (endTimer !== null) clearTimeout(endTimer);
     if (before === null) return null;
     const used = process.cpuUsage(before);
     return (used.user + used.system) / 1e6 / ((win.end - win.start) / 1000);
@@ -154,7 +176,7 @@ async function handshakeMode(opts) {
   const open = opener(opts.url);
   const stats = { errors: 0 };
   const win = window(opts);
-  const cpu = cpuSampler(win);
+  const cpu = cpuSampler(win, opts, stats);
   let count = 0;
   async function loop() {
     while (now() < win.end) {
@@ -171,7 +193,7 @@ async function handshakeMode(opts) {
     }
   }
   await Promise.all(Array.from({ length: opts.conns }, loop));
-  return { rate: count / opts.duration, cpu: cpu(), ...stats };
+  return { rate: count / opts.duration, count, cpu: cpu(), ...stats };
 }
 
 async function echoMode(opts) {
@@ -181,7 +203,7 @@ async function echoMode(opts) {
   const ws = opts.url.startsWith('ws');
   const payload = Buffer.alloc(ws ? opts.size : clientFrameLength(opts.size), 0x61);
   const win = window(opts);
-  const cpu = cpuSampler(win);
+  const cpu = cpuSampler(win, opts, stats);
   const latencies = [];
   let count = 0;
   await Promise.all(
@@ -221,6 +243,7 @@ async function echoMode(opts) {
   const us = (ms) => (ms === null ? null : ms * 1000);
   return {
     rate: count / opts.duration,
+    count,
     p50_us: us(percentile(latencies, 50)),
     p99_us: us(percentile(latencies, 99)),
     cpu: used,
@@ -252,6 +275,7 @@ async function main() {
       duration: { type: 'string', default: '1' },
       warmup: { type: 'string', default: '0.2' },
       size: { type: 'string', default: '32' },
+      'server-pid': { type: 'string' },
     },
   });
   const run = MODES[values.mode];
@@ -265,6 +289,7 @@ async function main() {
     duration: Number(values.duration),
     warmup: Number(values.warmup),
     size: Number(values.size),
+    serverPid: values['server-pid'] ? Number(values['server-pid']) : null,
   };
   const result = await run(opts);
   if (result !== null) process.stdout.write(JSON.stringify(result) + '\n');
