@@ -594,6 +594,9 @@ class Inbox:
         """
         proto = self._proto
         if reader or self.lock.acquire(timeout=deadline.lock_timeout()):
+            # Messages arriving from now on are dropped (those queued before
+            # the peer's Close, if it came first, stay for recv()).
+            dropping = proto.close_rcvd is None and proto.failure is None
             try:
                 client = proto.side is Side.CLIENT
                 while not proto.eof and not proto.finished:
@@ -613,6 +616,12 @@ class Inbox:
                         break
                     if proto.close_rcvd is not None:
                         self.close_seen.set()
+                if dropping and proto.failure is None:
+                    # What came with the peer's Close in the last read: another
+                    # thread's recv() would take it, after a gap (those
+                    # dropped before). recv() returns None.
+                    proto.drop_events()
+                    self.assembly.clear()
             finally:
                 if not reader:
                     self.lock.release()
