@@ -5,6 +5,8 @@ done, driven by the accept loop's selector like the rest), sends a FIN,
 and drains what the client sends until it closes or the linger passes, so
 that the close is a FIN and not a reset that could destroy the 503 in
 flight. :class:`~blockws.server.Server` owns the selector and the loop.
+
+Locks: none. A :class:`Refusals` is used by the server's accept loop only.
 """
 
 from __future__ import annotations
