@@ -7,8 +7,8 @@ keepalive, a reader that lost the connection and the application's
 ``close()`` all end it. On a GIL build these races need a thread switch at
 one exact bytecode and almost never show; on free-threaded CPython
 (3.13t, the GIL off) the threads really run at once, and each test failed
-there before its fix. They run on both builds: what they check holds on
-both.
+there before its fix. They run on both builds (with the GIL, as slow
+tests): what they check holds on both.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ from blockws.protocol import Protocol, Side
 FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 #: Enough repetitions for a race to show within a second or two without the GIL.
 ROUNDS = 20_000 if FREE_THREADED else 2_000
+# In the fast run where they catch races (the free-threaded CI step); with
+# the GIL, where the threads' spinning takes seconds and a race hardly
+# shows, in the full run only.
+pytestmark = [] if FREE_THREADED else [pytest.mark.slow]
 
 
 def run_together(*targets: Callable[[], Any]) -> None:
