@@ -6,6 +6,9 @@ or ``recv_fragments`` (it hands them over as its first piece). A
 ``recv_fragments`` iterator that is in the middle of a message owns the
 message (:attr:`Assembly.reader`); one left part-way marks the rest of the
 message to be skipped (:data:`ABANDONED`).
+
+Locks: the connection's reader lock guards all of it (see
+:mod:`blockws.inbox`); ``size`` is read without it, for ``held()``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,13 @@ user again after a wrong password. The server side (:class:`BasicAuth`,
 :class:`DigestAuth`) checks ``Authorization`` headers and builds challenges;
 Digest nonces are signed timestamps that expire, and each nonce's counter
 must grow, so a captured request can't be replayed.
+
+Locks: a :class:`DigestAuth` is shared by every handshake of a server, in
+as many threads; its lock guards the nonce table (``_counters``, with the
+eviction mark ``_forgotten_until``) and the last issue time, and each
+check-then-record of a counter is one critical section (a replay racing
+the original can't both pass). A :class:`ClientAuth` belongs to one
+``connect()`` call, one thread; :class:`BasicAuth` holds no mutable state.
 """
 
 from __future__ import annotations

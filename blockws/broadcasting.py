@@ -6,6 +6,14 @@ message now (what its kernel buffer takes, and what fits under its
 connection can't be left with half a frame or an open message, and a
 peer that stops reading costs at most its ``write_limit`` and one message,
 however many are broadcast.
+
+Locks: each connection's send lock, taken without waiting (see
+:meth:`Outbox.offer_whole <blockws.outbox.Outbox.offer_whole>`). The frame
+cache shared among the connections (``shared``) is one call's own, used
+by its thread only: several threads broadcasting at once each build their
+own. The iterable of connections is read once; pass a copy (such as
+:attr:`Server.connections <blockws.server.Server.connections>`, a list
+made under the server's lock) rather than a set other threads change.
 """
 
 from __future__ import annotations

@@ -9,6 +9,12 @@ that fails or refuses the tunnel at INFO. Frames are not
 (``WebSocket.trace`` shows them), and neither are credentials: URLs are
 logged without their password and query string, headers not at all (an
 auth retry names its scheme only: ``Basic ***``).
+
+Locks: a :class:`ConnectGate`'s condition guards its tables (addresses
+connecting, connections open per host); the process-wide
+:data:`DEFAULT_GATE` is shared by every thread that connects. A slot is
+released by the connection's ``on_close`` callback, run once by whichever
+thread ends it.
 """
 
 from __future__ import annotations

@@ -11,12 +11,39 @@ outstanding pings (:mod:`blockws.pings`); how the connection ended is
 recorded by the protocol. The keepalive thread sees a connection only
 through its :class:`~blockws.link.KeepAliveLink` (the interface
 :class:`blockws.keepalive.Watched`), made over the halves.
+
+Locks
+-----
+A connection's state is guarded by these, each described where it lives;
+a lock listed earlier may be held while a later one is taken, never the
+other way round:
+
+* the reader lock, :attr:`Inbox.lock <blockws.inbox.Inbox.lock>`
+  (:mod:`blockws.inbox`): what is received;
+* the send lock, :attr:`Outbox.cond <blockws.outbox.Outbox.cond>`
+  (:mod:`blockws.outbox`): what is sent;
+* the closing lock, ``WebSocket._closing`` (here): who ends the
+  connection, and the :meth:`WebSocket.on_close` callbacks. Whoever ends it
+  first (the application's ``close()``/``abort()``, the keepalive, a reader
+  or sender that lost the socket) marks it finished and takes the callbacks
+  under it; the callbacks run after, without it, each once. A callback
+  registered while another thread closes is run, never lost;
+* the protocol's queue lock (:mod:`blockws.protocol`): the frames the
+  protocol queues itself and how the connection ended;
+* the TLS lock (:mod:`blockws.transport`): one SSL object, one call at a time;
+* the pings' lock (:mod:`blockws.pings`): the outstanding Pings.
+
+Settings (``settimeout()``, ``close_timeout``, ``trace``) are the
+application's: plain attributes, read by the other threads as they are.
+``_closed_by_app`` is an ``|=`` of whichever ``close()`` calls ran: two
+racing ``close()`` calls both compute it, either result is right.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -99,6 +126,10 @@ class WebSocket:
         # application ended it (reconnect() then stops, whatever the code).
         self._closed_by_app = False
         self._on_close: list[Callable[[], None]] = []
+        # The closing lock: whoever ends the connection first (the
+        # application, the keepalive, a reader or sender that lost it) takes
+        # the callbacks; one registered meanwhile is never lost.
+        self._closing = threading.Lock()
         self._keepalive = self._inbox.link = self._out.link = KeepAliveLink(
             self._inbox, self._out, self._transport, protocol, self._pings, self.abort, self.on_close
         )
@@ -331,9 +362,12 @@ class WebSocket:
         """
         return self._out.offer_whole(payload, text, shared)
 
-    def _send_control(self, frame: bytes, deadline: Deadline) -> None:
+    def _send_control(self, opcode: Opcode, payload: bytes, deadline: Deadline) -> None:
+        self._proto.check_control(payload)
         with self._out.sending(deadline, None):
-            self._out.queue(frame)
+            # Framed under the send lock: a client's masking key is drawn
+            # from the pool the senders draw from.
+            self._out.queue(self._proto.encode_control(opcode, payload))
             if not self._out.flush(deadline):
                 raise self._timeout_error("ping")
 
@@ -347,7 +381,7 @@ class WebSocket:
         deadline = Deadline(self._timeout)
         ping = self._pings.expect(payload)
         try:
-            self._send_control(self._proto.encode_control(Opcode.PING, payload), deadline)
+            self._send_control(Opcode.PING, payload, deadline)
             self._inbox.await_pong(ping, deadline)
         except TimeoutError:
             raise self._timeout_error("ping") from None
@@ -358,7 +392,7 @@ class WebSocket:
 
     def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited Pong (a unidirectional heartbeat)."""
-        self._send_control(self._proto.encode_control(Opcode.PONG, bytes(data)), Deadline(self._timeout))
+        self._send_control(Opcode.PONG, bytes(data), Deadline(self._timeout))
 
     # -- receiving -------------------------------------------------------------
 
@@ -454,22 +488,26 @@ class WebSocket:
 
     def _close_socket(self) -> None:
         proto = self._proto
-        if proto.finished:
-            return
-        proto.transport_closed()
+        with self._closing:
+            # One thread closes, and runs each callback once: a connect
+            # gate's slot released twice would free another connection's.
+            if proto.finished:
+                return
+            proto.transport_closed()
+            callbacks, self._on_close = self._on_close, []
         self._transport.close()
         self._inbox.close_seen.set()
         self._out.wake_waiters()
-        callbacks, self._on_close = self._on_close, []
         for callback in callbacks:
             callback()
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once, when the socket is closed (for limits and keepalive)."""
-        if self._proto.finished:
-            callback()
-        else:
-            self._on_close.append(callback)
+        with self._closing:
+            if not self._proto.finished:
+                self._on_close.append(callback)
+                return
+        callback()
 
     def _finish(self, deadline: Deadline, reader: bool = False) -> None:
         """Our Close is queued: write it, wait for the peer's, close TCP.

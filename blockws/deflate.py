@@ -12,6 +12,11 @@ Decompression is bounded: a message never inflates past ``max_size`` (a
 bytes); its compressed bytes may not run far past ``max_size`` either, and
 data after the end of the deflate stream is refused (1007) rather than kept.
 The context kept between messages is bounded by the window bits.
+
+Locks: none here. :class:`PerMessageDeflate` is frozen, shared freely by a
+server's connections; each connection's :class:`Compressor` is used under
+its send lock, its :class:`Decompressor` under its reader lock (zlib's
+objects lock themselves besides).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The frame codec of RFC 6455 section 5: headers, masking, Close payloads.
 
-Pure functions over bytes; no state, no I/O. The incremental parser that
+Pure functions over bytes; no I/O, and no state but a cache of the
+pure-Python masking's translation tables, filled on first use (two threads
+may build the same table at once: the same bytes, one kept; a list item
+store is atomic with or without the GIL). The incremental parser that
 feeds on a byte stream lives in :mod:`blockws.protocol`, which calls
 :func:`parse_header` here. :class:`Opcode` and :class:`CloseCode` are
 defined in :mod:`blockws.codes`; importing them from here still works.

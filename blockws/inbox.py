@@ -15,6 +15,22 @@ out had received, and which ``recv_fragments()`` iterator owns the message.
 Pongs found by any reader wake the threads waiting in
 :meth:`WebSocket.ping <blockws.WebSocket.ping>`; a reader that lets go wakes
 the keepalive if it stepped aside meanwhile (:attr:`Inbox.link`).
+
+Locks
+-----
+The reader lock (:attr:`Inbox.lock`) guards everything received: the
+protocol's parser and the events it queued (with their counts ``queued``
+and ``ends``, and the pongs found), the :class:`~blockws.assembly.Assembly`,
+the transport's reads, and here ``calls``, ``last_received`` and
+``close_taken`` (``calls`` is counted once the lock is held: two threads'
+``+= 1`` would lose one). Read without it, by design: :meth:`Inbox.held`
+and :meth:`Inbox.pending` (sums of counters, each read whole: a value a
+moment old, which backpressure and ``select()`` loops tolerate), and the
+keepalive's samples (``last_received``, ``calls``, ``close_taken``: one
+writer, a stale value only delays a ping or a grace by one look).
+A reader may take the send lock (to answer pings) and the protocol's queue
+lock; never the other way round. The hot path, a whole message already
+parsed, takes the reader lock only.
 """
 
 from __future__ import annotations
@@ -331,13 +347,13 @@ class Inbox:
 
     def recv(self, timeout: float | None) -> Message | None:
         """:meth:`WebSocket.recv <blockws.WebSocket.recv>`, with the connection's timeout."""
-        self.calls += 1
         if timeout is None:
             deadline = _FOREVER
             self.lock.acquire()
         else:
             deadline = Deadline(timeout)
             self.acquire(deadline)
+        self.calls += 1  # under the reader lock: two readers' increments both count
         try:
             assembly = self.assembly
             if assembly.reader is not None:
@@ -432,13 +448,13 @@ class Inbox:
         """:meth:`WebSocket.recv_into <blockws.WebSocket.recv_into>`: the message's
         length and whether it was text, or None at the end."""
         view = writable(buffer, nbytes)
-        self.calls += 1
         if timeout is None:
             deadline = _FOREVER
             self.lock.acquire()
         else:
             deadline = Deadline(timeout)
             self.acquire(deadline)
+        self.calls += 1
         try:
             if self.assembly.reader is not None:
                 self._skip_abandoned(deadline)
@@ -519,9 +535,9 @@ class Inbox:
         assembly = self.assembly
         try:
             while True:
-                self.calls += 1
                 deadline = Deadline(gettimeout())
                 self.acquire(deadline)
+                self.calls += 1
                 try:
                     if assembly.reader is not None and assembly.reader is not token:
                         self._skip_abandoned(deadline)  # another iterator's message
@@ -571,6 +587,10 @@ class Inbox:
         assert wake is not None
         proto = self._proto
         while ping.round_trip is None:
+            # Cleared before the try: a reader that lets go after a failed
+            # try sets it (release() wakes the waiters), and that wake-up
+            # must not be cleared away (the wait would outlive the reader).
+            wake.clear()
             if self.lock.acquire(blocking=False):
                 try:
                     if ping.round_trip is None:
@@ -578,7 +598,6 @@ class Inbox:
                 finally:
                     self.release()
             else:
-                wake.clear()
                 if ping.round_trip is None and not wake.wait(deadline.remaining()):
                     raise self._timeout_error("ping")
             if proto.close_rcvd is not None and ping.round_trip is None:

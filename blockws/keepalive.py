@@ -78,6 +78,22 @@ The thread sees a connection only through :class:`Watched`, which each
 (:class:`~blockws.link.KeepAliveLink`). The seam, the thread's record of
 each connection and its timer heaps are in :mod:`blockws.watching`; the
 requests and the selector loop here.
+
+Locks
+-----
+``KeepAlive._lock`` guards what other threads share with the thread: the
+request queue, the connection count (``_count``), ``_holders``,
+``_closed``, ``_thread``, the wake-up socketpair and the wake-up guards
+(``_notified``, ``_notified_at``). The thread takes the queue whole under
+it and serves it without it (the selector's system calls). Everything
+else is the thread's alone, never locked: its table of connections, the
+timers, each :class:`~blockws.watching.Tracking`, the ping payloads'
+pool, ``_requests_taken_at``. The class's ``_shared_lock`` guards the
+process-wide instance (:meth:`KeepAlive.shared`). The thread takes a
+connection's locks only without waiting (``acquire(blocking=False)``:
+busy, it steps aside), and it may hold them while it takes ``_lock`` (a
+connection failed from here unregisters): no thread takes a connection's
+lock while holding ``_lock``.
 """
 
 from __future__ import annotations

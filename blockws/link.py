@@ -12,6 +12,15 @@ answer a Close (:meth:`Outbox.ping_now <blockws.outbox.Outbox.ping_now>`,
 liveness (the inbox's ``last_received``, ``calls`` and :meth:`held
 <blockws.inbox.Inbox.held>`, the transport's ``drained``). The link adds
 only the keepalive's own flags (``wanted``, ``wake``, ``servicing``).
+
+Locks: none of its own. ``wanted`` is a handshake without a lock between
+the keepalive (sets it, then tries the reader lock again) and the reader
+(lets go of the lock, then reads it): whichever order the two threads
+run in, either the keepalive's second try succeeds or the reader sees the
+flag, because each writes before it reads and the lock's acquire and
+release order those; at worst both act (one spare re-arm). ``wake`` is
+set and cleared by the keepalive's register and unregister, one
+assignment each; ``servicing`` has one writer (the keepalive thread).
 """
 
 from __future__ import annotations

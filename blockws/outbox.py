@@ -11,6 +11,21 @@ Our own control frames (pongs, a Close, the keepalive's ping) come in only
 while less than ``limit`` is held, so the buffer goes past it by one such
 frame at most (131 bytes); :func:`~blockws.broadcast` holds at most one
 whole message more (see :meth:`Outbox.room_for`).
+
+Locks
+-----
+The send lock (:attr:`Outbox.cond`) guards everything sent: ``buf``,
+``owner`` and ``text`` (the open message), ``fin_due``, the protocol's
+sending state (the open message's framing, the compressor, the masking
+keys), and the transport's writes with their ``drained`` and ``congested``
+counts. Read without it, by design: ``buf``'s length (``output_held``, a
+reader's or :meth:`Outbox.done`'s check whether bytes wait: a stale answer
+costs one wake-up of the keepalive, or leaves the bytes to the sender that
+holds the lock) and ``patient`` (polled by a non-blocking caller that
+waits at most :data:`BRIEF_WAIT`). Frames the protocol queues itself (the
+reader's pongs) are taken under the protocol's queue lock as well (see
+:mod:`blockws.protocol`). :meth:`Outbox.send_small`, the hot path, takes
+the send lock only.
 """
 
 from __future__ import annotations

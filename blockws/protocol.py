@@ -44,6 +44,26 @@ How the connection ended is recorded here, once: the peer's Close
 also when the socket is closed before the peer answered our Close; or
 failed by us); :meth:`Protocol.closed_error` decides whether that was a
 clean end.
+
+Locks
+-----
+The protocol is sans-I/O but not single-threaded: the I/O layer's reader
+(holding its reader lock) parses into it while a sender (holding the send
+lock) frames with it. Each side's own state is under its own lock; what
+both sides change is under the protocol's queue lock (``Protocol._lock``,
+a leaf: nothing else is taken under it, but the ``trace`` callback of our
+Close): :attr:`Protocol.outgoing` with the pong count and position (the
+reader queues pongs, the send-lock holder takes them with
+:meth:`Protocol.data_to_send`), the decision to queue our Close (the reader
+after a protocol error, a sender for ``close()``: one Close, and no pong
+after it), and how the connection ended (``close_sent``, ``close_rcvd``,
+``lost``, ``finished``, ``output_ended``, ``state``), so that the first
+cause wins and ``state`` ends CLOSED once both Closes are seen. None of it
+is on a data message's path. Those fields are read without it (one
+attribute each, as flags). A client's masking keys come from two pools,
+one per side (:class:`RandomKeys` is not thread-safe: two threads could
+draw the same key): the sender's, and the reader's for its pongs and its
+Close after a protocol error.
 """
 
 from __future__ import annotations
@@ -51,6 +71,7 @@ from __future__ import annotations
 import codecs
 import enum
 import os
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Union
@@ -108,7 +129,11 @@ _new_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 class RandomKeys:
     """4-byte random values (masking keys, ping payloads) from the OS's
-    CSPRNG, fetched 4 KiB at a time: one system call per 1,024 of them."""
+    CSPRNG, fetched 4 KiB at a time: one system call per 1,024 of them.
+
+    For one thread at a time (its user's lock): two threads drawing at once
+    may get the same value.
+    """
 
     __slots__ = ("_pool", "_pos")
 
@@ -186,6 +211,10 @@ class Protocol(Parser):
         # Nothing more may be sent: our Close is queued, or the connection
         # is lost or closed. (Kept, not computed: every send reads it.)
         self.output_ended = False
+        # The queue lock (see the module's "Locks"): outgoing, the pong
+        # count and position, the decision to send our Close, and the
+        # ending record (close_sent, close_rcvd, lost, state).
+        self._lock = threading.Lock()
         #: Frames the protocol queued itself (pongs, our Close), taken by
         #: :meth:`data_to_send`; the I/O layer reads it (no call on the hot
         #: path) but never changes it.
@@ -193,7 +222,11 @@ class Protocol(Parser):
         # Pongs in _out, and where the last one is (past the bound, a newer replaces it).
         self._pongs_queued = 0
         self._last_pong_at = 0
+        # Masking keys: the send-lock holder's, and the reader's own (its
+        # pongs, the Close after a protocol error), so that the two never
+        # draw from one pool at once (the same key twice).
         self._mask_keys = RandomKeys() if side is Side.CLIENT else None
+        self._reader_keys = RandomKeys() if side is Side.CLIENT else None
         # Receiving: the leftover of the last read (a partial header or a
         # partial control frame), and the data frame being streamed.
         self._buf = b""
@@ -248,16 +281,18 @@ class Protocol(Parser):
 
         The first cause is kept; after the peer's Close nothing is lost.
         """
-        if self.lost is None and self.close_rcvd is None:
-            self.lost = Close(code, reason)
-            self.state = State.CLOSED
-            self.output_ended = self.input_ended = True
+        with self._lock:
+            if self.lost is None and self.close_rcvd is None:
+                self.lost = Close(code, reason)
+                self.state = State.CLOSED
+                self.output_ended = self.input_ended = True
 
     def fail(self, exc: ProtocolError) -> None:
         """We fail the connection because the peer broke the protocol (our Close is queued)."""
-        self.lost = Close(exc.close_code, str(exc))
-        self.state = State.CLOSED
-        self.output_ended = self.input_ended = True
+        with self._lock:
+            self.lost = Close(exc.close_code, str(exc))
+            self.state = State.CLOSED
+            self.output_ended = self.input_ended = True
 
     def transport_closed(self, reason: str = "closed before the peer's Close") -> None:
         """The I/O layer closed the socket; without the peer's Close, that is a loss.
@@ -266,9 +301,10 @@ class Protocol(Parser):
         Close has code 1006, even when we sent ours and gave up waiting.
         """
         self.lose(CloseCode.ABNORMAL_CLOSURE, reason)
-        self.finished = True
-        self.state = State.CLOSED
-        self.output_ended = self.input_ended = True
+        with self._lock:
+            self.finished = True
+            self.state = State.CLOSED
+            self.output_ended = self.input_ended = True
 
     @property
     def close_code(self) -> int | None:
@@ -304,24 +340,30 @@ class Protocol(Parser):
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == Opcode.PING:
             if self.close_sent is None:
-                pong = self.encode_control(Opcode.PONG, payload)
-                if self._pongs_queued < _MAX_QUEUED_PONGS:
-                    self._pongs_queued += 1
-                    self._last_pong_at = len(self.outgoing)
-                    self.outgoing.append(pong)
-                else:
-                    # So many pongs wait that our output must be stuck: answer
-                    # only the latest ping (RFC 6455 section 5.5.3), or a peer
-                    # that pings and never reads grows this for ever.
-                    self.outgoing[self._last_pong_at] = pong
+                pong = self._encode_control(Opcode.PONG, payload, self._reader_keys)
+                # The send-lock holder may be taking outgoing meanwhile, or
+                # queueing our Close (no pong may follow it).
+                with self._lock:
+                    if self.close_sent is not None:
+                        pass
+                    elif self._pongs_queued < _MAX_QUEUED_PONGS:
+                        self._pongs_queued += 1
+                        self._last_pong_at = len(self.outgoing)
+                        self.outgoing.append(pong)
+                    else:
+                        # So many pongs wait that our output must be stuck: answer
+                        # only the latest ping (RFC 6455 section 5.5.3), or a peer
+                        # that pings and never reads grows this for ever.
+                        self.outgoing[self._last_pong_at] = pong
         elif opcode == Opcode.PONG:
             self.pongs.append(payload)
         else:
             code, reason = parse_close(payload)
-            self.close_rcvd = Close(code, reason)
-            self.input_ended = True
-            if self.state is not State.CLOSED:
-                self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
+            with self._lock:
+                self.close_rcvd = Close(code, reason)
+                self.input_ended = True
+                if self.state is not State.CLOSED:
+                    self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
             self.events.append(self.close_rcvd)
             self.data_out -= 1  # held until taken, but no data came in
             self.ends_out -= 1
@@ -368,8 +410,8 @@ class Protocol(Parser):
         failure = self.failure
         if failure is not None:
             self.failure = None
-            if self.close_sent is None:
-                self.send_close(failure.close_code, str(failure)[:120])
+            # The reader's keys: a sender may be masking a frame now.
+            self._send_close(failure.close_code, str(failure)[:120], self._reader_keys)
             raise failure
         return None
 
@@ -545,10 +587,17 @@ class Protocol(Parser):
         return frame
 
     def encode_control(self, opcode: Opcode, payload: bytes) -> bytes:
-        """Return a whole Ping or Pong frame."""
+        """Return a whole Ping or Pong frame (hold the send lock: it draws a masking key)."""
+        return self._encode_control(opcode, payload, self._mask_keys)
+
+    @staticmethod
+    def check_control(payload: bytes) -> None:
+        """Raise ValueError unless ``payload`` fits in a control frame."""
         if len(payload) > MAX_CONTROL_PAYLOAD:
             raise ValueError(f"control frame payload of {len(payload)} bytes exceeds {MAX_CONTROL_PAYLOAD} bytes")
-        keys = self._mask_keys
+
+    def _encode_control(self, opcode: Opcode, payload: bytes, keys: RandomKeys | None) -> bytes:
+        self.check_control(payload)
         key = None if keys is None else keys.next()
         if self.trace is not None:
             self._trace_sent(opcode, True, payload, key)
@@ -556,23 +605,28 @@ class Protocol(Parser):
             return encode_header(opcode, len(payload)) + payload
         return encode_header(opcode, len(payload), True, 0, key) + apply_mask(payload, key)
 
-    def _queue_frame(self, opcode: Opcode, payload: bytes) -> None:
-        self.outgoing.append(self.encode_control(opcode, payload))
-
     def hold(self, frame: bytes) -> None:
         """Queue an encoded control frame of the I/O layer's with our own (see :meth:`data_to_send`)."""
-        self.outgoing.append(frame)
+        with self._lock:
+            self.outgoing.append(frame)
 
     def send_close(self, code: int | None = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        """Queue our Close frame (once); no data may be sent after it."""
-        if self.close_sent is not None:
-            return
+        """Queue our Close frame (once); no data may be sent after it. Hold the send lock."""
+        self._send_close(code, reason, self._mask_keys)
+
+    def _send_close(self, code: int | None, reason: str, keys: RandomKeys | None) -> None:
+        # Under the queue lock: the reader (after a protocol error) and the
+        # send-lock holder (close(), answer_close()) may both get here: one
+        # Close, and no pong queued after it.
         payload = encode_close(code, reason)
-        self.close_sent = Close(CloseCode.NO_STATUS_RCVD if code is None else code, reason)
-        self.output_ended = True
-        self._queue_frame(Opcode.CLOSE, payload)
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSED if self.close_rcvd is not None else State.CLOSING
+        with self._lock:
+            if self.close_sent is not None:
+                return
+            self.close_sent = Close(CloseCode.NO_STATUS_RCVD if code is None else code, reason)
+            self.output_ended = True
+            self.outgoing.append(self._encode_control(Opcode.CLOSE, payload, keys))
+            if self.state is not State.CLOSED:
+                self.state = State.CLOSED if self.close_rcvd is not None else State.CLOSING
 
     def data_to_send(self, room: int | None = None) -> list[bytes]:
         """Take the frames queued by the protocol itself (pongs, Close).
@@ -582,25 +636,27 @@ class Protocol(Parser):
         frame past its bound, and the rest stay here (where a newer pong
         replaces an unsent one, so they stay bounded too).
         """
-        out = self.outgoing
-        if not out:
+        if not self.outgoing:
+            return []
+        # The reader may be queueing a pong meanwhile.
+        with self._lock:
+            out = self.outgoing
+            if room is not None:
+                taken = 0
+                size = 0
+                while taken < len(out) and size < room:
+                    size += len(out[taken])
+                    taken += 1
+                if taken < len(out):
+                    head = out[:taken]
+                    del out[:taken]
+                    pongs = sum(1 for frame in head if frame[0] & 0x0F == Opcode.PONG)
+                    self._pongs_queued -= pongs
+                    self._last_pong_at -= taken
+                    return head
+            self.outgoing = []
+            self._pongs_queued = 0
             return out
-        if room is not None:
-            taken = 0
-            size = 0
-            while taken < len(out) and size < room:
-                size += len(out[taken])
-                taken += 1
-            if taken < len(out):
-                head = out[:taken]
-                del out[:taken]
-                pongs = sum(1 for frame in head if frame[0] & 0x0F == Opcode.PONG)
-                self._pongs_queued -= pongs
-                self._last_pong_at -= taken
-                return head
-        self.outgoing = []
-        self._pongs_queued = 0
-        return out
 
     @property
     def has_output(self) -> bool:

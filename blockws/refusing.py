@@ -9,6 +9,9 @@ destroy the answer in flight. :class:`~blockws.server.Server` owns the
 selector and the loop. :class:`PerAddress` counts the open connections of
 each client address for ``max_connections_per_ip``; a handshake that finds
 its address full just before its 101 answers :func:`too_many_from` itself.
+
+Locks: none. :class:`Refusals` is the accept loop's alone; :class:`PerAddress`
+is used under the server's lock.
 """
 
 from __future__ import annotations

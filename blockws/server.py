@@ -11,6 +11,16 @@ peers do.
 
 The opening handshake is :mod:`blockws.accepting`'s, the listening sockets
 :mod:`blockws.listening`'s; :func:`accept` is imported from here as ever.
+
+Locks: ``Server._lock`` (with its condition ``_changed``) guards what the
+accept loop, the handler threads and :meth:`Server.shutdown` share: the
+handler threads, ``connections`` (copied under it for
+:attr:`Server.connections`), the handshakes in flight, the count of active
+connections, the threads inside ``shutdown()``, the grace and the Unix
+socket file. ``_shutdown_requested`` is written under it (after the grace)
+and read without it, as a flag. The refusals (:mod:`blockws.refusing`) and
+the selector are the accept loop's alone. Each connection's own locks are
+in :mod:`blockws.connection`.
 """
 
 from __future__ import annotations

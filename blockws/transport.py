@@ -12,7 +12,11 @@ where it is missing: Windows), ``MSG_DONTWAIT`` (a non-blocking socket),
 ``sendmsg`` (header and payload joined), ``TCP_NODELAY`` (skipped for
 sockets that aren't TCP, such as ``AF_UNIX``).
 
-This module knows nothing of WebSocket frames; the caller holds the locks.
+This module knows nothing of WebSocket frames; the caller holds the locks:
+reads under the connection's reader lock, writes (and ``drained``,
+``congested``) under its send lock. Its own TLS lock only makes the one
+SSL object's reads and writes take turns (OpenSSL's rule); it is a leaf,
+held for one non-blocking call.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Small helpers shared by the I/O layers."""
+"""Small helpers shared by the I/O layers.
+
+A :class:`Deadline` belongs to one call, in one thread (a read counts
+itself against it). The module-level ones that some layers share
+(``Deadline(None)``, the expired ``outbox.EXPIRED``) are never counted
+against: they stay read-only.
+"""
 
 from __future__ import annotations
 

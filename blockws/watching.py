@@ -6,7 +6,10 @@
 record of one connection: its signs of life, its ping and close grace, and
 what it is in the selector for. :class:`Timers` holds when to look at which
 connection next. Only the keepalive thread uses the last two (see the theory
-of operation in :mod:`blockws.keepalive`).
+of operation in :mod:`blockws.keepalive`): no lock. What :class:`Watched`
+reports is sampled from the connection without its locks (one attribute
+each, written by one side); a stale sample only moves a ping or a grace to
+the next look.
 """
 
 from __future__ import annotations
