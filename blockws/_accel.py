@@ -31,11 +31,14 @@ send_now: Callable[[int, _Bytes], int] | None = None
 #: with ``key`` unless it is b"") and written by one send() that never waits
 #: and keeps the GIL; None when all of it went, else the bytes of the frame
 #: still to write.
-send_message: Callable[[int, bytes, bool, bytes], bytes | None] | None = None
+send_message: Callable[[int, bytes, bool, bytes, Any], bytes | None] | None = None
+#: ``Counts()``: messages and payload bytes that ``parse_one`` and
+#: ``send_message`` count when given one (for ``Server.stats()``).
+Counts: Callable[[], Any] | None = None
 #: ``parse_one(data, masked, max_size)``: the message in ``data`` when it is
 #: exactly one whole, simple frame (text or binary, unfragmented, no RSV,
 #: valid UTF-8), else None: the Python parser takes ``data`` then.
-parse_one: Callable[[bytes, bool, int], bytes | str | None] | None = None
+parse_one: Callable[[bytes, bool, int, Any], bytes | str | None] | None = None
 
 if not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
     try:
@@ -49,3 +52,4 @@ if not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
         send_now = getattr(_speedups, "send_now", None)
         send_message = getattr(_speedups, "send_message", None)
         parse_one = _speedups.parse_one
+        Counts = getattr(_speedups, "Counts", None)

@@ -9,6 +9,9 @@
  * letting go of the GIL (where the platform has MSG_DONTWAIT). The
  * fallback in transport.py is socket.send(data, MSG_DONTWAIT).
  *
+ * Counts(): per-connection message and byte counts that parse_one() and
+ * send_message() add to when given one (see there).
+ *
  * send_message(fd, payload, text, key): a whole small message framed and
  * written by one send() that never waits, as send_now(); what didn't fit
  * is returned for the caller to write.
@@ -40,6 +43,9 @@
  * - xor_key_released() detaches from the interpreter (Py_BEGIN_ALLOW_THREADS)
  *   while it touches only those held buffers; send_now() stays attached
  *   for one send() that can't wait (MSG_DONTWAIT).
+ * - A Counts is only added to by the thread that holds the connection's
+ *   reader or send lock; other threads only read it (a count may be one
+ *   message old).
  * - A Builder is the one object with mutable state (`bytes`, `exports`).
  *   In blockws, one thread owns it: the thread receiving a message lends
  *   its memory to that message's recv_into calls (the kernel writes into
@@ -54,6 +60,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -259,6 +266,75 @@ static PyTypeObject BuilderType = {
     .tp_new = builder_new,
 };
 
+/* -- Counts ------------------------------------------------------------- */
+
+/* Counts(): messages and their payload bytes, counted by parse_one() and
+ * send_message() as they take or send a message (and by add() for the
+ * messages the Python paths handle): Server.stats()'s per-connection
+ * figures at a few instructions per message instead of two Python integer
+ * increments. One thread adds at a time (the holder of the connection's
+ * reader lock, or of its send lock); stats() reads from any thread, and
+ * may see a count one message old. */
+typedef struct {
+    PyObject_HEAD
+    long long messages;
+    long long bytes;
+} Counts;
+
+static PyTypeObject CountsType;
+
+static PyObject *
+counts_add(Counts *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "add(messages, nbytes)");
+        return NULL;
+    }
+    long long messages = PyLong_AsLongLong(args[0]);
+    if (messages == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    long long nbytes = PyLong_AsLongLong(args[1]);
+    if (nbytes == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    self->messages += messages;
+    self->bytes += nbytes;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef counts_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))counts_add, METH_FASTCALL, "Count messages and their payload bytes."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef counts_members[] = {
+    {"messages", T_LONGLONG, offsetof(Counts, messages), READONLY, "messages counted"},
+    {"bytes", T_LONGLONG, offsetof(Counts, bytes), READONLY, "their payload bytes"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject CountsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "blockws._speedups.Counts",
+    .tp_basicsize = sizeof(Counts),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Messages and payload bytes, counted by parse_one() and send_message().",
+    .tp_methods = counts_methods,
+    .tp_members = counts_members,
+    .tp_new = PyType_GenericNew,
+};
+
+/* The Counts given as the optional last argument, or NULL (None or absent). */
+static Counts *
+counts_arg(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at)
+{
+    if (nargs <= at || args[at] == Py_None || Py_TYPE(args[at]) != &CountsType) {
+        return NULL;
+    }
+    return (Counts *)args[at];
+}
+
 #ifdef MSG_DONTWAIT
 /* Why keep the GIL: socket.send() lets it go around the system call, and
  * with many threads busy, taking it back means waiting for the others and
@@ -306,10 +382,12 @@ send_now(PyObject *self, PyObject *args)
 static PyObject *
 send_message(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyLong_Check(args[0]) || !PyBytes_CheckExact(args[1]) || !PyBytes_CheckExact(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "send_message(fd: int, payload: bytes, text: bool, key: bytes)");
+    if ((nargs != 4 && nargs != 5) || !PyLong_Check(args[0]) || !PyBytes_CheckExact(args[1])
+        || !PyBytes_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "send_message(fd: int, payload: bytes, text: bool, key: bytes, counts=None)");
         return NULL;
     }
+    Counts *counts = counts_arg(args, nargs, 4);
     long fd = PyLong_AsLong(args[0]);
     if (fd == -1 && PyErr_Occurred()) {
         return NULL;
@@ -372,6 +450,10 @@ send_message(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     else {
         result = PyErr_SetFromErrno(PyExc_OSError);
     }
+    if (result != NULL && counts != NULL) {
+        counts->messages++; /* accepted: the caller writes any rest */
+        counts->bytes += n;
+    }
     if (frame != small) {
         PyMem_Free(frame);
     }
@@ -395,10 +477,11 @@ send_message(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 parse_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "parse_one(data: bytes, masked: bool, max_size: int)");
+    if ((nargs != 3 && nargs != 4) || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse_one(data: bytes, masked: bool, max_size: int, counts=None)");
         return NULL;
     }
+    Counts *counts = counts_arg(args, nargs, 3);
     int masked = PyObject_IsTrue(args[1]);
     if (masked < 0) {
         return NULL;
@@ -442,6 +525,10 @@ parse_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         xor_key(d + start, (unsigned char *)PyBytes_AS_STRING(payload), length, key);
     }
     if (d[0] == 0x82) {
+        if (counts != NULL) {
+            counts->messages++;
+            counts->bytes += length;
+        }
         return payload;
     }
     PyObject *text = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(payload), length, NULL);
@@ -449,6 +536,10 @@ parse_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (text == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
         PyErr_Clear();
         Py_RETURN_NONE; /* the Python parser fails the connection with 1007 */
+    }
+    if (text != NULL && counts != NULL) {
+        counts->messages++;
+        counts->bytes += length;
     }
     return text;
 }
@@ -473,7 +564,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&BuilderType) < 0) {
+    if (PyType_Ready(&BuilderType) < 0 || PyType_Ready(&CountsType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
@@ -492,6 +583,12 @@ PyInit__speedups(void)
     Py_INCREF(&BuilderType);
     if (PyModule_AddObject(m, "Builder", (PyObject *)&BuilderType) < 0) {
         Py_DECREF(&BuilderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&CountsType);
+    if (PyModule_AddObject(m, "Counts", (PyObject *)&CountsType) < 0) {
+        Py_DECREF(&CountsType);
         Py_DECREF(m);
         return NULL;
     }

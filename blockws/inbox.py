@@ -115,9 +115,8 @@ class Inbox:
         "_pings",
         "_whole",
         "_masked",
-        "_whole_messages",
-        "_whole_bytes",
-        "_short_head",
+        "_max_size",
+        "_whole_counts",
         "_lose",
         "_fail",
         "_timeout_error",
@@ -158,15 +157,14 @@ class Inbox:
         self._timeout_error = timeout_error
         # Blocking reads of whole small messages in one step (see _read_whole):
         # a plain socket in blocking mode, with the C accelerator.
-        self._whole: Callable[[bytes, bool, int], Message | None] | None = (
-            None if transport.nonblocking else _accel.parse_one
+        self._whole: Callable[[bytes, bool, int, Any], Message | None] | None = (
+            None if transport.nonblocking or _accel.Counts is None else _accel.parse_one
         )
         self._masked = protocol.side is Side.SERVER
-        # Messages _read_whole() took whole (the parser never saw them), and their payload bytes.
-        self._whole_messages = 0
-        self._whole_bytes = 0
-        # The header of such a message's frame without, and with, a 16-bit length.
-        self._short_head = 6 if self._masked else 2
+        self._max_size = -1 if protocol.max_size is None else protocol.max_size
+        # Messages _read_whole() took whole (the parser never saw them), and
+        # their payload bytes: counted by parse_one itself.
+        self._whole_counts: Any = None if self._whole is None else _accel.Counts()  # type: ignore[misc]
 
     # -- what is held ----------------------------------------------------------
 
@@ -195,7 +193,11 @@ class Inbox:
         message still queued (or dropped by ``close()``) counts.
         """
         messages, size = self._proto.received()
-        return messages + self._whole_messages, size + self._whole_bytes
+        counts = self._whole_counts
+        if counts is not None:
+            messages += counts.messages
+            size += counts.bytes
+        return messages, size
 
     # -- the reader lock ---------------------------------------------------------
 
@@ -310,13 +312,8 @@ class Inbox:
             raise self._lose(exc) from exc
         self.last_received = time.monotonic()
         if data:
-            max_size = self._proto.max_size
-            message = self._whole(data, self._masked, -1 if max_size is None else max_size)
+            message = self._whole(data, self._masked, self._max_size, self._whole_counts)
             if message is not None:
-                # One frame: its payload is what the header leaves (bytes, for text too).
-                size = len(data) - self._short_head
-                self._whole_bytes += size if size < 126 else size - 2
-                self._whole_messages += 1
                 return message
         self._feed(data)
         return None

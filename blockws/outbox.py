@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Union
+from typing import Any, Union
 
 from . import _accel
 from .codes import Opcode
@@ -52,7 +52,7 @@ __all__ = ["Outbox", "JOIN_BELOW", "EXPIRED", "payload_of"]
 JOIN_BELOW = 16384
 # A whole small message framed and written by one C call (plain sockets
 # only: send_small() is for those).
-_send_message = _accel.send_message
+_send_message = _accel.send_message if _accel.Counts is not None else None  # (it counts in one)
 
 # The longest a call that must not wait for the peer waits for the send lock
 # held by a call that doesn't either (see Outbox.patient).
@@ -111,6 +111,7 @@ class Outbox:
         "link",
         "sent",
         "sent_bytes",
+        "_sent_counts",
         "_transport",
         "_proto",
         "_lose",
@@ -145,6 +146,8 @@ class Outbox:
         #: UTF-8, before compression), for Server.stats(); under the send lock.
         self.sent = 0
         self.sent_bytes = 0
+        # Those send_message() sent (the C fast path), counted by it.
+        self._sent_counts: Any = None if _send_message is None else _accel.Counts()  # type: ignore[misc]
         self._transport = transport
         self._proto = protocol
         self._lose = lose
@@ -152,7 +155,10 @@ class Outbox:
 
     def counts(self) -> tuple[int, int]:
         """Data messages sent (accepted whole), and their payload bytes (text as UTF-8, before compression)."""
-        return self.sent, self.sent_bytes
+        counts = self._sent_counts
+        if counts is None:
+            return self.sent, self.sent_bytes
+        return self.sent + counts.messages, self.sent_bytes + counts.bytes
 
     # -- the lock ------------------------------------------------------------------
 
@@ -302,15 +308,15 @@ class Outbox:
                     key = None if _send_message is None else proto.plain_key(n)
                     if key is None:
                         transport.send_whole(proto.encode_message(payload, text))
+                        self.sent += 1
+                        self.sent_bytes += n
                     else:
-                        # Framed and written in one step (the C accelerator's).
-                        rest = _send_message(transport.sock.fileno(), payload, text, key)  # type: ignore[misc]
+                        # Framed, written and counted in one step (the C accelerator's).
+                        rest = _send_message(transport.sock.fileno(), payload, text, key, self._sent_counts)  # type: ignore[misc]
                         if rest is not None:
                             transport.send_rest(rest)
                 except OSError as exc:
                     raise self._lose(exc) from exc
-                self.sent += 1
-                self.sent_bytes += n
                 return True
             return False
         finally:

@@ -264,3 +264,23 @@ def test_send_message_writes_the_frame_encode_message_makes(payload: bytes, text
         b.close()
     with pytest.raises(ValueError):
         speedups.send_message(a.fileno(), payload, text, b"123")
+
+
+def test_counts_are_added_to_by_the_fast_paths_only_for_messages() -> None:
+    counts = speedups.Counts()
+    assert (counts.messages, counts.bytes) == (0, 0)
+    assert speedups.parse_one(b"\x82\x03abc", False, -1, counts) == b"abc"
+    assert speedups.parse_one(b"\x81\x02\xc3\xa9", False, -1, counts) == "\u00e9"  # 2 bytes of UTF-8
+    assert speedups.parse_one(b"\x81\x01\xff", False, -1, counts) is None  # invalid UTF-8: not counted
+    assert speedups.parse_one(b"\x89\x00", False, -1, counts) is None  # a Ping: not a message
+    a, b = socket.socketpair()
+    try:
+        assert speedups.send_message(a.fileno(), b"x" * 200, False, b"", counts) is None
+        assert len(b.recv(1000)) == 204
+    finally:
+        a.close()
+        b.close()
+    counts.add(2, 7)  # what the Python paths count
+    assert (counts.messages, counts.bytes) == (5, 3 + 2 + 200 + 7)
+    with pytest.raises(AttributeError):
+        counts.messages = 0  # read-only: only the fast paths and add() count
