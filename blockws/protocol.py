@@ -13,8 +13,9 @@ Received data frames are streamed: a frame's payload is unmasked, validated
 (UTF-8 for text, fail fast) and handed out as :class:`Data` pieces as soon as
 it arrives, so a large message is never copied around in a growing buffer.
 Only frame headers and control frames (at most 139 bytes) are buffered. The
-parser is the base class's (:class:`blockws.parsing.Parser`); this module
-keeps the states, control frames, the ending record and the encoders.
+parser is a base class's (:class:`blockws.parsing.Parser`), and so are the
+encoders (:class:`blockws.encoding.Encoder`); this module keeps the states,
+control frames and the ending record.
 What the queued events hold is counted where they are queued and taken
 (:attr:`Protocol.queued`, :attr:`Protocol.ends`), for readers in other
 threads; the counts of what came in never go down, so they are also the
@@ -78,8 +79,9 @@ from typing import Union
 
 from .codes import CloseCode, Opcode, is_clean_close
 from .deflate import Compressor, Decompressor, DeflateParams, PerMessageDeflate
+from .encoding import Encoder
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, ProtocolError
-from .frames import MAX_CONTROL_PAYLOAD, FrameHeader, apply_mask, encode_close, encode_header, mask, parse_close
+from .frames import FrameHeader, encode_close, parse_close
 from .parsing import TRACE_PREVIEW, Data, Parser
 
 __all__ = ["Side", "State", "Protocol", "Data", "Close", "Event", "DEFAULT_MAX_SIZE", "RandomKeys"]
@@ -150,7 +152,7 @@ class RandomKeys:
         return self._pool[pos : pos + 4]
 
 
-class Protocol(Parser):
+class Protocol(Encoder, Parser):
     """One WebSocket connection's protocol state, without I/O.
 
     Args:
@@ -468,147 +470,7 @@ class Protocol(Parser):
         """Bytes received and not yet parsed (part of a header or of a control frame)."""
         return len(self._buf)
 
-    # -- sending -------------------------------------------------------------
-
-    def encode_data(self, payload: bytes | bytearray | memoryview, text: bool, fin: bool) -> tuple[bytes, bytes]:
-        """Frame ``payload`` as the next frame of the outgoing message.
-
-        Returns ``(header, payload)``, the payload masked on the client side,
-        so that a large payload can be written without joining it to its
-        header. The first frame of a message is TEXT or BINARY, the rest
-        CONT; ``fin`` ends the message.
-        """
-        if self.sending_message:
-            opcode = Opcode.CONT
-            rsv = 0
-        else:
-            opcode = Opcode.TEXT if text else Opcode.BINARY
-            self._out_compressed = self._compressor is not None and self._worth_compressing(payload, text)
-            rsv = 0x40 if self._out_compressed else 0
-        self.sending_message = not fin
-        if self._out_compressed:
-            assert self._compressor is not None
-            size = len(payload)
-            payload = self._compressor.compress(payload, fin)
-            if not text and fin and rsv and len(payload) > size * 0.95 and self._compressor.skip_incompressible:
-                self._skip_binary = 32  # incompressible data: stop trying for a while
-        keys = self._mask_keys
-        if keys is None:
-            if self.trace is not None:
-                self._trace_sent(opcode, fin, payload, None, rsv)
-            header, body = encode_header(opcode, len(payload), fin, rsv), payload
-        else:
-            key = keys.next()
-            if self.trace is not None:
-                self._trace_sent(opcode, fin, payload, key, rsv)
-            header, body = encode_header(opcode, len(payload), fin, rsv, key), apply_mask(payload, key)
-        if fin and self._close_answer_due and self.close_sent is None:
-            # The message the peer's Close interrupted is done: our Close
-            # follows its last frame (the caller writes header, then body).
-            self._answer_close()
-            body = bytes(body) + b"".join(self.data_to_send())
-        return header, body  # type: ignore[return-value]
-
-    def _worth_compressing(self, payload: bytes | bytearray | memoryview, text: bool) -> bool:
-        assert self._compressor is not None
-        if len(payload) < self._compressor.min_size:
-            return False
-        if not text and self._skip_binary:
-            self._skip_binary -= 1
-            return False
-        return True
-
-    def plain_key(self, n: int) -> bytes | None:
-        """How a whole message of ``n`` bytes goes out as one plain frame:
-        its masking key (b"" on the server side, which doesn't mask); None
-        when it doesn't (a message is open, it is compressed, traced or
-        64 KiB or more: :meth:`encode_data` frames it). For
-        ``_accel.send_message``, which builds the frame :meth:`encode_message` would."""
-        if (
-            n > 0xFFFF
-            or self.trace is not None
-            or self.sending_message
-            or self._compressor is not None
-            and n >= self._compressor.min_size
-        ):
-            return None
-        keys = self._mask_keys
-        return b"" if keys is None else keys.next()
-
-    def encode_message(self, payload: bytes, text: bool) -> bytes:
-        """A whole message as one frame, header and payload joined (the hot path).
-
-        Only when no message is open; same result as :meth:`encode_data`.
-        """
-        n = len(payload)
-        if (
-            n >= 126
-            or self.trace is not None
-            or self.sending_message
-            or self._compressor is not None
-            and n >= self._compressor.min_size
-        ):
-            header, body = self.encode_data(payload, text, True)
-            return header + body
-        b0 = 0x81 if text else 0x82
-        keys = self._mask_keys
-        if keys is None:
-            return bytes((b0, n)) + payload
-        key = keys.next()
-        return bytes((b0, 0x80 | n)) + key + mask(payload, key)
-
-    def encode_shared(self, payload: bytes, text: bool, shared: dict[object, bytes]) -> bytes:
-        """:meth:`encode_message`, reusing the frame another protocol put in ``shared``.
-
-        For :func:`~blockws.broadcast`: an unmasked frame is the same bytes
-        for every connection that frames the message alike, uncompressed or
-        compressed with the same settings and no context takeover (so no
-        history). Masked frames (the client side), a compressor with
-        context takeover, or a trace make ours unique: encoded as usual.
-        """
-        compressor = self._compressor
-        if self._mask_keys is not None or self.trace is not None or self.sending_message:
-            return self.encode_message(payload, text)
-        if compressor is None or len(payload) < compressor.min_size or not text and self._skip_binary:
-            if compressor is not None and len(payload) >= compressor.min_size:
-                self._skip_binary -= 1  # as encode_data counts a message it didn't compress
-            key: object = "plain"
-            frame = shared.get(key)
-            if frame is None:
-                opcode = Opcode.TEXT if text else Opcode.BINARY
-                frame = shared[key] = encode_header(opcode, len(payload), True, 0) + payload
-            return frame
-        key = compressor.shared_key
-        if key is None:
-            return self.encode_message(payload, text)
-        frame = shared.get(key)
-        if frame is None:
-            frame = shared[key] = self.encode_message(payload, text)
-        return frame
-
-    def encode_control(self, opcode: Opcode, payload: bytes) -> bytes:
-        """Return a whole Ping or Pong frame (hold the send lock: it draws a masking key)."""
-        return self._encode_control(opcode, payload, self._mask_keys)
-
-    @staticmethod
-    def check_control(payload: bytes) -> None:
-        """Raise ValueError unless ``payload`` fits in a control frame."""
-        if len(payload) > MAX_CONTROL_PAYLOAD:
-            raise ValueError(f"control frame payload of {len(payload)} bytes exceeds {MAX_CONTROL_PAYLOAD} bytes")
-
-    def _encode_control(self, opcode: Opcode, payload: bytes, keys: RandomKeys | None) -> bytes:
-        self.check_control(payload)
-        key = None if keys is None else keys.next()
-        if self.trace is not None:
-            self._trace_sent(opcode, True, payload, key)
-        if key is None:
-            return encode_header(opcode, len(payload)) + payload
-        return encode_header(opcode, len(payload), True, 0, key) + apply_mask(payload, key)
-
-    def hold(self, frame: bytes) -> None:
-        """Queue an encoded control frame of the I/O layer's with our own (see :meth:`data_to_send`)."""
-        with self._lock:
-            self.outgoing.append(frame)
+    # -- sending (the encoders are the base class's, blockws.encoding) ----------
 
     def send_close(self, code: int | None = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Queue our Close frame (once); no data may be sent after it. Hold the send lock."""
@@ -627,37 +489,3 @@ class Protocol(Parser):
             self.outgoing.append(self._encode_control(Opcode.CLOSE, payload, keys))
             if self.state is not State.CLOSED:
                 self.state = State.CLOSED if self.close_rcvd is not None else State.CLOSING
-
-    def data_to_send(self, room: int | None = None) -> list[bytes]:
-        """Take the frames queued by the protocol itself (pongs, Close).
-
-        With ``room``, take them in order only while fewer than ``room``
-        bytes are taken: a caller with a bounded buffer goes at most one
-        frame past its bound, and the rest stay here (where a newer pong
-        replaces an unsent one, so they stay bounded too).
-        """
-        if not self.outgoing:
-            return []
-        # The reader may be queueing a pong meanwhile.
-        with self._lock:
-            out = self.outgoing
-            if room is not None:
-                taken = 0
-                size = 0
-                while taken < len(out) and size < room:
-                    size += len(out[taken])
-                    taken += 1
-                if taken < len(out):
-                    head = out[:taken]
-                    del out[:taken]
-                    pongs = sum(1 for frame in head if frame[0] & 0x0F == Opcode.PONG)
-                    self._pongs_queued -= pongs
-                    self._last_pong_at -= taken
-                    return head
-            self.outgoing = []
-            self._pongs_queued = 0
-            return out
-
-    @property
-    def has_output(self) -> bool:
-        return bool(self.outgoing)
