@@ -65,7 +65,8 @@ from .codes import CloseCode
 from .connection import DEFAULT_CLOSE_TIMEOUT, WebSocket
 from .listening import check_reuse_port, listen_tcp
 from .refusing import check_per_ip
-from .server import Server, check_grace, check_options, serve
+from .server import Server, check_options, serve
+from .stopping import check_grace
 
 __all__ = ["LoadError", "load_handler", "run", "run_cli", "serve_until_signalled", "stats_line"]
 
