@@ -10,11 +10,9 @@ that fails or refuses the tunnel at INFO. Frames are not
 logged without their password and query string, headers not at all (an
 auth retry names its scheme only: ``Basic ***``).
 
-Locks: a :class:`ConnectGate`'s condition guards its tables (addresses
-connecting, connections open per host); the process-wide
-:data:`DEFAULT_GATE` is shared by every thread that connects. A slot is
-released by the connection's ``on_close`` callback, run once by whichever
-thread ends it.
+Locks: those of the :class:`~blockws.gating.ConnectGate` (its own module);
+a slot is released by the connection's ``on_close`` callback, run once by
+whichever thread ends it.
 """
 
 from __future__ import annotations
@@ -25,9 +23,8 @@ import ipaddress
 import logging
 import socket
 import ssl
-import threading
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +39,8 @@ from .exceptions import (
     InvalidURI,
     TooManyRedirects,
 )
+from .gating import DEFAULT_GATE as DEFAULT_GATE
+from .gating import ConnectGate as ConnectGate
 from .handshake import check_response, client_request, make_key, parse_extensions
 from .http import CREDENTIAL_HEADERS, MAX_HEADERS, MAX_LINE, Headers, HeadersLike, parse_response, redact_header
 from .keepalive import KeepAlive
@@ -134,81 +133,6 @@ def parse_uri(url: str) -> WebSocketURI:
     if port is None:
         port = 443 if secure else 80
     return WebSocketURI(secure, parts.hostname, port, resource, user, password)
-
-
-class ConnectGate:
-    """Limits how connections to one remote host are opened (the seed's DoS guard).
-
-    At most one connection per remote IP address is in the CONNECTING state
-    (TCP, TLS and handshake) at a time: others wait for it, within their
-    ``open_timeout``. With ``max_per_host``, at most that many connections
-    to one host name are open at once (a further :func:`connect` waits for
-    one to close, within its ``open_timeout``).
-
-    So parallel connections to one server open one after the other, and the
-    time each waits here counts against its own ``open_timeout``: of ten
-    threads connecting at once to a server whose handshake takes 2 s, five
-    open within the default 10 s and five fail with ``TimeoutError``
-    ("waiting for another connection to ... to finish opening"). A load
-    test or a pool that opens many connections to one server at once should
-    pass ``connect_gate=None`` (or a larger ``open_timeout``). The gate is
-    keyed by the address connected to, so ``localhost`` and ``127.0.0.1``
-    share it; through a proxy, by host name.
-
-    A process-wide gate is used by default; ``connect(connect_gate=None)``
-    bypasses it, ``connect(connect_gate=ConnectGate(max_per_host=4))`` uses
-    another.
-    """
-
-    def __init__(self, max_per_host: int | None = None) -> None:
-        self.max_per_host = max_per_host
-        self._cond = threading.Condition()
-        self._connecting: set[str] = set()
-        self._open: dict[str, int] = {}
-
-    @contextlib.contextmanager
-    def connecting(self, address: str, deadline: Deadline) -> Iterator[None]:
-        """Hold the CONNECTING slot of ``address`` for the duration of the block."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: address not in self._connecting, deadline.remaining()):
-                raise TimeoutError(
-                    f"timed out (open_timeout) waiting for another connection to {address} to finish opening"
-                )
-            self._connecting.add(address)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._connecting.discard(address)
-                self._cond.notify_all()
-
-    def acquire_host(self, host: str, deadline: Deadline) -> None:
-        """Count an open connection to ``host``, waiting while the cap is reached."""
-        with self._cond:
-            limit = self.max_per_host
-            if limit is not None and not self._cond.wait_for(
-                lambda: self._open.get(host, 0) < limit, deadline.remaining()
-            ):
-                raise TimeoutError(
-                    f"timed out (open_timeout) waiting for a free connection to {host} (max_per_host={limit})"
-                )
-            self._open[host] = self._open.get(host, 0) + 1
-
-    def release_host(self, host: str) -> None:
-        with self._cond:
-            count = self._open.get(host, 0) - 1
-            if count > 0:
-                self._open[host] = count
-            else:
-                self._open.pop(host, None)
-            self._cond.notify_all()
-
-    def open_connections(self, host: str) -> int:
-        with self._cond:
-            return self._open.get(host, 0)
-
-
-DEFAULT_GATE = ConnectGate()
 
 
 class _FromEnvironment:
