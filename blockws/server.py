@@ -250,7 +250,7 @@ class Server(Stopping):
         with self._lock:
             received, sent, bytes_received, bytes_sent = self._ended
             for ws in self._connections:
-                counts = ws._counts()
+                counts = ws._counts()  # private: the server's business, not the application's
                 received += counts[0]
                 sent += counts[1]
                 bytes_received += counts[2]
@@ -404,7 +404,7 @@ class Server(Stopping):
     def _fold(self, ws: WebSocket) -> None:
         """Add an ended connection's counts to the totals; hold the lock."""
         ended = self._ended
-        for i, n in enumerate(ws._counts()):
+        for i, n in enumerate(ws._counts()):  # (see stats())
             ended[i] += n
         code = ws.close_code
         if code is None:  # pragma: no cover - close() always leaves one
