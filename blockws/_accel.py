@@ -39,6 +39,11 @@ Counts: Callable[[], Any] | None = None
 #: exactly one whole, simple frame (text or binary, unfragmented, no RSV,
 #: valid UTF-8), else None: the Python parser takes ``data`` then.
 parse_one: Callable[[bytes, bool, int, Any], bytes | str | None] | None = None
+#: ``recv_one(fd, masked, max_size, counts)``: one blocking ``recv()`` on a
+#: socket in blocking mode, then ``parse_one`` on what came: the message,
+#: or a 1-tuple of the bytes read (b"" at EOF) for the Python parser. Only
+#: where the platform has ``MSG_DONTWAIT`` (not Windows).
+recv_one: Callable[[int, bool, int, Any], bytes | str | tuple[bytes]] | None = None
 
 if not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
     try:
@@ -52,4 +57,5 @@ if not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
         send_now = getattr(_speedups, "send_now", None)
         send_message = getattr(_speedups, "send_message", None)
         parse_one = _speedups.parse_one
+        recv_one = getattr(_speedups, "recv_one", None)
         Counts = getattr(_speedups, "Counts", None)

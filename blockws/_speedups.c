@@ -474,24 +474,11 @@ send_message(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * compressed message, invalid UTF-8 -- gives None, and the caller's Python
  * parser takes the bytes and decides (the same messages, the same errors:
  * tests feed both the same frames). No state, nothing kept: sans-I/O. */
+/* The message in d[0:n] when it is one whole simple frame (see parse_one);
+ * else None (a new reference); NULL with an exception set on an error. */
 static PyObject *
-parse_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+parse_frame(const unsigned char *d, Py_ssize_t n, int masked, Py_ssize_t max_size, Counts *counts)
 {
-    if ((nargs != 3 && nargs != 4) || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "parse_one(data: bytes, masked: bool, max_size: int, counts=None)");
-        return NULL;
-    }
-    Counts *counts = counts_arg(args, nargs, 3);
-    int masked = PyObject_IsTrue(args[1]);
-    if (masked < 0) {
-        return NULL;
-    }
-    Py_ssize_t max_size = PyLong_AsSsize_t(args[2]);
-    if (max_size == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     if (n < 2 || (d[0] != 0x81 && d[0] != 0x82) || ((d[1] & 0x80) != 0) != masked) {
         Py_RETURN_NONE;
     }
@@ -544,6 +531,107 @@ parse_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return text;
 }
 
+/* masked, max_size and counts: the arguments at args[at:] (see parse_one). */
+static int
+frame_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at, int *masked, Py_ssize_t *max_size, Counts **counts)
+{
+    *counts = counts_arg(args, nargs, at + 2);
+    *masked = PyObject_IsTrue(args[at]);
+    if (*masked < 0) {
+        return -1;
+    }
+    *max_size = PyLong_AsSsize_t(args[at + 1]);
+    if (*max_size == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+parse_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if ((nargs != 3 && nargs != 4) || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse_one(data: bytes, masked: bool, max_size: int, counts=None)");
+        return NULL;
+    }
+    int masked;
+    Py_ssize_t max_size;
+    Counts *counts;
+    if (frame_args(args, nargs, 1, &masked, &max_size, &counts) < 0) {
+        return NULL;
+    }
+    return parse_frame((const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), masked, max_size,
+                       counts);
+}
+
+#ifdef MSG_DONTWAIT
+/* What recv_one() reads at most: on the stack, so that a small message
+ * costs no allocation but its own (socket.recv(64 KiB) allocates 64 KiB
+ * and shrinks it). Small enough for any thread's stack. */
+#define RECV_ONE_SIZE 16384
+
+/* recv_one(fd, masked, max_size, counts=None) -> bytes | str | (bytes,)
+ *
+ * One blocking recv() on `fd` (a socket in blocking mode), letting go of
+ * the GIL while it waits, as socket.recv() does (EINTR: signal handlers
+ * run, then it reads again; an error is the OSError socket.recv() raises).
+ * When the bytes read are one whole simple frame, its message, as
+ * parse_one() gives it; else a 1-tuple of the bytes read (b"" at EOF), for
+ * the Python parser. A read that fills the buffer is never taken as a
+ * message: more of it may be waiting. */
+static PyObject *
+recv_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if ((nargs != 3 && nargs != 4) || !PyLong_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "recv_one(fd: int, masked: bool, max_size: int, counts=None)");
+        return NULL;
+    }
+    int masked;
+    Py_ssize_t max_size;
+    Counts *counts;
+    if (frame_args(args, nargs, 1, &masked, &max_size, &counts) < 0) {
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    unsigned char buf[RECV_ONE_SIZE];
+    ssize_t n;
+    for (;;) {
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        n = recv((int)fd, buf, sizeof(buf), 0);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (n >= 0) {
+            break;
+        }
+        if (err != EINTR) {
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+    if (n < (ssize_t)sizeof(buf)) {
+        PyObject *message = parse_frame(buf, (Py_ssize_t)n, masked, max_size, counts);
+        if (message != Py_None) {
+            return message; /* or NULL: an error */
+        }
+        Py_DECREF(message);
+    }
+    PyObject *data = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)n);
+    if (data == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyTuple_Pack(1, data);
+    Py_DECREF(data);
+    return result;
+}
+#endif
+
 static PyMethodDef methods[] = {
     {"parse_one", (PyCFunction)(void (*)(void))parse_one, METH_FASTCALL,
      "The message in data when it is exactly one whole simple frame, else None."},
@@ -553,6 +641,8 @@ static PyMethodDef methods[] = {
     {"send_now", send_now, METH_VARARGS, "send(fd, data, MSG_DONTWAIT) keeping the GIL: bytes sent, 0 if none fit."},
     {"send_message", (PyCFunction)(void (*)(void))send_message, METH_FASTCALL,
      "A whole message as one frame, written by one send() that never waits: None, or the bytes still to write."},
+    {"recv_one", (PyCFunction)(void (*)(void))recv_one, METH_FASTCALL,
+     "One blocking recv(): the message when the bytes are one whole simple frame, else (bytes,)."},
 #endif
     {NULL, NULL, 0, NULL},
 };

@@ -32,6 +32,9 @@ __all__ = ["Encoder"]
 class Encoder:
     """The frame encoders; their state is set up by :class:`~blockws.protocol.Protocol`."""
 
+    if not TYPE_CHECKING:  # mypy would check this class's assignments against them
+        __slots__ = ()  # Protocol declares them all (see there)
+
     # Set by Protocol.__init__ (see there for their meaning).
     trace: Callable[[str, FrameHeader, bytes], None] | None
     sending_message: bool

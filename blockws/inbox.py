@@ -128,13 +128,13 @@ class Inbox(Placing):
         self._timeout_error = timeout_error
         # Blocking reads of whole small messages in one step (see _read_whole):
         # a plain socket in blocking mode, with the C accelerator.
-        self._whole: Callable[[bytes, bool, int, Any], Message | None] | None = (
-            None if transport.nonblocking or _accel.Counts is None else _accel.parse_one
+        self._whole: Callable[[int, bool, int, Any], Message | tuple[bytes]] | None = (
+            None if transport.nonblocking or _accel.Counts is None else _accel.recv_one
         )
         self._masked = protocol.side is Side.SERVER
         self._max_size = -1 if protocol.max_size is None else protocol.max_size
         # Messages _read_whole() took whole (the parser never saw them), and
-        # their payload bytes: counted by parse_one itself.
+        # their payload bytes: counted by recv_one itself.
         self._whole_counts: Any = None if self._whole is None else _accel.Counts()  # type: ignore[misc]
 
     # -- what is held ----------------------------------------------------------
@@ -275,19 +275,18 @@ class Inbox(Placing):
     def _read_whole(self) -> Message | None:
         """:meth:`read` for the common case, blocking: one read, and the
         message when it came whole in it, as one simple frame
-        (``_accel.parse_one``); else None, the bytes fed to the protocol."""
+        (``_accel.recv_one``); else None, the bytes fed to the protocol."""
         assert self._whole is not None
         try:
-            data = self._transport.sock.recv(READ_SIZE)
+            # fileno() each time, as socket.recv() reads it: -1 once closed.
+            got = self._whole(self._transport.sock.fileno(), self._masked, self._max_size, self._whole_counts)
         except OSError as exc:
             raise self._lose(exc) from exc
         self.last_received = time.monotonic()
-        if data:
-            message = self._whole(data, self._masked, self._max_size, self._whole_counts)
-            if message is not None:
-                return message
-        self._feed(data)
-        return None
+        if type(got) is tuple:
+            self._feed(got[0])
+            return None
+        return got  # type: ignore[return-value]  # not a tuple: the message
 
     def next_event(self, deadline: Deadline) -> Data | None:
         """The next data piece, reading as needed; None once the peer closed; hold the reader lock."""

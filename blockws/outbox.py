@@ -102,6 +102,7 @@ class Outbox:
 
     __slots__ = (
         "cond",
+        "lock",
         "buf",
         "owner",
         "text",
@@ -126,7 +127,11 @@ class Outbox:
         lose: Callable[[BaseException], ConnectionClosedError],
         timeout_error: Callable[[str], OSError],
     ) -> None:
-        self.cond = threading.Condition(threading.Lock())
+        #: The send lock, and its condition (senders wait for an open message).
+        #: The hot paths call the lock's own methods: the condition's are
+        #: the same, reached through an instance attribute, which costs more.
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.buf = bytearray()
         # The thread whose message is open (sent in part), and its type.
         self.owner: int | None = None
@@ -205,10 +210,10 @@ class Outbox:
         answer is queued before the reader's try, which came before this
         release, so it can't be missed.
         """
-        cond = self.cond
+        lock = self.lock
         self.patient = False
-        cond.release()
-        while self._proto.outgoing and cond.acquire(blocking=False):
+        lock.release()
+        while self._proto.outgoing and lock.acquire(blocking=False):
             try:
                 if not self.flush(Deadline(0)):
                     # The socket is full: not a loop until it drains. What
@@ -217,7 +222,7 @@ class Outbox:
             except ConnectionClosed:
                 break  # recorded: the next call on the connection reports it
             finally:
-                cond.release()
+                lock.release()
 
     @contextmanager
     def sending(self, deadline: Deadline, text: bool | None) -> Iterator[None]:
@@ -296,8 +301,7 @@ class Outbox:
         lock and one system call. False (nothing done) unless nothing is open
         or held before it and the connection may send: take the general path.
         """
-        cond = self.cond
-        cond.acquire()
+        self.lock.acquire()
         self.patient = True  # send_whole() waits for the peer
         try:
             proto = self._proto

@@ -56,6 +56,9 @@ class Data:
 class Parser:
     """The frame parser; its state is set up by :class:`~blockws.protocol.Protocol`."""
 
+    if not TYPE_CHECKING:  # mypy would check this class's assignments against them
+        __slots__ = ()  # Protocol declares them all (see there)
+
     # Set by Protocol.__init__: the settings...
     _client: bool
     max_size: int | None

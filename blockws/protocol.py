@@ -166,6 +166,61 @@ class Protocol(Encoder, Parser):
             negotiated (default: ``PerMessageDeflate()``).
     """
 
+    # Slots, not a __dict__: a protocol has more attributes than CPython's
+    # shared-key instance dicts hold (30), and every recv() and send() reads
+    # some (LOAD_ATTR_SLOT instead of a dict lookup; methods specialise too).
+    # Its bases declare none: two bases with slots can't be combined.
+    __slots__ = (
+        "close_rcvd",
+        "close_sent",
+        "data_in",
+        "data_out",
+        "deflate",
+        "ends_in",
+        "ends_out",
+        "eof",
+        "events",
+        "failure",
+        "finished",
+        "input_ended",
+        "lost",
+        "max_fragments",
+        "max_size",
+        "outgoing",
+        "output_ended",
+        "pongs",
+        "remaining",
+        "sending_message",
+        "side",
+        "state",
+        "text_extra",
+        "trace",
+        "_buf",
+        "_client",
+        "_close_answer_due",
+        "_compressor",
+        "_decoder",
+        "_decoding",
+        "_decompressor",
+        "_discard",
+        "_dropping",
+        "_frame_fin",
+        "_frame_mask",
+        "_frame_offset",
+        "_in_message",
+        "_last_pong_at",
+        "_lock",
+        "_mask_keys",
+        "_msg_compressed",
+        "_msg_frames",
+        "_msg_size",
+        "_msg_text",
+        "_out_compressed",
+        "_pongs_queued",
+        "_reader_keys",
+        "_skip_binary",
+    )
+
     def __init__(
         self,
         side: Side,

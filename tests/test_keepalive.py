@@ -228,8 +228,10 @@ def test_one_thread_for_many_connections(echo_server):
     with blockws.connect(echo_server.url, keepalive=keepalive) as ws:
         assert keepalive.thread is not None
     keepalive.close()
-    # The server's 100 handler threads, idle now (kept for its next connections), and its keepalive's.
-    assert threading.active_count() <= before + 100 + 1
+    # The server's 100 handler threads, idle now (kept for its next connections), and its keepalive's;
+    # plus one more handler thread if the last connection came before the others' threads were idle
+    # again (a handler's thread goes back to the pool after its connection's closing handshake).
+    assert threading.active_count() <= before + 100 + 1 + 1, [t.name for t in threading.enumerate()]
 
 
 def test_keepalive_true_uses_the_shared_instance(echo_server):

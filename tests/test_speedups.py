@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -290,3 +292,92 @@ def test_counts_are_added_to_by_the_fast_paths_only_for_messages() -> None:
     assert (counts.messages, counts.bytes) == (5, 3 + 2 + 200 + 7)
     with pytest.raises(AttributeError):
         counts.messages = 0  # read-only: only the fast paths and add() count
+
+
+recv_one = getattr(speedups, "recv_one", None)
+needs_recv_one = pytest.mark.skipif(recv_one is None, reason="recv_one is POSIX-only (MSG_DONTWAIT)")
+
+
+@needs_recv_one
+@settings(max_examples=300, deadline=None)
+@given(frame_bytes(), st.sampled_from([None, 10, 1 << 20]))
+def test_recv_one_reads_once_and_answers_as_parse_one(frame: tuple[bytes, bool], max_size: int | None) -> None:
+    """What one read brought, as parse_one judges it; else those bytes, untouched, for the parser."""
+    data, masked = frame
+    limit = -1 if max_size is None else max_size
+    a, b = socket.socketpair()
+    try:
+        b.sendall(data)
+        got = recv_one(a.fileno(), masked, limit)
+        expected = speedups.parse_one(data, masked, limit)
+        if expected is None:
+            assert got == (data,)  # a unix socketpair delivers one send in one read
+        else:
+            assert type(got) is type(expected) and got == expected
+    finally:
+        a.close()
+        b.close()
+
+
+@needs_recv_one
+def test_recv_one_at_the_edges() -> None:
+    counts = speedups.Counts()
+    a, b = socket.socketpair()
+    try:
+        # A read that fills recv_one's buffer (16 KiB) is never a message, even a whole one: more may follow.
+        big = bytes([0x82, 126]) + (16384 - 4).to_bytes(2, "big") + b"z" * (16384 - 4)
+        b.sendall(big)
+        assert recv_one(a.fileno(), False, -1, counts) == (big,)
+        small = bytes([0x82, 126]) + (16383 - 4).to_bytes(2, "big") + b"z" * (16383 - 4)
+        b.sendall(small)
+        assert recv_one(a.fileno(), False, -1, counts) == small[4:]
+        assert (counts.messages, counts.bytes) == (1, 16383 - 4)  # only what it returned as a message
+        b.close()
+        assert recv_one(a.fileno(), False, -1, counts) == (b"",)  # EOF
+        fd = a.fileno()
+        a.close()
+        with pytest.raises(OSError) as info:
+            recv_one(fd, False, -1)  # the errors socket.recv() raises, errno and all
+        assert info.value.errno == errno.EBADF
+    finally:
+        a.close()
+        b.close()
+    with pytest.raises(TypeError):
+        recv_one("3", False, -1)
+
+
+@needs_recv_one
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
+def test_recv_one_runs_signal_handlers_while_it_waits() -> None:
+    """EINTR (PEP 475): the handler runs, then the read goes on; a handler that raises ends it."""
+    a, b = socket.socketpair()
+    calls: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        calls.append(signum)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    main = threading.get_ident()
+
+    def interrupt_then_send() -> None:
+        time.sleep(0.2)
+        signal.pthread_kill(main, signal.SIGUSR1)  # the wait goes on after the handler
+        time.sleep(0.2)
+        b.sendall(b"\x82\x02hi")
+
+    try:
+        thread = threading.Thread(target=interrupt_then_send)
+        thread.start()
+        assert recv_one(a.fileno(), False, -1) == b"hi"
+        thread.join()
+        assert calls == [signal.SIGUSR1]
+        threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGUSR1)).start()
+        with pytest.raises(KeyboardInterrupt):
+            recv_one(a.fileno(), False, -1)
+        assert calls == [signal.SIGUSR1, signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        a.close()
+        b.close()
