@@ -126,14 +126,14 @@ class Inbox(Placing):
         self._lose = lose
         self._fail = fail
         self._timeout_error = timeout_error
-        # Blocking reads of whole small messages in one step (see _read_whole):
+        # Blocking reads of whole small messages in one step (see recv):
         # a plain socket in blocking mode, with the C accelerator.
         self._whole: Callable[[int, bool, int, Any], Message | tuple[bytes]] | None = (
             None if transport.nonblocking or _accel.Counts is None else _accel.recv_one
         )
         self._masked = protocol.side is Side.SERVER
         self._max_size = -1 if protocol.max_size is None else protocol.max_size
-        # Messages _read_whole() took whole (the parser never saw them), and
+        # Messages recv() took whole from recv_one (the parser never saw them), and
         # their payload bytes: counted by recv_one itself.
         self._whole_counts: Any = None if self._whole is None else _accel.Counts()  # type: ignore[misc]
 
@@ -160,7 +160,7 @@ class Inbox(Placing):
 
         Counted by the parser as they arrive, where their length is known,
         with the counts that keep track of what is queued: no work of its
-        own per message; those :meth:`_read_whole` took whole, here. A
+        own per message; those :meth:`recv` took whole from ``recv_one``, here. A
         message still queued (or dropped by ``close()``) counts.
         """
         messages, size = self._proto.received()
@@ -179,6 +179,11 @@ class Inbox(Placing):
     def release(self) -> None:
         """Let go of the reader lock; wake whoever waits for a reader to leave."""
         self.lock.release()
+        if self._pings.waiting or self.link.wanted:
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """After the reader lock was let go: wake whoever waited for the reader to leave."""
         if self._pings.waiting:
             self._pings.wake_waiters()  # they may have to read for themselves now
         link = self.link
@@ -272,22 +277,6 @@ class Inbox(Placing):
         if proto.outgoing:
             self._out.flush_when_free(Deadline(0))  # answer pings now, or the sender does
 
-    def _read_whole(self) -> Message | None:
-        """:meth:`read` for the common case, blocking: one read, and the
-        message when it came whole in it, as one simple frame
-        (``_accel.recv_one``); else None, the bytes fed to the protocol."""
-        assert self._whole is not None
-        try:
-            # fileno() each time, as socket.recv() reads it: -1 once closed.
-            got = self._whole(self._transport.sock.fileno(), self._masked, self._max_size, self._whole_counts)
-        except OSError as exc:
-            raise self._lose(exc) from exc
-        self.last_received = time.monotonic()
-        if type(got) is tuple:
-            self._feed(got[0])
-            return None
-        return got  # type: ignore[return-value]  # not a tuple: the message
-
     def next_event(self, deadline: Deadline) -> Data | None:
         """The next data piece, reading as needed; None once the peer closed; hold the reader lock."""
         proto = self._proto
@@ -328,7 +317,7 @@ class Inbox(Placing):
 
     def recv(self, timeout: float | None) -> Message | None:
         """:meth:`WebSocket.recv <blockws.WebSocket.recv>`, with the connection's timeout."""
-        # _enter(), written out: a call fewer on the hot path.
+        # _enter() and release(), written out: calls fewer on the hot path.
         if timeout is None:
             deadline = _FOREVER
             self.lock.acquire()
@@ -337,43 +326,68 @@ class Inbox(Placing):
             self.acquire(deadline)
         self.calls += 1
         try:
-            assembly = self.assembly
-            if assembly.reader is not None:
-                self._skip_abandoned(deadline)
-            parts = assembly.parts
             proto = self._proto
-            events = proto.events
-            while True:
-                if events:
-                    if not parts:
-                        first = events[0]
-                        if type(first) is Data and first.fin:
-                            # The common case: a whole message is already parsed.
-                            events.popleft()
-                            payload = first.payload
-                            proto.data_out += len(payload)
-                            proto.ends_out += 1
-                            return payload
-                elif not proto.input_ended:
-                    if proto.remaining >= BUILD_FROM:
-                        size = self._size_to_build()
-                        if size:
-                            return self._receive_built(size, deadline)
-                    elif deadline is _FOREVER and self._whole is not None and not self._out.buf and proto.at_rest():
-                        message = self._read_whole()
-                        if message is not None:
-                            return message
-                        continue
-                    self.read(deadline)  # nothing parsed yet and nothing ended: read
-                    continue
-                event = self.next_event(deadline)
-                if event is None:
-                    return None
-                if event.fin:
-                    return assembly.complete(event.payload)
-                assembly.add(event.payload)
+            assembly = self.assembly
+            if (
+                deadline is _FOREVER
+                and self._whole is not None
+                and not proto.events
+                and not proto.input_ended
+                and not assembly.parts
+                and assembly.reader is None
+                and not self._out.buf
+                and proto.at_rest()
+            ):
+                # The common case, blocking, nothing received yet: one read,
+                # and the message when it came whole in it, as one simple frame
+                # (_accel.recv_one); else the protocol takes the bytes read.
+                try:
+                    # fileno() each time, as socket.recv() reads it: -1 once closed.
+                    got = self._whole(self._transport.sock.fileno(), self._masked, self._max_size, self._whole_counts)
+                except OSError as exc:
+                    raise self._lose(exc) from exc
+                self.last_received = time.monotonic()
+                if type(got) is not tuple:
+                    return got  # type: ignore[return-value]  # the message
+                self._feed(got[0])
+            return self._receive(deadline)
         finally:
-            self.release()
+            self.lock.release()
+            if self._pings.waiting or self.link.wanted:
+                self._wake_waiters()
+
+    def _receive(self, deadline: Deadline) -> Message | None:
+        """recv()'s general case: the next message, read and put together as needed; hold the reader lock."""
+        assembly = self.assembly
+        if assembly.reader is not None:
+            self._skip_abandoned(deadline)
+        parts = assembly.parts
+        proto = self._proto
+        events = proto.events
+        while True:
+            if events:
+                if not parts:
+                    first = events[0]
+                    if type(first) is Data and first.fin:
+                        # A whole message is already parsed (one read brought several).
+                        events.popleft()
+                        payload = first.payload
+                        proto.data_out += len(payload)
+                        proto.ends_out += 1
+                        return payload
+            elif not proto.input_ended:
+                if proto.remaining >= BUILD_FROM:
+                    size = self._size_to_build()
+                    if size:
+                        return self._receive_built(size, deadline)
+                self.read(deadline)  # nothing parsed yet and nothing ended: read
+                continue
+            event = self.next_event(deadline)
+            if event is None:
+                return None
+            if event.fin:
+                return assembly.complete(event.payload)
+            assembly.add(event.payload)
 
     def recv_into(self, buffer: Any, nbytes: int, timeout: float | None) -> tuple[int, bool] | None:
         """:meth:`WebSocket.recv_into <blockws.WebSocket.recv_into>`: the message's

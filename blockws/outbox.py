@@ -210,9 +210,14 @@ class Outbox:
         answer is queued before the reader's try, which came before this
         release, so it can't be missed.
         """
-        lock = self.lock
         self.patient = False
-        lock.release()
+        self.lock.release()
+        if self._proto.outgoing:
+            self._write_queued()
+
+    def _write_queued(self) -> None:
+        """After the send lock was let go: write the frames the protocol queued, if the lock is free."""
+        lock = self.lock
         while self._proto.outgoing and lock.acquire(blocking=False):
             try:
                 if not self.flush(Deadline(0)):
@@ -324,7 +329,11 @@ class Outbox:
                 return True
             return False
         finally:
-            self.release()
+            # release(), written out: a call fewer on the hot path.
+            self.patient = False
+            self.lock.release()
+            if self._proto.outgoing:
+                self._write_queued()
 
     def queue(self, *frames: BytesLike) -> None:
         """Append whole frames to the buffer, after the protocol's own (pongs, Close).
