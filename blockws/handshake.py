@@ -196,12 +196,16 @@ def accept_response(
     headers: HeadersLike | None = None,
 ) -> Response:
     """The 101 response accepting an upgrade request."""
-    h = Headers({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept_key(key)})
+    h = Headers()
+    h.add("Upgrade", "websocket")
+    h.add("Connection", "Upgrade")
+    h.add("Sec-WebSocket-Accept", accept_key(key))
     if subprotocol:
-        h["Sec-WebSocket-Protocol"] = subprotocol
+        h.add("Sec-WebSocket-Protocol", subprotocol)
     if extensions:
-        h["Sec-WebSocket-Extensions"] = extensions
-    h.update(Headers(headers))
+        h.add("Sec-WebSocket-Extensions", extensions)
+    if headers:
+        h.update(headers)
     return Response(101, headers=h)
 
 

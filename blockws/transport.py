@@ -57,28 +57,34 @@ def poll_ms(deadline: Deadline) -> int:
     return -1 if remaining is None else int(remaining * 1000 + 0.999)
 
 
+# select.poll where the platform has it (not Windows).
+_POLL = getattr(select, "poll", None)
+
+
 class Waiter:
     """Waits until one descriptor is readable or writable, in milliseconds (-1: for ever).
 
     ``poll`` where the platform has it (no ``FD_SETSIZE`` limit); ``select``
     where it doesn't (Windows). An error or hang-up counts as readable: the
-    read that follows reports it.
+    read that follows reports it. Each ``poll`` object is made the first
+    time it is needed: a blocking connection that never waits with a
+    timeout never needs one.
     """
 
     __slots__ = ("_fd", "_rpoll", "_wpoll", "_rwpoll")
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        poll = getattr(select, "poll", None)
-        if poll is None:
-            self._rpoll = self._wpoll = self._rwpoll = None
-            return
-        self._rpoll = poll()
-        self._rpoll.register(fd, select.POLLIN)
-        self._wpoll = poll()
-        self._wpoll.register(fd, select.POLLOUT)
-        self._rwpoll = poll()
-        self._rwpoll.register(fd, select.POLLIN | select.POLLOUT)
+        self._rpoll: Any = None
+        self._wpoll: Any = None
+        self._rwpoll: Any = None
+
+    def _poller(self, events: int) -> Any:
+        # Two threads may both make one: each works, the last one is kept.
+        assert _POLL is not None
+        poller = _POLL()
+        poller.register(self._fd, events)
+        return poller
 
     def _select(self, read: bool, write: bool, ms: int) -> tuple[bool, bool]:
         fds = [self._fd]
@@ -86,20 +92,29 @@ class Waiter:
         return bool(r or x), bool(w)
 
     def readable(self, ms: int) -> bool:
-        if self._rpoll is None:
+        if _POLL is None:
             return self._select(True, False, ms)[0]
-        return bool(self._rpoll.poll(ms))
+        poller = self._rpoll
+        if poller is None:
+            poller = self._rpoll = self._poller(select.POLLIN)
+        return bool(poller.poll(ms))
 
     def writable(self, ms: int) -> bool:
-        if self._wpoll is None:
+        if _POLL is None:
             return any(self._select(False, True, ms))
-        return bool(self._wpoll.poll(ms))
+        poller = self._wpoll
+        if poller is None:
+            poller = self._wpoll = self._poller(select.POLLOUT)
+        return bool(poller.poll(ms))
 
     def either(self, ms: int) -> tuple[bool, bool]:
         """(readable or failed, writable); both False when the time ran out."""
-        if self._rwpoll is None:
+        if _POLL is None:
             return self._select(True, True, ms)
-        events = self._rwpoll.poll(ms)
+        poller = self._rwpoll
+        if poller is None:
+            poller = self._rwpoll = self._poller(select.POLLIN | select.POLLOUT)
+        events = poller.poll(ms)
         if not events:
             return False, False
         mask = events[0][1]

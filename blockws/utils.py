@@ -52,8 +52,10 @@ class Deadline:
 
     def lock_timeout(self) -> float:
         """The remaining time as ``Lock.acquire(timeout=...)`` takes it (-1: forever)."""
-        remaining = self.remaining()
-        return -1 if remaining is None else remaining
+        when = self.when
+        if when is None:
+            return -1
+        return max(when - time.monotonic(), 0.0)
 
     def expired(self) -> bool:
         return self.when is not None and time.monotonic() >= self.when
@@ -122,8 +124,10 @@ def _recv_before(sock: socket.socket, deadline: Deadline, size: int, what: str) 
     if remaining is not None and remaining <= 0:
         raise TimeoutError(f"timed out during the {what}")
     sock.settimeout(remaining)
-    with named_timeout(f"during the {what}"):
+    try:
         return sock.recv(size)
+    except socket.timeout:  # named_timeout(), without its cost per read
+        raise TimeoutError(f"timed out during the {what}") from None
 
 
 def has_scheme(url: str) -> bool:
