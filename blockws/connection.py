@@ -122,6 +122,8 @@ class WebSocket:
             self._transport, protocol, self._out, self._pings, self._lose, self._fail, self._timeout_error
         )
         self._inbox.nonblocking = timeout == 0
+        # send() may take its fast path: blocking, on a plain socket (kept by settimeout()).
+        self._blocking = timeout is None and not self._transport.nonblocking
         # close() was called before the connection ended otherwise: the
         # application ended it (reconnect() then stops, whatever the code).
         self._closed_by_app = False
@@ -226,6 +228,7 @@ class WebSocket:
         was = self._timeout
         self._timeout = timeout
         self._inbox.nonblocking = timeout == 0
+        self._blocking = timeout is None and not self._transport.nonblocking
         if timeout == 0 and was != 0:
             # A read the keepalive thread began before this call is
             # non-blocking and short: once it has fed the protocol,
@@ -313,13 +316,15 @@ class WebSocket:
             ConnectionClosed: the connection is closed or closing.
             TypeError: ``data`` continues a message of the other type.
         """
-        cls = type(data)
-        if fin and (cls is str or cls is bytes) and self._timeout is None and not self._transport.nonblocking:
+        if fin and self._blocking:
             # The common case, kept to one lock and one system call: a whole
             # small message, blocking, with nothing open or queued before it.
             # Anything else (or a closed connection) takes the general path.
-            payload: bytes = data.encode("utf-8") if cls is str else data  # type: ignore[union-attr,assignment]
-            if self._out.send_small(payload, cls is str):
+            cls = type(data)
+            if cls is bytes:
+                if self._out.send_small(data, False):  # type: ignore[arg-type]
+                    return len(data)
+            elif cls is str and self._out.send_small(data.encode("utf-8"), True):  # type: ignore[union-attr]
                 return len(data)
         if self._timeout == 0:
             self._read_for_keepalive()
