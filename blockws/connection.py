@@ -501,7 +501,7 @@ class WebSocket:
             proto.transport_closed()
             callbacks, self._on_close = self._on_close, []
         self._transport.close()
-        self._inbox.close_seen.set()
+        self._inbox.see_close()
         self._out.wake_waiters()
         for callback in callbacks:
             callback()
@@ -563,7 +563,7 @@ class WebSocket:
             return
         try:
             self._proto.send_close(code, reason)
-            cond.notify_all()  # senders waiting for another thread's message: no data may follow
+            self._out.notify_waiters()  # senders waiting for another thread's message: no data may follow
         finally:
             self._out.release()
 

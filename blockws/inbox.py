@@ -219,6 +219,15 @@ class Inbox(Placing):
         finally:
             self.release()
 
+    def see_close(self) -> None:
+        """The peer's Close was seen (or the socket closed): wake whoever waits for it.
+
+        ``Event.set()`` costs a condition's notify even when it is set
+        already (a closing handshake sets it twice or more).
+        """
+        if not self.close_seen.is_set():
+            self.close_seen.set()
+
     # -- reading -----------------------------------------------------------------
 
     def read(self, deadline: Deadline, into: memoryview | None = None) -> int:
@@ -296,7 +305,7 @@ class Inbox(Placing):
                 return event
             assert type(event) is Close
             self.close_taken = True
-            self.close_seen.set()
+            self.see_close()
             return None
 
     # -- receiving messages --------------------------------------------------------
@@ -505,7 +514,7 @@ class Inbox(Placing):
                     except (TimeoutError, BlockingIOError, ConnectionClosed):
                         break
                     if proto.close_rcvd is not None:
-                        self.close_seen.set()
+                        self.see_close()
                 if dropping and proto.failure is None:
                     # What came with the peer's Close in the last read: another
                     # thread's recv() would take it, after a gap (those

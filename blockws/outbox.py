@@ -108,6 +108,7 @@ class Outbox:
         "text",
         "limit",
         "patient",
+        "waiting",
         "fin_due",
         "link",
         "sent",
@@ -142,6 +143,8 @@ class Outbox:
         # the keepalive) let go within microseconds: a non-blocking caller
         # may wait for them, or it would fail for no reason of the peer's.
         self.patient = False
+        # Senders waiting in cond.wait() for another thread's open message (under the lock).
+        self.waiting = 0
         # A server's answer to the peer's Close waits here: TCP's FIN goes
         # once it is written (see KeepAliveLink.answer_close).
         self.fin_due = False
@@ -180,7 +183,11 @@ class Outbox:
                 return  # closing, closed or lost: the caller's state check raises ConnectionClosed
             # Bounded waits, should a wake-up be missed (see wake_waiters).
             remaining = deadline.remaining()
-            cond.wait(1.0 if remaining is None else min(remaining, 1.0))
+            self.waiting += 1
+            try:
+                cond.wait(1.0 if remaining is None else min(remaining, 1.0))
+            finally:
+                self.waiting -= 1
             if deadline.expired():
                 self.release()
                 raise self._timeout_error("send")
@@ -241,7 +248,7 @@ class Outbox:
         except _NOT_A_LOSS:
             raise
         except OSError as exc:
-            self.cond.notify_all()  # senders waiting for this thread's message: it won't end
+            self.notify_waiters()  # senders waiting for this thread's message: it won't end
             raise self._lose(exc) from exc
         finally:
             self.done()
@@ -254,11 +261,20 @@ class Outbox:
         bounded besides.
         """
         cond = self.cond
-        if cond.acquire(blocking=False):
+        if self.waiting and cond.acquire(blocking=False):
             try:
-                cond.notify_all()
+                self.notify_waiters()
             finally:
                 cond.release()
+
+    def notify_waiters(self) -> None:
+        """Wake the senders waiting for another thread's open message; hold the send lock.
+
+        Only when there are some: ``Condition.notify_all()`` costs about as
+        much with none (a handshake's close used to pay for two).
+        """
+        if self.waiting:
+            self.cond.notify_all()
 
     def done(self) -> None:
         """Let go of the send lock taken by :meth:`sending` or :meth:`offer_whole`."""
@@ -294,7 +310,7 @@ class Outbox:
         if fin:
             if self.owner is not None:
                 self.owner = None
-                self.cond.notify_all()
+                self.notify_waiters()
         elif self.owner is None:
             self.owner = threading.get_ident()
             self.text = text
