@@ -114,6 +114,8 @@ class Refusals:
 
     def expire(self) -> None:
         """Close the refused connections whose linger has ended."""
+        if not self._refused:
+            return  # the accept loop asks after every connection
         now = time.monotonic()
         for conn in [c for c, when in self._refused.items() if when <= now]:
             self._forget(conn)
