@@ -122,6 +122,7 @@ class WebSocket:
             self._transport, protocol, self._out, self._pings, self._lose, self._fail, self._timeout_error
         )
         self._inbox.nonblocking = timeout == 0
+        self._inbox.timeout = timeout
         # send() may take its fast path: blocking, on a plain socket (kept by settimeout()).
         self._blocking = timeout is None and not self._transport.nonblocking
         # close() was called before the connection ended otherwise: the
@@ -228,6 +229,7 @@ class WebSocket:
         was = self._timeout
         self._timeout = timeout
         self._inbox.nonblocking = timeout == 0
+        self._inbox.timeout = timeout
         self._blocking = timeout is None and not self._transport.nonblocking
         if timeout == 0 and was != 0:
             # A read the keepalive thread began before this call is
@@ -415,7 +417,7 @@ class WebSocket:
             ConnectionClosedError: the connection was lost without a Close,
                 or failed because the peer broke the protocol.
         """
-        return self._inbox.recv(self._timeout)
+        return self._inbox.recv()
 
     def recv_into(self, buffer: Any, nbytes: int = 0) -> int | None:
         """Receive the next message into ``buffer``; return its length in bytes.
@@ -608,9 +610,6 @@ class WebSocket:
 
     def __iter__(self) -> Iterator[Message]:
         """Iterate over received messages until the peer closes."""
-        recv = self._inbox.recv  # recv()'s work, one call fewer per message
-        while True:
-            message = recv(self._timeout)
-            if message is None:
-                return
-            yield message
+        # recv() until it returns None, the end: called by the iterator
+        # itself (C), with no generator and no call of ours in between.
+        return iter(self._inbox.recv, None)

@@ -43,7 +43,8 @@ class Encoder:
     _lock: threading.Lock
     _pongs_queued: int
     _last_pong_at: int
-    _mask_keys: RandomKeys | None
+    mask_keys: RandomKeys | None
+    plain_below: int
     _compressor: Compressor | None
     _out_compressed: bool
     _skip_binary: int
@@ -79,7 +80,7 @@ class Encoder:
             payload = self._compressor.compress(payload, fin)
             if not text and fin and rsv and len(payload) > size * 0.95 and self._compressor.skip_incompressible:
                 self._skip_binary = 32  # incompressible data: stop trying for a while
-        keys = self._mask_keys
+        keys = self.mask_keys
         if keys is None:
             if self.trace is not None:
                 self._trace_sent(opcode, fin, payload, None, rsv)
@@ -110,16 +111,11 @@ class Encoder:
         its masking key (b"" on the server side, which doesn't mask); None
         when it doesn't (a message is open, it is compressed, traced or
         64 KiB or more: :meth:`encode_data` frames it). For
-        ``_accel.send_message``, which builds the frame :meth:`encode_message` would."""
-        if (
-            n > 0xFFFF
-            or self.trace is not None
-            or self.sending_message
-            or self._compressor is not None
-            and n >= self._compressor.min_size
-        ):
+        ``_accel.send_message``, which builds the frame :meth:`encode_message` would.
+        (``Outbox.send_small`` writes this out: change both.)"""
+        if n >= self.plain_below or self.trace is not None or self.sending_message:
             return None
-        keys = self._mask_keys
+        keys = self.mask_keys
         return b"" if keys is None else keys.next()
 
     def encode_message(self, payload: bytes, text: bool) -> bytes:
@@ -138,7 +134,7 @@ class Encoder:
             header, body = self.encode_data(payload, text, True)
             return header + body
         b0 = 0x81 if text else 0x82
-        keys = self._mask_keys
+        keys = self.mask_keys
         if keys is None:
             return bytes((b0, n)) + payload
         key = keys.next()
@@ -154,7 +150,7 @@ class Encoder:
         context takeover, or a trace make ours unique: encoded as usual.
         """
         compressor = self._compressor
-        if self._mask_keys is not None or self.trace is not None or self.sending_message:
+        if self.mask_keys is not None or self.trace is not None or self.sending_message:
             return self.encode_message(payload, text)
         if compressor is None or len(payload) < compressor.min_size or not text and self._skip_binary:
             if compressor is not None and len(payload) >= compressor.min_size:
@@ -175,7 +171,7 @@ class Encoder:
 
     def encode_control(self, opcode: Opcode, payload: bytes) -> bytes:
         """Return a whole Ping or Pong frame (hold the send lock: it draws a masking key)."""
-        return self._encode_control(opcode, payload, self._mask_keys)
+        return self._encode_control(opcode, payload, self.mask_keys)
 
     @staticmethod
     def check_control(payload: bytes) -> None:

@@ -56,9 +56,12 @@ __all__ = ["Inbox"]
 Message = Union[str, bytes]
 
 _FOREVER = Deadline(None)
+_monotonic = time.monotonic  # (a global look-up fewer per message)
 # Reads one non-blocking call may make while the kernel has data: enough to
 # take a large message already there, bounded against a flood.
 _NONBLOCKING_READS = 16
+
+
 class Inbox(Placing):
     """What a connection has received and the application hasn't taken yet, and who reads next.
 
@@ -75,6 +78,7 @@ class Inbox(Placing):
         "lock",
         "link",
         "nonblocking",
+        "timeout",
         "calls",
         "close_taken",
         "close_seen",
@@ -109,6 +113,8 @@ class Inbox(Placing):
         self.link: Waker = NOBODY
         #: The connection is in non-blocking mode (kept by ``settimeout()``).
         self.nonblocking = False
+        #: The connection's timeout, for recv() (kept by ``settimeout()``).
+        self.timeout: float | None = None
         #: How often the application called ``recv()`` (or its siblings).
         self.calls = 0
         #: The application took the peer's Close (``recv()`` returned None):
@@ -324,38 +330,43 @@ class Inbox(Placing):
         self.calls += 1
         return deadline
 
-    def recv(self, timeout: float | None) -> Message | None:
-        """:meth:`WebSocket.recv <blockws.WebSocket.recv>`, with the connection's timeout."""
+    def recv(self) -> Message | None:
+        """:meth:`WebSocket.recv <blockws.WebSocket.recv>`, with the connection's timeout (:attr:`timeout`)."""
         # _enter() and release(), written out: calls fewer on the hot path.
+        timeout = self.timeout
         if timeout is None:
             deadline = _FOREVER
             self.lock.acquire()
+            whole = self._whole
         else:
             deadline = Deadline(timeout)
             self.acquire(deadline)
+            whole = None  # (recv_one waits for ever)
         self.calls += 1
         try:
             proto = self._proto
             assembly = self.assembly
             if (
-                deadline is _FOREVER
-                and self._whole is not None
+                whole is not None
                 and not proto.events
                 and not proto.input_ended
                 and not assembly.parts
                 and assembly.reader is None
                 and not self._out.buf
-                and proto.at_rest()
+                # proto.at_rest(), written out: a call fewer per message.
+                and not proto.in_message
+                and not proto.leftover
+                and proto.trace is None
             ):
                 # The common case, blocking, nothing received yet: one read,
                 # and the message when it came whole in it, as one simple frame
                 # (_accel.recv_one); else the protocol takes the bytes read.
                 try:
                     # fileno() each time, as socket.recv() reads it: -1 once closed.
-                    got = self._whole(self._transport.sock.fileno(), self._masked, self._max_size, self._whole_counts)
+                    got = whole(self._transport.sock.fileno(), self._masked, self._max_size, self._whole_counts)
                 except OSError as exc:
                     raise self._lose(exc) from exc
-                self.last_received = time.monotonic()
+                self.last_received = _monotonic()
                 if type(got) is not tuple:
                     return got  # type: ignore[return-value]  # the message
                 self._feed(got[0])

@@ -75,12 +75,12 @@ class Parser:
     failure: ProtocolError | None
     # ...and where the parser is: the leftover of the last read, the data
     # frame being streamed, the message it belongs to.
-    _buf: bytes
+    leftover: bytes
     remaining: int
     _frame_fin: bool
     _frame_mask: bytes | None
     _frame_offset: int
-    _in_message: bool
+    in_message: bool
     _msg_text: bool
     _msg_size: int
     _msg_frames: int
@@ -98,21 +98,21 @@ class Parser:
     def at_rest(self) -> bool:
         """Between messages, nothing left over, no trace: the next bytes read
         may be handed to ``_accel.parse_one`` (whose None means: give them to
-        :meth:`receive_data`)."""
-        return not self._in_message and not self._buf and self.trace is None
+        :meth:`receive_data`). (``Inbox.recv`` writes this test out: change both.)"""
+        return not self.in_message and not self.leftover and self.trace is None
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes read from the peer; parsed events go to :attr:`events`."""
         if self._discard or not data:
             return
-        if self._buf:
-            data = self._buf + data
-            self._buf = b""
+        if self.leftover:
+            data = self.leftover + data
+            self.leftover = b""
         try:
             self._parse(data)
         except ProtocolError as exc:
             self._discard = True
-            self._buf = b""
+            self.leftover = b""
             self.failure = exc
             self.input_ended = True
 
@@ -153,7 +153,7 @@ class Parser:
                 if (
                     n < 126
                     and (b1 & 0x80) == mask_bit
-                    and (control or ((b0 == 0x82 or b0 == 0x81) and not self._in_message))
+                    and (control or ((b0 == 0x82 or b0 == 0x81) and not self.in_message))
                 ):
                     start = pos + 6 if mask_bit else pos + 2
                     if start + n <= end:
@@ -211,12 +211,12 @@ class Parser:
                     return
                 continue
             if opcode == Opcode.CONT:
-                if not self._in_message:
+                if not self.in_message:
                     raise ProtocolError("continuation frame without a message to continue")
             else:
-                if self._in_message:
+                if self.in_message:
                     raise ProtocolError("new data frame inside a fragmented message")
-                self._in_message = True
+                self.in_message = True
                 self._msg_text = opcode == Opcode.TEXT
                 self._msg_size = 0
                 self._msg_frames = 0
@@ -242,7 +242,7 @@ class Parser:
             if not length:
                 self._deliver(b"", header.fin)
         if pos < end:
-            self._buf = data[pos:]
+            self.leftover = data[pos:]
 
     # -- payload read into place by the I/O layer (recv_into) ---------------
 
@@ -262,7 +262,7 @@ class Parser:
         if (
             self._msg_text
             or self._msg_compressed
-            or self._buf
+            or self.leftover
             or self.events
             or self._discard
             or self.failure is not None
@@ -293,7 +293,7 @@ class Parser:
         self.data_out += n
         if self.remaining or not self._frame_fin:
             return False
-        self._in_message = False
+        self.in_message = False
         self.ends_in += 1
         self.ends_out += 1
         return True
@@ -308,7 +308,7 @@ class Parser:
         was handed out beyond these bytes: the message is at least that long,
         and exactly that long once its last header was seen.
         """
-        if not self._in_message or self._msg_compressed:
+        if not self.in_message or self._msg_compressed:
             return None
         return self._msg_size, self._frame_fin
 
@@ -321,7 +321,7 @@ class Parser:
 
     def _deliver(self, piece: bytes, fin: bool) -> None:
         if fin:
-            self._in_message = False
+            self.in_message = False
         if self._msg_compressed:
             assert self._decompressor is not None
             piece = self._decompressor.decompress(piece, fin)

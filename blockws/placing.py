@@ -189,4 +189,3 @@ class Placing:
                 prefix = bytes(view[:written])
                 assembly.add_first(prefix.decode("utf-8") if text else prefix)
             raise
-

@@ -182,12 +182,16 @@ class Protocol(Encoder, Parser):
         "events",
         "failure",
         "finished",
+        "in_message",
         "input_ended",
+        "leftover",
         "lost",
+        "mask_keys",
         "max_fragments",
         "max_size",
         "outgoing",
         "output_ended",
+        "plain_below",
         "pongs",
         "remaining",
         "sending_message",
@@ -195,7 +199,6 @@ class Protocol(Encoder, Parser):
         "state",
         "text_extra",
         "trace",
-        "_buf",
         "_client",
         "_close_answer_due",
         "_compressor",
@@ -207,10 +210,8 @@ class Protocol(Encoder, Parser):
         "_frame_fin",
         "_frame_mask",
         "_frame_offset",
-        "_in_message",
         "_last_pong_at",
         "_lock",
-        "_mask_keys",
         "_msg_compressed",
         "_msg_frames",
         "_msg_size",
@@ -279,21 +280,24 @@ class Protocol(Encoder, Parser):
         # Pongs in _out, and where the last one is (past the bound, a newer replaces it).
         self._pongs_queued = 0
         self._last_pong_at = 0
-        # Masking keys: the send-lock holder's, and the reader's own (its
-        # pongs, the Close after a protocol error), so that the two never
-        # draw from one pool at once (the same key twice).
-        self._mask_keys = RandomKeys() if side is Side.CLIENT else None
+        #: Masking keys: the send-lock holder's (read by the outbox's fast
+        #: path, under that lock), and the reader's own (its pongs, the
+        #: Close after a protocol error), so that the two never draw from
+        #: one pool at once (the same key twice). None on the server side.
+        self.mask_keys = RandomKeys() if side is Side.CLIENT else None
         self._reader_keys = RandomKeys() if side is Side.CLIENT else None
-        # Receiving: the leftover of the last read (a partial header or a
-        # partial control frame), and the data frame being streamed.
-        self._buf = b""
+        #: Receiving: the leftover of the last read (a partial header or a
+        #: partial control frame; read-only outside, see at_rest()), and the
+        #: data frame being streamed.
+        self.leftover = b""
         #: Payload bytes of the data frame being received still to come
         #: (read-only outside: a hint for the size of the next read).
         self.remaining = 0
         self._frame_fin = True
         self._frame_mask: bytes | None = None
         self._frame_offset = 0
-        self._in_message = False
+        #: A data message is being received (read-only outside, see at_rest()).
+        self.in_message = False
         self._msg_text = False
         self._msg_size = 0
         self.max_fragments = max_fragments
@@ -307,6 +311,9 @@ class Protocol(Encoder, Parser):
         client = side is Side.CLIENT
         self.deflate = deflate
         self._compressor = Compressor(deflate, client, compression or PerMessageDeflate()) if deflate else None
+        #: A whole message shorter than this may go as one plain frame, not
+        #: compressed (see plain_key()): 64 KiB, or the compressor's min_size.
+        self.plain_below = 0x10000 if self._compressor is None else min(self._compressor.min_size, 0x10000)
         self._decompressor = Decompressor(deflate, client, max_size) if deflate else None
         self._msg_compressed = False
         self._out_compressed = False
@@ -502,7 +509,7 @@ class Protocol(Encoder, Parser):
         self.events.clear()
         self.data_out = self.data_in
         self.ends_out = self.ends_in
-        self._dropping = self._in_message
+        self._dropping = self.in_message
 
     @property
     def queued(self) -> int:
@@ -523,13 +530,13 @@ class Protocol(Encoder, Parser):
     @property
     def buffered(self) -> int:
         """Bytes received and not yet parsed (part of a header or of a control frame)."""
-        return len(self._buf)
+        return len(self.leftover)
 
     # -- sending (the encoders are the base class's, blockws.encoding) ----------
 
     def send_close(self, code: int | None = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Queue our Close frame (once); no data may be sent after it. Hold the send lock."""
-        self._send_close(code, reason, self._mask_keys)
+        self._send_close(code, reason, self.mask_keys)
 
     def _send_close(self, code: int | None, reason: str, keys: RandomKeys | None) -> None:
         # Under the queue lock: the reader (after a protocol error) and the

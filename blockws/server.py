@@ -65,6 +65,8 @@ logger = logging.getLogger("blockws.server")
 
 # Windows before 3.10 has no AF_UNIX at all (a name, for the tests to clear).
 _HAS_AF_UNIX = hasattr(socket, "AF_UNIX")
+
+
 class _Opening:
     """One connection's opening handshake, as :class:`Server` tracks it."""
 

@@ -38,6 +38,25 @@ def test_echo_text_and_binary(echo_server):
     assert ws.close_code == 1000
 
 
+def test_trace_set_mid_connection_sees_every_frame_until_unset(echo_server):
+    """The fast paths (a whole message read or written in one C call) step aside while traced."""
+    seen: list[tuple[str, int, bytes]] = []
+    with blockws.connect(echo_server.url) as ws:
+        for _ in range(3):  # warm: the fast paths are taken
+            ws.send(b"fast")
+            assert ws.recv() == b"fast"
+        ws.trace = lambda direction, header, payload: seen.append((direction, header.opcode, payload))
+        ws.send("traced")
+        assert ws.recv() == "traced"
+        ws.send(b"\x00" * 200)
+        assert ws.recv() == b"\x00" * 200
+        ws.trace = None
+        ws.send(b"quiet")
+        assert ws.recv() == b"quiet"
+    assert [(d, op) for d, op, _ in seen] == [(">", 1), ("<", 1), (">", 2), ("<", 2)]
+    assert seen[0][2].startswith(b"traced") and seen[1][2].startswith(b"traced")
+
+
 def test_send_returns_count_in_characters(echo_server):
     with blockws.connect(echo_server.url, timeout=5) as ws:
         assert ws.send("h€llo") == 5
