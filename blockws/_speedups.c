@@ -20,6 +20,10 @@
  * returned when they are exactly one whole, simple frame, else None (see
  * there); the Python parser in parsing.py decides everything else.
  *
+ * recv_one(fd, masked, max_size): one blocking recv() into a buffer on the
+ * stack, then what parse_one() would say of those bytes: the message, or
+ * the bytes themselves (in a 1-tuple) for the Python parser.
+ *
  * Builder(size): a bytes object of `size` bytes under construction. It
  * lends its memory as a writable buffer (recv_into reads into it), and
  * take() hands the bytes object over once no view of it is left: a large
@@ -42,7 +46,8 @@
  *   bytearray's own methods, never a write outside the buffer.
  * - xor_key_released() detaches from the interpreter (Py_BEGIN_ALLOW_THREADS)
  *   while it touches only those held buffers; send_now() stays attached
- *   for one send() that can't wait (MSG_DONTWAIT).
+ *   for one send() that can't wait (MSG_DONTWAIT). recv_one() detaches
+ *   while it waits in recv(), which writes only into its own stack buffer.
  * - A Counts is only added to by the thread that holds the connection's
  *   reader or send lock; other threads only read it (a count may be one
  *   message old).
