@@ -41,6 +41,7 @@ racing ``close()`` calls both compute it, either result is right.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -70,6 +71,37 @@ DEFAULT_CLOSE_TIMEOUT = 10.0
 
 Message = Union[str, bytes]
 BytesLike = Union[bytes, bytearray, memoryview]
+
+
+class _Mode:
+    """The connection's timeout mode, as the halves need it: which error a timeout is."""
+
+    __slots__ = ("nonblocking",)
+
+    def __init__(self, nonblocking: bool) -> None:
+        self.nonblocking = nonblocking
+
+    def timeout_error(self, what: str) -> OSError:
+        if self.nonblocking:
+            return BlockingIOError(f"{what} would block")
+        return TimeoutError(f"{what} timed out")
+
+
+def _ended_error(
+    proto: Protocol, exc: BaseException | None, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = ""
+) -> ConnectionClosedError:
+    """:meth:`WebSocket._lose` once the socket is closed: only the error (see ``_unwire``)."""
+    err = ConnectionClosedError(proto.close_code or code, proto.close_reason or "")
+    if exc is not None:
+        err.__cause__ = exc
+    return err
+
+
+def _failed_after_end(proto: Protocol, exc: ProtocolError) -> ConnectionClosedError:
+    """:meth:`WebSocket._fail` once the socket is closed (see ``_unwire``): a protocol
+    error queued before the end is reached by a later recv()."""
+    proto.fail(exc)
+    return ConnectionClosedError(exc.close_code, str(exc))
 
 
 class WebSocket:
@@ -116,10 +148,13 @@ class WebSocket:
         self.local_address: Any
         self.remote_address: Any
         self.local_address, self.remote_address = self._transport.addresses()
-        self._out = Outbox(self._transport, protocol, write_limit, self._lose, self._timeout_error)
+        # Whether a timeout is BlockingIOError (non-blocking mode) or TimeoutError,
+        # for the halves: an object of its own, not a method of this one (see _unwire).
+        self._mode = _Mode(timeout == 0)
+        self._out = Outbox(self._transport, protocol, write_limit, self._lose, self._mode.timeout_error)
         self._pings = Pings()
         self._inbox = Inbox(
-            self._transport, protocol, self._out, self._pings, self._lose, self._fail, self._timeout_error
+            self._transport, protocol, self._out, self._pings, self._lose, self._fail, self._mode.timeout_error
         )
         self._inbox.nonblocking = timeout == 0
         self._inbox.timeout = timeout
@@ -228,7 +263,7 @@ class WebSocket:
             raise ValueError("timeout must be None or >= 0")
         was = self._timeout
         self._timeout = timeout
-        self._inbox.nonblocking = timeout == 0
+        self._inbox.nonblocking = self._mode.nonblocking = timeout == 0
         self._inbox.timeout = timeout
         self._blocking = timeout is None and not self._transport.nonblocking
         if timeout == 0 and was != 0:
@@ -276,9 +311,7 @@ class WebSocket:
         return received, sent, received_bytes, sent_bytes
 
     def _timeout_error(self, what: str) -> OSError:
-        if self._timeout == 0:
-            return BlockingIOError(f"{what} would block")
-        return TimeoutError(f"{what} timed out")
+        return self._mode.timeout_error(what)
 
     # -- writing -----------------------------------------------------------------
 
@@ -507,6 +540,26 @@ class WebSocket:
         self._out.wake_waiters()
         for callback in callbacks:
             callback()
+        self._unwire()
+
+    def _unwire(self) -> None:
+        """Finished: the halves and the keepalive link let go of this WebSocket and of each other.
+
+        They called it back through bound methods (and the link and the
+        halves point at each other), so every connection's objects formed
+        reference cycles that only the cyclic garbage collector freed: about
+        a tenth of a server's handshake, and on free-threaded CPython
+        collections that stop every thread. Once the socket is closed, what
+        they may still be asked (another thread's recv() or send()) needs
+        none of it: the errors come from the protocol's record of the end,
+        as this WebSocket's own methods would give them (both do nothing
+        else now). Each swap is one attribute store: a thread that already
+        took the old callback still gets the same answer.
+        """
+        proto = self._proto
+        self._inbox.unwire(functools.partial(_ended_error, proto), functools.partial(_failed_after_end, proto))
+        self._out.unwire(functools.partial(_ended_error, proto))
+        self._keepalive.unwire()
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once, when the socket is closed (for limits and keepalive)."""

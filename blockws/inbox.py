@@ -143,12 +143,23 @@ class Inbox(Placing):
         # their payload bytes: counted by recv_one itself.
         self._whole_counts: Any = None if self._whole is None else _accel.Counts()  # type: ignore[misc]
 
+    def unwire(
+        self,
+        lose: Callable[[BaseException | None], ConnectionClosedError],
+        fail: Callable[[ProtocolError], ConnectionClosedError],
+    ) -> None:
+        """The connection is finished: new callbacks that don't lead back to it, no link."""
+        self._lose = lose
+        self._fail = fail
+        self.link = NOBODY
+
     # -- what is held ----------------------------------------------------------
 
     def held(self) -> int:
         """Every byte read from the kernel and not yet returned by ``recv()`` (for backpressure)."""
         proto = self._proto
-        total = proto.buffered + self.assembly.size + proto.queued
+        # (proto.buffered and proto.queued written out: the keepalive asks twice per ping)
+        total = len(proto.leftover) + self.assembly.size + proto.data_in - proto.data_out
         if proto.failure is not None:
             total += 1
         return total + self._transport.buffered()

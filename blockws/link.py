@@ -65,6 +65,14 @@ class _Nobody:
 NOBODY: Waker = _Nobody()
 
 
+def _ignore(code: int, reason: str) -> None:
+    pass
+
+
+def _call_now(callback: Callable[[], None]) -> None:
+    callback()
+
+
 class KeepAliveLink:
     """A connection as the keepalive thread sees it (:class:`blockws.keepalive.Watched`).
 
@@ -159,6 +167,15 @@ class KeepAliveLink:
 
     def fail(self, code: int, reason: str) -> None:
         self._fail(code, reason)
+
+    def unwire(self) -> None:
+        """The connection is finished: let go of its methods (see ``WebSocket._unwire``).
+
+        What they would do now: nothing for ``fail`` (the connection ended
+        already), an immediate call for ``on_close``.
+        """
+        self._fail = _ignore
+        self._on_close = _call_now
 
     # -- writing: what is held, pings, the answer to a Close ---------------------------
 

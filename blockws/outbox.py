@@ -166,6 +166,11 @@ class Outbox:
         self._lose = lose
         self._timeout_error = timeout_error
 
+    def unwire(self, lose: Callable[[BaseException], ConnectionClosedError]) -> None:
+        """The connection is finished: a ``lose`` that doesn't lead back to it, no link."""
+        self._lose = lose
+        self.link = NOBODY
+
     def counts(self) -> tuple[int, int]:
         """Data messages sent (accepted whole), and their payload bytes (text as UTF-8, before compression)."""
         counts = self._sent_counts

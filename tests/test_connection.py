@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import select
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -55,6 +57,49 @@ def test_trace_set_mid_connection_sees_every_frame_until_unset(echo_server):
         assert ws.recv() == b"quiet"
     assert [(d, op) for d, op, _ in seen] == [(">", 1), ("<", 1), (">", 2), ("<", 2)]
     assert seen[0][2].startswith(b"traced") and seen[1][2].startswith(b"traced")
+
+
+@pytest.mark.skipif(
+    not getattr(sys, "_is_gil_enabled", lambda: True)(),
+    reason="free-threaded CPython hands an object another thread released last to its owner thread "
+    "to free: a collection then finds it unreachable without a cycle (DEBUG_SAVEALL keeps it)",
+)
+def test_a_finished_connection_leaves_no_reference_cycles(run_server):
+    """Once closed, a connection's objects are freed by their reference counts,
+    on both sides: none waits for the cyclic garbage collector (WebSocket._unwire)."""
+    done = threading.Event()
+
+    def echo_once(ws):
+        for message in ws:
+            ws.send(message)
+        done.set()
+
+    server = run_server(echo_once)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for timeout in (None, 5.0, 0.0):
+            done.clear()
+            with blockws.connect(server.url) as ws:
+                ws.send("x")
+                if timeout == 0.0:
+                    ws.settimeout(5.0)
+                assert ws.recv() == "x"
+                ws.settimeout(timeout)
+            del ws
+            assert done.wait(5)
+        deadline = time.monotonic() + 5
+        while server.server.stats()["connections"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the handler threads' frames are gone
+        gc.collect()
+        cyclic = sorted({type(o).__qualname__ for o in gc.garbage if type(o).__module__.startswith("blockws")})
+        assert cyclic == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
 
 
 def test_send_returns_count_in_characters(echo_server):
