@@ -439,6 +439,14 @@ send_message(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 #ifdef MSG_NOSIGNAL
     flags |= MSG_NOSIGNAL;
 #endif
+    /* Counted before the bytes can reach the peer (undone below if the send
+     * fails): a thread that saw the peer's answer and then reads the counts
+     * (Server.stats()) must find the message there -- on a free-threaded
+     * build it may read them while this thread is still here. */
+    if (counts != NULL) {
+        counts->messages++; /* accepted: the caller writes any rest */
+        counts->bytes += n;
+    }
     ssize_t sent;
     do {
         sent = send((int)fd, frame, (size_t)size, flags);
@@ -455,9 +463,9 @@ send_message(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     else {
         result = PyErr_SetFromErrno(PyExc_OSError);
     }
-    if (result != NULL && counts != NULL) {
-        counts->messages++; /* accepted: the caller writes any rest */
-        counts->bytes += n;
+    if (result == NULL && counts != NULL) {
+        counts->messages--;
+        counts->bytes -= n;
     }
     if (frame != small) {
         PyMem_Free(frame);

@@ -343,9 +343,15 @@ class Outbox:
                     # proto.plain_key(n), written out: a call fewer per message
                     # (_plain_below: JOIN_BELOW and the protocol's plain_below).
                     if n >= self._plain_below or proto.trace is not None or proto.sending_message:
-                        transport.send_whole(proto.encode_message(payload, text))
+                        # Counted first, as send_message() counts (see write_whole).
                         self.sent += 1
                         self.sent_bytes += n
+                        try:
+                            transport.send_whole(proto.encode_message(payload, text))
+                        except BaseException:
+                            self.sent -= 1
+                            self.sent_bytes -= n
+                            raise
                     else:
                         # Framed, written and counted in one step (the C accelerator's).
                         keys = proto.mask_keys
@@ -560,9 +566,16 @@ class Outbox:
             self.check_open()
             if not self.room_for(len(payload)):
                 return False
-            self.offer(self._proto.encode_shared(payload, text, shared))
+            frame = self._proto.encode_shared(payload, text, shared)
+            # Counted first, as write_whole() counts.
             self.sent += 1
             self.sent_bytes += len(payload)
+            try:
+                self.offer(frame)
+            except BaseException:
+                self.sent -= 1
+                self.sent_bytes -= len(payload)
+                raise
             return True
         except ConnectionClosed:
             return None
@@ -624,12 +637,20 @@ class Outbox:
             # What is held goes first; the frame itself streams from the
             # caller's buffer, not copied here past write_limit.
             self.flush(deadline)  # no deadline: returns once all is written
-        if len(body) < JOIN_BELOW:
-            self._transport.send_all(header + body, deadline)
-        else:
-            self._transport.send_frame(header, body, deadline)
+        # Counted before the bytes can reach the peer, and undone if they
+        # don't go: a thread that saw the peer's answer and then asks
+        # Server.stats() finds them (it may run while this one is still here).
         self.sent_bytes += len(payload)
         self.sent += fin
+        try:
+            if len(body) < JOIN_BELOW:
+                self._transport.send_all(header + body, deadline)
+            else:
+                self._transport.send_frame(header, body, deadline)
+        except BaseException:
+            self.sent_bytes -= len(payload)
+            self.sent -= fin
+            raise
 
     def write_partial(self, payload: BytesLike, text: bool, fin: bool, deadline: Deadline) -> int:
         """Accept what fits now (after waiting until the deadline for some room); return the bytes accepted."""
