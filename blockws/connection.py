@@ -547,9 +547,9 @@ class WebSocket:
 
         They called it back through bound methods (and the link and the
         halves point at each other), so every connection's objects formed
-        reference cycles that only the cyclic garbage collector freed: about
-        a tenth of a server's handshake, and on free-threaded CPython
-        collections that stop every thread. Once the socket is closed, what
+        reference cycles that only the cyclic garbage collector freed (9 %
+        of a server's handshake went to collecting them; on free-threaded
+        CPython, collections stop every thread). Once the socket is closed, what
         they may still be asked (another thread's recv() or send()) needs
         none of it: the errors come from the protocol's record of the end,
         as this WebSocket's own methods would give them (both do nothing
