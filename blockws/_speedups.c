@@ -544,16 +544,23 @@ parse_frame(const unsigned char *d, Py_ssize_t n, int masked, Py_ssize_t max_siz
     return text;
 }
 
-/* masked, max_size and counts: the arguments at args[at:] (see parse_one). */
+/* The arguments of parse_one() and recv_one(): (first, masked, max_size,
+ * counts=None), `first` checked by the caller (`first_ok`); `usage` is the
+ * TypeError's message. */
 static int
-frame_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at, int *masked, Py_ssize_t *max_size, Counts **counts)
+frame_args(PyObject *const *args, Py_ssize_t nargs, int first_ok, const char *usage, int *masked, Py_ssize_t *max_size,
+           Counts **counts)
 {
-    *counts = counts_arg(args, nargs, at + 2);
-    *masked = PyObject_IsTrue(args[at]);
+    if ((nargs != 3 && nargs != 4) || !first_ok) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    *counts = counts_arg(args, nargs, 3);
+    *masked = PyObject_IsTrue(args[1]);
     if (*masked < 0) {
         return -1;
     }
-    *max_size = PyLong_AsSsize_t(args[at + 1]);
+    *max_size = PyLong_AsSsize_t(args[2]);
     if (*max_size == -1 && PyErr_Occurred()) {
         return -1;
     }
@@ -563,14 +570,12 @@ frame_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at, int *masked, 
 static PyObject *
 parse_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if ((nargs != 3 && nargs != 4) || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "parse_one(data: bytes, masked: bool, max_size: int, counts=None)");
-        return NULL;
-    }
     int masked;
     Py_ssize_t max_size;
     Counts *counts;
-    if (frame_args(args, nargs, 1, &masked, &max_size, &counts) < 0) {
+    if (frame_args(args, nargs, nargs > 0 && PyBytes_CheckExact(args[0]),
+                   "parse_one(data: bytes, masked: bool, max_size: int, counts=None)", &masked, &max_size, &counts)
+        < 0) {
         return NULL;
     }
     return parse_frame((const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), masked, max_size,
@@ -595,14 +600,12 @@ parse_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 recv_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if ((nargs != 3 && nargs != 4) || !PyLong_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "recv_one(fd: int, masked: bool, max_size: int, counts=None)");
-        return NULL;
-    }
     int masked;
     Py_ssize_t max_size;
     Counts *counts;
-    if (frame_args(args, nargs, 1, &masked, &max_size, &counts) < 0) {
+    if (frame_args(args, nargs, nargs > 0 && PyLong_Check(args[0]),
+                   "recv_one(fd: int, masked: bool, max_size: int, counts=None)", &masked, &max_size, &counts)
+        < 0) {
         return NULL;
     }
     long fd = PyLong_AsLong(args[0]);

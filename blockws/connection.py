@@ -78,8 +78,8 @@ class _Mode:
 
     __slots__ = ("nonblocking",)
 
-    def __init__(self, nonblocking: bool) -> None:
-        self.nonblocking = nonblocking
+    def __init__(self) -> None:
+        self.nonblocking = False
 
     def timeout_error(self, what: str) -> OSError:
         if self.nonblocking:
@@ -90,7 +90,9 @@ class _Mode:
 def _ended_error(
     proto: Protocol, exc: BaseException | None, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = ""
 ) -> ConnectionClosedError:
-    """:meth:`WebSocket._lose` once the socket is closed: only the error (see ``_unwire``)."""
+    """The error for a connection that ended (the peer's code, or the cause
+    of the loss; ``code`` failing both), caused by ``exc``: :meth:`WebSocket._lose`'s,
+    and all it does once the socket is closed (see ``_unwire``)."""
     err = ConnectionClosedError(proto.close_code or code, proto.close_reason or "")
     if exc is not None:
         err.__cause__ = exc
@@ -144,22 +146,18 @@ class WebSocket:
         #: Whether the last message :meth:`recv_into` wrote was text (its
         #: UTF-8 bytes) rather than binary.
         self.received_text = False
-        self._timeout = timeout
         self.local_address: Any
         self.remote_address: Any
         self.local_address, self.remote_address = self._transport.addresses()
         # Whether a timeout is BlockingIOError (non-blocking mode) or TimeoutError,
         # for the halves: an object of its own, not a method of this one (see _unwire).
-        self._mode = _Mode(timeout == 0)
+        self._mode = _Mode()
         self._out = Outbox(self._transport, protocol, write_limit, self._lose, self._mode.timeout_error)
         self._pings = Pings()
         self._inbox = Inbox(
             self._transport, protocol, self._out, self._pings, self._lose, self._fail, self._mode.timeout_error
         )
-        self._inbox.nonblocking = timeout == 0
-        self._inbox.timeout = timeout
-        # send() may take its fast path: blocking, on a plain socket (kept by settimeout()).
-        self._blocking = timeout is None and not self._transport.nonblocking
+        self._apply_timeout(timeout)
         # close() was called before the connection ended otherwise: the
         # application ended it (reconnect() then stops, whatever the code).
         self._closed_by_app = False
@@ -262,10 +260,7 @@ class WebSocket:
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be None or >= 0")
         was = self._timeout
-        self._timeout = timeout
-        self._inbox.nonblocking = self._mode.nonblocking = timeout == 0
-        self._inbox.timeout = timeout
-        self._blocking = timeout is None and not self._transport.nonblocking
+        self._apply_timeout(timeout)
         if timeout == 0 and was != 0:
             # A read the keepalive thread began before this call is
             # non-blocking and short: once it has fed the protocol,
@@ -276,6 +271,15 @@ class WebSocket:
             wake = self._keepalive.wake
             if wake is not None:
                 wake()  # the keepalive may read for us again
+
+    def _apply_timeout(self, timeout: float | None) -> None:
+        """The timeout, and what the parts keep of it: recv()'s (the inbox's),
+        the halves' error type (``_mode``), send()'s fast path (``_blocking``:
+        blocking, on a plain socket)."""
+        self._timeout = timeout
+        self._inbox.timeout = timeout
+        self._mode.nonblocking = timeout == 0
+        self._blocking = timeout is None and not self._transport.nonblocking
 
     def gettimeout(self) -> float | None:
         return self._timeout
@@ -326,10 +330,7 @@ class WebSocket:
         """
         self._proto.lose(code, reason or (str(exc) if exc else "connection lost"))
         self._close_socket()
-        err = ConnectionClosedError(self.close_code or code, self.close_reason or "")
-        if exc is not None:
-            err.__cause__ = exc
-        return err
+        return _ended_error(self._proto, exc, code)
 
     # -- sending -------------------------------------------------------------------
 

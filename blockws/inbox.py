@@ -56,7 +56,6 @@ __all__ = ["Inbox"]
 Message = Union[str, bytes]
 
 _FOREVER = Deadline(None)
-_monotonic = time.monotonic  # (a global look-up fewer per message)
 # Reads one non-blocking call may make while the kernel has data: enough to
 # take a large message already there, bounded against a flood.
 _NONBLOCKING_READS = 16
@@ -77,7 +76,6 @@ class Inbox(Placing):
     __slots__ = (
         "lock",
         "link",
-        "nonblocking",
         "timeout",
         "calls",
         "close_taken",
@@ -111,9 +109,8 @@ class Inbox(Placing):
         self.lock = threading.Lock()
         #: Told when the reader lets go, if it asked (set by the connection).
         self.link: Waker = NOBODY
-        #: The connection is in non-blocking mode (kept by ``settimeout()``).
-        self.nonblocking = False
-        #: The connection's timeout, for recv() (kept by ``settimeout()``).
+        #: The connection's timeout, for recv() (kept by ``settimeout()``;
+        #: 0: non-blocking mode).
         self.timeout: float | None = None
         #: How often the application called ``recv()`` (or its siblings).
         self.calls = 0
@@ -264,7 +261,7 @@ class Inbox(Placing):
         if proto.eof:
             return 0
         if deadline.when is not None:
-            if deadline.reads and deadline.expired() and (not self.nonblocking or deadline.reads >= _NONBLOCKING_READS):
+            if deadline.reads and deadline.expired() and (self.timeout != 0 or deadline.reads >= _NONBLOCKING_READS):
                 raise self._timeout_error("recv")
             deadline.reads += 1
         try:
@@ -377,7 +374,7 @@ class Inbox(Placing):
                     got = whole(self._transport.sock.fileno(), self._masked, self._max_size, self._whole_counts)
                 except OSError as exc:
                     raise self._lose(exc) from exc
-                self.last_received = _monotonic()
+                self.last_received = time.monotonic()
                 if type(got) is not tuple:
                     return got  # type: ignore[return-value]  # the message
                 self._feed(got[0])

@@ -157,7 +157,7 @@ class KeepAliveLink:
         The keepalive doesn't read them (``select()`` must see them), and
         the pong may be among them: its clock doesn't run meanwhile.
         """
-        return self._inbox.nonblocking and not self._proto.input_ended and self._transport.waiter.readable(0)
+        return self._inbox.timeout == 0 and not self._proto.input_ended and self._transport.waiter.readable(0)
 
     def on_close(self, callback: Callable[[], None]) -> None:
         self._on_close(callback)
@@ -231,7 +231,7 @@ class KeepAliveLink:
         inbox = self._inbox
         self.servicing = True
         try:
-            if inbox.nonblocking:
+            if inbox.timeout == 0:
                 # Non-blocking: the application's select() loop reads, and
                 # its send() calls read for us (see take_arrived).
                 return False

@@ -70,6 +70,15 @@ def send_in_pieces(rng: random.Random, ws: blockws.WebSocket, msg: Message) -> N
         assert ws.send(piece, fin=fin) == len(piece)  # blocking: all of it is accepted
 
 
+def send_messages(ws: blockws.WebSocket, mine: list[Message], number: int, seed: int, most: int) -> None:
+    """Sender ``number``: 3 to ``most - 1`` tagged messages in random pieces, each noted in ``mine`` once sent."""
+    rng = random.Random(seed)
+    for seq in range(rng.randrange(3, most)):
+        msg = message(rng, number, seq)
+        send_in_pieces(rng, ws, msg)
+        mine.append(msg)
+
+
 def small_buffers_client(url: str, **options: Any) -> blockws.WebSocket:
     """A client whose kernel buffers are small, so that writes are partial and frames' tails wait."""
     sock = socket.socket()
@@ -172,12 +181,7 @@ def test_one_reader_many_senders_and_broadcasts(run_server, keepalive, seed):
     threads = Threads()
 
     def sender(number: int, seed: int) -> None:
-        rng = random.Random(seed)
-        mine = sent[number] = []
-        for seq in range(rng.randrange(3, 12)):
-            msg = message(rng, number, seq)
-            send_in_pieces(rng, ws, msg)
-            mine.append(msg)
+        send_messages(ws, sent.setdefault(number, []), number, seed, 12)
 
     def broadcaster(number: int, seed: int) -> None:
         rng = random.Random(seed)
@@ -406,12 +410,7 @@ def test_recv_into_exact_sizes_while_others_send(run_server, keepalive, seed):
             results.append(bytes(buffer[:size]))
 
     def sender(number: int, seed: int) -> None:
-        rng = random.Random(seed)
-        mine = sent[number] = []
-        for seq in range(rng.randrange(3, 10)):
-            msg = message(rng, number, seq)
-            send_in_pieces(rng, ws, msg)
-            mine.append(msg)
+        send_messages(ws, sent.setdefault(number, []), number, seed, 10)
 
     threads.start(reader, "reader")
     senders = Threads()
