@@ -181,7 +181,10 @@ def serve_until_signalled(
                 while received and not stop:
                     signum = received.pop(0)
                     if signum == _SIGUSR1:
-                        print(f"blockws: {os.getpid()}: {stats_line(server.stats())}", file=sys.stderr, flush=True)
+                        # One write, the newline in it: print() writes the line and its
+                        # end apart, and the workers' lines then interleave on the shared stderr.
+                        sys.stderr.write(f"blockws: {os.getpid()}: {stats_line(server.stats())}\n")
+                        sys.stderr.flush()
                     elif signum == _SIGHUP and not restartable:
                         print(
                             "blockws: SIGHUP ignored: a rolling restart needs a supervisor (--workers 2 or more)",
