@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
-from .codes import CloseCode, Opcode
+from .codes import NO_STATUS_RCVD, NORMAL_CLOSURE, OP_PING, OP_PONG, CloseCode, Opcode
 from .exceptions import ConnectionClosed, ConnectionClosedError, ProtocolError
 from .frames import FrameHeader
 from .inbox import Inbox
@@ -422,7 +422,7 @@ class WebSocket:
         deadline = Deadline(self._timeout)
         ping = self._pings.expect(payload)
         try:
-            self._send_control(Opcode.PING, payload, deadline)
+            self._send_control(OP_PING, payload, deadline)
             self._inbox.await_pong(ping, deadline)
         except TimeoutError:
             raise self._timeout_error("ping") from None
@@ -433,7 +433,7 @@ class WebSocket:
 
     def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited Pong (a unidirectional heartbeat)."""
-        self._send_control(Opcode.PONG, bytes(data), Deadline(self._timeout))
+        self._send_control(OP_PONG, bytes(data), Deadline(self._timeout))
 
     # -- receiving -------------------------------------------------------------
 
@@ -603,8 +603,8 @@ class WebSocket:
         self._closed_by_app |= self._proto.close_rcvd is None and self._proto.lost is None
         send: int | None = code
         rcvd = self._proto.close_rcvd
-        if rcvd is not None and code == CloseCode.NORMAL_CLOSURE and not reason:
-            send = None if rcvd.code == CloseCode.NO_STATUS_RCVD else rcvd.code
+        if rcvd is not None and code == NORMAL_CLOSURE and not reason:
+            send = None if rcvd.code == NO_STATUS_RCVD else rcvd.code
         deadline = Deadline(self.close_timeout)
         self._queue_close(send, reason, deadline)
         self._finish(deadline)
@@ -633,11 +633,11 @@ class WebSocket:
         """
         if how == socket.SHUT_WR:
             deadline = Deadline(self.close_timeout)
-            self._queue_close(CloseCode.NORMAL_CLOSURE, "", deadline)
+            self._queue_close(NORMAL_CLOSURE, "", deadline)
             self._out.flush_when_free(deadline)
         elif how == socket.SHUT_RDWR:
             if not self._proto.finished:
-                self._queue_close(CloseCode.NORMAL_CLOSURE, "", Deadline(0))
+                self._queue_close(NORMAL_CLOSURE, "", Deadline(0))
                 try:
                     self._out.flush_when_free(Deadline(0))
                 except ConnectionClosed:

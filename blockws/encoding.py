@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .codes import Opcode
+from .codes import OP_BINARY, OP_CONT, OP_PONG, OP_TEXT, Opcode
 from .frames import MAX_CONTROL_PAYLOAD, FrameHeader, apply_mask, encode_header, mask
 
 if TYPE_CHECKING:
@@ -67,10 +67,10 @@ class Encoder:
         CONT; ``fin`` ends the message.
         """
         if self.sending_message:
-            opcode = Opcode.CONT
+            opcode = OP_CONT
             rsv = 0
         else:
-            opcode = Opcode.TEXT if text else Opcode.BINARY
+            opcode = OP_TEXT if text else OP_BINARY
             self._out_compressed = self._compressor is not None and self._worth_compressing(payload, text)
             rsv = 0x40 if self._out_compressed else 0
         self.sending_message = not fin
@@ -158,7 +158,7 @@ class Encoder:
             key: object = "plain"
             frame = shared.get(key)
             if frame is None:
-                opcode = Opcode.TEXT if text else Opcode.BINARY
+                opcode = OP_TEXT if text else OP_BINARY
                 frame = shared[key] = encode_header(opcode, len(payload), True, 0) + payload
             return frame
         key = compressor.shared_key
@@ -215,7 +215,7 @@ class Encoder:
                 if taken < len(out):
                     head = out[:taken]
                     del out[:taken]
-                    pongs = sum(1 for frame in head if frame[0] & 0x0F == Opcode.PONG)
+                    pongs = sum(1 for frame in head if frame[0] & 0x0F == OP_PONG)
                     self._pongs_queued -= pongs
                     self._last_pong_at -= taken
                     return head

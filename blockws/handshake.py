@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# What base64 of 16 bytes looks like: what b64decode(key, validate=True)
+# accepted and decoded to 16 bytes, without decoding it (once per handshake).
+_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
 
 ExtensionOffer = tuple[str, list[tuple[str, "str | None"]]]
 
@@ -44,7 +47,8 @@ def make_key() -> str:
 
 def accept_key(key: str) -> str:
     """The Sec-WebSocket-Accept value that answers ``key``."""
-    return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+    # binascii, not base64.b64encode: the same bytes without its Python wrapper (once per handshake).
+    return binascii.b2a_base64(hashlib.sha1((key + GUID).encode()).digest(), newline=False).decode()
 
 
 def check_subprotocols(subprotocols: Sequence[str] | None) -> list[str] | None:
@@ -75,7 +79,10 @@ def check_subprotocols(subprotocols: Sequence[str] | None) -> list[str] | None:
 
 
 def _has_token(headers: Headers, name: str, token: str) -> bool:
-    return token in (item.lower() for item in parse_list(headers.get_all(name)))
+    values = headers.get_all(name)
+    if len(values) == 1 and values[0].lower() == token:
+        return True  # the usual header: the token alone
+    return token in (item.lower() for item in parse_list(values))
 
 
 def client_request(
@@ -165,11 +172,7 @@ def check_request(request: Request) -> str:
     if len(keys) != 1:
         raise HandshakeFailure("missing or repeated Sec-WebSocket-Key header")
     key = keys[0]
-    try:
-        raw = base64.b64decode(key.encode(), validate=True)
-    except binascii.Error:
-        raw = b""
-    if len(raw) != 16:
+    if not _KEY.fullmatch(key):
         raise HandshakeFailure(f"invalid Sec-WebSocket-Key {key[:40]!r}")
     return key
 
@@ -196,14 +199,12 @@ def accept_response(
     headers: HeadersLike | None = None,
 ) -> Response:
     """The 101 response accepting an upgrade request."""
-    h = Headers()
-    h.add("Upgrade", "websocket")
-    h.add("Connection", "Upgrade")
-    h.add("Sec-WebSocket-Accept", accept_key(key))
+    pairs = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept_key(key))]
     if subprotocol:
-        h.add("Sec-WebSocket-Protocol", subprotocol)
+        pairs.append(("Sec-WebSocket-Protocol", subprotocol))
     if extensions:
-        h.add("Sec-WebSocket-Extensions", extensions)
+        pairs.append(("Sec-WebSocket-Extensions", extensions))
+    h = Headers._from_pairs(pairs)
     if headers:
         h.update(headers)
     return Response(101, headers=h)

@@ -87,6 +87,15 @@ class Headers:
         if items is not None:
             self.update(items)
 
+    @classmethod
+    def _from_pairs(cls, pairs: list[tuple[str, str]]) -> Headers:
+        """Headers holding ``pairs``, the list itself: for a list of tuples
+        the caller built and gives away (update() would check and copy it)."""
+        headers = cls()
+        headers._items = pairs
+        _index_into(headers._index, pairs)
+        return headers
+
     def update(self, items: HeadersLike) -> None:
         pairs = items.items() if isinstance(items, (Mapping, Headers)) else items
         for name, value in pairs:
@@ -147,6 +156,17 @@ class Headers:
 
 
 HeadersLike = Union[Headers, Mapping[str, str], Iterable[tuple[str, str]]]
+
+
+def _index_into(index: dict[str, list[str]], pairs: list[tuple[str, str]]) -> None:
+    """Add ``pairs`` to a :class:`Headers` index (as :meth:`Headers.add` does, without a call per pair)."""
+    for name, value in pairs:
+        lname = name.lower()
+        values = index.get(lname)
+        if values is None:
+            index[lname] = [value]
+        else:
+            values.append(value)
 
 
 def check_header_value(name: str, value: str) -> None:
@@ -363,6 +383,8 @@ def _check_start(buf: bytes | bytearray) -> None:
     TLS server to a plaintext client) has no blank line and would otherwise
     hang until the timeout.
     """
+    if buf[:1] and buf[0] in _TCHAR_BYTES:
+        return  # the usual start: at once, without a search
     first = next((b for b in buf if b not in b"\r\n"), None)
     if first is None or first in _TCHAR_BYTES:
         return
@@ -400,24 +422,13 @@ def _split_head(head: bytes, max_line: int, max_headers: int) -> tuple[str, Head
         raise InvalidHandshake(f"more than {max_headers} HTTP headers (max_headers={max_headers})")
     if len(start) > max_line or count and len(fields) > max_line and max(map(len, fields.split("\n"))) > max_line:
         raise InvalidHandshake(f"HTTP line exceeds {max_line} bytes (max_line={max_line})")
-    headers = Headers()
     pairs = _FIELD_LINES.findall(fields)
     if len(pairs) != count:
         # Some line isn't "name: value": say which, and what is wrong with it.
         for line in fields.split("\n"):
             if _FIELD_LINE.fullmatch(line) is None:
                 raise _bad_field(line)
-    # (Filled here, as Headers.add would, without a call per line.)
-    headers._items = pairs
-    index = headers._index
-    for name, value in pairs:
-        lname = name.lower()
-        values = index.get(lname)
-        if values is None:
-            index[lname] = [value]
-        else:
-            values.append(value)
-    return start, headers
+    return start, Headers._from_pairs(pairs)
 
 
 def _bad_field(line: str) -> InvalidHandshake:

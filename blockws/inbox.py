@@ -47,7 +47,7 @@ from .link import NOBODY, Waker
 from .outbox import Outbox
 from .pings import Ping, Pings
 from .placing import BUILD_FROM, Placing, writable
-from .protocol import Close, Data, Protocol, Side
+from .protocol import Close, Data, Protocol
 from .transport import LARGE_READ_SIZE, READ_SIZE, Transport
 from .utils import Deadline
 
@@ -134,7 +134,7 @@ class Inbox(Placing):
         self._whole: Callable[[int, bool, int, Any], Message | tuple[bytes]] | None = (
             None if transport.nonblocking or _accel.Counts is None else _accel.recv_one
         )
-        self._masked = protocol.side is Side.SERVER
+        self._masked = not protocol._client
         self._max_size = -1 if protocol.max_size is None else protocol.max_size
         # Messages recv() took whole from recv_one (the parser never saw them), and
         # their payload bytes: counted by recv_one itself.
@@ -516,7 +516,7 @@ class Inbox(Placing):
             # the peer's Close, if it came first, stay for recv()).
             dropping = proto.close_rcvd is None and proto.failure is None
             try:
-                client = proto.side is Side.CLIENT
+                client = proto._client
                 while not proto.eof and not proto.finished:
                     if not client and proto.close_rcvd is not None:
                         break  # the closing handshake is done: the server closes first

@@ -130,6 +130,10 @@ class _Request(enum.Enum):
     ARM = "arm"  # watch a connection again, after its reader let go
 
 
+# As codes.py's OP_* (see there): the members as globals, for the per-connection paths.
+_ADD, _REMOVE, _ARM = _Request.ADD, _Request.REMOVE, _Request.ARM
+
+
 class KeepAlive:
     """Keeps registered connections alive with pings; fails dead ones.
 
@@ -245,7 +249,7 @@ class KeepAlive:
             self._set_tcp_keepalive(conn)
         conn.wake = lambda: self._wake(conn)
         try:
-            self._request(_Request.ADD, conn)
+            self._request(_ADD, conn)
         except RuntimeError:
             conn.wake = None
             raise
@@ -257,7 +261,7 @@ class KeepAlive:
         """Stop keeping ``ws`` alive (done for you when it closes)."""
         conn: Watched = ws._keepalive  # the seam, as in register()
         conn.wake = None
-        self._request(_Request.REMOVE, conn)
+        self._request(_REMOVE, conn)
 
     def hold(self) -> None:
         """Keep the thread running while nothing is registered, until :meth:`release`.
@@ -295,14 +299,14 @@ class KeepAlive:
     def _request(self, what: _Request, conn: Watched) -> None:
         with self._lock:
             if self._closed:
-                if what is _Request.ADD:
+                if what is _ADD:
                     raise RuntimeError("this KeepAlive is closed")
                 return
             self._requests.append((what, conn))
-            if what is _Request.ADD:
+            if what is _ADD:
                 self._count += 1
             if self._thread is None:
-                if what is not _Request.ADD:
+                if what is not _ADD:
                     return
                 self._wake_r, self._wake_w = socket.socketpair()
                 self._wake_r.setblocking(False)
@@ -320,7 +324,7 @@ class KeepAlive:
         with self._lock:
             if self._closed or self._thread is None:
                 return
-            self._requests.append((_Request.ARM, conn))
+            self._requests.append((_ARM, conn))
             self._notify_soon()
 
     def _notify_soon(self) -> None:
@@ -418,7 +422,7 @@ class KeepAlive:
         # wait for it, and this part makes system calls (the selector's).
         dropped = 0
         for what, conn in requests:
-            if what is _Request.ADD:
+            if what is _ADD:
                 if conn in conns:
                     dropped += 1  # registered twice: keep one
                 elif conn.closed:
@@ -429,7 +433,7 @@ class KeepAlive:
                     state = conns[conn] = Tracking(conn)
                     state.watch(selector)
                     timers.set(state, time.monotonic())  # looked at on the next pass
-            elif what is _Request.REMOVE:
+            elif what is _REMOVE:
                 gone = conns.pop(conn, None)
                 if gone is not None:
                     dropped += 1

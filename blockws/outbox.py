@@ -37,11 +37,11 @@ from contextlib import contextmanager
 from typing import Any, Union
 
 from . import _accel
-from .codes import Opcode
+from .codes import OP_PING
 from .exceptions import ConnectionClosed, ConnectionClosedError
 from .link import NOBODY, Waker
 from .pings import Pings
-from .protocol import Protocol, Side
+from .protocol import Protocol
 from .transport import Transport, poll_ms
 from .utils import Deadline
 
@@ -513,7 +513,7 @@ class Outbox:
         try:
             self.check_open()
             pings.expect_unwaited(payload)
-            self.offer_control(self._proto.encode_control(Opcode.PING, payload))
+            self.offer_control(self._proto.encode_control(OP_PING, payload))
             return True
         except ConnectionClosed:
             return False
@@ -539,7 +539,7 @@ class Outbox:
                 # for long. Its read side stays: recv() returns what came
                 # before the Close, then None; the socket goes with close().
                 # (Our Close may wait for an open message's last frame: the FIN after it.)
-                self.fin_due = proto.side is Side.SERVER
+                self.fin_due = not proto._client
                 self.flush(Deadline(0))
         except ConnectionClosed:
             pass

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .codes import CloseCode, Opcode
+from .codes import OP_CONT, OP_TEXT, CloseCode
 from .exceptions import PayloadTooBig, ProtocolError
 from .frames import FrameHeader, apply_mask, parse_header, unmask_inplace
 
@@ -193,7 +193,7 @@ class Parser:
             if header.rsv:
                 if header.rsv != 0x40 or self.deflate is None:
                     raise ProtocolError(f"reserved bits set ({header.rsv:#x}) but no extension defines them")
-                if opcode >= 8 or opcode == Opcode.CONT:
+                if opcode >= 8 or opcode == OP_CONT:
                     raise ProtocolError("RSV1 set on a control or continuation frame")
             if (header.mask is None) is not client:
                 raise ProtocolError("client frame is not masked" if not client else "server frame is masked")
@@ -210,14 +210,14 @@ class Parser:
                 if self._discard:
                     return
                 continue
-            if opcode == Opcode.CONT:
+            if opcode == OP_CONT:
                 if not self.in_message:
                     raise ProtocolError("continuation frame without a message to continue")
             else:
                 if self.in_message:
                     raise ProtocolError("new data frame inside a fragmented message")
                 self.in_message = True
-                self._msg_text = opcode == Opcode.TEXT
+                self._msg_text = opcode == OP_TEXT
                 self._msg_size = 0
                 self._msg_frames = 0
                 self._msg_compressed = bool(header.rsv)
@@ -231,7 +231,7 @@ class Parser:
             # A compressed message is bounded by the Decompressor, on every piece: its
             # inflated size and its compressed size.
             if self.max_size is not None and self._msg_size > self.max_size and not self._msg_compressed:
-                if opcode == Opcode.CONT:
+                if opcode == OP_CONT:
                     raise PayloadTooBig(f"message of {self._msg_size} bytes exceeds max_size={self.max_size}")
                 raise PayloadTooBig(f"frame of {length} bytes exceeds max_size={self.max_size}")
             pos = start

@@ -77,7 +77,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Union
 
-from .codes import CloseCode, Opcode, is_clean_close
+from .codes import ABNORMAL_CLOSURE, NO_STATUS_RCVD, OP_CLOSE, OP_PING, OP_PONG, CloseCode, is_clean_close
 from .deflate import Compressor, Decompressor, DeflateParams, PerMessageDeflate
 from .encoding import Encoder
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, ProtocolError
@@ -105,6 +105,11 @@ class State(enum.IntEnum):
     OPEN = 1
     CLOSING = 2
     CLOSED = 3
+
+
+# As codes.py's OP_* (see there): the members as globals, for the per-connection paths.
+_CLIENT = Side.CLIENT
+_OPEN, _CLOSING, _CLOSED = State.OPEN, State.CLOSING, State.CLOSED
 
 
 class Close:
@@ -232,9 +237,9 @@ class Protocol(Encoder, Parser):
         compression: PerMessageDeflate | None = None,
     ) -> None:
         self.side = side
-        self._client = side is Side.CLIENT
+        self._client = side is _CLIENT
         self.max_size = max_size
-        self.state = State.OPEN
+        self.state = _OPEN
         self.events: deque[Event] = deque()
         # What the queued events hold, counted where events are queued and
         # taken (here and by the I/O layer that pops them itself), so that
@@ -284,8 +289,8 @@ class Protocol(Encoder, Parser):
         #: path, under that lock), and the reader's own (its pongs, the
         #: Close after a protocol error), so that the two never draw from
         #: one pool at once (the same key twice). None on the server side.
-        self.mask_keys = RandomKeys() if side is Side.CLIENT else None
-        self._reader_keys = RandomKeys() if side is Side.CLIENT else None
+        self.mask_keys = RandomKeys() if side is _CLIENT else None
+        self._reader_keys = RandomKeys() if side is _CLIENT else None
         #: Receiving: the leftover of the last read (a partial header or a
         #: partial control frame; read-only outside, see at_rest()), and the
         #: data frame being streamed.
@@ -308,7 +313,7 @@ class Protocol(Encoder, Parser):
         # The rest of the message being received is dropped (drop_events).
         self._dropping = False
         # permessage-deflate, when negotiated: RSV1 marks compressed messages.
-        client = side is Side.CLIENT
+        client = side is _CLIENT
         self.deflate = deflate
         self._compressor = Compressor(deflate, client, compression or PerMessageDeflate()) if deflate else None
         #: A whole message shorter than this may go as one plain frame, not
@@ -336,7 +341,7 @@ class Protocol(Encoder, Parser):
         self.eof = True
         self.input_ended = True
         self._discard = True
-        self.state = State.CLOSED
+        self.state = _CLOSED
 
     # -- how the connection ended -------------------------------------------
 
@@ -348,14 +353,14 @@ class Protocol(Encoder, Parser):
         with self._lock:
             if self.lost is None and self.close_rcvd is None:
                 self.lost = Close(code, reason)
-                self.state = State.CLOSED
+                self.state = _CLOSED
                 self.output_ended = self.input_ended = True
 
     def fail(self, exc: ProtocolError) -> None:
         """We fail the connection because the peer broke the protocol (our Close is queued)."""
         with self._lock:
             self.lost = Close(exc.close_code, str(exc))
-            self.state = State.CLOSED
+            self.state = _CLOSED
             self.output_ended = self.input_ended = True
 
     def transport_closed(self, reason: str = "closed before the peer's Close") -> None:
@@ -364,10 +369,10 @@ class Protocol(Encoder, Parser):
         RFC 6455 section 7.1.5: a connection closed without receiving a
         Close has code 1006, even when we sent ours and gave up waiting.
         """
-        self.lose(CloseCode.ABNORMAL_CLOSURE, reason)
+        self.lose(ABNORMAL_CLOSURE, reason)
         with self._lock:
             self.finished = True
-            self.state = State.CLOSED
+            self.state = _CLOSED
             self.output_ended = self.input_ended = True
 
     @property
@@ -389,7 +394,7 @@ class Protocol(Encoder, Parser):
         sent = self.close_sent
         code = self.close_code
         if code is None:
-            code = sent.code if sent is not None else CloseCode.ABNORMAL_CLOSURE
+            code = sent.code if sent is not None else ABNORMAL_CLOSURE
         clean = self.lost is None and is_clean_close(code) and (sent is None or is_clean_close(sent.code))
         cls = ConnectionClosedOK if clean else ConnectionClosedError
         return cls(code, self.close_reason or "")
@@ -402,9 +407,9 @@ class Protocol(Encoder, Parser):
         self.trace(">", FrameHeader(fin, rsv, opcode, len(payload), key, size), bytes(payload[:TRACE_PREVIEW]))
 
     def _control(self, opcode: int, payload: bytes) -> None:
-        if opcode == Opcode.PING:
+        if opcode == OP_PING:
             if self.close_sent is None:
-                pong = self._encode_control(Opcode.PONG, payload, self._reader_keys)
+                pong = self._encode_control(OP_PONG, payload, self._reader_keys)
                 # The send-lock holder may be taking outgoing meanwhile, or
                 # queueing our Close (no pong may follow it).
                 with self._lock:
@@ -419,15 +424,15 @@ class Protocol(Encoder, Parser):
                         # only the latest ping (RFC 6455 section 5.5.3), or a peer
                         # that pings and never reads grows this for ever.
                         self.outgoing[self._last_pong_at] = pong
-        elif opcode == Opcode.PONG:
+        elif opcode == OP_PONG:
             self.pongs.append(payload)
         else:
             code, reason = parse_close(payload)
             with self._lock:
                 self.close_rcvd = Close(code, reason)
                 self.input_ended = True
-                if self.state is not State.CLOSED:
-                    self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
+                if self.state is not _CLOSED:
+                    self.state = _CLOSED if self.close_sent is not None else _CLOSING
             self.events.append(self.close_rcvd)
             self.data_out -= 1  # held until taken, but no data came in
             self.ends_out -= 1
@@ -453,7 +458,7 @@ class Protocol(Encoder, Parser):
         rcvd = self.close_rcvd
         assert rcvd is not None
         self._close_answer_due = False
-        self.send_close(None if rcvd.code == CloseCode.NO_STATUS_RCVD else rcvd.code)
+        self.send_close(None if rcvd.code == NO_STATUS_RCVD else rcvd.code)
 
     # -- the application's side of receiving ---------------------------------
 
@@ -546,8 +551,8 @@ class Protocol(Encoder, Parser):
         with self._lock:
             if self.close_sent is not None:
                 return
-            self.close_sent = Close(CloseCode.NO_STATUS_RCVD if code is None else code, reason)
+            self.close_sent = Close(NO_STATUS_RCVD if code is None else code, reason)
             self.output_ended = True
-            self.outgoing.append(self._encode_control(Opcode.CLOSE, payload, keys))
-            if self.state is not State.CLOSED:
-                self.state = State.CLOSED if self.close_rcvd is not None else State.CLOSING
+            self.outgoing.append(self._encode_control(OP_CLOSE, payload, keys))
+            if self.state is not _CLOSED:
+                self.state = _CLOSED if self.close_rcvd is not None else _CLOSING

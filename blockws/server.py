@@ -31,13 +31,14 @@ from __future__ import annotations
 import errno
 import inspect
 import logging
+import operator
 import os
 import selectors
 import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Union
 
 from . import deflate
 from .accepting import Acceptor, accept, upgrade_gate
@@ -65,6 +66,11 @@ logger = logging.getLogger("blockws.server")
 
 # Windows before 3.10 has no AF_UNIX at all (a name, for the tests to clear).
 _HAS_AF_UNIX = hasattr(socket, "AF_UNIX")
+# A handshake's watch (see _watch_handshake) is a bare duplicate descriptor
+# where sockets are descriptors; on Windows a socket.dup() (os.dup() can't
+# duplicate a socket handle there).
+_BARE_DUP = os.name == "posix"
+Watch = Union[int, socket.socket]
 
 
 class _Opening:
@@ -156,6 +162,8 @@ class Server(Stopping):
         # A listener shared with other processes (sock=, pre-fork workers)
         # may be taken by them between select() and accept(): never block there.
         self.socket.setblocking(False)
+        # What _accept_one() builds each new socket with.
+        self._family, self._type, self._proto = int(self.socket.family), int(self.socket.type), self.socket.proto
         self.address: Any = self.socket.getsockname()
         """The address listened on, as ``socket.getsockname()`` gives it:
         ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for
@@ -178,7 +186,7 @@ class Server(Stopping):
         # not sent its 101 yet: shutdown() cuts those short through it (TLS
         # wrapping replaces the socket object; the duplicate still reaches
         # the socket). Past the 101 a connection gets its 1001 instead.
-        self._handshaking: set[socket.socket] = set()
+        self._handshaking: set[Watch] = set()
         self._active = 0
         # Handshakes under way (accepted by the loop, neither open nor failed yet).
         self._opening = 0
@@ -293,7 +301,7 @@ class Server(Stopping):
                         self._refusals.drain(key.fileobj)  # type: ignore[arg-type]
                         continue
                     try:
-                        conn, addr = self.socket.accept()
+                        conn, addr = self._accept_one()
                     except OSError:
                         continue
                     self._start(conn, addr)
@@ -305,6 +313,20 @@ class Server(Stopping):
             if keepalive is not None:
                 keepalive.release()
             self._stopped.set()
+
+    def _accept_one(self) -> tuple[socket.socket, Any]:
+        """``self.socket.accept()``, without its cost per connection where that can be saved.
+
+        ``socket.accept()`` turns the listener's family and type into enums
+        for each new socket (a tenth of the Python a handshake runs, counted):
+        a plain listener's are given as the ints they are. The new socket is
+        blocking either way (the listener is non-blocking, see ``__init__``).
+        """
+        listener = self.socket
+        if type(listener) is not socket.socket:
+            return listener.accept()
+        fd, addr = listener._accept()  # type: ignore[attr-defined]
+        return socket.socket(self._family, self._type, self._proto, fd), addr
 
     def _start(self, conn: socket.socket, addr: Any) -> None:
         ip = address_of(addr) if self.max_connections_per_ip is not None else None
@@ -385,10 +407,12 @@ class Server(Stopping):
                 if self._shutdown_requested or self._accepting_stopped:  # only shutdown() waits, once it set one
                     self._changed.notify_all()
 
-    def _watch_handshake(self, conn: socket.socket) -> socket.socket | None:
+    def _watch_handshake(self, conn: socket.socket) -> Watch | None:
         """Register a duplicate of ``conn`` for shutdown() to cut its handshake short."""
         try:
-            watch = conn.dup()
+            # A bare descriptor where one can be used: socket.dup() builds a
+            # socket object (and converts its family and type to enums again).
+            watch: Watch = os.dup(conn.fileno()) if _BARE_DUP else conn.dup()
         except OSError:  # out of descriptors: the handshake still ends by open_timeout
             return None
         with self._lock:
@@ -397,23 +421,24 @@ class Server(Stopping):
                 self._abort_handshakes()
         return watch
 
-    def _unwatch_handshake(self, watch: socket.socket | None) -> None:
+    def _unwatch_handshake(self, watch: Watch | None) -> None:
         if watch is not None:
             with self._lock:
                 self._handshaking.discard(watch)
-            watch.close()
+            if isinstance(watch, int):
+                os.close(watch)
+            else:
+                watch.close()
 
     def _fold(self, ws: WebSocket) -> None:
         """Add an ended connection's counts to the totals; hold the lock."""
-        ended = self._ended
-        for i, n in enumerate(ws._counts()):  # (see stats())
-            ended[i] += n
+        self._ended = list(map(operator.add, self._ended, ws._counts()))  # (see stats())
         code = ws.close_code
         if code is None:  # pragma: no cover - close() always leaves one
             code = CloseCode.ABNORMAL_CLOSURE
         self._closed[code] = self._closed.get(code, 0) + 1
 
-    def _commit_upgrade(self, watch: socket.socket | None, opening: _Opening) -> Response | None:
+    def _commit_upgrade(self, watch: Watch | None, opening: _Opening) -> Response | None:
         """The 101 is about to go out: from now on shutdown() closes with 1001.
 
         Under the lock shutdown() takes, so a handshake is either cut short
@@ -440,7 +465,15 @@ class Server(Stopping):
         """Make every opening handshake that hasn't sent its 101 fail at once; hold the lock."""
         for watch in self._handshaking:
             try:
-                watch.shutdown(socket.SHUT_RDWR)
+                if isinstance(watch, int):
+                    # Still open: it is closed only after it left the set, under the lock.
+                    sock = socket.socket(fileno=watch)
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    finally:
+                        sock.detach()
+                else:
+                    watch.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 

@@ -89,16 +89,15 @@ def read_http_head(
             :class:`HeadCut` if the peer closed the connection first.
     """
     buf = bytearray()
-    searched = 0
     while True:
-        end = find_head_end(buf, searched, max_line=max_line)
-        if end is not None:
-            return bytes(buf[:end]), bytes(buf[end:])
-        searched = len(buf)
         chunk = _recv_before(sock, deadline, 4096, what)
         if not chunk:
             raise HeadCut(f"connection closed during the {what}" + (f" after {len(buf)} bytes" if buf else ""))
+        searched = len(buf)
         buf += chunk
+        end = find_head_end(buf, searched, max_line=max_line)
+        if end is not None:
+            return bytes(buf[:end]), bytes(buf[end:])
 
 
 def read_http_body(sock: socket.socket, deadline: Deadline, response: Response, leftover: bytes) -> bytes:
