@@ -44,6 +44,10 @@ parse_one: Callable[[bytes, bool, int, Any], bytes | str | None] | None = None
 #: or a 1-tuple of the bytes read (b"" at EOF) for the Python parser. Only
 #: where the platform has ``MSG_DONTWAIT`` (not Windows).
 recv_one: Callable[[int, bool, int, Any], bytes | str | tuple[bytes]] | None = None
+#: ``split_head(head, max_line, max_headers)``: ``(start line, [(name, value)],
+#: {lower-cased name: [values]})`` for a well-formed HTTP head within the
+#: limits, else None: http.py's Python parser then decides, and explains.
+split_head: Callable[[bytes, int, int], tuple[str, list[tuple[str, str]], dict[str, list[str]]] | None] | None = None
 
 if not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
     try:
@@ -59,3 +63,4 @@ if not os.environ.get("BLOCKWS_NO_EXTENSIONS"):
         parse_one = _speedups.parse_one
         recv_one = getattr(_speedups, "recv_one", None)
         Counts = getattr(_speedups, "Counts", None)
+        split_head = getattr(_speedups, "split_head", None)

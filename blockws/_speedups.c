@@ -24,6 +24,12 @@
  * stack, then what parse_one() would say of those bytes: the message, or
  * the bytes themselves (in a 1-tuple) for the Python parser.
  *
+ * split_head(head, max_line, max_headers): an HTTP head (as find_head_end
+ * delimits it) split into its start line, its header (name, value) pairs
+ * and their index by lower-cased name, when every line is well formed and
+ * within the limits, else None: http.py's Python parser then decides, and
+ * says what is wrong (it is the grammar's reference; tests compare both).
+ *
  * Builder(size): a bytes object of `size` bytes under construction. It
  * lends its memory as a writable buffer (recv_into reads into it), and
  * take() hands the bytes object over once no view of it is left: a large
@@ -648,10 +654,185 @@ recv_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 #endif
 
+/* A tchar of RFC 9110 (the token characters of header names). */
+static int
+is_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
+        return 1;
+    }
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* One header line (without its line ending) added to pairs and index.
+ * Returns 1 when added, 0 when the line isn't "name: value" as http.py's
+ * _FIELD_LINE reads it (a token, blanks, a colon, blanks, a value without
+ * control characters but tab, blanks), -1 on an error (an exception set). */
+static int
+add_field(const unsigned char *line, Py_ssize_t len, PyObject *pairs, PyObject *index)
+{
+    Py_ssize_t name_end = 0;
+    while (name_end < len && is_tchar(line[name_end])) {
+        name_end++;
+    }
+    if (name_end == 0) {
+        return 0;
+    }
+    Py_ssize_t pos = name_end;
+    while (pos < len && (line[pos] == ' ' || line[pos] == '\t')) {
+        pos++;
+    }
+    if (pos == len || line[pos] != ':') {
+        return 0;
+    }
+    pos++;
+    while (pos < len && (line[pos] == ' ' || line[pos] == '\t')) {
+        pos++;
+    }
+    for (Py_ssize_t i = pos; i < len; i++) {
+        unsigned char c = line[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            return 0;
+        }
+    }
+    Py_ssize_t value_end = len;
+    while (value_end > pos && (line[value_end - 1] == ' ' || line[value_end - 1] == '\t')) {
+        value_end--;
+    }
+    PyObject *name = PyUnicode_DecodeLatin1((const char *)line, name_end, NULL);
+    PyObject *value = PyUnicode_DecodeLatin1((const char *)line + pos, value_end - pos, NULL);
+    PyObject *lname = PyUnicode_New(name_end, 127);
+    PyObject *pair = NULL;
+    int result = -1;
+    if (name == NULL || value == NULL || lname == NULL) {
+        goto done;
+    }
+    Py_UCS1 *lower = PyUnicode_1BYTE_DATA(lname);
+    for (Py_ssize_t i = 0; i < name_end; i++) {
+        unsigned char c = line[i];
+        lower[i] = (c >= 'A' && c <= 'Z') ? (Py_UCS1)(c + 32) : (Py_UCS1)c;
+    }
+    pair = PyTuple_Pack(2, name, value);
+    if (pair == NULL || PyList_Append(pairs, pair) < 0) {
+        goto done;
+    }
+    PyObject *values = PyDict_GetItemWithError(index, lname); /* borrowed */
+    if (values != NULL) {
+        result = PyList_Append(values, value) < 0 ? -1 : 1;
+    }
+    else if (!PyErr_Occurred()) {
+        PyObject *fresh = PyList_New(1);
+        if (fresh != NULL) {
+            Py_INCREF(value);
+            PyList_SET_ITEM(fresh, 0, value);
+            result = PyDict_SetItem(index, lname, fresh) < 0 ? -1 : 1;
+            Py_DECREF(fresh);
+        }
+    }
+done:
+    Py_XDECREF(pair);
+    Py_XDECREF(lname);
+    Py_XDECREF(value);
+    Py_XDECREF(name);
+    return result;
+}
+
+/* The end of the line that starts at pos (its '\n', or end), and its
+ * length without a '\r' before that '\n'. */
+static Py_ssize_t
+line_end(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t *length)
+{
+    const unsigned char *nl = memchr(p + pos, '\n', (size_t)(end - pos));
+    Py_ssize_t stop = nl == NULL ? end : (Py_ssize_t)(nl - p);
+    *length = stop - pos - (nl != NULL && stop > pos && p[stop - 1] == '\r');
+    return stop;
+}
+
+static PyObject *
+split_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "split_head(head, max_line, max_headers)");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0])) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t max_line = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t max_headers = PyLong_AsSsize_t(args[2]);
+    if ((max_line == -1 || max_headers == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t end = PyBytes_GET_SIZE(args[0]);
+    /* Only CRLF and LF end lines: a CR anywhere else is the Python parser's
+     * to refuse (as a control character, or a malformed line). */
+    for (const unsigned char *cr = memchr(p, '\r', (size_t)end); cr != NULL;
+         cr = memchr(cr + 1, '\r', (size_t)(end - (cr + 1 - p)))) {
+        if (cr + 1 == p + end || cr[1] != '\n') {
+            Py_RETURN_NONE;
+        }
+    }
+    /* Blank lines around the head are dropped (text.strip("\n") once CRLF is LF). */
+    while (end > 0 && p[end - 1] == '\n') {
+        end -= (end > 1 && p[end - 2] == '\r') ? 2 : 1;
+    }
+    Py_ssize_t pos = 0;
+    while (pos < end && (p[pos] == '\n' || p[pos] == '\r')) {
+        pos++; /* a '\r' here is one of a CRLF (checked above) */
+    }
+    if (pos == end) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t length;
+    Py_ssize_t stop = line_end(p, pos, end, &length);
+    if (length > max_line) {
+        Py_RETURN_NONE;
+    }
+    PyObject *start = PyUnicode_DecodeLatin1((const char *)p + pos, length, NULL);
+    PyObject *pairs = PyList_New(0);
+    PyObject *index = PyDict_New();
+    if (start == NULL || pairs == NULL || index == NULL) {
+        goto fail;
+    }
+    Py_ssize_t count = 0;
+    while (stop < end) {
+        pos = stop + 1;
+        stop = line_end(p, pos, end, &length);
+        if (++count > max_headers || length > max_line) {
+            goto none;
+        }
+        int added = add_field(p + pos, length, pairs, index);
+        if (added < 0) {
+            goto fail;
+        }
+        if (added == 0) {
+            goto none;
+        }
+    }
+    PyObject *result = PyTuple_Pack(3, start, pairs, index);
+    Py_DECREF(start);
+    Py_DECREF(pairs);
+    Py_DECREF(index);
+    return result;
+none:
+    Py_DECREF(start);
+    Py_DECREF(pairs);
+    Py_DECREF(index);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(start);
+    Py_XDECREF(pairs);
+    Py_XDECREF(index);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"parse_one", (PyCFunction)(void (*)(void))parse_one, METH_FASTCALL,
      "The message in data when it is exactly one whole simple frame, else None."},
     {"mask", mask, METH_VARARGS, "XOR data with a 4-byte key repeated."},
+    {"split_head", (PyCFunction)(void (*)(void))split_head, METH_FASTCALL,
+     "An HTTP head's start line, header pairs and index by lower-cased name, or None: the Python parser decides."},
     {"mask_inplace", mask_inplace, METH_VARARGS, "XOR a writable buffer with a 4-byte key repeated, in place."},
 #ifdef MSG_DONTWAIT
     {"send_now", send_now, METH_VARARGS, "send(fd, data, MSG_DONTWAIT) keeping the GIL: bytes sent, 0 if none fit."},

@@ -53,6 +53,9 @@ class Data:
         return f"Data({self.payload[:40]!r}, text={self.text}, fin={self.fin})"
 
 
+_new_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
 class Parser:
     """The frame parser; its state is set up by :class:`~blockws.protocol.Protocol`."""
 
@@ -85,7 +88,7 @@ class Parser:
     _msg_size: int
     _msg_frames: int
     _msg_compressed: bool
-    _decoder: codecs.IncrementalDecoder
+    _decoder: codecs.IncrementalDecoder | None
     _decoding: bool
     _decompressor: Decompressor | None
     _discard: bool
@@ -332,7 +335,8 @@ class Parser:
             # message. Not decoded: the UTF-8 decoder starts afresh with it.
             if fin:
                 self._dropping = self._decoding = False
-                self._decoder.reset()
+                if self._decoder is not None:
+                    self._decoder.reset()
             return
         if not self._msg_text:
             if piece or fin:
@@ -345,10 +349,13 @@ class Parser:
                 text = piece.decode("utf-8")
             else:
                 self._decoding = True
-                text = self._decoder.decode(piece, fin)
+                decoder = self._decoder
+                if decoder is None:
+                    decoder = self._decoder = _new_utf8_decoder()
+                text = decoder.decode(piece, fin)
                 if fin:
                     self._decoding = False
-                    self._decoder.reset()
+                    decoder.reset()
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", CloseCode.INVALID_DATA) from exc
         chars = len(text)

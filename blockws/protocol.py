@@ -69,7 +69,6 @@ Close after a protocol error.
 
 from __future__ import annotations
 
-import codecs
 import enum
 import os
 import threading
@@ -130,8 +129,6 @@ class Close:
 
 
 Event = Union[Data, Close]
-
-_new_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
 class RandomKeys:
@@ -307,7 +304,7 @@ class Protocol(Encoder, Parser):
         self._msg_size = 0
         self.max_fragments = max_fragments
         self._msg_frames = 0
-        self._decoder = _new_utf8_decoder()
+        self._decoder = None  # made for the first fragmented text message
         self._decoding = False
         self._discard = False
         # The rest of the message being received is dropped (drop_events).

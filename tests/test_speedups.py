@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockws import frames
+from blockws import frames, http
+from blockws.exceptions import InvalidHandshake
 
 speedups = pytest.importorskip("blockws._speedups", reason="the C accelerator is not built")
 
@@ -381,3 +382,90 @@ def test_recv_one_runs_signal_handlers_while_it_waits() -> None:
         signal.signal(signal.SIGUSR1, old)
         a.close()
         b.close()
+
+
+# -- the head splitter: split_head gives what http.py's Python parser gives, or None --
+
+_HEAD_PIECES = [
+    b"GET /chat HTTP/1.1",
+    b"HTTP/1.1 101 Switching Protocols",
+    b"Host",
+    b"sec-WebSocket-Key",
+    b"X-A",
+    b"!#$%&'*+-.^_`|~",
+    b":",
+    b": ",
+    b" ",
+    b"\t",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"value",
+    b"a, b",
+    b"\x00",
+    b"\x08",
+    b"\x1f",
+    b"\x7f",
+    b"\x85",
+    b"\xa0",
+    b"\xe9",
+    b"(",
+    b"=",
+]
+
+
+@st.composite
+def http_heads(draw: Any) -> bytes:
+    """A head, often well formed (CRLF or LF, blanks around values, repeated
+    names), sometimes anything made of the pieces that matter to the grammar."""
+    if draw(st.booleans()):
+        return b"".join(draw(st.lists(st.sampled_from(_HEAD_PIECES), max_size=40)))
+    end = draw(st.sampled_from([b"\r\n", b"\n"]))
+    blank = st.sampled_from([b"", b"", b" ", b"\t", b" \t "])
+    name = st.sampled_from(
+        [b"Host", b"host", b"Upgrade", b"X-A", b"x-a", b"Sec-WebSocket-Protocol", b"X A", b"(x)", b""]
+    )
+    value = st.sampled_from(
+        [b"", b"x", b"a, b", b"w\x85z", b"caf\xe9", b"a\tb", b'("q")', b"\xa0", b"a\x7fb", b"\x00", b"x\ry", b"\x1f"]
+    )
+    lines = [draw(st.sampled_from([b"GET / HTTP/1.1", b"HTTP/1.0 200 OK", b"X"]))]
+    for _ in range(draw(st.integers(0, 6))):
+        lines.append(draw(name) + draw(blank) + b":" + draw(blank) + draw(value) + draw(blank))
+    return draw(st.sampled_from([b"", end])) + end.join(lines) + end + end
+
+
+def _split(split: Any, head: bytes, max_line: int, max_headers: int) -> Any:
+    try:
+        start, headers = split(head, max_line, max_headers)
+    except InvalidHandshake as exc:
+        return str(exc)
+    return start, headers.items(), list(headers._index.items())
+
+
+@settings(max_examples=1500, deadline=None)
+@given(http_heads(), st.sampled_from([1, 12, 30, 8192]), st.sampled_from([0, 1, 3, 128]))
+def test_split_head_gives_what_the_python_parser_gives(head: bytes, max_line: int, max_headers: int) -> None:
+    expected = _split(http._split_head_python, head, max_line, max_headers)
+    # Through the parser that uses the accelerator: the same headers, or the same error.
+    assert _split(http._split_head, head, max_line, max_headers) == expected
+    split = speedups.split_head(head, max_line, max_headers)
+    if split is not None:
+        assert isinstance(expected, tuple)
+        assert (split[0], split[1], list(split[2].items())) == expected
+    else:
+        # Declined: only what the Python parser refuses, or a start line with
+        # a CR that doesn't end it (which it leaves to the request line's parser).
+        assert isinstance(expected, str) or b"\r" in head.replace(b"\r\n", b""), expected
+
+
+def test_split_head_takes_a_browsers_request() -> None:
+    head = (
+        b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate\r\nsec-websocket-extensions: x-foo \t\r\n\r\n"
+    )
+    start, pairs, index = speedups.split_head(head, 8192, 128)
+    assert start == "GET /chat HTTP/1.1"
+    assert pairs[2] == ("Connection", "keep-alive, Upgrade")
+    assert index["sec-websocket-extensions"] == ["permessage-deflate", "x-foo"]
+    assert speedups.split_head(bytearray(head), 8192, 128) is None  # bytes only: the Python parser takes the rest
