@@ -153,7 +153,10 @@ class Headers:
         return f"Headers({shown!r})"
 
     def serialize(self) -> bytes:
-        return "".join(f"{n}: {v}\r\n" for n, v in self._items).encode("latin-1")
+        items = self._items
+        if not items:
+            return b""
+        return ("\r\n".join(map(": ".join, items)) + "\r\n").encode("latin-1")
 
 
 HeadersLike = Union[Headers, Mapping[str, str], Iterable[tuple[str, str]]]
