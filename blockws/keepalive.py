@@ -67,8 +67,9 @@ its timeout expires, or when its close grace ends, and at most
 ``recv()`` call that restarts a grace, is seen within ``interval``).
 Setting a timer leaves the old heap entry behind, stale, dropped when it
 comes up. Ping and timeout timers are batched: the thread wakes for them
-at most every ``interval / 20`` and then takes every one that is due;
-close graces are exact. A connection whose input ends, or whose reader
+at most every ``interval / 20`` and then takes every one that is due (a
+ping due within that much is sent in the same pass: a ping may go out up
+to ``interval / 20`` early); close graces are exact. A connection whose input ends, or whose reader
 re-arms it after its input ended, is looked at on the next pass (its
 Close's grace starts then). Ping payloads are random bytes drawn from the
 OS in bulk.
@@ -515,7 +516,11 @@ class KeepAlive:
             state.drained = drained
             state.alive = now
         alive = max(conn.last_received, state.alive)
-        if now - alive < interval:
+        # Due within ``retry`` counts as due, as the timers are batched: the
+        # pong of the last ping came a little after it, and waiting those
+        # few milliseconds cost a second look per ping (0.7 more, counted:
+        # 5 % of the thread's bytecodes per ping).
+        if now - alive < interval - retry:
             state.ping_at = None
             timers.set(state, alive + interval)
             return
