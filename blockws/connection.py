@@ -2,7 +2,7 @@
 
 The shell: settings, state, timeouts, and the socket calls, each handed
 to the half that owns its state. Sending is the :class:`~blockws.outbox.Outbox`'s
-(the send lock, :attr:`Outbox.cond <blockws.outbox.Outbox.cond>`,
+(the send lock, :attr:`Outbox.lock <blockws.outbox.Outbox.lock>`,
 serializes every write to the socket; what was accepted and not yet
 written), receiving the :class:`~blockws.inbox.Inbox`'s (the reader lock,
 reading into the protocol, the messages received and put together). Beside
@@ -20,7 +20,7 @@ other way round:
 
 * the reader lock, :attr:`Inbox.lock <blockws.inbox.Inbox.lock>`
   (:mod:`blockws.inbox`): what is received;
-* the send lock, :attr:`Outbox.cond <blockws.outbox.Outbox.cond>`
+* the send lock, :attr:`Outbox.lock <blockws.outbox.Outbox.lock>`
   (:mod:`blockws.outbox`): what is sent;
 * the closing lock, ``WebSocket._closing`` (here): who ends the
   connection, and the :meth:`WebSocket.on_close` callbacks. Whoever ends it
@@ -537,7 +537,6 @@ class WebSocket:
             proto.transport_closed()
             callbacks, self._on_close = self._on_close, []
         self._transport.close()
-        self._inbox.see_close()
         self._out.wake_waiters()
         for callback in callbacks:
             callback()
@@ -612,8 +611,7 @@ class WebSocket:
     def _queue_close(self, code: int | None, reason: str, deadline: Deadline) -> None:
         if self._proto.close_sent is not None or self._proto.lost is not None:
             return
-        cond = self._out.cond
-        if not cond.acquire(timeout=deadline.lock_timeout()):
+        if not self._out.lock.acquire(timeout=deadline.lock_timeout()):
             # A sender is stuck on a peer that does not read: give up on it.
             self._transport.shutdown()
             return

@@ -79,7 +79,6 @@ class Inbox(Placing):
         "timeout",
         "calls",
         "close_taken",
-        "close_seen",
         "last_received",
         "assembly",
         "_transport",
@@ -117,8 +116,6 @@ class Inbox(Placing):
         #: The application took the peer's Close (``recv()`` returned None):
         #: the keepalive answers a Close only for one that stopped reading.
         self.close_taken = False
-        #: Set once the peer's Close was seen (or the socket closed).
-        self.close_seen = threading.Event()
         #: When something last arrived (``time.monotonic()``).
         self.last_received = time.monotonic()
         self.assembly = Assembly()
@@ -233,15 +230,6 @@ class Inbox(Placing):
         finally:
             self.release()
 
-    def see_close(self) -> None:
-        """The peer's Close was seen (or the socket closed): wake whoever waits for it.
-
-        ``Event.set()`` costs a condition's notify even when it is set
-        already (a closing handshake sets it twice or more).
-        """
-        if not self.close_seen.is_set():
-            self.close_seen.set()
-
     # -- reading -----------------------------------------------------------------
 
     def read(self, deadline: Deadline, into: memoryview | None = None) -> int:
@@ -319,7 +307,6 @@ class Inbox(Placing):
                 return event
             assert type(event) is Close
             self.close_taken = True
-            self.see_close()
             return None
 
     # -- receiving messages --------------------------------------------------------
@@ -511,6 +498,9 @@ class Inbox(Placing):
         thread reads, wait for it to see the peer's Close.
         """
         proto = self._proto
+        # Another thread receiving lets go of the reader lock once its recv()
+        # returns (at the peer's Close, at the latest): waited for here, up to
+        # the deadline; past it there is nothing more to wait for.
         if reader or self.lock.acquire(timeout=deadline.lock_timeout()):
             # Messages arriving from now on are dropped (those queued before
             # the peer's Close, if it came first, stay for recv()).
@@ -532,8 +522,6 @@ class Inbox(Placing):
                         self.read(deadline)
                     except (TimeoutError, BlockingIOError, ConnectionClosed):
                         break
-                    if proto.close_rcvd is not None:
-                        self.see_close()
                 if dropping and proto.failure is None:
                     # What came with the peer's Close in the last read: another
                     # thread's recv() would take it, after a gap (those
@@ -543,6 +531,3 @@ class Inbox(Placing):
             finally:
                 if not reader:
                     self.lock.release()
-        else:
-            # Another thread is receiving: it will see the peer's Close.
-            self.close_seen.wait(deadline.remaining())

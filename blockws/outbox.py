@@ -1,7 +1,7 @@
 """The sending half's own state: the send lock, the bytes accepted but not yet written, the open message.
 
-Every write to the socket happens under :attr:`Outbox.cond` (a condition
-over the send lock), so frames never interleave and the unsent tail of a
+Every write to the socket happens under :attr:`Outbox.lock` (the send
+lock), so frames never interleave and the unsent tail of a
 frame (:attr:`Outbox.buf`) is always written before anything else. A thread
 that sent part of a message (``fin=False``) owns the connection's data
 frames until it ends the message; control frames may still go between its
@@ -14,7 +14,7 @@ whole message more (see :meth:`Outbox.room_for`).
 
 Locks
 -----
-The send lock (:attr:`Outbox.cond`) guards everything sent: ``buf``,
+The send lock (:attr:`Outbox.lock`) guards everything sent: ``buf``,
 ``owner`` and ``text`` (the open message), ``fin_due``, the protocol's
 sending state (the open message's framing, the compressor, the masking
 keys), and the transport's writes with their ``drained`` and ``congested``
@@ -101,7 +101,7 @@ class Outbox:
     """
 
     __slots__ = (
-        "cond",
+        "_cond",
         "lock",
         "buf",
         "owner",
@@ -129,11 +129,14 @@ class Outbox:
         lose: Callable[[BaseException], ConnectionClosedError],
         timeout_error: Callable[[str], OSError],
     ) -> None:
-        #: The send lock, and its condition (senders wait for an open message).
-        #: The hot paths call the lock's own methods: the condition's are
-        #: the same, reached through an instance attribute, which costs more.
+        #: The send lock.
         self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
+        # Its condition, where senders wait for another thread's open
+        # message: made by the first one that waits (under the lock). A
+        # threading.Condition costs ~20,000 instructions to make (it looks
+        # for an RLock's methods on the lock: three AttributeErrors), a
+        # tenth of a handshake, and most connections never wait.
+        self._cond: threading.Condition | None = None
         self.buf = bytearray()
         # The thread whose message is open (sent in part), and its type.
         self.owner: int | None = None
@@ -144,7 +147,7 @@ class Outbox:
         # the keepalive) let go within microseconds: a non-blocking caller
         # may wait for them, or it would fail for no reason of the peer's.
         self.patient = False
-        # Senders waiting in cond.wait() for another thread's open message (under the lock).
+        # Senders waiting in _cond.wait() for another thread's open message (under the lock).
         self.waiting = 0
         # A server's answer to the peer's Close waits here: TCP's FIN goes
         # once it is written (see KeepAliveLink.answer_close).
@@ -183,9 +186,8 @@ class Outbox:
     def acquire(self, deadline: Deadline, text: bool | None) -> None:
         """Take the send lock, waiting while another thread owns an open message
         (``text`` None: for a control frame, which may go between its frames)."""
-        cond = self.cond
         timeout = deadline.lock_timeout()
-        if not cond.acquire(timeout=timeout) and not (timeout == 0 and self._after_brief_holder()):
+        if not self.lock.acquire(timeout=timeout) and not (timeout == 0 and self._after_brief_holder()):
             raise self._timeout_error("send")
         me = threading.get_ident()
         while self.owner is not None and self.owner != me and text is not None:
@@ -193,6 +195,9 @@ class Outbox:
                 return  # closing, closed or lost: the caller's state check raises ConnectionClosed
             # Bounded waits, should a wake-up be missed (see wake_waiters).
             remaining = deadline.remaining()
+            cond = self._cond
+            if cond is None:
+                cond = self._cond = threading.Condition(self.lock)
             self.waiting += 1
             try:
                 cond.wait(1.0 if remaining is None else min(remaining, 1.0))
@@ -213,7 +218,7 @@ class Outbox:
             if left <= 0:
                 return False
             # In slices: a patient sender may take the lock meanwhile.
-            if self.cond.acquire(timeout=min(left, 0.005)):
+            if self.lock.acquire(timeout=min(left, 0.005)):
                 return True
         return False
 
@@ -270,12 +275,12 @@ class Outbox:
         connection ended (and notifies, in :meth:`sending`); the waits are
         bounded besides.
         """
-        cond = self.cond
-        if self.waiting and cond.acquire(blocking=False):
+        lock = self.lock
+        if self.waiting and lock.acquire(blocking=False):
             try:
                 self.notify_waiters()
             finally:
-                cond.release()
+                lock.release()
 
     def notify_waiters(self) -> None:
         """Wake the senders waiting for another thread's open message; hold the send lock.
@@ -283,8 +288,8 @@ class Outbox:
         Only when there are some: ``Condition.notify_all()`` costs about as
         much with none (a handshake's close used to pay for two).
         """
-        if self.waiting:
-            self.cond.notify_all()
+        if self.waiting and self._cond is not None:
+            self._cond.notify_all()
 
     def done(self) -> None:
         """Let go of the send lock taken by :meth:`sending` or :meth:`offer_whole`."""
@@ -414,7 +419,7 @@ class Outbox:
     def flush_when_free(self, deadline: Deadline) -> None:
         """Flush once the send lock is free, before the deadline (``Deadline(0)``:
         only if it is free now; the sender holding it writes what is queued)."""
-        if self.cond.acquire(timeout=deadline.lock_timeout()):
+        if self.lock.acquire(timeout=deadline.lock_timeout()):
             self.patient = deadline.lock_timeout() != 0
             try:
                 self.flush(deadline)
@@ -432,7 +437,7 @@ class Outbox:
         transport = self._transport
         writable = False
         while self.buf:
-            if not self.cond.acquire(blocking=False):
+            if not self.lock.acquire(blocking=False):
                 return  # a sender holds the connection: it writes them
             try:
                 held = len(self.buf)
@@ -494,7 +499,7 @@ class Outbox:
         False when a sender holds the connection (it writes them, and wakes
         the keepalive if it leaves some) or nothing could be written.
         """
-        if not self.cond.acquire(blocking=False):
+        if not self.lock.acquire(blocking=False):
             return False
         try:
             held = len(self.buf)
@@ -508,7 +513,7 @@ class Outbox:
     def ping_now(self, payload: bytes, pings: Pings) -> bool:
         """Queue a Ping (noted in ``pings``, nobody waits for its Pong) without
         waiting; False if a sender holds the connection or it is closing."""
-        if not self.cond.acquire(blocking=False):
+        if not self.lock.acquire(blocking=False):
             return False
         try:
             self.check_open()
@@ -527,7 +532,7 @@ class Outbox:
         An open message is finished first (RFC 6455 section 5.5.1): our
         Close then follows its last frame.
         """
-        if not self.cond.acquire(blocking=False):
+        if not self.lock.acquire(blocking=False):
             return False
         try:
             proto = self._proto

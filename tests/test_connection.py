@@ -658,6 +658,27 @@ def test_close_from_another_thread_wakes_receiver(echo_server):
     assert ws.close_code == 1000
 
 
+def test_close_waits_for_the_other_threads_reader_to_see_the_peers_close(run_server):
+    # The server reads (and answers our Close) only after 0.3 s: close()
+    # must wait for the thread in recv() to see that answer (it lets go of
+    # the reader lock then), not end at once with 1006 as if none came.
+    def late(ws: blockws.WebSocket) -> None:
+        time.sleep(0.3)
+        for message in ws:
+            ws.sendall(message)
+
+    server = run_server(late, keepalive=None)
+    ws = blockws.connect(server.url)
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(ws.recv()))
+    t.start()
+    time.sleep(0.1)
+    ws.close()
+    t.join(5)
+    assert got == [None]
+    assert ws.close_code == 1000
+
+
 def test_context_manager_and_iteration(run_server):
     def handler(ws: blockws.WebSocket) -> None:
         for i in range(3):

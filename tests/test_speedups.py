@@ -447,7 +447,7 @@ def _split(split: Any, head: bytes, max_line: int, max_headers: int) -> Any:
     return start, headers.items(), list(headers._index.items())
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(http_heads(), st.sampled_from([1, 12, 30, 8192]), st.sampled_from([0, 1, 3, 128]))
 def test_split_head_gives_what_the_python_parser_gives(head: bytes, max_line: int, max_headers: int) -> None:
     expected = _split(http._split_head_python, head, max_line, max_headers)
