@@ -279,6 +279,8 @@ _REASONS = {
     503: "Service Unavailable",
 }
 
+_KNOWN_REASONS = frozenset(_REASONS.values())
+
 
 class Response:
     """An HTTP response: the server's answer, a rejection, a redirect, a challenge.
@@ -330,13 +332,16 @@ class Response:
             raise ValueError(f"invalid HTTP status {self.status}: not three digits")
         if not isinstance(self.reason, str):
             raise TypeError(f"the reason phrase must be a str, not {type(self.reason).__name__}")
-        bad = _BAD_VALUE.search(self.reason)
-        if bad:
-            raise ValueError(f"invalid character {bad.group()!r} at offset {bad.start()} in the reason phrase")
-        try:
-            self.reason.encode("latin-1")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"a character that is not Latin-1 at offset {exc.start} in the reason phrase") from None
+        if self.reason not in _KNOWN_REASONS:  # (ours pass: not checked again, as _CONSTANT_HEADERS)
+            bad = _BAD_VALUE.search(self.reason)
+            if bad:
+                raise ValueError(f"invalid character {bad.group()!r} at offset {bad.start()} in the reason phrase")
+            try:
+                self.reason.encode("latin-1")
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"a character that is not Latin-1 at offset {exc.start} in the reason phrase"
+                ) from None
         for name, value in self.headers.items():
             check_header_value(name, value)
         if not isinstance(self.body, (bytes, bytearray)):

@@ -318,3 +318,9 @@ def test_the_headers_checked_once_for_all_would_pass_the_check() -> None:
     for name, value in http._CONSTANT_HEADERS:
         assert http.TOKEN.fullmatch(name) and not http._BAD_VALUE.search(value)
         value.encode("latin-1")
+
+
+def test_the_reason_phrases_checked_once_for_all_would_pass_the_check() -> None:
+    for reason in http._KNOWN_REASONS:
+        assert not http._BAD_VALUE.search(reason)
+        reason.encode("latin-1")
