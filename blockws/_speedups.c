@@ -46,8 +46,8 @@
  * - No shared buffers: mask(), mask_inplace() and send_now() work only on
  *   the buffers their caller passes, held with PyArg_ParseTuple's y* / w*
  *   (an export: the object can be neither resized nor freed until
- *   PyBuffer_Release); parse_one() reads only a bytes object, which can't
- *   change, and returns new objects. A caller that writes into the same buffer from
+ *   PyBuffer_Release); parse_one() and split_head() read only a bytes
+ *   object, which can't change, and return new objects. A caller that writes into the same buffer from
  *   another thread at the same time gets mixed bytes, as it would with
  *   bytearray's own methods, never a write outside the buffer.
  * - xor_key_released() detaches from the interpreter (Py_BEGIN_ALLOW_THREADS)

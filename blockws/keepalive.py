@@ -69,9 +69,9 @@ Setting a timer leaves the old heap entry behind, stale, dropped when it
 comes up. Ping and timeout timers are batched: the thread wakes for them
 at most every ``interval / 20`` and then takes every one that is due (a
 ping due within that much is sent in the same pass: a ping may go out up
-to ``interval / 20`` early); close graces are exact. A connection whose input ends, or whose reader
-re-arms it after its input ended, is looked at on the next pass (its
-Close's grace starts then). Ping payloads are random bytes drawn from the
+to ``interval / 20`` early); close graces are exact. A connection whose
+input ends, or whose reader re-arms it after its input ended, is looked
+at on the next pass (its Close's grace starts then). Ping payloads are random bytes drawn from the
 OS in bulk.
 
 The thread sees a connection only through :class:`Watched`, which each
