@@ -611,7 +611,7 @@ class WebSocket:
     def _queue_close(self, code: int | None, reason: str, deadline: Deadline) -> None:
         if self._proto.close_sent is not None or self._proto.lost is not None:
             return
-        if not self._out.lock.acquire(timeout=deadline.lock_timeout()):
+        if not self._out.lock.acquire(True, deadline.lock_timeout()):
             # A sender is stuck on a peer that does not read: give up on it.
             self._transport.shutdown()
             return

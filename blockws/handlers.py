@@ -87,7 +87,7 @@ class Pool:
                 if self._closed:
                     return
                 self._idle.append(worker)
-            if not worker.wake.acquire(timeout=self._idle_seconds):
+            if not worker.wake.acquire(True, self._idle_seconds):
                 with self._lock:
                     if worker in self._idle:  # nobody took it meanwhile
                         self._idle.remove(worker)

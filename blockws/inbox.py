@@ -184,7 +184,7 @@ class Inbox(Placing):
     # -- the reader lock ---------------------------------------------------------
 
     def acquire(self, deadline: Deadline) -> None:
-        if not self.lock.acquire(timeout=deadline.lock_timeout()):
+        if not self.lock.acquire(True, deadline.lock_timeout()):
             raise self._timeout_error("recv")
 
     def release(self) -> None:
@@ -215,7 +215,7 @@ class Inbox(Placing):
 
         For the keepalive: then :meth:`take_arrived`.
         """
-        return self.held() < below and self.lock.acquire(blocking=False)
+        return self.held() < below and self.lock.acquire(False)
 
     def take_arrived(self) -> None:
         """Read what has arrived, without waiting, and let go of the reader lock (:meth:`claim`).
@@ -477,7 +477,7 @@ class Inbox(Placing):
             # try sets it (release() wakes the waiters), and that wake-up
             # must not be cleared away (the wait would outlive the reader).
             wake.clear()
-            if self.lock.acquire(blocking=False):
+            if self.lock.acquire(False):
                 try:
                     if ping.round_trip is None:
                         self.read(deadline)
@@ -501,7 +501,7 @@ class Inbox(Placing):
         # Another thread receiving lets go of the reader lock once its recv()
         # returns (at the peer's Close, at the latest): waited for here, up to
         # the deadline; past it there is nothing more to wait for.
-        if reader or self.lock.acquire(timeout=deadline.lock_timeout()):
+        if reader or self.lock.acquire(True, deadline.lock_timeout()):
             # Messages arriving from now on are dropped (those queued before
             # the peer's Close, if it came first, stay for recv()).
             dropping = proto.close_rcvd is None and proto.failure is None

