@@ -89,12 +89,16 @@ class Headers:
             self.update(items)
 
     @classmethod
-    def _from_pairs(cls, pairs: list[tuple[str, str]]) -> Headers:
+    def _from_pairs(cls, pairs: list[tuple[str, str]], index: dict[str, list[str]] | None = None) -> Headers:
         """Headers holding ``pairs``, the list itself: for a list of tuples
-        the caller built and gives away (update() would check and copy it)."""
+        the caller built and gives away (update() would check and copy it),
+        with their ``index`` by lower-cased name if the caller has it."""
         headers = cls()
         headers._items = pairs
-        _index_into(headers._index, pairs)
+        if index is None:
+            _index_into(headers._index, pairs)
+        else:
+            headers._index = index
         return headers
 
     def update(self, items: HeadersLike) -> None:
@@ -431,10 +435,7 @@ def _split_head(head: bytes, max_line: int, max_headers: int) -> tuple[str, Head
         split = split_head(head, max_line, max_headers)
         if split is not None:
             start, pairs, index = split
-            headers = Headers()
-            headers._items = pairs
-            headers._index = index
-            return start, headers
+            return start, Headers._from_pairs(pairs, index)
     return _split_head_python(head, max_line, max_headers)
 
 

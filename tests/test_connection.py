@@ -645,14 +645,20 @@ def test_client_max_size(run_server):
         assert ws.close_code == 1009
 
 
-def test_close_from_another_thread_wakes_receiver(echo_server):
-    ws = blockws.connect(echo_server.url)
+def _close_while_another_thread_receives(url: str) -> tuple[blockws.WebSocket, threading.Thread, list[Any]]:
+    """Connect, have a thread block in recv(), close() from here: the connection, that thread, what it got."""
+    ws = blockws.connect(url)
     got: list[Any] = []
     t = threading.Thread(target=lambda: got.append(ws.recv()))
     t.start()
     time.sleep(0.1)
     ws.close()
     t.join(5)
+    return ws, t, got
+
+
+def test_close_from_another_thread_wakes_receiver(echo_server):
+    ws, t, got = _close_while_another_thread_receives(echo_server.url)
     assert not t.is_alive()
     assert got == [None]
     assert ws.close_code == 1000
@@ -668,13 +674,7 @@ def test_close_waits_for_the_other_threads_reader_to_see_the_peers_close(run_ser
             ws.sendall(message)
 
     server = run_server(late, keepalive=None)
-    ws = blockws.connect(server.url)
-    got: list[Any] = []
-    t = threading.Thread(target=lambda: got.append(ws.recv()))
-    t.start()
-    time.sleep(0.1)
-    ws.close()
-    t.join(5)
+    ws, _, got = _close_while_another_thread_receives(server.url)
     assert got == [None]
     assert ws.close_code == 1000
 
