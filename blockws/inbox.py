@@ -44,7 +44,7 @@ from . import _accel
 from .assembly import ABANDONED, Assembly
 from .exceptions import ConnectionClosed, ConnectionClosedError, ProtocolError
 from .link import NOBODY, Waker
-from .outbox import Outbox
+from .outbox import EXPIRED, Outbox
 from .pings import Ping, Pings
 from .placing import BUILD_FROM, Placing, writable
 from .protocol import Close, Data, Protocol
@@ -156,7 +156,10 @@ class Inbox(Placing):
         total = len(proto.leftover) + self.assembly.size + proto.data_in - proto.data_out
         if proto.failure is not None:
             total += 1
-        return total + self._transport.buffered()
+        transport = self._transport
+        if transport.tls:  # (else buffered() is 0: a call fewer, twice per keepalive ping)
+            total += transport.buffered()
+        return total
 
     def pending(self) -> int:
         """What :meth:`WebSocket.pending <blockws.WebSocket.pending>` says: :meth:`held`
@@ -224,7 +227,7 @@ class Inbox(Placing):
         messages stay queued, in order, for the application.
         """
         try:
-            self.read(Deadline(0))
+            self.read(EXPIRED)
         except (TimeoutError, BlockingIOError, ConnectionClosed):
             pass
         finally:
@@ -243,12 +246,13 @@ class Inbox(Placing):
         The deadline holds even while data keeps arriving (a peer that floods
         pings never lets the socket go quiet): past it no further read is
         made, except that a non-blocking call may go on while the kernel has
-        data, a few reads at most.
+        data, a few reads at most. The shared :data:`~blockws.outbox.EXPIRED`
+        is one read of what the kernel has (the keepalive's), not counted.
         """
         proto = self._proto
         if proto.eof:
             return 0
-        if deadline.when is not None:
+        if deadline.when is not None and deadline is not EXPIRED:
             if deadline.reads and deadline.expired() and (self.timeout != 0 or deadline.reads >= _NONBLOCKING_READS):
                 raise self._timeout_error("recv")
             deadline.reads += 1
@@ -470,7 +474,6 @@ class Inbox(Placing):
             ConnectionClosed: the peer's Close came first.
         """
         wake = ping.waiter
-        assert wake is not None
         proto = self._proto
         while ping.round_trip is None:
             # Cleared before the try: a reader that lets go after a failed

@@ -22,7 +22,7 @@ connection registered with it (not a thread per connection):
   clock does not run while reading is paused because the application left
   ``_READ_LIMIT`` bytes unread (the pong may wait behind them in the kernel),
   nor, in non-blocking mode, while bytes wait in the kernel for the
-  application's own ``recv()`` (:meth:`Watched.unread`).
+  application's own ``recv()`` (:meth:`Watched.paused`).
 * While the application is not inside ``recv()``, the thread reads what
   arrives (:meth:`Watched.service`): pings get their pongs, pongs and Close
   frames are noted, messages wait in order for the next ``recv()``. In
@@ -110,7 +110,7 @@ from collections import deque
 from .codes import CloseCode
 from .connection import WebSocket
 from .link import READ_LIMIT as _READ_LIMIT
-from .protocol import RandomKeys
+from .protocol import random_keys
 from .watching import Timers, Tracking, Watched
 
 __all__ = ["KeepAlive", "Watched", "attach"]
@@ -203,7 +203,7 @@ class KeepAlive:
         self._notified_at = 0.0
         self._requests_taken_at = 0.0
         # Ping payloads (the thread's own), drawn from the OS in bulk.
-        self._payloads = RandomKeys()
+        self._payloads = random_keys()
 
     @classmethod
     def shared(cls) -> KeepAlive:
@@ -502,8 +502,9 @@ class KeepAlive:
     ) -> None:
         """Ping the connection if it is due, fail it if silent too long; set its next timer."""
         conn = state.conn
-        if conn.input_ended:
-            # Nothing more will come: recv() tells how it ended.
+        signs = conn.signs()
+        if signs is None:
+            # The input ended, nothing more will come: recv() tells how it ended.
             grace = self.close_grace
             if grace is not None and conn.close_unanswered:
                 wait = self._close_grace(conn, state, now, grace)
@@ -511,13 +512,12 @@ class KeepAlive:
                     # Looked at again within interval: a recv() call restarts the grace.
                     timers.set(state, now + min(wait, interval), grace=True)
             return
-        drained = conn.drained
+        alive, drained = signs
         if drained != state.drained:
             state.drained = drained
             state.alive = now
         # (Comparisons, not max() and min(): each of those costs ~2,000
         # instructions on 3.11, and this runs for every ping.)
-        alive = conn.last_received
         if alive < state.alive:
             alive = state.alive
         # Due within ``retry`` counts as due, as the timers are batched: the
@@ -531,7 +531,7 @@ class KeepAlive:
         if state.ping_at is None or state.ping_at < alive:
             state.ping_at = now
             state.ping_sent = False
-        if conn.held() >= _READ_LIMIT or conn.unread():
+        if conn.paused(_READ_LIMIT):
             # Reading is paused until the application catches up (or, in
             # non-blocking mode, reads for itself): the pong may be
             # waiting behind what it left unread.
@@ -542,7 +542,7 @@ class KeepAlive:
         # then moves the next ping to interval after it.
         later = now + interval
         if not state.ping_sent:
-            if conn.send_ping(self._payloads.next()):
+            if conn.send_ping(next(self._payloads)):
                 # The clock runs from the ping actually sent.
                 state.ping_at = now
                 state.ping_sent = True

@@ -362,7 +362,7 @@ class Outbox:
                     else:
                         # Framed, written and counted in one step (the C accelerator's).
                         keys = proto.mask_keys
-                        key = b"" if keys is None else keys.next()
+                        key = b"" if keys is None else next(keys)
                         rest = _send_message(transport.sock.fileno(), payload, text, key, self._sent_counts)  # type: ignore[misc]  # (_plain_below is 0 without it)
                         if rest is not None:
                             transport.send_rest(rest)
@@ -518,9 +518,17 @@ class Outbox:
         if not self.lock.acquire(False):
             return False
         try:
-            self.check_open()
+            if self._proto.output_ended:
+                self.check_open()  # raises
             pings.expect_unwaited(payload)
-            self.offer_control(self._proto.encode_control(OP_PING, payload))
+            frame = self._proto.encode_control(OP_PING, payload)
+            if len(self.buf) >= self.limit:
+                # ``limit`` bytes held already: it waits with the protocol's
+                # own frames, and moves here when there is room (the buffer
+                # goes past ``limit`` by one control frame at most).
+                self._proto.hold(frame)
+            else:
+                self.offer(frame)
             return True
         except ConnectionClosed:
             return False
@@ -621,18 +629,6 @@ class Outbox:
         if n < len(frame):
             self.buf += memoryview(frame)[n:]
             self.flush(EXPIRED)
-
-    def offer_control(self, frame: bytes) -> None:
-        """:meth:`offer` a control frame of ours (the keepalive's ping); hold the send lock.
-
-        With ``limit`` bytes held already it waits with the protocol's own
-        frames instead, and moves here when there is room: the buffer goes
-        past ``limit`` by one control frame at most, whoever queued it.
-        """
-        if len(self.buf) >= self.limit:
-            self._proto.hold(frame)
-        else:
-            self.offer(frame)
 
     # -- a message's frames ------------------------------------------------------------
 

@@ -70,6 +70,7 @@ class Parser:
     trace: Callable[[str, FrameHeader, bytes], None] | None
     # ...what was parsed (see Protocol.__init__ for their meaning)...
     events: deque[Data | Close]
+    pongs: deque[bytes]
     data_in: int
     ends_in: int
     text_extra: int
@@ -166,7 +167,11 @@ class Parser:
                         if mask_bit:
                             payload = apply_mask(payload, data[pos + 2 : pos + 6])
                         pos = start + n
-                        if control:
+                        if b0 == 0x8A:
+                            # The protocol's part for a Pong, written out: a
+                            # call fewer for each of the keepalive's pings.
+                            self.pongs.append(payload)
+                        elif control:
                             self._control(b0 & 0x0F, payload)
                         elif b0 == 0x82:
                             events.append(Data(payload, False, True))

@@ -4,10 +4,11 @@ Whoever reads the connection matches the Pongs it finds (:meth:`Pings.answered`)
 and wakes the threads waiting in :meth:`blockws.WebSocket.ping`; when that
 reader leaves, the waiters are woken too (:meth:`Pings.wake_waiters`), since
 one of them may now have to read for itself. The keepalive's pings have no
-waiter: their Pong only measures the latency.
+waiter and no place in the table: only its last one is kept (a newer one
+replaces it), and its Pong only measures the latency.
 
-Locks: :class:`Pings`' own lock guards the table, ``waiting`` and the
-writes of ``latency``; it is a leaf (setting an Event under it takes no
+Locks: :class:`Pings`' own lock guards the table, the keepalive's last
+Ping, ``waiting`` and the writes of ``latency``; it is a leaf (setting an Event under it takes no
 other lock). ``waiting`` and ``latency`` are read without it: a reader
 letting go sees a count a moment old, which costs a wake-up at most (a
 waiter clears its Event before it tries the reader lock, so the wake-up
@@ -29,7 +30,7 @@ class Ping:
 
     __slots__ = ("sent_at", "waiter", "round_trip")
 
-    def __init__(self, waiter: threading.Event | None) -> None:
+    def __init__(self, waiter: threading.Event) -> None:
         self.sent_at = time.monotonic()
         self.waiter = waiter
         self.round_trip: float | None = None
@@ -38,11 +39,15 @@ class Ping:
 class Pings:
     """The table of outstanding Pings, by payload, under its own lock."""
 
-    __slots__ = ("_lock", "_table", "waiting", "latency")
+    __slots__ = ("_lock", "_table", "_unwaited", "waiting", "latency")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._table: dict[bytes, Ping] = {}
+        # The keepalive's last Ping, unanswered, and when it went: a pair,
+        # not a Ping in the table (one per ping interval per connection: it
+        # is the keepalive thread's cost per ping that this saves).
+        self._unwaited: tuple[bytes, float] | None = None
         #: How many threads wait for a Pong.
         self.waiting = 0
         #: The round trip of the last Ping answered, in seconds.
@@ -62,17 +67,16 @@ class Pings:
             return ping
 
     def expect_unwaited(self, payload: bytes) -> None:
-        """Note a keepalive Ping (nobody waits); earlier unanswered ones are forgotten."""
+        """Note a keepalive Ping (nobody waits); an earlier unanswered one is forgotten."""
+        sent = (payload, time.monotonic())
         with self._lock:
-            if self._table:  # usually empty: the last one was answered
-                self._table = {key: ping for key, ping in self._table.items() if ping.waiter is not None}
-            self._table.setdefault(payload, Ping(None))
+            self._unwaited = sent
 
     def forget(self, payload: bytes) -> None:
         """Stop waiting for the Pong of a Ping from :meth:`expect`."""
         with self._lock:
             ping = self._table.pop(payload, None)
-            if ping is not None and ping.waiter is not None:
+            if ping is not None:
                 self.waiting -= 1
 
     def answered(self, pongs: deque[bytes]) -> float | None:
@@ -87,13 +91,14 @@ class Pings:
             table = self._table
             while pongs:
                 payload = pongs.popleft()
-                ping = table.get(payload)
-                if ping is not None and ping.round_trip is None:
-                    ping.round_trip = latency = now - ping.sent_at
-                    if ping.waiter is None:
-                        del table[payload]
-                    else:
+                ping = table.get(payload) if table else None
+                if ping is not None:
+                    if ping.round_trip is None:
+                        ping.round_trip = latency = now - ping.sent_at
                         ping.waiter.set()
+                elif self._unwaited is not None and self._unwaited[0] == payload:
+                    latency = now - self._unwaited[1]
+                    self._unwaited = None
             if latency is not None:
                 self.latency = latency
         return latency
@@ -102,5 +107,4 @@ class Pings:
         """Wake every thread waiting for a Pong (a reader left: one of them may read now)."""
         with self._lock:
             for ping in self._table.values():
-                if ping.waiter is not None:
-                    ping.waiter.set()
+                ping.waiter.set()

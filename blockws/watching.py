@@ -41,12 +41,12 @@ class Watched(Protocol):
         """Nothing more will be read: stop reading and timing the connection for good."""
 
     @property
-    def last_received(self) -> float:
-        """When something last arrived (``time.monotonic()``)."""
-
-    @property
     def drained(self) -> int:
         """Bytes written since the kernel's buffer was full: the peer is reading."""
+
+    def signs(self) -> tuple[float, int] | None:
+        """None once the input ended; else when something last arrived
+        (``time.monotonic()``) and :attr:`drained`."""
 
     @property
     def recv_calls(self) -> int:
@@ -56,11 +56,9 @@ class Watched(Protocol):
     def close_unanswered(self) -> bool:
         """The peer's Close arrived and neither the application nor we took it."""
 
-    def unread(self) -> bool:
-        """Non-blocking mode: bytes wait in the kernel for the application's ``recv()``."""
-
-    def held(self) -> int:
-        """Bytes read and not yet taken by the application."""
+    def paused(self, limit: int) -> bool:
+        """``limit`` bytes wait for the application's ``recv()`` (or, in
+        non-blocking mode, any bytes in the kernel): the pong may be behind them."""
 
     def on_close(self, callback: Callable[[], None]) -> None: ...
 
