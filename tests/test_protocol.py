@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from blockws.deflate import DeflateParams, PerMessageDeflate
 from blockws.exceptions import PayloadTooBig, ProtocolError
 from blockws.frames import Opcode, encode_header, parse_header
-from blockws.protocol import Close, Data, Protocol, Side, State
+from blockws.protocol import Close, Data, Protocol, Side, State, random_keys
 
 
 def frames_of(proto: Protocol, payload: bytes, text: bool, fin: bool = True) -> bytes:
@@ -665,3 +665,12 @@ def test_a_message_dropped_part_way_is_dropped_to_its_end():
     server.receive_data(masked(Opcode.CONT, b"\xa9 middle ", fin=False) + masked(Opcode.CONT, b"tail \xc3"))
     server.receive_data(masked(Opcode.BINARY, b"next") + masked(Opcode.TEXT, b"\xc3\xa9"))
     assert take(server) == [b"next", "\u00e9"]
+
+
+def test_random_keys_are_four_bytes_each_and_go_on_past_one_fetch() -> None:
+    keys = random_keys()
+    drawn = [next(keys) for _ in range(1000)]  # ~31 fetches of 32
+    assert {len(key) for key in drawn} == {4}
+    assert len(set(drawn)) > 990  # 4 random bytes: a repeat in 1,000 is rare, not many
+    other = random_keys()
+    assert [next(other) for _ in range(8)] != drawn[:8]  # each pool draws its own
