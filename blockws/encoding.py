@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .codes import OP_BINARY, OP_CONT, OP_PONG, OP_TEXT, Opcode
-from .frames import MAX_CONTROL_PAYLOAD, FrameHeader, _pack_small, apply_mask, encode_header, mask
+from .frames import MAX_CONTROL_PAYLOAD, FrameHeader, apply_mask, encode_header, mask, pack_short_header
 
 if TYPE_CHECKING:
     from .deflate import Compressor
@@ -190,8 +190,8 @@ class Encoder:
         if self.trace is not None:
             self._trace_sent(opcode, True, payload, key)
         if key is None:
-            return _pack_small(0x80 | opcode, n) + payload
-        return _pack_small(0x80 | opcode, 0x80 | n) + key + mask(payload, key)
+            return pack_short_header(0x80 | opcode, n) + payload
+        return pack_short_header(0x80 | opcode, 0x80 | n) + key + mask(payload, key)
 
     def hold(self, frame: bytes) -> None:
         """Queue an encoded control frame of the I/O layer's with our own (see :meth:`data_to_send`)."""

@@ -22,6 +22,7 @@ __all__ = [
     "CloseCode",
     "FrameHeader",
     "encode_header",
+    "pack_short_header",
     "parse_header",
     "apply_mask",
     "unmask_inplace",
@@ -34,7 +35,8 @@ _KNOWN_OPCODES = frozenset(int(op) for op in Opcode)
 
 MAX_CONTROL_PAYLOAD = 125
 
-_pack_small = struct.Struct("!BB").pack
+#: A header of two bytes (no extended length, no key): ``pack_short_header(b0, b1)``.
+pack_short_header = struct.Struct("!BB").pack
 _pack_medium = struct.Struct("!BBH").pack
 _pack_large = struct.Struct("!BBQ").pack
 _unpack_medium = struct.Struct("!H").unpack_from
@@ -74,7 +76,7 @@ def encode_header(opcode: int, length: int, fin: bool = True, rsv: int = 0, mask
     b0 = (0x80 if fin else 0) | rsv | opcode
     mbit = 0x80 if mask is not None else 0
     if length < 126:
-        head = _pack_small(b0, mbit | length)
+        head = pack_short_header(b0, mbit | length)
     elif length < 0x10000:
         head = _pack_medium(b0, mbit | 126, length)
     else:

@@ -8,12 +8,13 @@ waiter and no place in the table: only its last one is kept (a newer one
 replaces it), and its Pong only measures the latency.
 
 Locks: :class:`Pings`' own lock guards the table, the keepalive's last
-Ping, ``waiting`` and the writes of ``latency``; it is a leaf (setting an Event under it takes no
-other lock). ``waiting`` and ``latency`` are read without it: a reader
-letting go sees a count a moment old, which costs a wake-up at most (a
-waiter clears its Event before it tries the reader lock, so the wake-up
-of a reader that leaves after its try is never lost). A :class:`Ping`'s
-``round_trip`` is set once, under the lock, and polled by its waiter.
+Ping, ``waiting`` and the writes of ``latency``; it is a leaf (setting an
+Event under it takes no other lock). ``waiting`` and ``latency`` are read
+without it: a reader letting go sees a count a moment old, which costs a
+wake-up at most (a waiter clears its Event before it tries the reader
+lock, so the wake-up of a reader that leaves after its try is never
+lost). A :class:`Ping`'s ``round_trip`` is set once, under the lock, and
+polled by its waiter.
 """
 
 from __future__ import annotations
