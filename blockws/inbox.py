@@ -290,7 +290,7 @@ class Inbox(Placing):
         if proto.pongs:
             self._pings.answered(proto.pongs)
         if proto.outgoing:
-            self._out.flush_when_free(Deadline(0))  # answer pings now, or the sender does
+            self._out.flush_when_free(EXPIRED)  # answer pings now, or the sender does
 
     def next_event(self, deadline: Deadline) -> Data | None:
         """The next data piece, reading as needed; None once the peer closed; hold the reader lock."""

@@ -58,9 +58,10 @@ _send_message = _accel.send_message if _accel.Counts is not None else None  # (i
 # held by a call that doesn't either (see Outbox.patient).
 BRIEF_WAIT = 1.0
 
-# One deadline that has already expired, shared by the steps of broadcast()
-# that must not wait (a Deadline(0) per step and connection showed in its
-# profile). Nothing counts reads against it: it stays read-only.
+# One deadline that has already expired, shared by the steps that must not
+# wait: broadcast()'s (a Deadline(0) per step and connection showed in its
+# profile), the flushes that write only what fits now, the keepalive's read
+# (Inbox.read doesn't count reads against it): it stays read-only.
 EXPIRED = Deadline(0)
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -244,7 +245,7 @@ class Outbox:
         lock = self.lock
         while self._proto.outgoing and lock.acquire(False):
             try:
-                if not self.flush(Deadline(0)):
+                if not self.flush(EXPIRED):
                     # The socket is full: not a loop until it drains. What
                     # is held goes with the next send, or the keepalive's.
                     break
@@ -312,7 +313,7 @@ class Outbox:
                 # couldn't take the send lock), or what is held before it:
                 # this sender writes what it can, as the keepalive would.
                 try:
-                    self.flush(Deadline(0))
+                    self.flush(EXPIRED)
                 except ConnectionClosed:
                     pass
             raise proto.closed_error()
@@ -443,7 +444,7 @@ class Outbox:
                 return  # a sender holds the connection: it writes them
             try:
                 held = len(self.buf)
-                if self.flush(Deadline(0)) or writable and len(self.buf) == held:
+                if self.flush(EXPIRED) or writable and len(self.buf) == held:
                     return  # all written, or writable without progress (TLS): don't spin
             finally:
                 self.release()
@@ -505,7 +506,7 @@ class Outbox:
             return False
         try:
             held = len(self.buf)
-            self.flush(Deadline(0))
+            self.flush(EXPIRED)
             return len(self.buf) < held
         except ConnectionClosed:
             return False
@@ -555,7 +556,7 @@ class Outbox:
                 # before the Close, then None; the socket goes with close().
                 # (Our Close may wait for an open message's last frame: the FIN after it.)
                 self.fin_due = not proto._client
-                self.flush(Deadline(0))
+                self.flush(EXPIRED)
         except ConnectionClosed:
             pass
         finally:
@@ -667,7 +668,7 @@ class Outbox:
         # room in the kernel.
         writable = self._transport.waiter.writable
         while True:
-            self.flush(Deadline(0))
+            self.flush(EXPIRED)
             if limit - len(buf) >= need or not buf:
                 break
             if deadline.expired() or not writable(poll_ms(deadline)):
@@ -693,7 +694,7 @@ class Outbox:
             self.sent_bytes += cut - done
             self.sent += fin and last
             done = cut
-            self.flush(Deadline(0))
+            self.flush(EXPIRED)
             if last:
                 break
         return done
